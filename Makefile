@@ -1,0 +1,47 @@
+# One entry point, the same locally and in CI. `make up` runs the mesh, `make test` runs the tests; both create
+# the virtual environment and install the pinned dependencies (constraints.txt) first when needed.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: up test unit gen lint format bench models lock clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "meshserve needs Python 3.11 or newer")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	@touch $@
+
+up: $(STAMP)          ## run the whole mesh on its embedded defaults (gateway on 127.0.0.1:50051)
+	$(BIN)/meshserve up
+
+test: $(STAMP)        ## every test: unit, integration (real Triton) and end to end
+	$(BIN)/pytest
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit
+
+gen: $(STAMP)         ## regenerate protobuf code from protos/
+	$(BIN)/python -m meshserve.protogen
+
+models: $(STAMP)      ## retrain the sample models from their fixed seed
+	$(BIN)/meshserve models build
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: $(STAMP)       ## benchmark the mesh against direct Triton (writes bench-results/)
+	$(BIN)/python -m benchmarks
+
+lock: $(STAMP)        ## re-pin constraints.txt to what is installed
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^meshserve' > constraints.txt
+
+clean:
+	rm -rf $(VENV) .meshserve .pytest_cache bench-results

@@ -1,0 +1,1 @@
+"""The gateway: routes Predict and Open Inference Protocol calls through cache, features and inference."""

@@ -1,0 +1,53 @@
+"""What the gateway knows about each Triton model version behind its routes, fetched once and kept."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from tritonclient.grpc import service_pb2
+
+from gateway.clients import InferenceClient
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    model: str
+    version: str  # resolved
+    ready: bool
+    metadata: service_pb2.ModelMetadataResponse
+    config: service_pb2.ModelConfigResponse
+
+    @property
+    def max_batch_size(self) -> int:
+        return self.config.config.max_batch_size
+
+
+class ModelCatalog:
+    """Caches DescribeModel by (model, requested version); concurrent first lookups share one call."""
+
+    def __init__(self, inference: InferenceClient, timeout_s: float = 5.0) -> None:
+        self.inference = inference
+        self.timeout_s = timeout_s
+        self._known: dict[tuple[str, str], asyncio.Future[ModelInfo]] = {}
+
+    async def get(self, model: str, version: str) -> ModelInfo:
+        key = (model, version)
+        future = self._known.get(key)
+        if future is None:
+            future = self._known[key] = asyncio.ensure_future(self._describe(model, version))
+        try:
+            info = await asyncio.shield(future)
+        except Exception:
+            self._known.pop(key, None)  # don't remember failures
+            raise
+        if not info.ready:
+            self._known.pop(key, None)  # ask again next time
+        return info
+
+    async def _describe(self, model: str, version: str) -> ModelInfo:
+        reply = await self.inference.describe(model, version, self.timeout_s)
+        return ModelInfo(model, reply.resolved_version, reply.ready, reply.metadata, reply.config)
+
+    def forget(self) -> None:
+        self._known.clear()

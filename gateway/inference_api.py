@@ -1,0 +1,94 @@
+"""The Open Inference Protocol as the gateway serves it: model names are route names. No gRPC here.
+
+ModelInfer requests are checked against the model's metadata and forwarded with only the model name and
+version rewritten; tensor bytes travel untouched.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from tritonclient.grpc import service_pb2
+
+from gateway.catalog import ModelCatalog, ModelInfo
+from gateway.clients import InferenceClient
+from gateway.routes import RouteTable, choose_variant
+from gateway.tensors import validate_infer_request
+
+SERVER_NAME = "meshserve"
+EXTENSIONS = ["binary_tensor_data", "parameters", "model_configuration"]
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    variant: str
+    model_version: str
+
+
+class InferenceApi:
+    def __init__(
+        self,
+        routes: RouteTable,
+        catalog: ModelCatalog,
+        inference: InferenceClient,
+        version: str,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.routes = routes
+        self.catalog = catalog
+        self.inference = inference
+        self.version = version
+        self.rng = rng or random.Random()
+
+    def server_metadata(self) -> service_pb2.ServerMetadataResponse:
+        return service_pb2.ServerMetadataResponse(
+            name=SERVER_NAME, version=self.version, extensions=EXTENSIONS
+        )
+
+    async def _primary(self, route_name: str, version: str) -> ModelInfo:
+        route = self.routes.get(route_name)
+        variant = choose_variant(route, self.rng, version) if version else route.primary
+        return await self.catalog.get(variant.model, variant.version)
+
+    async def model_ready(self, route_name: str, version: str) -> bool:
+        if route_name not in self.routes.routes:
+            return False
+        route = self.routes.routes[route_name]
+        variants = [choose_variant(route, self.rng, version)] if version else route.variants
+        for variant in variants:
+            if variant.weight > 0 or version:
+                if not (await self.catalog.get(variant.model, variant.version)).ready:
+                    return False
+        return True
+
+    async def model_metadata(self, route_name: str, version: str) -> service_pb2.ModelMetadataResponse:
+        info = await self._primary(route_name, version)
+        reply = service_pb2.ModelMetadataResponse()
+        reply.CopyFrom(info.metadata)
+        reply.name = route_name
+        del reply.versions[:]
+        reply.versions.extend(sorted({v.version for v in self.routes.get(route_name).variants if v.version}))
+        return reply
+
+    async def model_config(self, route_name: str, version: str) -> service_pb2.ModelConfigResponse:
+        info = await self._primary(route_name, version)
+        reply = service_pb2.ModelConfigResponse()
+        reply.CopyFrom(info.config)
+        reply.config.name = route_name
+        return reply
+
+    async def model_infer(
+        self, request: service_pb2.ModelInferRequest, time_left_s: float | None
+    ) -> tuple[service_pb2.ModelInferResponse, Served]:
+        route_name = request.model_name
+        route = self.routes.get(route_name)
+        variant = choose_variant(route, self.rng, request.model_version)
+        info = await self.catalog.get(variant.model, variant.version)
+        validate_infer_request(request, info.metadata, info.max_batch_size, route_name)
+        request.model_name = variant.model
+        request.model_version = info.version
+        budget = route.timeout_ms / 1000 if time_left_s is None else min(time_left_s, route.timeout_ms / 1000)
+        reply = await self.inference.infer(request, budget)
+        reply.model_name = route_name
+        return reply, Served(variant.name, info.version)

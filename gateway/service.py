@@ -1,0 +1,67 @@
+"""The gateway process: SERVING once its feature and inference dependencies are."""
+
+from __future__ import annotations
+
+import asyncio
+from importlib.metadata import version
+
+from gateway.catalog import ModelCatalog
+from gateway.clients import CacheClient, FeatureClient, InferenceClient
+from gateway.inference_api import InferenceApi
+from gateway.predict import PredictHandler
+from gateway.routes import load_routes
+from gateway.servicers import OpenInferenceServicer, PredictionServicer, add_servicers
+from gateway.settings import GatewaySettings
+from meshserve.core.lifecycle import GrpcService
+from meshserve.registry import load_registry
+
+
+class GatewayService(GrpcService):
+    name = "gateway"
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        super().__init__(settings)
+        self.settings: GatewaySettings = settings
+        self.routes = load_routes(settings.routes_path)
+        self.registry = load_registry(settings.registry_path)
+        self.features = FeatureClient(settings.feature_url)
+        self.cache = CacheClient(settings.cache_url)
+        self.inference = InferenceClient(settings.inference_url)
+        self.catalog = ModelCatalog(self.inference)
+        self.predict = PredictHandler(
+            self.routes,
+            self.registry,
+            self.catalog,
+            self.features,
+            self.cache,
+            self.inference,
+            max_instances=settings.max_instances_per_predict,
+            cache_timeout_s=settings.cache_timeout_s,
+            feature_timeout_s=settings.feature_timeout_s,
+        )
+        self.api = InferenceApi(self.routes, self.catalog, self.inference, version("meshserve"))
+        self.ready = False
+
+    def register(self, server):
+        oip = OpenInferenceServicer(self.api, lambda: self.ready)
+        return add_servicers(server, PredictionServicer(self.predict), oip)
+
+    async def until_ready(self) -> None:
+        # The cache is not waited for: without it requests still succeed, only slower.
+        timeout = self.settings.dependency_timeout_s
+        await asyncio.gather(
+            self.features.wait_until_serving(timeout), self.inference.wait_until_serving(timeout)
+        )
+        for route in self.routes.routes.values():
+            for variant in route.variants:
+                await self.catalog.get(variant.model, variant.version)
+        self.ready = True
+
+    async def stop(self, grace: float | None = None) -> None:
+        self.ready = False
+        await super().stop(grace)
+
+    async def close(self) -> None:
+        await self.predict.drain()
+        for client in (self.features, self.cache, self.inference):
+            await client.close()

@@ -1,0 +1,150 @@
+"""gRPC adapters for the gateway's two APIs: meshserve's Predict and the Open Inference Protocol."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from gateway.inference_api import InferenceApi
+from gateway.predict import Instance, PredictHandler
+from meshserve.core.errors import ErrorCode, InvalidArgument, MeshError
+from meshserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+
+VARIANT_HEADER = "x-meshserve-variant"
+MODEL_VERSION_HEADER = "x-meshserve-model-version"
+
+
+def _instance(message: gateway_pb2.Instance, n: int) -> Instance:
+    features = {}
+    for name, value in message.features.items():
+        kind = value.WhichOneof("kind")
+        if kind not in ("double_value", "int64_value"):
+            raise InvalidArgument(f"instance {n}: request feature {name!r} must be a number")
+        features[name] = getattr(value, kind)
+    return Instance(message.entity_key, features)
+
+
+class PredictionServicer(gateway_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, handler: PredictHandler) -> None:
+        self.handler = handler
+
+    async def Predict(self, request, context):
+        instances = [_instance(m, n) for n, m in enumerate(request.instances)]
+        result = await self.handler.predict(request.route, instances, context.time_remaining())
+        return gateway_pb2.PredictResponse(
+            route=result.route,
+            variant=result.variant,
+            model_name=result.model,
+            model_version=result.version,
+            predictions=[
+                gateway_pb2.Prediction(entity_key=p.entity_key, score=p.score, from_cache=p.from_cache)
+                for p in result.predictions
+            ],
+        )
+
+
+class OpenInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
+    """inference.GRPCInferenceService on top of tritonclient's generated servicer; RPCs not listed here answer
+    UNIMPLEMENTED (see `_unimplemented`)."""
+
+    IMPLEMENTED = (
+        "ServerLive", "ServerReady", "ServerMetadata", "ModelReady", "ModelMetadata", "ModelConfig",
+        "ModelInfer", "ModelStreamInfer",
+    )  # fmt: skip
+
+    def __init__(self, api: InferenceApi, is_ready: Callable[[], bool]) -> None:
+        self.api = api
+        self.is_ready = is_ready
+
+    async def ServerLive(self, request, context):
+        return service_pb2.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request, context):
+        return service_pb2.ServerReadyResponse(ready=self.is_ready())
+
+    async def ServerMetadata(self, request, context):
+        return self.api.server_metadata()
+
+    async def ModelReady(self, request, context):
+        return service_pb2.ModelReadyResponse(ready=await self.api.model_ready(request.name, request.version))
+
+    async def ModelMetadata(self, request, context):
+        return await self.api.model_metadata(request.name, request.version)
+
+    async def ModelConfig(self, request, context):
+        return await self.api.model_config(request.name, request.version)
+
+    async def ModelInfer(self, request, context):
+        reply, served = await self.api.model_infer(request, context.time_remaining())
+        context.set_trailing_metadata(
+            ((VARIANT_HEADER, served.variant), (MODEL_VERSION_HEADER, served.model_version))
+        )
+        return reply
+
+    async def ModelStreamInfer(
+        self, request_iterator, context
+    ) -> AsyncIterator[service_pb2.ModelStreamInferResponse]:
+        """Requests on a stream run concurrently (so Triton can batch them); a failed one is reported in-band
+        with `error_message`, as Triton does, and the stream goes on."""
+        results: asyncio.Queue[service_pb2.ModelStreamInferResponse | None] = asyncio.Queue()
+        pending: set[asyncio.Task[None]] = set()
+
+        async def one(request: service_pb2.ModelInferRequest) -> None:
+            request_id = request.id
+            try:
+                reply, _ = await self.api.model_infer(request, context.time_remaining())
+                await results.put(service_pb2.ModelStreamInferResponse(infer_response=reply))
+            except MeshError as exc:
+                failed = service_pb2.ModelInferResponse(id=request_id, model_name=request.model_name)
+                await results.put(
+                    service_pb2.ModelStreamInferResponse(error_message=exc.message, infer_response=failed)
+                )
+
+        async def read() -> None:
+            async for request in request_iterator:
+                task = asyncio.create_task(one(request))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+            await asyncio.gather(*list(pending))
+            await results.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (item := await results.get()) is not None:
+                yield item
+            await reader
+        finally:
+            reader.cancel()
+            for task in list(pending):
+                task.cancel()
+
+
+def _unimplemented(name: str):
+    async def method(self, request, context):
+        raise MeshError(
+            f"the meshserve gateway does not implement {name}; it serves "
+            f"{', '.join(OpenInferenceServicer.IMPLEMENTED)}",
+            ErrorCode.UNIMPLEMENTED,
+        )
+
+    method.__name__ = name
+    return method
+
+
+for _name in dir(service_pb2_grpc.GRPCInferenceServiceServicer):
+    if not _name.startswith("_") and _name not in OpenInferenceServicer.IMPLEMENTED:
+        setattr(OpenInferenceServicer, _name, _unimplemented(_name))
+
+
+def add_servicers(
+    server: grpc.aio.Server, predict: PredictionServicer, oip: OpenInferenceServicer
+) -> list[str]:
+    gateway_pb2_grpc.add_PredictionServiceServicer_to_server(predict, server)
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(oip, server)
+    return [
+        gateway_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name,
+        service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+    ]

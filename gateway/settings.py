@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from meshserve.core.settings import ServiceSettings
+
+
+class GatewaySettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="MESHSERVE_GATEWAY_", extra="forbid")
+
+    port: int = Field(50051, ge=0, le=65535)
+    routes_path: Path | None = Field(None, description="routes YAML; default: the embedded sample routes")
+    registry_path: Path | None = Field(
+        None, description="feature registry YAML; default: the embedded sample"
+    )
+    feature_url: str = Field("127.0.0.1:50052", description="feature service (host:port)")
+    cache_url: str = Field("127.0.0.1:50053", description="cache service (host:port)")
+    inference_url: str = Field("127.0.0.1:50054", description="inference service (host:port)")
+    max_instances_per_predict: int = Field(
+        1024, gt=0, description="larger Predicts are refused before any work"
+    )
+    cache_timeout_s: float = Field(0.05, gt=0, description="a slower cache is bypassed, never waited for")
+    feature_timeout_s: float = Field(1.0, gt=0)

@@ -1,0 +1,71 @@
+"""`meshserve`: run the mesh, send predictions, rebuild the sample models, benchmark."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    help="meshserve: a gRPC model-serving mesh in front of NVIDIA Triton.", no_args_is_help=True
+)
+models_app = typer.Typer(help="The sample models.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+def _run(coro) -> int:
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:  # pragma: no cover
+        return asyncio.run(coro)
+
+
+@app.command()
+def up(
+    port: Annotated[int | None, typer.Option(help="gateway port (default 50051)")] = None,
+    host: Annotated[str | None, typer.Option(help="address to listen on (default 127.0.0.1)")] = None,
+    routes: Annotated[Path | None, typer.Option(help="routes YAML (default: embedded)")] = None,
+) -> None:
+    """Start Triton, the feature, cache and inference services and the gateway; serve until Ctrl-C."""
+    from meshserve.cli.up import run_up
+    from meshserve.core.logs import configure_logging
+    from meshserve.mesh import MeshSettings
+
+    overrides = {"gateway_port": port, "host": host, "routes_path": routes}
+    settings = MeshSettings(**{k: v for k, v in overrides.items() if v is not None})
+    configure_logging("meshserve-up", "WARNING")
+    raise typer.Exit(_run(run_up(settings)))
+
+
+@app.command()
+def predict(
+    route: Annotated[str, typer.Argument(help="route name, e.g. fraud")],
+    entity_key: Annotated[str, typer.Argument(help="entity key, e.g. acct-00042")],
+    features: Annotated[list[str], typer.Argument(help="request features as name=value")] = None,
+    target: Annotated[str, typer.Option(help="gateway address")] = "127.0.0.1:50051",
+    timeout: Annotated[float, typer.Option(help="deadline in seconds")] = 5.0,
+) -> None:
+    """Send one Predict to the gateway and print the answer."""
+    from meshserve.cli.predict import run_predict
+
+    raise typer.Exit(_run(run_predict(target, route, entity_key, features or [], timeout)))
+
+
+@models_app.command("build")
+def models_build(
+    repository: Annotated[Path, typer.Option(help="model repository to write")] = Path("model_repository"),
+) -> None:
+    """Retrain the sample models from their fixed seed and export them to the model repository."""
+    from meshserve.samples.build import build_sample_models
+
+    accounts = Path(__file__).resolve().parent.parent / "defaults" / "accounts.csv"
+    summary = build_sample_models(repository, accounts)
+    typer.echo(summary)
+
+
+def main() -> None:
+    app()

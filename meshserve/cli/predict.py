@@ -1,0 +1,49 @@
+"""`meshserve predict`: one Predict from the shell."""
+
+from __future__ import annotations
+
+import grpc
+from rich.console import Console
+from rich.table import Table
+
+from meshserve.core.channels import open_channel
+from meshserve.feature.v1 import feature_pb2
+from meshserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+
+console = Console()
+
+
+def parse_feature(text: str) -> tuple[str, feature_pb2.Value]:
+    name, sep, raw = text.partition("=")
+    if not sep or not name:
+        raise ValueError(f"expected name=value, got {text!r}")
+    try:
+        return name, feature_pb2.Value(int64_value=int(raw))
+    except ValueError:
+        return name, feature_pb2.Value(double_value=float(raw))
+
+
+async def run_predict(target: str, route: str, entity_key: str, features: list[str], timeout_s: float) -> int:
+    try:
+        parsed = dict(parse_feature(f) for f in features)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/]")
+        return 2
+    request = gateway_pb2.PredictRequest(
+        route=route, instances=[gateway_pb2.Instance(entity_key=entity_key, features=parsed)]
+    )
+    async with open_channel(target) as channel:
+        try:
+            reply = await gateway_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            console.print(f"[red]{exc.code().name}[/]: {exc.details()}")
+            return 1
+    table = Table(
+        title=f"route {reply.route}: variant {reply.variant}, {reply.model_name} v{reply.model_version}"
+    )
+    for column in ("entity", "score", "from cache"):
+        table.add_column(column)
+    for p in reply.predictions:
+        table.add_row(p.entity_key, f"{p.score:.6f}", "yes" if p.from_cache else "no")
+    console.print(table)
+    return 0

@@ -1,0 +1,73 @@
+"""Client channels to other meshserve processes: one per target, request id propagated, limits set on purpose."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from meshserve.core.context import REQUEST_ID_HEADER, current_request_id
+from meshserve.core.errors import ErrorCode, MeshError
+
+
+def _with_request_id(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+    request_id = current_request_id()
+    if request_id is None:
+        return details
+    metadata = grpc.aio.Metadata(*(details.metadata or ()))
+    if REQUEST_ID_HEADER not in metadata:
+        metadata.add(REQUEST_ID_HEADER, request_id)
+    return details._replace(metadata=metadata)
+
+
+class _RequestIdUnary(grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(self, continuation, client_call_details, request):
+        return await continuation(_with_request_id(client_call_details), request)
+
+
+def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+def open_channel(target: str, max_message_bytes: int = 64 * 1024 * 1024) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(
+        target, options=channel_options(max_message_bytes), interceptors=[_RequestIdUnary()]
+    )
+
+
+async def wait_until_serving(channel: grpc.aio.Channel, service: str = "", timeout_s: float = 60.0) -> None:
+    """Poll grpc.health.v1 until `service` is SERVING; raises TimeoutError after `timeout_s`."""
+    stub = health_pb2_grpc.HealthStub(channel)
+    deadline = time.monotonic() + timeout_s
+    delay = 0.02
+    while True:
+        try:
+            reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1.0)
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                return
+        except grpc.aio.AioRpcError:
+            pass
+        if time.monotonic() + delay > deadline:
+            raise TimeoutError(f"{service or 'server'} not SERVING after {timeout_s:.0f}s")
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.5)
+
+
+def error_from_rpc(exc: grpc.aio.AioRpcError, hop: str) -> MeshError:
+    """Turn a downstream status into our domain error by its code (never by message text)."""
+    code = _CODE_FOR.get(exc.code(), ErrorCode.UNAVAILABLE if exc.code() == grpc.StatusCode.UNKNOWN else None)
+    details = exc.details() or exc.code().name
+    if code is None:
+        return MeshError(f"{hop}: {details}", ErrorCode.INTERNAL)
+    return MeshError(details, code)
+
+
+_CODE_FOR = {grpc.StatusCode[code.name]: code for code in ErrorCode if code is not ErrorCode.INTERNAL}

@@ -1,0 +1,64 @@
+"""Domain errors with a transport-neutral code; one interceptor turns them into gRPC status codes."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+__all__ = [
+    "DeadlineExceeded",
+    "ErrorCode",
+    "FailedPrecondition",
+    "InvalidArgument",
+    "MeshError",
+    "NotFound",
+    "ResourceExhausted",
+    "Unavailable",
+]
+
+
+class ErrorCode(Enum):
+    INVALID_ARGUMENT = "invalid_argument"
+    NOT_FOUND = "not_found"
+    RESOURCE_EXHAUSTED = "resource_exhausted"
+    FAILED_PRECONDITION = "failed_precondition"
+    UNAVAILABLE = "unavailable"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    CANCELLED = "cancelled"
+    UNIMPLEMENTED = "unimplemented"
+    INTERNAL = "internal"
+
+
+class MeshError(Exception):
+    """An error meant for the caller: its message is safe to show and names what was wrong."""
+
+    code: ErrorCode = ErrorCode.INTERNAL
+
+    def __init__(self, message: str, code: ErrorCode | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class InvalidArgument(MeshError):
+    code = ErrorCode.INVALID_ARGUMENT
+
+
+class NotFound(MeshError):
+    code = ErrorCode.NOT_FOUND
+
+
+class ResourceExhausted(MeshError):
+    code = ErrorCode.RESOURCE_EXHAUSTED
+
+
+class FailedPrecondition(MeshError):
+    code = ErrorCode.FAILED_PRECONDITION
+
+
+class Unavailable(MeshError):
+    code = ErrorCode.UNAVAILABLE
+
+
+class DeadlineExceeded(MeshError):
+    code = ErrorCode.DEADLINE_EXCEEDED

@@ -1,0 +1,122 @@
+"""One lifecycle for every meshserve process: `await start() -> port`, `await wait()`, `await stop(grace)`.
+
+A service registers its servicers, then becomes SERVING only once `until_ready()` (its dependencies) returns.
+On SIGTERM or SIGINT it turns NOT_SERVING, lets in-flight calls finish within the grace period, then exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Iterable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from meshserve.core.interceptors import server_interceptors
+from meshserve.core.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class GrpcService:
+    """Base class: subclasses implement `register`, and optionally `until_ready` and `close`."""
+
+    name: str = "service"
+
+    def __init__(self, settings: ServiceSettings) -> None:
+        self.settings = settings
+        self.health = health.aio.HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        self._ready_task: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
+        self.port: int | None = None
+
+    # -- for subclasses -------------------------------------------------------------------------------
+    def register(self, server: grpc.aio.Server) -> Iterable[str]:
+        """Add servicers to `server`; return their full service names (for health and reflection)."""
+        raise NotImplementedError
+
+    async def until_ready(self) -> None:
+        """Wait for this service's own dependencies; SERVING is reported only after it returns."""
+
+    async def close(self) -> None:
+        """Release clients and stores after the server has stopped."""
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    async def start(self) -> int:
+        server = grpc.aio.server(
+            interceptors=server_interceptors(),
+            options=[
+                ("grpc.max_receive_message_length", self.settings.max_message_bytes),
+                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        self._services = list(self.register(server))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            [*self._services, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        )
+        for service in ["", *self._services]:
+            await self.health.set(service, NOT_SERVING)
+        self.port = server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        if self.port == 0:
+            raise OSError(f"{self.name}: cannot listen on {self.settings.host}:{self.settings.port}")
+        await server.start()
+        self._server = server
+        self._ready_task = asyncio.create_task(self._become_ready(), name=f"{self.name}-ready")
+        log.info("listening", extra={"port": self.port, "address": self.settings.host})
+        return self.port
+
+    async def _become_ready(self) -> None:
+        try:
+            await asyncio.wait_for(self.until_ready(), self.settings.dependency_timeout_s)
+        except Exception:
+            log.exception("dependencies never became ready; staying NOT_SERVING")
+            return
+        for service in ["", *self._services]:
+            await self.health.set(service, SERVING)
+        log.info("serving")
+
+    async def wait(self) -> None:
+        await self._stopped.wait()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """NOT_SERVING first (so balancers move away), then drain in-flight calls for up to `grace` seconds."""
+        if self._server is None:
+            return
+        grace = self.settings.grace_s if grace is None else grace
+        if self._ready_task is not None:
+            self._ready_task.cancel()
+        await self.health.enter_graceful_shutdown()
+        log.info("draining", extra={"grace_s": grace})
+        await self._server.stop(grace)
+        self._server = None
+        await self.close()
+        self._stopped.set()
+        log.info("stopped")
+
+
+async def serve(make_service: Callable[[], GrpcService]) -> None:
+    """Build the service inside the running loop (gRPC channels bind to it), serve until SIGTERM/SIGINT, then
+    stop it gracefully. For `__main__` modules."""
+    service = make_service()
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop_requested.set)
+    await service.start()
+    await stop_requested.wait()
+    await service.stop()
+
+
+def run(make_service: Callable[[], GrpcService]) -> None:
+    """Blocking entry point, on uvloop."""
+    import uvloop
+
+    uvloop.run(serve(make_service))

@@ -1,0 +1,180 @@
+"""The whole mesh on one machine: Triton, the three services and the gateway, as supervised child processes.
+
+`meshserve up` and the integration tests start it the same way, so the tests exercise what users run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from meshserve.core.channels import open_channel, wait_until_serving
+from meshserve.core.process import ChildProcess, free_port
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class MeshSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MESHSERVE_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="address every process listens on")
+    gateway_port: int = Field(50051, ge=0, le=65535, description="the gateway's port; 0 = any free port")
+    model_repositories: list[Path] = Field(default_factory=lambda: [REPO_ROOT / "model_repository"])
+    routes_path: Path | None = None
+    registry_path: Path | None = None
+    run_dir: Path = Field(Path(".meshserve"), description="logs and Triton's backend directory")
+    grace_s: float = Field(10.0, ge=0, description="drain time for each process on shutdown")
+    startup_timeout_s: float = Field(180.0, gt=0)
+    log_level: str = "INFO"
+    triton_args: list[str] = Field(default_factory=list, description="extra tritonserver arguments")
+    extra_env: dict[str, str] = Field(default_factory=dict, description="environment added to every child")
+
+
+@dataclass
+class Endpoints:
+    gateway: str
+    feature: str
+    cache: str
+    inference: str
+    triton_grpc: str
+    triton_metrics: str
+
+
+@dataclass
+class LocalMesh:
+    settings: MeshSettings
+    children: dict[str, ChildProcess] = field(default_factory=dict)
+    endpoints: Endpoints | None = None
+
+    def _python(self, name: str, module: str, env: dict[str, str]) -> ChildProcess:
+        return self._child(name, [sys.executable, "-m", module], env)
+
+    def _child(self, name: str, argv: list[str], env: dict[str, str]) -> ChildProcess:
+        full_env = {**os.environ, **self.settings.extra_env, **env, "PYTHONUNBUFFERED": "1"}
+        return ChildProcess(name, argv, full_env, self.settings.run_dir / "logs" / f"{name}.log")
+
+    def plan(self) -> Endpoints:
+        from services.inference.tritonserver import prepare_backend_dir, triton_command
+
+        s = self.settings
+        host = s.host
+        port = {
+            name: free_port(host) for name in ("feature", "cache", "inference", "grpc", "http", "metrics")
+        }
+        gateway_port = s.gateway_port or free_port(host)
+        ep = Endpoints(
+            gateway=f"{host}:{gateway_port}",
+            feature=f"{host}:{port['feature']}",
+            cache=f"{host}:{port['cache']}",
+            inference=f"{host}:{port['inference']}",
+            triton_grpc=f"{host}:{port['grpc']}",
+            triton_metrics=f"http://{host}:{port['metrics']}/metrics",
+        )
+        backend_dir = prepare_backend_dir(s.run_dir.resolve())
+        argv, triton_env = triton_command(
+            [p.resolve() for p in s.model_repositories],
+            port["grpc"],
+            port["http"],
+            port["metrics"],
+            backend_dir,
+            s.triton_args,
+        )
+        common = {"LOG_LEVEL": s.log_level, "HOST": host, "GRACE_S": str(s.grace_s)}
+
+        def env(prefix: str, **values: object) -> dict[str, str]:
+            items = {**common, **{k.upper(): v for k, v in values.items() if v is not None}}
+            return {f"MESHSERVE_{prefix}_{k}": str(v) for k, v in items.items()}
+
+        self.children = {
+            "triton": self._child("triton", argv, {**triton_env}),
+            "feature": self._python(
+                "feature",
+                "services.feature",
+                env("FEATURE", port=port["feature"], registry_path=s.registry_path),
+            ),
+            "cache": self._python("cache", "services.cache", env("CACHE", port=port["cache"])),
+            "inference": self._python(
+                "inference",
+                "services.inference",
+                env("INFERENCE", port=port["inference"], triton_url=ep.triton_grpc),
+            ),
+            "gateway": self._python(
+                "gateway",
+                "gateway",
+                env(
+                    "GATEWAY",
+                    port=gateway_port,
+                    feature_url=ep.feature,
+                    cache_url=ep.cache,
+                    inference_url=ep.inference,
+                    routes_path=s.routes_path,
+                    registry_path=s.registry_path,
+                ),
+            ),
+        }
+        self.endpoints = ep
+        return ep
+
+    async def start(self, on_ready: Callable[[str], None] = lambda name: None) -> Endpoints:
+        """Start every process and wait until each is healthy; on failure, stop them all and raise."""
+        endpoints = self.plan()
+        try:
+            for child in self.children.values():
+                await child.start()
+            await self._await_healthy(endpoints, on_ready)
+        except BaseException:
+            await self.stop()
+            raise
+        return endpoints
+
+    async def _await_healthy(self, ep: Endpoints, on_ready: Callable[[str], None]) -> None:
+        deadline = time.monotonic() + self.settings.startup_timeout_s
+
+        async def one(name: str, target: str) -> None:
+            channel = open_channel(target)
+            try:
+                check = asyncio.create_task(
+                    wait_until_serving(channel, timeout_s=self.settings.startup_timeout_s)
+                )
+                while not check.done():
+                    if self.children[name].exited:
+                        check.cancel()
+                        raise RuntimeError(
+                            f"{name} exited during start-up:\n{self.children[name].log_tail()}"
+                        )
+                    if time.monotonic() > deadline:
+                        check.cancel()
+                        raise TimeoutError(f"{name} not healthy after {self.settings.startup_timeout_s:.0f}s")
+                    await asyncio.wait({check}, timeout=0.1)
+                await check
+                on_ready(name)
+            finally:
+                await channel.close()
+
+        targets = {
+            "triton": ep.triton_grpc,  # Triton serves grpc.health.v1 too
+            "feature": ep.feature,
+            "cache": ep.cache,
+            "inference": ep.inference,
+            "gateway": ep.gateway,
+        }
+        await asyncio.gather(*(one(name, target) for name, target in targets.items()))
+
+    def crashed(self) -> list[str]:
+        return [name for name, child in self.children.items() if child.exited]
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Gateway first (it drains callers), then the services, then Triton; each by process group."""
+        grace = self.settings.grace_s if grace is None else grace
+        order = ["gateway", "inference", "feature", "cache", "triton"]
+        for name in order:
+            if name in self.children:
+                await self.children[name].stop(grace + 2.0)

@@ -1,0 +1,1 @@
+"""meshserve's microservices: feature (online features), cache (predictions) and inference (drives Triton)."""

@@ -1,0 +1,1 @@
+"""Cache service: predictions by key, bounded by bytes, LRU with TTL."""

@@ -1,0 +1,78 @@
+"""GetOnlineFeatures as plain async logic: validate against the registry, read, and judge freshness."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+from meshserve.core.errors import InvalidArgument, NotFound, ResourceExhausted
+from meshserve.registry import FeatureRegistry
+from services.feature.store import SqliteStore
+
+
+class Status(Enum):
+    PRESENT = 1
+    NOT_FOUND = 2
+    OUTSIDE_MAX_AGE = 3
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureValue:
+    value: float | int | None
+    status: Status
+    event_ts: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureRows:
+    feature_names: list[str]
+    rows: list[tuple[str, list[FeatureValue]]]  # (entity key, values aligned with feature_names)
+
+
+class FeatureHandler:
+    def __init__(
+        self,
+        registry: FeatureRegistry,
+        store: SqliteStore,
+        max_keys: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.registry = registry
+        self.store = store
+        self.max_keys = max_keys
+        self.clock = clock
+
+    async def get_online_features(
+        self, entity: str, keys: Sequence[str], features: Sequence[str]
+    ) -> FeatureRows:
+        if entity not in self.registry.entities:
+            raise NotFound(f"unknown entity {entity!r}; known: {', '.join(sorted(self.registry.entities))}")
+        if len(keys) > self.max_keys:
+            raise ResourceExhausted(f"{len(keys)} entity keys in one request; the limit is {self.max_keys}")
+        stored = self.registry.stored_by_entity[entity]
+        names = list(features) or stored
+        for name in names:
+            if name not in stored:
+                raise InvalidArgument(f"feature {name!r} is not a stored feature of entity {entity!r}")
+        if any(not key for key in keys):
+            raise InvalidArgument("entity_keys must not contain an empty key")
+        found = self.store.read(entity, list(dict.fromkeys(keys)), names)
+        now = self.clock()
+        rows = []
+        for key in keys:
+            values = []
+            for name in names:
+                hit = found.get((key, name))
+                if hit is None:
+                    values.append(FeatureValue(None, Status.NOT_FOUND, None))
+                    continue
+                spec = self.registry.features[name]
+                value = int(hit.value) if spec.dtype.startswith("INT") else hit.value
+                stale = spec.max_age_s is not None and now - hit.event_ts > spec.max_age_s
+                values.append(
+                    FeatureValue(value, Status.OUTSIDE_MAX_AGE if stale else Status.PRESENT, hit.event_ts)
+                )
+            rows.append((key, values))
+        return FeatureRows(names, rows)

@@ -1,0 +1,45 @@
+"""gRPC adapter for FeatureService: protobuf in, FeatureHandler, protobuf out."""
+
+from __future__ import annotations
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from meshserve.feature.v1 import feature_pb2, feature_pb2_grpc
+from services.feature.handler import FeatureHandler, FeatureValue
+
+
+def _to_value(value: FeatureValue) -> feature_pb2.Value:
+    if value.value is None:
+        return feature_pb2.Value()
+    if isinstance(value.value, int):
+        return feature_pb2.Value(int64_value=value.value)
+    return feature_pb2.Value(double_value=value.value)
+
+
+def _to_timestamp(seconds: float | None) -> Timestamp:
+    stamp = Timestamp()
+    if seconds is not None:
+        stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+class FeatureServicer(feature_pb2_grpc.FeatureServiceServicer):
+    def __init__(self, handler: FeatureHandler) -> None:
+        self.handler = handler
+
+    async def GetOnlineFeatures(self, request, context):
+        result = await self.handler.get_online_features(
+            request.entity, list(request.entity_keys), list(request.features)
+        )
+        return feature_pb2.GetOnlineFeaturesResponse(
+            feature_names=result.feature_names,
+            vectors=[
+                feature_pb2.FeatureVector(
+                    entity_key=key,
+                    values=[_to_value(v) for v in values],
+                    statuses=[v.status.value for v in values],
+                    event_timestamps=[_to_timestamp(v.event_ts) for v in values],
+                )
+                for key, values in result.rows
+            ],
+        )

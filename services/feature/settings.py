@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from meshserve.core.settings import ServiceSettings
+
+
+class FeatureSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="MESHSERVE_FEATURE_", extra="forbid")
+
+    registry_path: Path | None = Field(
+        None, description="feature registry YAML; default: the embedded sample"
+    )
+    db_path: str = Field(":memory:", description="SQLite online store; ':memory:' keeps it in the process")
+    seed_csv: Path | None = Field(
+        None, description="CSV to load into an empty store at start-up; default: the embedded sample accounts"
+    )
+    seed_entity: str = Field("account", description="entity whose rows seed_csv holds")
+    seed: bool = Field(True, description="load seed_csv when the store is empty")
+    max_keys_per_request: int = Field(1024, gt=0)

@@ -1,0 +1,1 @@
+"""Inference service: the mesh's only client of Triton Inference Server."""

@@ -1,0 +1,20 @@
+"""gRPC adapter for the mesh-internal InferenceService: the request passes to Triton as it came."""
+
+from __future__ import annotations
+
+from meshserve.inference.v1 import inference_pb2, inference_pb2_grpc
+from services.inference.triton import TritonBackend
+
+
+class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
+    def __init__(self, triton: TritonBackend) -> None:
+        self.triton = triton
+
+    async def ModelInfer(self, request, context):
+        return await self.triton.infer(request, context.time_remaining())
+
+    async def DescribeModel(self, request, context):
+        model = await self.triton.describe(request.model_name, request.model_version)
+        return inference_pb2.DescribeModelResponse(
+            ready=model.ready, resolved_version=model.version, metadata=model.metadata, config=model.config
+        )

@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from meshserve.core.settings import ServiceSettings
+
+
+class InferenceSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="MESHSERVE_INFERENCE_", extra="forbid")
+
+    triton_url: str = Field("127.0.0.1:8001", description="Triton's gRPC endpoint (host:port)")
+    triton_timeout_s: float = Field(
+        5.0, gt=0, description="longest a Triton call may take, whatever the caller"
+    )
+    required_models: list[str] = Field(
+        default_factory=list,
+        description="models (`name` or `name:version`) that must be ready before SERVING",
+    )
+    max_message_bytes: int = Field(64 * 1024 * 1024, gt=0)

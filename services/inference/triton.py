@@ -1,0 +1,106 @@
+"""The Triton client of the mesh.
+
+Control calls (readiness, metadata, config) go through `tritonclient.grpc.aio`. Inference goes through the
+generated stub that tritonclient ships, on a channel of our own, because the request arrives as a ready
+ModelInferRequest: building InferInput objects would decode and re-encode every tensor. One channel multiplexes
+every in-flight call, so Triton's dynamic batcher sees them all at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import grpc
+from tritonclient.grpc import InferenceServerException, service_pb2, service_pb2_grpc
+from tritonclient.grpc.aio import InferenceServerClient
+
+from meshserve.core.channels import channel_options, error_from_rpc
+from meshserve.core.errors import ErrorCode, MeshError, NotFound
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelDescription:
+    name: str
+    version: str  # the resolved version ("" in a request means the highest available)
+    ready: bool
+    metadata: service_pb2.ModelMetadataResponse
+    config: service_pb2.ModelConfigResponse
+
+
+def _mesh_error(exc: InferenceServerException, what: str) -> MeshError:
+    status = (exc.status() or "").rsplit(".", 1)[-1]  # tritonclient reports e.g. "StatusCode.NOT_FOUND"
+    code = ErrorCode.__members__.get(status, ErrorCode.UNAVAILABLE)
+    return MeshError(f"{what}: {exc.message()}", code)
+
+
+class TritonBackend:
+    def __init__(self, url: str, timeout_s: float, max_message_bytes: int) -> None:
+        self.url = url
+        self.timeout_s = timeout_s
+        self.control = InferenceServerClient(url)
+        self._channel = grpc.aio.insecure_channel(url, options=channel_options(max_message_bytes))
+        self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+
+    async def wait_ready(self, models: list[str], timeout_s: float) -> None:
+        """Wait (bounded) until Triton and each `name[:version]` in `models` are ready."""
+        deadline = time.monotonic() + timeout_s
+        pending = ["", *models]  # "" = the server itself
+        while pending:
+            target = pending[0]
+            try:
+                name, _, version = target.partition(":")
+                ready = (
+                    await self.control.is_model_ready(name, version)
+                    if name
+                    else await self.control.is_server_ready()
+                )
+            except InferenceServerException:
+                ready = False
+            if ready:
+                pending.pop(0)
+                continue
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"Triton at {self.url}: {target or 'server'} not ready after {timeout_s:.0f}s"
+                )
+            await asyncio.sleep(0.1)
+        log.info("triton ready", extra={"url": self.url, "models": models})
+
+    async def describe(self, name: str, version: str = "") -> ModelDescription:
+        try:
+            metadata = await self.control.get_model_metadata(name, version, client_timeout=self.timeout_s)
+        except InferenceServerException as exc:
+            raise _mesh_error(exc, f"model {name!r}") from None
+        resolved = version or max(metadata.versions, key=int, default="")
+        if version and version not in metadata.versions:
+            raise NotFound(f"model {name!r} has no version {version!r}; available: {list(metadata.versions)}")
+        try:
+            config = await self.control.get_model_config(name, resolved, client_timeout=self.timeout_s)
+            ready = await self.control.is_model_ready(name, resolved, client_timeout=self.timeout_s)
+        except InferenceServerException as exc:
+            raise _mesh_error(exc, f"model {name!r} version {resolved}") from None
+        return ModelDescription(name, resolved, ready, metadata, config)
+
+    async def infer(
+        self, request: service_pb2.ModelInferRequest, timeout_s: float | None
+    ) -> service_pb2.ModelInferResponse:
+        """One inference, bounded by the caller's remaining time and our own ceiling."""
+        timeout = self.timeout_s if timeout_s is None else min(timeout_s, self.timeout_s)
+        if timeout <= 0:
+            raise MeshError("no time left for inference", ErrorCode.DEADLINE_EXCEEDED)
+        try:
+            return await self._stub.ModelInfer(request, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc, "triton") from None
+
+    async def close(self) -> None:
+        await self.control.close()
+        await self._channel.close()
+
+
+__all__ = ["ModelDescription", "TritonBackend"]

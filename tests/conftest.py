@@ -1,0 +1,35 @@
+"""Shared fixtures: one real mesh (Triton from the bundled binary, our services, the gateway) per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from meshserve.mesh import REPO_ROOT, LocalMesh, MeshSettings
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def marker_dir(tmp_path_factory) -> Path:
+    """The test-only `slow` model drops one file here per request it starts."""
+    return tmp_path_factory.mktemp("slow-markers")
+
+
+@pytest_asyncio.fixture(scope="session")
+async def mesh(tmp_path_factory, marker_dir) -> LocalMesh:
+    settings = MeshSettings(
+        gateway_port=0,
+        model_repositories=[REPO_ROOT / "model_repository", FIXTURES / "model_repository"],
+        routes_path=FIXTURES / "routes.yaml",
+        run_dir=tmp_path_factory.mktemp("mesh"),
+        grace_s=5.0,
+        extra_env={"MESHSERVE_TEST_MARKER_DIR": str(marker_dir), "MESHSERVE_TEST_SLOW_SECONDS": "1.0"},
+    )
+    local = LocalMesh(settings)
+    await local.start()
+    yield local
+    await local.stop()
+    assert not local.crashed() or all(c.process.returncode in (0, -9, -15) for c in local.children.values())

@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+from tritonclient.grpc import service_pb2
+
+from gateway.tensors import validate_infer_request
+from meshserve.core.errors import InvalidArgument
+
+METADATA = service_pb2.ModelMetadataResponse(
+    name="fraud",
+    inputs=[
+        service_pb2.ModelMetadataResponse.TensorMetadata(name="features", datatype="FP32", shape=[-1, 5])
+    ],
+)
+Tensor = service_pb2.ModelInferRequest.InferInputTensor
+
+
+def raw_request(name="features", datatype="FP32", shape=(1, 5), data=None):
+    data = np.zeros(shape, np.float32).tobytes() if data is None else data
+    return service_pb2.ModelInferRequest(
+        model_name="fraud",
+        inputs=[Tensor(name=name, datatype=datatype, shape=shape)],
+        raw_input_contents=[data],
+    )
+
+
+def check(request):
+    validate_infer_request(request, METADATA, max_batch_size=64, route="fraud")
+
+
+def test_valid_raw_and_typed_requests_pass():
+    check(raw_request(shape=(3, 5)))
+    typed = service_pb2.ModelInferRequest(
+        model_name="fraud",
+        inputs=[
+            Tensor(name="features", datatype="FP32", shape=[2, 5], contents={"fp32_contents": [0.0] * 10})
+        ],
+    )
+    check(typed)
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        (
+            raw_request(datatype="FP64", data=b"\0" * 40),
+            "input 'features': datatype FP64 but the model expects FP32",
+        ),
+        (raw_request(shape=(1, 4), data=b"\0" * 16), r"input 'features': shape \[1, 4\] does not match"),
+        (raw_request(shape=(5,), data=b"\0" * 20), r"input 'features': shape \[5\] does not match"),
+        (raw_request(name="feats"), "unexpected input 'feats'"),
+        (raw_request(data=b"\0" * 12), "input 'features': 12 bytes of data for shape"),
+        (raw_request(shape=(65, 5)), "input 'features': batch of 65 exceeds the model's limit of 64"),
+        (service_pb2.ModelInferRequest(model_name="fraud"), "missing input 'features'"),
+    ],
+)
+def test_each_defect_is_refused_naming_the_input(request_, message):
+    with pytest.raises(InvalidArgument, match=message):
+        check(request_)
+
+
+def test_typed_contents_count_must_match_shape():
+    typed = service_pb2.ModelInferRequest(
+        inputs=[Tensor(name="features", datatype="FP32", shape=[1, 5], contents={"fp32_contents": [1.0] * 4})]
+    )
+    with pytest.raises(InvalidArgument, match="input 'features': 4 values in contents"):
+        check(typed)
+
+
+def test_raw_contents_must_pair_with_inputs():
+    request = raw_request()
+    request.raw_input_contents.append(b"")
+    with pytest.raises(InvalidArgument, match="2 raw_input_contents for 1 inputs"):
+        check(request)
