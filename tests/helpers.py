@@ -1,0 +1,77 @@
+"""Small helpers shared by integration and end-to-end tests."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+import tritonclient.grpc as triton_grpc
+
+from meshserve.registry import load_registry
+
+ACCOUNTS_CSV = Path(__file__).resolve().parent.parent / "meshserve" / "defaults" / "accounts.csv"
+
+
+def stored_features(account_id: str) -> dict[str, float]:
+    with ACCOUNTS_CSV.open() as f:
+        for row in csv.DictReader(f):
+            if row["account_id"] == account_id:
+                return {k: float(v) for k, v in row.items() if k != "account_id"}
+    raise KeyError(account_id)
+
+
+def feature_vector(account_id: str, **request: float) -> np.ndarray:
+    """The model input the mesh should build for this account and these request features."""
+    values = {**stored_features(account_id), **request}
+    return np.array([[values[name] for name in load_registry().models["fraud"].vector]], dtype=np.float32)
+
+
+def score_directly(triton_url: str, matrix: np.ndarray, version: str = "1") -> np.ndarray:
+    """Score on Triton itself, bypassing the mesh: the reference every mesh answer is compared with."""
+    client = triton_grpc.InferenceServerClient(triton_url)
+    scores = []
+    for start in range(0, len(matrix), 64):  # the model's max_batch_size
+        chunk = matrix[start : start + 64]
+        tensor = triton_grpc.InferInput("features", list(chunk.shape), "FP32")
+        tensor.set_data_from_numpy(chunk)
+        scores.append(client.infer("fraud", [tensor], model_version=version).as_numpy("score")[:, 0])
+    return np.concatenate(scores)
+
+
+def triton_counts(triton_url: str, model: str, version: str) -> tuple[int, int]:
+    """(inference_count, execution_count) from Triton's own statistics: rows inferred and batches run."""
+    stats = triton_grpc.InferenceServerClient(triton_url).get_inference_statistics(model, version)
+    (entry,) = stats.model_stats
+    return entry.inference_count, entry.execution_count
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below `pid`, found through /proc (children run in their own sessions)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pids: set[int]) -> set[int]:
+    """The pids that still exist and are not zombies."""
+    living = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            living.add(pid)
+    return living

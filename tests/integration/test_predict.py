@@ -1,0 +1,101 @@
+"""Predict end to end: gateway -> cache -> feature -> inference -> Triton, checked against Triton directly."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import numpy as np
+import pytest
+
+from meshserve.feature.v1 import feature_pb2
+from meshserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from tests.helpers import feature_vector, score_directly, triton_counts
+
+
+def instance(account: str, amount: float, category: int = 3) -> gateway_pb2.Instance:
+    return gateway_pb2.Instance(
+        entity_key=account,
+        features={
+            "amount": feature_pb2.Value(double_value=amount),
+            "merchant_category": feature_pb2.Value(int64_value=category),
+        },
+    )
+
+
+@pytest.fixture
+async def predict(mesh):
+    async with grpc.aio.insecure_channel(mesh.endpoints.gateway) as channel:
+        stub = gateway_pb2_grpc.PredictionServiceStub(channel)
+
+        async def call(route: str, *instances: gateway_pb2.Instance) -> gateway_pb2.PredictResponse:
+            return await stub.Predict(
+                gateway_pb2.PredictRequest(route=route, instances=instances), timeout=10
+            )
+
+        yield call
+
+
+async def test_predict_scores_stored_and_request_features_like_triton_directly(mesh, predict):
+    reply = await predict("fraud", instance("acct-00010", 812.5, 6))
+    assert (reply.route, reply.variant, reply.model_name, reply.model_version) == (
+        "fraud",
+        "stable",
+        "fraud",
+        "1",
+    )
+    (prediction,) = reply.predictions
+    expected = score_directly(
+        mesh.endpoints.triton_grpc, feature_vector("acct-00010", amount=812.5, merchant_category=6)
+    )
+    assert prediction.entity_key == "acct-00010"
+    assert prediction.score == pytest.approx(float(expected[0]), abs=1e-6)
+    assert not prediction.from_cache
+
+
+async def test_repeated_predict_is_answered_from_cache_and_a_new_input_is_not(predict):
+    first = await predict("fraud", instance("acct-00020", 77.0))
+    again = await predict("fraud", instance("acct-00020", 77.0))
+    other = await predict("fraud", instance("acct-00020", 78.0))
+    assert not first.predictions[0].from_cache
+    assert again.predictions[0].from_cache
+    assert again.predictions[0].score == first.predictions[0].score
+    assert not other.predictions[0].from_cache
+
+
+async def test_route_with_cache_off_never_answers_from_cache(predict):
+    for _ in range(2):
+        reply = await predict("fraud-v2", instance("acct-00021", 77.0))
+        assert reply.model_version == "2" and not reply.predictions[0].from_cache
+
+
+async def test_large_predict_is_split_into_model_sized_batches_and_keeps_order(mesh, predict):
+    accounts = [f"acct-{n:05d}" for n in range(100, 250)]  # 150 instances > max_batch_size 64
+    reply = await predict("fraud-v2", *(instance(a, 100.0 + n) for n, a in enumerate(accounts)))
+    assert [p.entity_key for p in reply.predictions] == accounts
+    matrix = np.vstack(
+        [feature_vector(a, amount=100.0 + n, merchant_category=3) for n, a in enumerate(accounts)]
+    )
+    expected = score_directly(mesh.endpoints.triton_grpc, matrix, "2")
+    np.testing.assert_allclose([p.score for p in reply.predictions], expected, atol=1e-6)
+
+
+async def test_unknown_entity_is_scored_with_registry_defaults(mesh, predict):
+    reply = await predict("fraud-v2", instance("acct-unknown", 50.0, 2))
+    defaults = np.array([[50.0, 2, 50.0, 0, 0]], dtype=np.float32)  # avg_amount_30d default 50, others 0
+    assert reply.predictions[0].score == pytest.approx(
+        float(score_directly(mesh.endpoints.triton_grpc, defaults, "2")[0]), abs=1e-6
+    )
+
+
+async def test_64_concurrent_predicts_reach_triton_as_real_batches(mesh, predict):
+    before = triton_counts(mesh.endpoints.triton_grpc, "fraud", "1")
+    # distinct amounts: every Predict misses the cache and reaches Triton
+    replies = await asyncio.gather(
+        *(predict("fraud", instance(f"acct-{n:05d}", 1000.0 + n)) for n in range(64))
+    )
+    after = triton_counts(mesh.endpoints.triton_grpc, "fraud", "1")
+    inferences, executions = after[0] - before[0], after[1] - before[1]
+    assert all(not r.predictions[0].from_cache for r in replies)
+    assert inferences == 64
+    assert executions < inferences, f"{executions} executions for {inferences} rows: no batching"
