@@ -12,9 +12,10 @@ from meshserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.helpers import triton_counts
 
 ROW = np.array([[120.0, 3, 80.0, 2, 400]], dtype=np.float32)
+ROW_BYTES = ROW.tobytes()
 
 
-def infer_request(model="fraud", name="features", datatype="FP32", shape=(1, 5), data=ROW.tobytes()):
+def infer_request(model="fraud", name="features", datatype="FP32", shape=(1, 5), data=ROW_BYTES):
     return service_pb2.ModelInferRequest(
         model_name=model,
         inputs=[service_pb2.ModelInferRequest.InferInputTensor(name=name, datatype=datatype, shape=shape)],
