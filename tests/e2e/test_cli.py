@@ -1,0 +1,97 @@
+"""The CLI as a user runs it: `meshserve up` serves tritonclient and `meshserve predict`, and leaves nothing behind."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as triton_grpc
+
+from meshserve.core.channels import wait_until_serving
+from meshserve.core.process import free_port
+from tests.helpers import alive, descendants
+
+MESHSERVE = str(Path(sys.executable).parent / "meshserve")
+PROCESSES = {"triton", "feature", "cache", "inference", "gateway"}
+
+
+@pytest.fixture
+async def up(tmp_path):
+    """`meshserve up` on a free port, waited for through the gateway's health check."""
+    port = free_port()
+    env = {**os.environ, "MESHSERVE_RUN_DIR": str(tmp_path / "run"), "MESHSERVE_GRACE_S": "3"}
+    process = await asyncio.create_subprocess_exec(
+        MESHSERVE, "up", "--port", str(port),
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            await wait_until_serving(channel, timeout_s=120)
+        yield process, port, tmp_path / "run"
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+def children_of(pid: int) -> set[int]:
+    return alive(descendants(pid))
+
+
+async def wait_for_exit(process, timeout: float = 60) -> tuple[int, str]:
+    output, _ = await asyncio.wait_for(process.communicate(), timeout)
+    return process.returncode, output.decode(errors="replace")
+
+
+async def test_up_serves_tritonclient_and_predict_then_stops_every_process(up):
+    process, port, run_dir = up
+    family = children_of(process.pid)
+    assert len(family) >= len(PROCESSES)  # Triton, its python stubs, our four services
+
+    client = triton_grpc.InferenceServerClient(f"127.0.0.1:{port}")
+    tensor = triton_grpc.InferInput("features", [1, 5], "FP32")
+    tensor.set_data_from_numpy(np.array([[250.0, 3, 80.0, 2, 400]], dtype=np.float32))
+    score = client.infer("fraud", [tensor]).as_numpy("score")[0, 0]
+    assert 0.0 <= score <= 1.0
+
+    predict = await asyncio.create_subprocess_exec(
+        MESHSERVE, "predict", "fraud", "acct-00042", "amount=250", "merchant_category=3",
+        "--target", f"127.0.0.1:{port}", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    code, output = await wait_for_exit(predict)
+    assert code == 0, output
+    assert "acct-00042" in output and "variant stable" in output
+
+    process.send_signal(signal.SIGTERM)
+    code, output = await wait_for_exit(process)
+    assert code == 0, output
+    assert "stopped" in output
+    assert not alive(family), f"left behind: {alive(family)}"
+    assert {p.stem for p in (run_dir / "logs").glob("*.log")} == PROCESSES
+
+
+async def test_a_crashed_child_stops_the_whole_mesh_with_nothing_left_behind(up):
+    process, _, run_dir = up
+    family = children_of(process.pid)
+    cache_pid = next(pid for pid in family if b"services.cache" in Path(f"/proc/{pid}/cmdline").read_bytes())
+    os.kill(cache_pid, signal.SIGKILL)
+    code, output = await wait_for_exit(process)
+    assert code == 1
+    assert "cache exited unexpectedly" in output
+    assert not alive(family), f"left behind: {alive(family)}"
+
+
+async def test_predict_reports_a_clear_error_for_an_unknown_route(mesh):
+    predict = await asyncio.create_subprocess_exec(
+        MESHSERVE, "predict", "nope", "acct-1", "amount=1", "merchant_category=1", "--target", mesh.endpoints.gateway,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    code, output = await wait_for_exit(predict)
+    assert code == 1
+    assert "NOT_FOUND" in output and "unknown route 'nope'" in output
