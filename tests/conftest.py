@@ -26,6 +26,7 @@ async def mesh(tmp_path_factory, marker_dir) -> LocalMesh:
         routes_path=FIXTURES / "routes.yaml",
         run_dir=tmp_path_factory.mktemp("mesh"),
         grace_s=5.0,
+        log_level="DEBUG",  # access logs, so tests can follow a request id across hops
         extra_env={"MESHSERVE_TEST_MARKER_DIR": str(marker_dir), "MESHSERVE_TEST_SLOW_SECONDS": "1.0"},
     )
     local = LocalMesh(settings)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +15,7 @@ from meshserve.core.context import REQUEST_ID_HEADER, set_request_id
 from meshserve.core.errors import ErrorCode, MeshError
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("meshserve.access")
 
 STATUS_FOR: dict[ErrorCode, grpc.StatusCode] = {code: grpc.StatusCode[code.name] for code in ErrorCode}
 # Downstream codes that keep their meaning for our caller; anything else becomes INTERNAL.
@@ -37,10 +39,14 @@ def _wrap(handler: grpc.RpcMethodHandler, before: Callable[[grpc.aio.ServicerCon
     def unary(inner):
         async def call(request, context):
             before(context)
+            started = time.perf_counter()
             try:
-                return await inner(request, context)
+                reply = await inner(request, context)
             except Exception as exc:  # noqa: BLE001 - every failure gets exactly one clean status
+                _access_log(method, started, exc)
                 await _abort(context, exc, method)
+            _access_log(method, started, None)
+            return reply
 
         return call
 
@@ -73,6 +79,21 @@ def _wrap(handler: grpc.RpcMethodHandler, before: Callable[[grpc.aio.ServicerCon
                 response_serializer=handler.response_serializer,
             )
     return handler
+
+
+def _access_log(method: str, started: float, exc: BaseException | None) -> None:
+    """One DEBUG line per call, carrying the request id; free when DEBUG is off."""
+    if access_log.isEnabledFor(logging.DEBUG):
+        if exc is None:
+            outcome = "OK"
+        elif isinstance(exc, MeshError):
+            outcome = exc.code.name
+        elif isinstance(exc, grpc.aio.AioRpcError):
+            outcome = exc.code().name
+        else:
+            outcome = type(exc).__name__
+        elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
+        access_log.debug("rpc", extra={"method": method, "outcome": outcome, "ms": elapsed_ms})
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:

@@ -40,3 +40,5 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # grpc's own debug chatter would drown our access logs
+    logging.getLogger("grpc").setLevel(max(root.level, logging.INFO))

@@ -99,3 +99,15 @@ async def test_64_concurrent_predicts_reach_triton_as_real_batches(mesh, predict
     assert all(not r.predictions[0].from_cache for r in replies)
     assert inferences == 64
     assert executions < inferences, f"{executions} executions for {inferences} rows: no batching"
+
+
+async def test_request_id_travels_through_every_hop(mesh):
+    request_id = "req-trace-7f3a9c"
+    async with grpc.aio.insecure_channel(mesh.endpoints.gateway) as channel:
+        request = gateway_pb2.PredictRequest(route="fraud-v2", instances=[instance("acct-00030", 55.0)])
+        await gateway_pb2_grpc.PredictionServiceStub(channel).Predict(
+            request, metadata=(("x-request-id", request_id),), timeout=10
+        )
+    for process in ("gateway", "feature", "inference"):
+        log = mesh.children[process].log_path.read_text()
+        assert f'"request_id": "{request_id}"' in log, f"{process} never saw the request id"
