@@ -34,6 +34,7 @@ class GrpcService:
         self._server: grpc.aio.Server | None = None
         self._ready_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
+        self._services: list[str] = []
         self.port: int | None = None
 
     # -- for subclasses -------------------------------------------------------------------------------

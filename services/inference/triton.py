@@ -55,9 +55,9 @@ class TritonBackend:
             try:
                 name, _, version = target.partition(":")
                 ready = (
-                    await self.control.is_model_ready(name, version)
+                    await self.control.is_model_ready(name, version, client_timeout=2.0)
                     if name
-                    else await self.control.is_server_ready()
+                    else await self.control.is_server_ready(client_timeout=2.0)
                 )
             except InferenceServerException:
                 ready = False
