@@ -139,25 +139,26 @@ class LocalMesh:
         deadline = time.monotonic() + self.settings.startup_timeout_s
 
         async def one(name: str, target: str) -> None:
-            channel = open_channel(target)
-            try:
-                check = asyncio.create_task(
+            async with open_channel(target) as channel:
+                check = asyncio.ensure_future(
                     wait_until_serving(channel, timeout_s=self.settings.startup_timeout_s)
                 )
-                while not check.done():
-                    if self.children[name].exited:
-                        check.cancel()
-                        raise RuntimeError(
-                            f"{name} exited during start-up:\n{self.children[name].log_tail()}"
-                        )
-                    if time.monotonic() > deadline:
-                        check.cancel()
-                        raise TimeoutError(f"{name} not healthy after {self.settings.startup_timeout_s:.0f}s")
-                    await asyncio.wait({check}, timeout=0.1)
-                await check
-                on_ready(name)
-            finally:
-                await channel.close()
+                try:
+                    while not check.done():
+                        if self.children[name].exited:
+                            raise RuntimeError(
+                                f"{name} exited during start-up:\n{self.children[name].log_tail()}"
+                            )
+                        if time.monotonic() > deadline:
+                            raise TimeoutError(
+                                f"{name} not healthy after {self.settings.startup_timeout_s:.0f}s"
+                            )
+                        await asyncio.wait({check}, timeout=0.1)
+                    await check
+                finally:
+                    check.cancel()  # never leave it polling a closed channel
+                    await asyncio.gather(check, return_exceptions=True)
+            on_ready(name)
 
         targets = {
             "triton": ep.triton_grpc,  # Triton serves grpc.health.v1 too

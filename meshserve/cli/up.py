@@ -51,11 +51,12 @@ async def run_up(settings: MeshSettings) -> int:
         starting = asyncio.create_task(mesh.start(on_ready=ready))
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        if not starting.done():  # Ctrl-C during start-up
+        if not starting.done():  # asked to stop during start-up: a clean stop all the same
             starting.cancel()
             await asyncio.gather(starting, return_exceptions=True)
             await mesh.stop()
-            return 130
+            console.print("[green]stopped[/]")
+            return 0
         stopped.cancel()
         try:
             endpoints = starting.result()

@@ -34,6 +34,8 @@ class GrpcService:
         self._server: grpc.aio.Server | None = None
         self._ready_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
+        self._failed = asyncio.Event()
+        self.failure: BaseException | None = None
         self._services: list[str] = []
         self.port: int | None = None
 
@@ -77,8 +79,12 @@ class GrpcService:
     async def _become_ready(self) -> None:
         try:
             await asyncio.wait_for(self.until_ready(), self.settings.dependency_timeout_s)
-        except Exception:
-            log.exception("dependencies never became ready; staying NOT_SERVING")
+        except Exception as exc:
+            # Exit rather than linger unhealthy: a supervisor (compose, Kubernetes, `meshserve up`) restarts or
+            # reports a process that exits, never one that merely stays NOT_SERVING.
+            log.exception("dependencies never became ready; giving up")
+            self.failure = exc
+            self._failed.set()
             return
         for service in ["", *self._services]:
             await self.health.set(service, SERVING)
@@ -112,8 +118,12 @@ async def serve(make_service: Callable[[], GrpcService]) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop_requested.set)
     await service.start()
-    await stop_requested.wait()
+    signalled = asyncio.ensure_future(stop_requested.wait())
+    failed = asyncio.ensure_future(service._failed.wait())
+    await asyncio.wait({signalled, failed}, return_when=asyncio.FIRST_COMPLETED)
     await service.stop()
+    if service.failure is not None:
+        raise SystemExit(1)
 
 
 def run(make_service: Callable[[], GrpcService]) -> None:

@@ -9,6 +9,7 @@ from meshserve.core.settings import ServiceSettings
 class CacheSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="MESHSERVE_CACHE_", extra="forbid")
 
+    port: int = Field(50053, ge=0, le=65535, description="port to listen on; 0 lets the OS choose")
     max_bytes: int = Field(64 * 1024 * 1024, gt=0, description="total size of keys and values kept")
     max_entry_bytes: int = Field(64 * 1024, gt=0, description="larger entries are not stored")
     default_ttl_s: float = Field(60.0, gt=0, description="TTL for entries set without one")

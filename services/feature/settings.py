@@ -11,6 +11,7 @@ from meshserve.core.settings import ServiceSettings
 class FeatureSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="MESHSERVE_FEATURE_", extra="forbid")
 
+    port: int = Field(50052, ge=0, le=65535, description="port to listen on; 0 lets the OS choose")
     registry_path: Path | None = Field(
         None, description="feature registry YAML; default: the embedded sample"
     )

@@ -9,6 +9,7 @@ from meshserve.core.settings import ServiceSettings
 class InferenceSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="MESHSERVE_INFERENCE_", extra="forbid")
 
+    port: int = Field(50054, ge=0, le=65535, description="port to listen on; 0 lets the OS choose")
     triton_url: str = Field("127.0.0.1:8001", description="Triton's gRPC endpoint (host:port)")
     triton_timeout_s: float = Field(
         5.0, gt=0, description="longest a Triton call may take, whatever the caller"

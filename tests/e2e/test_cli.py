@@ -33,6 +33,10 @@ async def up(tmp_path):
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             await wait_until_serving(channel, timeout_s=120)
+        # ...and until `up` itself has seen every process healthy and printed its endpoints
+        async with asyncio.timeout(60):
+            while b"Ctrl-C stops every process" not in (line := await process.stdout.readline()):
+                assert line, "meshserve up exited during start-up"
         yield process, port, tmp_path / "run"
     finally:
         if process.returncode is None:
