@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import random
 from bisect import bisect_right
-from importlib import resources
 from itertools import accumulate
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from meshserve.core.errors import NotFound
+from meshserve.defaults import load_yaml
 
 __all__ = ["CachePolicy", "Route", "RouteTable", "Variant", "choose_variant", "load_routes"]
 
@@ -75,9 +74,4 @@ def choose_variant(route: Route, rng: random.Random, version: str = "") -> Varia
 
 
 def load_routes(path: Path | None = None) -> RouteTable:
-    text = (
-        path.read_text()
-        if path
-        else resources.files("meshserve.defaults").joinpath("routes.yaml").read_text()
-    )
-    return RouteTable.model_validate(yaml.safe_load(text))
+    return RouteTable.model_validate(load_yaml(path, "routes.yaml"))

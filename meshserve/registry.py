@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from enum import StrEnum
 from functools import cached_property
-from importlib import resources
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from meshserve.defaults import load_yaml
 
 __all__ = ["Entity", "Feature", "FeatureRegistry", "FeatureSource", "ModelVector", "load_registry"]
 
@@ -81,9 +81,4 @@ class FeatureRegistry(_Strict):
 
 def load_registry(path: Path | None = None) -> FeatureRegistry:
     """Load a registry file; without a path, the embedded default."""
-    text = (
-        path.read_text()
-        if path
-        else resources.files("meshserve.defaults").joinpath("features.yaml").read_text()
-    )
-    return FeatureRegistry.model_validate(yaml.safe_load(text))
+    return FeatureRegistry.model_validate(load_yaml(path, "features.yaml"))

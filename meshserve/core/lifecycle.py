@@ -10,6 +10,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -19,6 +20,7 @@ from meshserve.core.interceptors import server_interceptors
 from meshserve.core.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
+S = TypeVar("S", bound=ServiceSettings)
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -131,3 +133,12 @@ def run(make_service: Callable[[], GrpcService]) -> None:
     import uvloop
 
     uvloop.run(serve(make_service))
+
+
+def main(service_class: Callable[[S], GrpcService], settings_class: Callable[[], S]) -> None:
+    """The whole `__main__` of a service: settings from the environment, JSON logs, serve until SIGTERM."""
+    from meshserve.core.logs import configure_logging
+
+    settings = settings_class()
+    configure_logging(getattr(service_class, "name", "service"), settings.log_level)
+    run(lambda: service_class(settings))
