@@ -33,4 +33,5 @@ async def mesh(tmp_path_factory, marker_dir) -> LocalMesh:
     await local.start()
     yield local
     await local.stop()
-    assert not local.crashed() or all(c.process.returncode in (0, -9, -15) for c in local.children.values())
+    # every process, Triton included, shut down cleanly on SIGTERM (not killed, not crashed)
+    assert {name: c.process.returncode for name, c in local.children.items()} == dict.fromkeys(local.children, 0)

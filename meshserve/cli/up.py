@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import signal
+import sys
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -31,11 +35,19 @@ def _endpoints_table(ep: Endpoints) -> Table:
     return table
 
 
+def _meshserve() -> str:
+    """How to call this CLI from the user's shell: bare when it is on PATH, else its path (e.g. .venv/bin)."""
+    here = Path(sys.argv[0])
+    if shutil.which("meshserve") == str(here.resolve()) or not here.exists():
+        return "meshserve"
+    return os.path.relpath(here) if here.is_absolute() else str(here)
+
+
 async def run_up(settings: MeshSettings) -> int:
     mesh = LocalMesh(settings)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: its terminal went away
         loop.add_signal_handler(sig, stop.set)
 
     with Progress(
@@ -67,8 +79,9 @@ async def run_up(settings: MeshSettings) -> int:
 
     console.print(_endpoints_table(endpoints))
     console.print(f"logs: {settings.run_dir / 'logs'}")
+    target = "" if endpoints.gateway == "127.0.0.1:50051" else f" --target {endpoints.gateway}"
     console.print(
-        f"try: [bold]meshserve predict fraud acct-00042 amount=250 merchant_category=3 --target {endpoints.gateway}[/]"
+        f"try: [bold]{_meshserve()} predict fraud acct-00042 amount=250 merchant_category=3{target}[/]"
     )
     console.print("Ctrl-C stops every process.")
     code = 0

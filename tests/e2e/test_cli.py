@@ -39,9 +39,15 @@ async def up(tmp_path):
                 assert line, "meshserve up exited during start-up"
         yield process, port, tmp_path / "run"
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        if process.returncode is None:  # a failed test: stop it the way a user would, then make sure
+            family = children_of(process.pid)
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), 30)
+            finally:
+                for pid in alive(family | {process.pid}):
+                    os.kill(pid, signal.SIGKILL)
+                await process.wait()
 
 
 def children_of(pid: int) -> set[int]:
