@@ -7,13 +7,15 @@ version rewritten; tensor bytes travel untouched.
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from tritonclient.grpc import service_pb2
 
 from gateway.catalog import ModelCatalog, ModelInfo
 from gateway.clients import InferenceClient
-from gateway.routes import RouteTable, choose_variant
+from gateway.dispatch import Dispatcher, Tier
+from gateway.routes import RouteTable, StickyKey, Variant, choose_variant
 from gateway.tensors import validate_infer_request
 
 SERVER_NAME = "meshserve"
@@ -24,6 +26,7 @@ EXTENSIONS = ["binary_tensor_data", "parameters", "model_configuration"]
 class Served:
     variant: str
     model_version: str
+    tier: Tier
 
 
 class InferenceApi:
@@ -32,9 +35,11 @@ class InferenceApi:
         routes: RouteTable,
         catalog: ModelCatalog,
         inference: InferenceClient,
+        dispatcher: Dispatcher,
         version: str,
         rng: random.Random | None = None,
     ) -> None:
+        self.dispatcher = dispatcher
         self.routes = routes
         self.catalog = catalog
         self.inference = inference
@@ -48,14 +53,14 @@ class InferenceApi:
 
     async def _primary(self, route_name: str, version: str) -> ModelInfo:
         route = self.routes.get(route_name)
-        variant = choose_variant(route, self.rng, version) if version else route.primary
+        variant = choose_variant(route, self.rng, version=version) if version else route.primary
         return await self.catalog.get(variant.model, variant.version)
 
     async def model_ready(self, route_name: str, version: str) -> bool:
         if route_name not in self.routes.routes:
             return False
         route = self.routes.routes[route_name]
-        variants = [choose_variant(route, self.rng, version)] if version else route.variants
+        variants = [choose_variant(route, self.rng, version=version)] if version else route.variants
         for variant in variants:
             if variant.weight > 0 or version:
                 if not (await self.catalog.get(variant.model, variant.version)).ready:
@@ -79,16 +84,30 @@ class InferenceApi:
         return reply
 
     async def model_infer(
-        self, request: service_pb2.ModelInferRequest, time_left_s: float | None
+        self,
+        request: service_pb2.ModelInferRequest,
+        time_left_s: float | None,
+        headers: Mapping[str, str] | None = None,
     ) -> tuple[service_pb2.ModelInferResponse, Served]:
+        """Route one request down its route's tiers; tensors are checked against each tier's model, never decoded."""
         route_name = request.model_name
         route = self.routes.get(route_name)
-        variant = choose_variant(route, self.rng, request.model_version)
-        info = await self.catalog.get(variant.model, variant.version)
-        validate_infer_request(request, info.metadata, info.max_batch_size, route_name)
-        request.model_name = variant.model
-        request.model_version = info.version
-        budget = route.timeout_ms / 1000 if time_left_s is None else min(time_left_s, route.timeout_ms / 1000)
-        reply = await self.inference.infer(request, budget)
+        headers = headers or {}
+        sticky = headers.get(route.sticky.header or "") if route.sticky.key is StickyKey.HEADER else None
+        forced = headers.get(route.override_header) if route.override_header else None
+        first = choose_variant(
+            route, self.rng, version=request.model_version, sticky_key=sticky, forced=forced
+        )
+        deadline = self.dispatcher.deadline(route, time_left_s)
+
+        async def attempt(variant: Variant, time_left: float) -> service_pb2.ModelInferResponse:
+            info = await self.catalog.get(variant.model, variant.version)
+            validate_infer_request(request, info.metadata, info.max_batch_size, route_name)
+            request.model_name = variant.model
+            request.model_version = info.version
+            return await self.inference.infer(request, time_left)
+
+        served = await self.dispatcher.run(route_name, route, first, attempt, deadline)
+        reply = served.value
         reply.model_name = route_name
-        return reply, Served(variant.name, info.version)
+        return reply, Served(served.variant.name, reply.model_version, served.tier)

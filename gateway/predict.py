@@ -1,4 +1,8 @@
-"""Predict: route -> cache (hits return) -> features -> inference -> Triton -> cache set. No gRPC here."""
+"""Predict: route -> split -> cache (hits return) -> features -> inference -> Triton -> cache set. No gRPC here.
+
+Instances of one Predict may land on different variants (a split sticky per entity), so each variant's share is
+served as its own group, down its own fallback chain, concurrently.
+"""
 
 from __future__ import annotations
 
@@ -14,13 +18,14 @@ from tritonclient.grpc import service_pb2
 from gateway.cache_keys import decode_score, encode_score, prediction_key
 from gateway.catalog import ModelCatalog
 from gateway.clients import CacheClient, CacheUnavailable, FeatureClient, InferenceClient
-from gateway.routes import Route, RouteTable, Variant, choose_variant
-from meshserve.core.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from gateway.dispatch import AllTiersFailed, Dispatcher, Tier
+from gateway.resilience import try_elsewhere
+from gateway.routes import Route, RouteTable, StickyKey, Variant, choose_variant
+from meshserve.core.errors import FailedPrecondition, InvalidArgument, MeshError, ResourceExhausted
 from meshserve.feature.v1 import feature_pb2
 from meshserve.registry import FeatureRegistry
 
 log = logging.getLogger(__name__)
-_USABLE = {feature_pb2.PRESENT}
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,14 +39,15 @@ class Prediction:
     entity_key: str
     score: float
     from_cache: bool
+    variant: str
+    model_version: str
+    tier: Tier
 
 
 @dataclass(frozen=True, slots=True)
 class PredictResult:
     route: str
-    variant: str
     model: str
-    version: str
     predictions: list[Prediction]
 
 
@@ -54,6 +60,7 @@ class PredictHandler:
         features: FeatureClient,
         cache: CacheClient,
         inference: InferenceClient,
+        dispatcher: Dispatcher,
         *,
         max_instances: int,
         cache_timeout_s: float,
@@ -66,6 +73,7 @@ class PredictHandler:
         self.features = features
         self.cache = cache
         self.inference = inference
+        self.dispatcher = dispatcher
         self.max_instances = max_instances
         self.cache_timeout_s = cache_timeout_s
         self.feature_timeout_s = feature_timeout_s
@@ -73,41 +81,57 @@ class PredictHandler:
         self._background: set[asyncio.Task[None]] = set()
 
     async def predict(
-        self, route_name: str, instances: Sequence[Instance], time_left_s: float | None
+        self,
+        route_name: str,
+        instances: Sequence[Instance],
+        time_left_s: float | None,
+        headers: Mapping[str, str] | None = None,
     ) -> PredictResult:
         if len(instances) > self.max_instances:
             raise ResourceExhausted(
                 f"{len(instances)} instances in one Predict; the limit is {self.max_instances}"
             )
         route = self.routes.get(route_name)
-        variant = choose_variant(route, self.rng)
-        self._validate(variant.model, instances)
-        model = await self.catalog.get(variant.model, variant.version)
-        budget = route.timeout_ms / 1000 if time_left_s is None else min(time_left_s, route.timeout_ms / 1000)
-
-        keys = [
-            prediction_key(route_name, variant.name, variant.model, model.version, i.entity_key, i.features)
-            for i in instances
-        ]
-        cached = await self._cache_get(route, keys)
-        misses = [n for n, key in enumerate(keys) if key not in cached]
-        scores: dict[int, float] = {
-            n: decode_score(cached[key]) for n, key in enumerate(keys) if key in cached
-        }
-        if misses:
-            fresh = await self._score(
-                [instances[n] for n in misses], variant, model.version, model.max_batch_size, budget
+        deadline = self.dispatcher.deadline(route, time_left_s)
+        headers = headers or {}
+        groups: dict[str, list[int]] = {}
+        for n, instance in enumerate(instances):
+            variant = choose_variant(
+                route,
+                self.rng,
+                sticky_key=self._sticky_key(route, instance, headers),
+                forced=self._forced(route, headers),
             )
-            scores.update(zip(misses, fresh, strict=True))
-            if route.cache.enabled:
-                self._cache_set({keys[n]: encode_score(s) for n, s in zip(misses, fresh, strict=True)}, route)
-        predictions = [
-            Prediction(i.entity_key, scores[n], keys[n] in cached) for n, i in enumerate(instances)
-        ]
-        return PredictResult(route_name, variant.name, variant.model, model.version, predictions)
+            groups.setdefault(variant.name, []).append(n)
+        self._validate(route, instances)
+        answers: dict[int, Prediction] = {}
+        await asyncio.gather(
+            *(
+                self._serve_group(
+                    route_name, route, route.variant(name), [instances[n] for n in ns], ns, answers, deadline
+                )
+                for name, ns in groups.items()
+            )
+        )
+        predictions = [answers[n] for n in range(len(instances))]
+        return PredictResult(
+            route_name, route.variant(predictions[0].variant).model if predictions else "", predictions
+        )
 
-    def _validate(self, model: str, instances: Sequence[Instance]) -> None:
-        wanted = self.registry.request_features(model)
+    @staticmethod
+    def _sticky_key(route: Route, instance: Instance, headers: Mapping[str, str]) -> str | None:
+        if route.sticky.key is StickyKey.ENTITY:
+            return instance.entity_key
+        if route.sticky.key is StickyKey.HEADER:
+            return headers.get(route.sticky.header or "")
+        return None
+
+    @staticmethod
+    def _forced(route: Route, headers: Mapping[str, str]) -> str | None:
+        return headers.get(route.override_header) if route.override_header else None
+
+    def _validate(self, route: Route, instances: Sequence[Instance]) -> None:
+        wanted = self.registry.request_features(route.primary.model)
         for n, instance in enumerate(instances):
             if not instance.entity_key:
                 raise InvalidArgument(f"instance {n}: entity_key is empty")
@@ -117,8 +141,8 @@ class PredictHandler:
                 value = instance.features[name]
                 if not isinstance(value, int | float):
                     raise InvalidArgument(f"instance {n}: request feature {name!r} must be a number")
-                if self.registry.features[name].out_of_range(value):
-                    spec = self.registry.features[name]
+                spec = self.registry.features[name]
+                if spec.out_of_range(value):
                     raise InvalidArgument(
                         f"instance {n}: request feature {name!r}={value} is outside [{spec.min}, {spec.max}]"
                     )
@@ -128,23 +152,81 @@ class PredictHandler:
                     f"instance {n}: unknown request feature {unknown[0]!r}; expected {wanted}"
                 )
 
+    async def _serve_group(
+        self,
+        route_name: str,
+        route: Route,
+        chosen: Variant,
+        instances: list[Instance],
+        positions: list[int],
+        answers: dict[int, Prediction],
+        deadline: float,
+    ) -> None:
+        try:
+            version = (await self.catalog.get(chosen.model, chosen.version)).version
+        except MeshError as exc:
+            if not try_elsewhere(exc):
+                raise
+            version = None  # the chosen variant is down: no cache key to read, the dispatcher falls back
+        keys = [
+            prediction_key(route_name, chosen.name, chosen.model, version or "", i.entity_key, i.features)
+            for i in instances
+        ]
+        cached = await self._cache_get(route, keys) if version else {}
+        misses = []
+        for n, (instance, key) in enumerate(zip(instances, keys, strict=True)):
+            if key in cached:
+                score = decode_score(cached[key])
+                answers[positions[n]] = Prediction(
+                    instance.entity_key, score, True, chosen.name, version or "", Tier.PRIMARY
+                )
+            else:
+                misses.append(n)
+        if not misses:
+            return
+        todo = [instances[n] for n in misses]
+        try:
+            served = await self.dispatcher.run(
+                route_name,
+                route,
+                chosen,
+                lambda variant, time_left: self._score(todo, variant, time_left),
+                deadline,
+            )
+        except AllTiersFailed:
+            if route.default is None:
+                raise
+            for n in misses:
+                answers[positions[n]] = Prediction(
+                    instances[n].entity_key, route.default.score, False, "", "", Tier.DEFAULT
+                )
+            return
+        served_version, scores = served.value
+        for n, score in zip(misses, scores, strict=True):
+            answers[positions[n]] = Prediction(
+                instances[n].entity_key, score, False, served.variant.name, served_version, served.tier
+            )
+        if route.cache.enabled and served.tier is Tier.PRIMARY and version == served_version:
+            self._cache_set({keys[n]: encode_score(s) for n, s in zip(misses, scores, strict=True)}, route)
+
     async def _score(
-        self, instances: Sequence[Instance], variant: Variant, version: str, max_batch: int, budget: float
-    ) -> list[float]:
+        self, instances: Sequence[Instance], variant: Variant, time_left_s: float
+    ) -> tuple[str, list[float]]:
+        model = await self.catalog.get(variant.model, variant.version)
         spec = self.registry.models[variant.model]
         stored = self.registry.stored_features(variant.model)
         reply = await self.features.get(
-            spec.entity, [i.entity_key for i in instances], stored, min(budget, self.feature_timeout_s)
+            spec.entity, [i.entity_key for i in instances], stored, min(time_left_s, self.feature_timeout_s)
         )
         stored_values = self._stored_values(reply, stored)
         matrix = np.empty((len(instances), len(spec.vector)), dtype=np.float32)
         for row, instance in enumerate(instances):
             values = {**stored_values[row], **instance.features}
             matrix[row] = [values[name] for name in spec.vector]
-        step = max_batch or len(instances)
+        step = model.max_batch_size or len(instances)
         chunks = [matrix[start : start + step] for start in range(0, len(instances), step)]
-        outputs = await asyncio.gather(*(self._infer(chunk, variant, version, budget) for chunk in chunks))
-        return [float(s) for chunk in outputs for s in chunk]
+        outputs = await asyncio.gather(*(self._infer(c, variant, model.version, time_left_s) for c in chunks))
+        return model.version, [float(s) for chunk in outputs for s in chunk]
 
     def _stored_values(
         self, reply: feature_pb2.GetOnlineFeaturesResponse, names: list[str]
@@ -156,7 +238,7 @@ class PredictHandler:
             values = {}
             for name in names:
                 n = position[name]
-                if vector.statuses[n] in _USABLE:
+                if vector.statuses[n] == feature_pb2.PRESENT:
                     kind = vector.values[n].WhichOneof("kind")
                     values[name] = getattr(vector.values[n], kind)
                     continue
@@ -170,20 +252,21 @@ class PredictHandler:
             rows.append(values)
         return rows
 
-    async def _infer(self, matrix: np.ndarray, variant: Variant, version: str, budget: float) -> np.ndarray:
+    async def _infer(
+        self, matrix: np.ndarray, variant: Variant, version: str, time_left_s: float
+    ) -> np.ndarray:
         spec = self.registry.models[variant.model]
+        tensor = service_pb2.ModelInferRequest.InferInputTensor(
+            name=spec.input, datatype="FP32", shape=matrix.shape
+        )
         request = service_pb2.ModelInferRequest(
             model_name=variant.model,
             model_version=version,
-            inputs=[
-                service_pb2.ModelInferRequest.InferInputTensor(
-                    name=spec.input, datatype="FP32", shape=matrix.shape
-                )
-            ],
+            inputs=[tensor],
             outputs=[service_pb2.ModelInferRequest.InferRequestedOutputTensor(name=spec.output)],
             raw_input_contents=[matrix.tobytes()],
         )
-        reply = await self.inference.infer(request, budget)
+        reply = await self.inference.infer(request, time_left_s)
         index = next(n for n, out in enumerate(reply.outputs) if out.name == spec.output)
         return np.frombuffer(reply.raw_output_contents[index], dtype=np.float32)
 

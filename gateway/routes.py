@@ -1,18 +1,41 @@
-"""Routes: what clients call (a route name) and which Triton model versions answer. Pure and unit-testable."""
+"""Routes: what clients call (a route name) and which Triton model versions answer, declared in YAML.
+
+Everything here is pure: a variant is chosen from the route, a sticky key (hashed into buckets) or an RNG the
+caller injects, so splits are unit-testable to the request.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import random
 from bisect import bisect_right
+from enum import StrEnum
 from itertools import accumulate
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from meshserve.core.errors import NotFound
+from meshserve.core.errors import InvalidArgument, NotFound
 from meshserve.defaults import load_yaml
 
-__all__ = ["CachePolicy", "Route", "RouteTable", "Variant", "choose_variant", "load_routes"]
+__all__ = [
+    "BUCKETS",
+    "CachePolicy",
+    "DefaultAnswer",
+    "Fault",
+    "RetryPolicy",
+    "Route",
+    "RouteTable",
+    "RoutesFileError",
+    "Sticky",
+    "Variant",
+    "bucket_of",
+    "choose_variant",
+    "load_routes",
+]
+
+BUCKETS = 10_000  # sticky resolution: 0.01 % of traffic per bucket
 
 
 class _Strict(BaseModel):
@@ -20,8 +43,8 @@ class _Strict(BaseModel):
 
 
 class Variant(_Strict):
-    name: str
-    model: str  # the Triton model
+    name: str = Field(min_length=1)
+    model: str = Field(min_length=1)  # the Triton model
     version: str = ""  # "" = the highest version Triton serves
     weight: float = Field(ge=0)
 
@@ -31,24 +54,88 @@ class CachePolicy(_Strict):
     ttl_s: float = Field(30.0, gt=0)
 
 
+class StickyKey(StrEnum):
+    NONE = "none"  # random per request
+    ENTITY = "entity"  # Predict's entity key
+    HEADER = "header"  # a request metadata header
+
+
+class Sticky(_Strict):
+    key: StickyKey = StickyKey.NONE
+    header: str | None = None  # for key: header (lower-case gRPC metadata key)
+
+    @model_validator(mode="after")
+    def _header_named(self) -> Sticky:
+        if self.key is StickyKey.HEADER and not self.header:
+            raise ValueError("sticky key 'header' needs the header name in `header`")
+        return self
+
+
+class RetryPolicy(_Strict):
+    max_attempts: int = Field(2, ge=1, le=5)  # per tier, the first attempt included
+    budget_ratio: float = Field(0.1, ge=0, le=1)  # retries at most this fraction of requests
+
+
+class DefaultAnswer(_Strict):
+    score: float  # returned, marked as the default tier, when every tier failed
+
+
+class Fault(_Strict):
+    """Fault injection for testing: delay and/or abort a share of one variant's calls."""
+
+    variant: str
+    delay_ms: int = Field(0, ge=0)
+    delay_percent: float = Field(0, ge=0, le=100)
+    abort_percent: float = Field(0, ge=0, le=100)
+    abort_code: str = Field(
+        "UNAVAILABLE", pattern="^(UNAVAILABLE|RESOURCE_EXHAUSTED|INTERNAL|DEADLINE_EXCEEDED)$"
+    )
+
+
 class Route(_Strict):
     variants: list[Variant] = Field(min_length=1)
     timeout_ms: int = Field(1000, gt=0)
+    sticky: Sticky = Sticky()
+    override_header: str | None = "x-meshserve-variant"  # a request header naming a variant forces it
+    fallback: list[str] = Field(
+        default_factory=list
+    )  # variant names tried, in order, after the chosen one fails
+    default: DefaultAnswer | None = None
+    retry: RetryPolicy = RetryPolicy()
     cache: CachePolicy = CachePolicy()
+    faults: list[Fault] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _weights_and_names(self) -> Route:
+    def _consistent(self) -> Route:
         names = [v.name for v in self.variants]
         if len(set(names)) != len(names):
             raise ValueError(f"variant names must be unique, got {names}")
         if sum(v.weight for v in self.variants) <= 0:
             raise ValueError("at least one variant needs a positive weight")
+        for name in [*self.fallback, *(f.variant for f in self.faults)]:
+            if name not in names:
+                raise ValueError(f"names unknown variant {name!r}; variants: {names}")
         return self
 
     @property
     def primary(self) -> Variant:
         """The variant with the most weight: it answers metadata questions for the route."""
         return max(self.variants, key=lambda v: v.weight)
+
+    def variant(self, name: str) -> Variant:
+        for variant in self.variants:
+            if variant.name == name:
+                return variant
+        raise InvalidArgument(f"no variant {name!r}; variants: {[v.name for v in self.variants]}")
+
+    def tiers(self, first: Variant) -> list[Variant]:
+        """The chosen variant, then the fallback chain without repeats."""
+        chain = [first]
+        for name in self.fallback:
+            variant = self.variant(name)
+            if variant not in chain:
+                chain.append(variant)
+        return chain
 
 
 class RouteTable(_Strict):
@@ -61,8 +148,28 @@ class RouteTable(_Strict):
         return route
 
 
-def choose_variant(route: Route, rng: random.Random, version: str = "") -> Variant:
-    """Weighted random choice by cumulative weight; a requested model version pins its variant."""
+def bucket_of(key: str) -> int:
+    """A stable bucket in [0, BUCKETS) for a sticky key: the same key lands in the same bucket in every process."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") % BUCKETS
+
+
+def choose_variant(
+    route: Route,
+    rng: random.Random,
+    *,
+    version: str = "",
+    sticky_key: str | None = None,
+    forced: str | None = None,
+) -> Variant:
+    """Pick the variant that serves one request.
+
+    A forced variant (override header) or a requested model version wins. Otherwise the point on the weight line
+    comes from the sticky key's bucket, or from the RNG. Variants take consecutive ranges in declaration order,
+    so when weight moves from the first variants to the last (a canary ramp), a sticky key only ever moves
+    towards the canary, never back.
+    """
+    if forced:
+        return route.variant(forced)
     if version:
         for variant in route.variants:
             if variant.version == version:
@@ -70,8 +177,29 @@ def choose_variant(route: Route, rng: random.Random, version: str = "") -> Varia
         served = [v.version for v in route.variants]
         raise NotFound(f"no variant of this route serves version {version!r}; versions: {served}")
     cumulative = list(accumulate(v.weight for v in route.variants))
-    return route.variants[bisect_right(cumulative, rng.random() * cumulative[-1])]
+    unit = (bucket_of(sticky_key) + 0.5) / BUCKETS if sticky_key is not None else rng.random()
+    return route.variants[min(bisect_right(cumulative, unit * cumulative[-1]), len(route.variants) - 1)]
+
+
+class RoutesFileError(ValueError):
+    """A routes file that cannot be served; the message names the field path and the reason."""
+
+
+def parse_routes(data: object, source: str) -> RouteTable:
+    try:
+        return RouteTable.model_validate(data)
+    except ValidationError as exc:
+        problems = [
+            f"{'.'.join(str(part) for part in error['loc']) or '<top>'}: {error['msg']}"
+            for error in exc.errors()
+        ]
+        raise RoutesFileError(f"{source}: " + "; ".join(problems)) from None
 
 
 def load_routes(path: Path | None = None) -> RouteTable:
-    return RouteTable.model_validate(load_yaml(path, "routes.yaml"))
+    source = str(path) if path else "embedded routes.yaml"
+    try:
+        data = load_yaml(path, "routes.yaml")
+    except (OSError, yaml.YAMLError) as exc:
+        raise RoutesFileError(f"{source}: {exc}") from None
+    return parse_routes(data, source)

@@ -7,6 +7,7 @@ from importlib.metadata import version
 
 from gateway.catalog import ModelCatalog
 from gateway.clients import CacheClient, FeatureClient, InferenceClient
+from gateway.dispatch import Dispatcher
 from gateway.inference_api import InferenceApi
 from gateway.predict import PredictHandler
 from gateway.routes import load_routes
@@ -28,6 +29,7 @@ class GatewayService(GrpcService):
         self.cache = CacheClient(settings.cache_url)
         self.inference = InferenceClient(settings.inference_url)
         self.catalog = ModelCatalog(self.inference)
+        self.dispatcher = Dispatcher()
         self.predict = PredictHandler(
             self.routes,
             self.registry,
@@ -35,11 +37,14 @@ class GatewayService(GrpcService):
             self.features,
             self.cache,
             self.inference,
+            self.dispatcher,
             max_instances=settings.max_instances_per_predict,
             cache_timeout_s=settings.cache_timeout_s,
             feature_timeout_s=settings.feature_timeout_s,
         )
-        self.api = InferenceApi(self.routes, self.catalog, self.inference, version("meshserve"))
+        self.api = InferenceApi(
+            self.routes, self.catalog, self.inference, self.dispatcher, version("meshserve")
+        )
         self.ready = False
 
     def register(self, server):

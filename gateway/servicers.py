@@ -15,6 +15,11 @@ from meshserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 VARIANT_HEADER = "x-meshserve-variant"
 MODEL_VERSION_HEADER = "x-meshserve-model-version"
+TIER_HEADER = "x-meshserve-tier"
+
+
+def _headers(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    return {key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)}
 
 
 def _instance(message: gateway_pb2.Instance, n: int) -> Instance:
@@ -33,14 +38,24 @@ class PredictionServicer(gateway_pb2_grpc.PredictionServiceServicer):
 
     async def Predict(self, request, context):
         instances = [_instance(m, n) for n, m in enumerate(request.instances)]
-        result = await self.handler.predict(request.route, instances, context.time_remaining())
+        result = await self.handler.predict(
+            request.route, instances, context.time_remaining(), _headers(context)
+        )
+        first = result.predictions[0] if result.predictions else None
         return gateway_pb2.PredictResponse(
             route=result.route,
-            variant=result.variant,
+            variant=first.variant if first else "",
             model_name=result.model,
-            model_version=result.version,
+            model_version=first.model_version if first else "",
             predictions=[
-                gateway_pb2.Prediction(entity_key=p.entity_key, score=p.score, from_cache=p.from_cache)
+                gateway_pb2.Prediction(
+                    entity_key=p.entity_key,
+                    score=p.score,
+                    from_cache=p.from_cache,
+                    variant=p.variant,
+                    model_version=p.model_version,
+                    tier=int(p.tier),
+                )
                 for p in result.predictions
             ],
         )
@@ -89,13 +104,14 @@ class OpenInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     ) -> AsyncIterator[service_pb2.ModelStreamInferResponse]:
         """Requests on a stream run concurrently (so Triton can batch them); a failed one is reported in-band
         with `error_message`, as Triton does, and the stream goes on."""
+        headers = _headers(context)
         results: asyncio.Queue[service_pb2.ModelStreamInferResponse | None] = asyncio.Queue()
         pending: set[asyncio.Task[None]] = set()
 
         async def one(request: service_pb2.ModelInferRequest) -> None:
             request_id = request.id
             try:
-                reply, _ = await self.api.model_infer(request, context.time_remaining())
+                reply, _ = await self.api.model_infer(request, context.time_remaining(), headers)
                 await results.put(service_pb2.ModelStreamInferResponse(infer_response=reply))
             except MeshError as exc:
                 failed = service_pb2.ModelInferResponse(id=request_id, model_name=request.model_name)

@@ -34,4 +34,6 @@ async def mesh(tmp_path_factory, marker_dir) -> LocalMesh:
     yield local
     await local.stop()
     # every process, Triton included, shut down cleanly on SIGTERM (not killed, not crashed)
-    assert {name: c.process.returncode for name, c in local.children.items()} == dict.fromkeys(local.children, 0)
+    assert {name: c.process.returncode for name, c in local.children.items()} == dict.fromkeys(
+        local.children, 0
+    )

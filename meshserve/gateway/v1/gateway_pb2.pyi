@@ -1,11 +1,23 @@
 from meshserve.feature.v1 import feature_pb2 as _feature_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class Tier(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TIER_UNSPECIFIED: _ClassVar[Tier]
+    PRIMARY: _ClassVar[Tier]
+    FALLBACK: _ClassVar[Tier]
+    DEFAULT: _ClassVar[Tier]
+TIER_UNSPECIFIED: Tier
+PRIMARY: Tier
+FALLBACK: Tier
+DEFAULT: Tier
 
 class Instance(_message.Message):
     __slots__ = ("entity_key", "features")
@@ -31,14 +43,20 @@ class PredictRequest(_message.Message):
     def __init__(self, route: _Optional[str] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ...) -> None: ...
 
 class Prediction(_message.Message):
-    __slots__ = ("entity_key", "score", "from_cache")
+    __slots__ = ("entity_key", "score", "from_cache", "variant", "model_version", "tier")
     ENTITY_KEY_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     FROM_CACHE_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
     entity_key: str
     score: float
     from_cache: bool
-    def __init__(self, entity_key: _Optional[str] = ..., score: _Optional[float] = ..., from_cache: _Optional[bool] = ...) -> None: ...
+    variant: str
+    model_version: str
+    tier: Tier
+    def __init__(self, entity_key: _Optional[str] = ..., score: _Optional[float] = ..., from_cache: _Optional[bool] = ..., variant: _Optional[str] = ..., model_version: _Optional[str] = ..., tier: _Optional[_Union[Tier, str]] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
     __slots__ = ("route", "variant", "model_name", "model_version", "predictions")

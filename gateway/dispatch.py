@@ -1,0 +1,113 @@
+"""Sends one unit of work down a route's tiers: the chosen variant, then its fallback chain.
+
+Per tier: skip it while ejected, inject configured faults, retry "try elsewhere" failures within the route's
+retry budget, and never start an attempt the deadline cannot cover. No gRPC here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Generic, TypeVar
+
+from gateway.resilience import OutlierEjection, RetryBudget, try_elsewhere
+from gateway.routes import Route, Variant
+from meshserve.core.errors import DeadlineExceeded, ErrorCode, MeshError, Unavailable
+
+T = TypeVar("T")
+MIN_ATTEMPT_S = 0.002  # below this an attempt cannot finish; fail fast instead
+
+
+class Tier(IntEnum):  # values match meshserve.gateway.v1.Tier
+    PRIMARY = 1
+    FALLBACK = 2
+    DEFAULT = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Served(Generic[T]):
+    value: T
+    variant: Variant
+    tier: Tier
+
+
+class AllTiersFailed(Unavailable):
+    """Every tier of the route failed with a "try elsewhere" code (or was ejected)."""
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        ejection: OutlierEjection | None = None,
+    ) -> None:
+        self.rng = rng or random.Random()
+        self.clock = clock
+        self.ejection = ejection or OutlierEjection(clock=clock)
+        self._budgets: dict[str, RetryBudget] = {}
+
+    def deadline(self, route: Route, time_left_s: float | None) -> float:
+        """The absolute deadline of a request: the caller's, or the route's timeout if sooner."""
+        budget = route.timeout_ms / 1000
+        return self.clock() + (budget if time_left_s is None else min(time_left_s, budget))
+
+    async def run(
+        self,
+        route_name: str,
+        route: Route,
+        first: Variant,
+        attempt: Callable[[Variant, float], Awaitable[T]],
+        deadline: float,
+    ) -> Served[T]:
+        budget = self._budgets.get(route_name)
+        if budget is None or budget.ratio != route.retry.budget_ratio:
+            budget = self._budgets[route_name] = RetryBudget(route.retry.budget_ratio, clock=self.clock)
+        budget.record_request()
+        tiers = route.tiers(first)
+        last: MeshError | None = None
+        for index, variant in enumerate(tiers):
+            key = f"{route_name}/{variant.name}"
+            if not self.ejection.available(key):
+                last = Unavailable(f"variant {variant.name!r} is ejected after repeated failures")
+                continue
+            for number in range(route.retry.max_attempts):
+                if number > 0 and not budget.try_acquire():
+                    break
+                remaining = deadline - self.clock()
+                if remaining < MIN_ATTEMPT_S:
+                    raise DeadlineExceeded(
+                        f"deadline reached after trying {index} tier(s); last error: {last}"
+                    )
+                # Leave the tiers after this one a share of the time: a slow canary must not eat the fallback's.
+                timeout = remaining if index == len(tiers) - 1 else remaining / (len(tiers) - index)
+                try:
+                    await self._faults(route, variant, timeout)
+                    value = await attempt(variant, timeout)
+                except MeshError as exc:
+                    if not try_elsewhere(exc):
+                        raise
+                    self.ejection.record(key, ok=False)
+                    last = exc
+                    continue
+                self.ejection.record(key, ok=True)
+                return Served(value, variant, Tier.PRIMARY if index == 0 else Tier.FALLBACK)
+        raise AllTiersFailed(f"every tier of route {route_name!r} failed; last error: {last}")
+
+    async def _faults(self, route: Route, variant: Variant, time_left_s: float) -> None:
+        for fault in route.faults:
+            if fault.variant != variant.name:
+                continue
+            if fault.delay_ms and self.rng.random() * 100 < fault.delay_percent:
+                delay = fault.delay_ms / 1000
+                await asyncio.sleep(min(delay, time_left_s))
+                if delay >= time_left_s:
+                    raise DeadlineExceeded(
+                        f"injected delay of {fault.delay_ms} ms on variant {variant.name!r}"
+                    )
+            if self.rng.random() * 100 < fault.abort_percent:
+                raise MeshError(f"injected fault on variant {variant.name!r}", ErrorCode[fault.abort_code])
