@@ -114,9 +114,8 @@ class PredictHandler:
             )
         )
         predictions = [answers[n] for n in range(len(instances))]
-        return PredictResult(
-            route_name, route.variant(predictions[0].variant).model if predictions else "", predictions
-        )
+        first = predictions[0].variant if predictions else ""
+        return PredictResult(route_name, route.variant(first).model if first else "", predictions)
 
     @staticmethod
     def _sticky_key(route: Route, instance: Instance, headers: Mapping[str, str]) -> str | None:

@@ -93,9 +93,13 @@ class OpenInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return await self.api.model_config(request.name, request.version)
 
     async def ModelInfer(self, request, context):
-        reply, served = await self.api.model_infer(request, context.time_remaining())
+        reply, served = await self.api.model_infer(request, context.time_remaining(), _headers(context))
         context.set_trailing_metadata(
-            ((VARIANT_HEADER, served.variant), (MODEL_VERSION_HEADER, served.model_version))
+            (
+                (VARIANT_HEADER, served.variant),
+                (MODEL_VERSION_HEADER, served.model_version),
+                (TIER_HEADER, served.tier.name.lower()),
+            )
         )
         return reply
 

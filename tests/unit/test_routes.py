@@ -3,8 +3,8 @@ import random
 import pytest
 from pydantic import ValidationError
 
-from gateway.routes import Route, RouteTable, choose_variant, load_routes
-from meshserve.core.errors import NotFound
+from gateway.routes import Route, RoutesFileError, RouteTable, choose_variant, load_routes
+from meshserve.core.errors import InvalidArgument, NotFound
 
 
 def route(*weights: float) -> Route:
@@ -61,3 +61,60 @@ def test_embedded_routes_serve_fraud_v1_as_stable_and_v2_as_canary():
         ("canary", "fraud", "2"),
     ]
     assert fraud.primary.name == "stable"
+
+
+def sticky_route(canary_weight: float) -> Route:
+    return Route(
+        sticky={"key": "entity"},
+        variants=[
+            {"name": "stable", "model": "m", "version": "1", "weight": 100 - canary_weight},
+            {"name": "canary", "model": "m", "version": "2", "weight": canary_weight},
+        ],
+    )
+
+
+ENTITIES = [f"acct-{n:05d}" for n in range(10_000)]
+
+
+def assignment(canary_weight: float) -> dict[str, str]:
+    route = sticky_route(canary_weight)
+    return {e: choose_variant(route, random.Random(), sticky_key=e).name for e in ENTITIES}
+
+
+@pytest.mark.parametrize("weight", [5, 10, 25, 50])
+def test_sticky_split_share_is_within_one_point_of_the_weight(weight):
+    share = list(assignment(weight).values()).count("canary") / len(ENTITIES)
+    assert abs(share - weight / 100) < 0.01
+
+
+def test_sticky_assignment_is_stable_and_monotone_while_ramping():
+    at5, at25, at50 = assignment(5), assignment(25), assignment(50)
+    assert assignment(5) == at5  # same entity, same variant, every time
+    for earlier, later in ((at5, at25), (at25, at50)):
+        moved_back = [e for e in ENTITIES if earlier[e] == "canary" and later[e] == "stable"]
+        assert not moved_back
+    assert sum(v == "canary" for v in at50.values()) > sum(v == "canary" for v in at5.values())
+
+
+def test_override_header_forces_a_variant_and_an_unknown_one_is_invalid():
+    route = sticky_route(0)
+    assert choose_variant(route, random.Random(), sticky_key="x", forced="canary").name == "canary"
+    with pytest.raises(InvalidArgument, match="no variant 'blue'"):
+        choose_variant(route, random.Random(), forced="blue")
+
+
+def test_routes_file_errors_name_the_field_path(tmp_path):
+    bad = tmp_path / "routes.yaml"
+    bad.write_text(
+        "routes:\n  fraud:\n    variants:\n      - {name: a, model: m, weight: 1}\n      - {name: b, model: m, weight: -3}\n"
+    )
+    with pytest.raises(RoutesFileError, match=r"routes\.fraud\.variants\.1\.weight: Input should be greater"):
+        load_routes(bad)
+    bad.write_text(
+        "routes:\n  fraud:\n    variants: [{name: a, model: m, weight: 1}]\n    fallback: [ghost]\n"
+    )
+    with pytest.raises(RoutesFileError, match=r"routes\.fraud: .*unknown variant 'ghost'"):
+        load_routes(bad)
+    bad.write_text("routes: [unclosed")
+    with pytest.raises(RoutesFileError, match="routes.yaml"):
+        load_routes(bad)
