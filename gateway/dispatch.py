@@ -16,6 +16,7 @@ from typing import Generic, TypeVar
 
 from gateway.resilience import OutlierEjection, RetryBudget, try_elsewhere
 from gateway.routes import Route, Variant
+from gateway.stats import VariantStats
 from meshserve.core.errors import DeadlineExceeded, ErrorCode, MeshError, Unavailable
 
 T = TypeVar("T")
@@ -45,10 +46,13 @@ class Dispatcher:
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
         ejection: OutlierEjection | None = None,
+        stats: VariantStats | None = None,
     ) -> None:
         self.rng = rng or random.Random()
         self.clock = clock
         self.ejection = ejection or OutlierEjection(clock=clock)
+        self.stats = stats or VariantStats(clock=clock)
+        self.retries = 0  # retries granted by the budget, since start
         self._budgets: dict[str, RetryBudget] = {}
 
     def deadline(self, route: Route, time_left_s: float | None) -> float:
@@ -76,8 +80,10 @@ class Dispatcher:
                 last = Unavailable(f"variant {variant.name!r} is ejected after repeated failures")
                 continue
             for number in range(route.retry.max_attempts):
-                if number > 0 and not budget.try_acquire():
-                    break
+                if number > 0:
+                    if not budget.try_acquire():
+                        break
+                    self.retries += 1
                 remaining = deadline - self.clock()
                 if remaining < MIN_ATTEMPT_S:
                     raise DeadlineExceeded(
@@ -85,15 +91,20 @@ class Dispatcher:
                     )
                 # Leave the tiers after this one a share of the time: a slow canary must not eat the fallback's.
                 timeout = remaining if index == len(tiers) - 1 else remaining / (len(tiers) - index)
+                started = self.clock()
                 try:
                     await self._faults(route, variant, timeout)
                     value = await attempt(variant, timeout)
                 except MeshError as exc:
+                    # Only failures of the variant count against it; a caller's bad input is not one.
+                    failed = try_elsewhere(exc) or exc.code is ErrorCode.INTERNAL
+                    self.stats.record(route_name, variant.name, not failed, self.clock() - started)
                     if not try_elsewhere(exc):
                         raise
                     self.ejection.record(key, ok=False)
                     last = exc
                     continue
+                self.stats.record(route_name, variant.name, True, self.clock() - started)
                 self.ejection.record(key, ok=True)
                 return Served(value, variant, Tier.PRIMARY if index == 0 else Tier.FALLBACK)
         raise AllTiersFailed(f"every tier of route {route_name!r} failed; last error: {last}")

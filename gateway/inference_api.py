@@ -15,7 +15,8 @@ from tritonclient.grpc import service_pb2
 from gateway.catalog import ModelCatalog, ModelInfo
 from gateway.clients import InferenceClient
 from gateway.dispatch import Dispatcher, Tier
-from gateway.routes import RouteTable, StickyKey, Variant, choose_variant
+from gateway.live import LiveRoutes
+from gateway.routes import StickyKey, Variant, choose_variant
 from gateway.tensors import validate_infer_request
 
 SERVER_NAME = "meshserve"
@@ -32,7 +33,7 @@ class Served:
 class InferenceApi:
     def __init__(
         self,
-        routes: RouteTable,
+        routes: LiveRoutes,
         catalog: ModelCatalog,
         inference: InferenceClient,
         dispatcher: Dispatcher,

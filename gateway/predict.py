@@ -19,8 +19,10 @@ from gateway.cache_keys import decode_score, encode_score, prediction_key
 from gateway.catalog import ModelCatalog
 from gateway.clients import CacheClient, CacheUnavailable, FeatureClient, InferenceClient
 from gateway.dispatch import AllTiersFailed, Dispatcher, Tier
+from gateway.live import LiveRoutes
 from gateway.resilience import try_elsewhere
-from gateway.routes import Route, RouteTable, StickyKey, Variant, choose_variant
+from gateway.routes import Route, StickyKey, Variant, choose_variant
+from gateway.shadow import ShadowRunner
 from meshserve.core.errors import FailedPrecondition, InvalidArgument, MeshError, ResourceExhausted
 from meshserve.feature.v1 import feature_pb2
 from meshserve.registry import FeatureRegistry
@@ -54,13 +56,14 @@ class PredictResult:
 class PredictHandler:
     def __init__(
         self,
-        routes: RouteTable,
+        routes: LiveRoutes,
         registry: FeatureRegistry,
         catalog: ModelCatalog,
         features: FeatureClient,
         cache: CacheClient,
         inference: InferenceClient,
         dispatcher: Dispatcher,
+        shadow: ShadowRunner,
         *,
         max_instances: int,
         cache_timeout_s: float,
@@ -74,6 +77,7 @@ class PredictHandler:
         self.cache = cache
         self.inference = inference
         self.dispatcher = dispatcher
+        self.shadow = shadow
         self.max_instances = max_instances
         self.cache_timeout_s = cache_timeout_s
         self.feature_timeout_s = feature_timeout_s
@@ -114,8 +118,23 @@ class PredictHandler:
             )
         )
         predictions = [answers[n] for n in range(len(instances))]
+        if route.shadows:
+            self._mirror(route_name, route, instances, predictions)
         first = predictions[0].variant if predictions else ""
         return PredictResult(route_name, route.variant(first).model if first else "", predictions)
+
+    def _mirror(
+        self, route_name: str, route: Route, instances: Sequence[Instance], predictions: list[Prediction]
+    ) -> None:
+        answered = [(i, p) for i, p in zip(instances, predictions, strict=True) if p.tier is not Tier.DEFAULT]
+        if not answered:
+            return
+        mirrored = [i for i, _ in answered]
+
+        async def score(variant: Variant, time_left_s: float) -> list[float]:
+            return (await self._score(mirrored, variant, time_left_s))[1]
+
+        self.shadow.mirror(route_name, route, [p.score for _, p in answered], score)
 
     @staticmethod
     def _sticky_key(route: Route, instance: Instance, headers: Mapping[str, str]) -> str | None:

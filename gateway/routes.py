@@ -27,7 +27,9 @@ __all__ = [
     "RetryPolicy",
     "Route",
     "RouteTable",
+    "Rollout",
     "RoutesFileError",
+    "Shadow",
     "Sticky",
     "Variant",
     "bucket_of",
@@ -92,6 +94,34 @@ class Fault(_Strict):
     )
 
 
+class Shadow(_Strict):
+    """Mirror a share of requests to a variant after the caller has its answer, and compare the two."""
+
+    variant: str
+    percent: float = Field(gt=0, le=100)
+    label_threshold: float = Field(0.5, description="scores at or above it count as a positive label")
+
+
+class Rollout(_Strict):
+    """An automated canary: step the canary's weight up while it is as healthy as the baseline, else roll back."""
+
+    canary: str
+    steps: list[float] = Field(min_length=1)  # canary weights in percent, e.g. [5, 25, 50, 100]
+    interval_s: float = Field(30.0, gt=0)  # time at each step before judging it
+    min_requests: int = Field(20, ge=1)  # canary requests needed in a window to judge it
+    max_error_rate_increase: float = Field(0.02, ge=0)  # canary error rate - baseline error rate
+    max_p99_ratio: float = Field(2.0, gt=0)  # canary p99 / baseline p99
+
+    @model_validator(mode="after")
+    def _steps_increase(self) -> Rollout:
+        if (
+            any(b <= a for a, b in zip(self.steps, self.steps[1:], strict=False))
+            or not 0 < self.steps[-1] <= 100
+        ):
+            raise ValueError("steps must increase, within (0, 100]")
+        return self
+
+
 class Route(_Strict):
     variants: list[Variant] = Field(min_length=1)
     timeout_ms: int = Field(1000, gt=0)
@@ -104,6 +134,8 @@ class Route(_Strict):
     retry: RetryPolicy = RetryPolicy()
     cache: CachePolicy = CachePolicy()
     faults: list[Fault] = Field(default_factory=list)
+    shadows: list[Shadow] = Field(default_factory=list)
+    rollout: Rollout | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Route:
@@ -112,10 +144,27 @@ class Route(_Strict):
             raise ValueError(f"variant names must be unique, got {names}")
         if sum(v.weight for v in self.variants) <= 0:
             raise ValueError("at least one variant needs a positive weight")
-        for name in [*self.fallback, *(f.variant for f in self.faults)]:
+        named = [*self.fallback, *(f.variant for f in self.faults), *(s.variant for s in self.shadows)]
+        if self.rollout is not None:
+            named.append(self.rollout.canary)
+            if self.rollout.canary == self.variants[0].name:
+                raise ValueError("the rollout's canary cannot be the baseline (first) variant")
+        for name in named:
             if name not in names:
                 raise ValueError(f"names unknown variant {name!r}; variants: {names}")
         return self
+
+    @property
+    def baseline(self) -> Variant:
+        """The first variant: where a rollback sends all traffic."""
+        return self.variants[0]
+
+    def with_weights(self, weights: dict[str, float]) -> Route:
+        """A copy with some variants' weights changed (validated like a routes file)."""
+        for name in weights:
+            self.variant(name)
+        variants = [v.model_copy(update={"weight": weights.get(v.name, v.weight)}) for v in self.variants]
+        return Route.model_validate({**self.model_dump(), "variants": [v.model_dump() for v in variants]})
 
     @property
     def primary(self) -> Variant:

@@ -1,19 +1,25 @@
-"""The gateway process: SERVING once its feature and inference dependencies are."""
+"""The gateway process: SERVING once its feature and inference dependencies are; admin API on its own port."""
 
 from __future__ import annotations
 
 import asyncio
 from importlib.metadata import version
 
+from gateway.admin import AdminServer, AdminServicer
+from gateway.audit import AuditLog
 from gateway.catalog import ModelCatalog
 from gateway.clients import CacheClient, FeatureClient, InferenceClient
 from gateway.dispatch import Dispatcher
 from gateway.inference_api import InferenceApi
+from gateway.live import LiveRoutes
 from gateway.predict import PredictHandler
+from gateway.rollout import RolloutController
 from gateway.routes import load_routes
 from gateway.servicers import OpenInferenceServicer, PredictionServicer, add_servicers
 from gateway.settings import GatewaySettings
+from gateway.shadow import ShadowRunner
 from meshserve.core.lifecycle import GrpcService
+from meshserve.core.settings import ServiceSettings
 from meshserve.registry import load_registry
 
 
@@ -23,13 +29,17 @@ class GatewayService(GrpcService):
     def __init__(self, settings: GatewaySettings) -> None:
         super().__init__(settings)
         self.settings: GatewaySettings = settings
-        self.routes = load_routes(settings.routes_path)
+        self.routes = LiveRoutes(
+            load_routes(settings.routes_path), settings.routes_path, AuditLog(settings.audit_log)
+        )
         self.registry = load_registry(settings.registry_path)
         self.features = FeatureClient(settings.feature_url)
         self.cache = CacheClient(settings.cache_url)
         self.inference = InferenceClient(settings.inference_url)
         self.catalog = ModelCatalog(self.inference)
         self.dispatcher = Dispatcher()
+        self.shadow = ShadowRunner()
+        self.rollouts = RolloutController(self.routes, self.dispatcher.stats)
         self.predict = PredictHandler(
             self.routes,
             self.registry,
@@ -38,6 +48,7 @@ class GatewayService(GrpcService):
             self.cache,
             self.inference,
             self.dispatcher,
+            self.shadow,
             max_instances=settings.max_instances_per_predict,
             cache_timeout_s=settings.cache_timeout_s,
             feature_timeout_s=settings.feature_timeout_s,
@@ -45,11 +56,23 @@ class GatewayService(GrpcService):
         self.api = InferenceApi(
             self.routes, self.catalog, self.inference, self.dispatcher, version("meshserve")
         )
+        admin_settings = ServiceSettings(
+            host=settings.admin_host, port=settings.admin_port, grace_s=settings.grace_s
+        )
+        self.admin = AdminServer(
+            admin_settings, AdminServicer(self.routes, self.dispatcher, self.shadow, self.rollouts)
+        )
         self.ready = False
 
     def register(self, server):
         oip = OpenInferenceServicer(self.api, lambda: self.ready)
         return add_servicers(server, PredictionServicer(self.predict), oip)
+
+    async def start(self) -> int:
+        port = await super().start()
+        self.admin_port = await self.admin.start()
+        self.rollouts.run()
+        return port
 
     async def until_ready(self) -> None:
         # The cache is not waited for: without it requests still succeed, only slower.
@@ -64,9 +87,12 @@ class GatewayService(GrpcService):
 
     async def stop(self, grace: float | None = None) -> None:
         self.ready = False
+        await self.rollouts.close()
+        await self.admin.stop(grace)
         await super().stop(grace)
 
     async def close(self) -> None:
         await self.predict.drain()
+        await self.shadow.drain()
         for client in (self.features, self.cache, self.inference):
             await client.close()

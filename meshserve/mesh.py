@@ -17,7 +17,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from meshserve.core.channels import open_channel, wait_until_serving
-from meshserve.core.process import ChildProcess, free_port
+from meshserve.core.process import ChildProcess, free_ports
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,6 +41,7 @@ class MeshSettings(BaseSettings):
 @dataclass
 class Endpoints:
     gateway: str
+    admin: str
     feature: str
     cache: str
     inference: str
@@ -66,12 +67,12 @@ class LocalMesh:
 
         s = self.settings
         host = s.host
-        port = {
-            name: free_port(host) for name in ("feature", "cache", "inference", "grpc", "http", "metrics")
-        }
-        gateway_port = s.gateway_port or free_port(host)
+        names = ("admin", "feature", "cache", "inference", "grpc", "http", "metrics", "gateway")
+        port = dict(zip(names, free_ports(len(names), host), strict=True))
+        gateway_port = s.gateway_port or port["gateway"]
         ep = Endpoints(
             gateway=f"{host}:{gateway_port}",
+            admin=f"{host}:{port['admin']}",
             feature=f"{host}:{port['feature']}",
             cache=f"{host}:{port['cache']}",
             inference=f"{host}:{port['inference']}",
@@ -117,6 +118,8 @@ class LocalMesh:
                     inference_url=ep.inference,
                     routes_path=s.routes_path,
                     registry_path=s.registry_path,
+                    admin_port=port["admin"],
+                    audit_log=s.run_dir / "audit.jsonl",
                 ),
             ),
         }

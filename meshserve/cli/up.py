@@ -25,6 +25,7 @@ def _endpoints_table(ep: Endpoints) -> Table:
     table.add_column("endpoint")
     for name, value in [
         ("gateway (Predict + Open Inference Protocol)", ep.gateway),
+        ("gateway admin", ep.admin),
         ("feature", ep.feature),
         ("cache", ep.cache),
         ("inference", ep.inference),

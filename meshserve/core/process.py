@@ -11,11 +11,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """Ask the OS for `count` distinct free ports (for children that cannot bind port 0 and report it back, like
+    Triton). All sockets stay open until every port is chosen, so the OS cannot hand out one port twice."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
+        for sock in socks:
+            sock.bind((host, 0))
+        return [sock.getsockname()[1] for sock in socks]
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """Ask the OS for a free port (for children that cannot bind port 0 and report it back, like Triton)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    return free_ports(1, host)[0]
 
 
 class ChildProcess:

@@ -31,12 +31,12 @@ async def up(tmp_path):
         env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            await wait_until_serving(channel, timeout_s=120)
-        # ...and until `up` itself has seen every process healthy and printed its endpoints
-        async with asyncio.timeout(60):
+        # `up` prints its endpoints once it has seen every process healthy; it exits if start-up fails
+        async with asyncio.timeout(120):
             while b"Ctrl-C stops every process" not in (line := await process.stdout.readline()):
                 assert line, "meshserve up exited during start-up"
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            await wait_until_serving(channel, timeout_s=10)
         yield process, port, tmp_path / "run"
     finally:
         if process.returncode is None:  # a failed test: stop it the way a user would, then make sure

@@ -18,7 +18,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from gateway.service import GatewayService
 from gateway.settings import GatewaySettings
 from meshserve.core.channels import wait_until_serving
-from meshserve.core.process import ChildProcess, free_port
+from meshserve.core.process import ChildProcess, free_port, free_ports
 from services.feature.service import FeatureService
 from services.feature.settings import FeatureSettings
 from services.inference.service import InferenceService
@@ -36,8 +36,8 @@ async def health(channel: grpc.aio.Channel, service: str = "") -> int:
     return reply.status
 
 
-async def test_gateway_turns_serving_only_once_feature_and_inference_are(mesh):
-    feature_port, inference_port = free_port(), free_port()
+async def test_gateway_turns_serving_only_once_feature_and_inference_are(mesh, tmp_path):
+    feature_port, inference_port = free_ports(2)
     gateway = GatewayService(
         GatewaySettings(
             port=0,
@@ -45,6 +45,8 @@ async def test_gateway_turns_serving_only_once_feature_and_inference_are(mesh):
             cache_url=mesh.endpoints.cache,
             inference_url=f"127.0.0.1:{inference_port}",
             routes_path=FIXTURES / "routes.yaml",
+            admin_port=0,
+            audit_log=tmp_path / "audit.jsonl",
         )
     )
     started = []
@@ -114,6 +116,8 @@ async def test_sigterm_lets_in_flight_calls_finish_then_exits_cleanly(mesh, mark
         "MESHSERVE_GATEWAY_INFERENCE_URL": mesh.endpoints.inference,
         "MESHSERVE_GATEWAY_ROUTES_PATH": str(FIXTURES / "routes.yaml"),
         "MESHSERVE_GATEWAY_GRACE_S": "15",
+        "MESHSERVE_GATEWAY_ADMIN_PORT": "0",
+        "MESHSERVE_GATEWAY_AUDIT_LOG": str(tmp_path / "audit.jsonl"),
     }
     gateway = ChildProcess("gateway", [sys.executable, "-m", "gateway"], env, tmp_path / "gateway.log")
     await gateway.start()

@@ -1,0 +1,124 @@
+"""The gateway's admin API on its own port: live routes, weights, promotion, rollback, rollouts, reload, audit."""
+
+from __future__ import annotations
+
+import json
+
+from gateway.dispatch import Dispatcher
+from gateway.live import LiveRoutes
+from gateway.rollout import RolloutController
+from gateway.shadow import ShadowRunner
+from meshserve.admin.v1 import admin_pb2, admin_pb2_grpc
+from meshserve.core.errors import InvalidArgument
+from meshserve.core.lifecycle import GrpcService
+from meshserve.core.settings import ServiceSettings
+
+WHO_HEADER = "x-meshserve-user"
+
+
+def _who(context) -> str:
+    return dict(context.invocation_metadata() or ()).get(WHO_HEADER, "admin")
+
+
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+    def __init__(
+        self, live: LiveRoutes, dispatcher: Dispatcher, shadow: ShadowRunner, rollouts: RolloutController
+    ) -> None:
+        self.live = live
+        self.dispatcher = dispatcher
+        self.shadow = shadow
+        self.rollouts = rollouts
+
+    def _status(self, name: str) -> admin_pb2.RouteStatus:
+        route = self.live.get(name)
+        variants = []
+        for v in route.variants:
+            requests, errors = self.dispatcher.stats.totals.get((name, v.name), (0, 0))
+            variants.append(
+                admin_pb2.VariantStatus(
+                    name=v.name, model=v.model, version=v.version, weight=v.weight, requests=requests, errors=errors,
+                    ejected=self.dispatcher.ejection.ejected(f"{name}/{v.name}"),
+                )
+            )  # fmt: skip
+        shadows = []
+        for s in route.shadows:
+            tally = self.shadow.tally(name, s.variant)
+            shadows.append(
+                admin_pb2.ShadowStatus(
+                    variant=s.variant, percent=s.percent, compared=tally.compared, failed=tally.failed,
+                    mean_abs_score_diff=tally.mean_abs_diff, label_agreement=tally.label_agreement,
+                )
+            )  # fmt: skip
+        state = self.rollouts.state(name)
+        rollout = admin_pb2.RolloutStatus(state=state.state, step=state.step, last_reason=state.last_reason)
+        if route.rollout is not None:
+            rollout.canary = route.rollout.canary
+            rollout.steps.extend(route.rollout.steps)
+        return admin_pb2.RouteStatus(
+            route=name, variants=variants, fallback=route.fallback, sticky=route.sticky.key.value,
+            shadows=shadows, rollout=rollout,
+        )  # fmt: skip
+
+    async def ListRoutes(self, request, context):
+        return admin_pb2.ListRoutesResponse(
+            routes=[self._status(name) for name in sorted(self.live.routes)],
+            routes_file=str(self.live.path or "embedded routes.yaml"),
+        )
+
+    async def SetWeights(self, request, context):
+        if not request.weights:
+            raise InvalidArgument("no weights given")
+        self.live.set_weights(request.route, dict(request.weights), _who(context))
+        return self._status(request.route)
+
+    async def Promote(self, request, context):
+        self.live.promote(request.route, request.variant, _who(context))
+        self.rollouts.stop(request.route, f"promoted {request.variant} by hand")
+        return self._status(request.route)
+
+    async def Rollback(self, request, context):
+        self.live.rollback(request.route, _who(context), request.reason)
+        self.rollouts.stop(request.route, request.reason or "rolled back by hand")
+        return self._status(request.route)
+
+    async def SetRollout(self, request, context):
+        action = admin_pb2.SetRolloutRequest
+        if request.action == action.START:
+            self.rollouts.start(request.route, _who(context))
+        elif request.action == action.PAUSE:
+            self.rollouts.pause(request.route)
+        elif request.action == action.RESUME:
+            self.rollouts.resume(request.route)
+        else:
+            raise InvalidArgument("action must be START, PAUSE or RESUME")
+        return self._status(request.route)
+
+    async def Reload(self, request, context):
+        applied, error = self.live.reload(_who(context))
+        return admin_pb2.ReloadResponse(applied=applied, error=error, routes=sorted(self.live.routes))
+
+    async def GetAuditLog(self, request, context):
+        entries = self.live.audit.tail(request.limit or 100)
+        return admin_pb2.GetAuditLogResponse(
+            entries=[
+                admin_pb2.AuditEntry(
+                    time=e.time, who=e.who, action=e.action, route=e.route, reason=e.reason,
+                    before=json.dumps(e.before), after=json.dumps(e.after),
+                )
+                for e in entries
+            ]
+        )  # fmt: skip
+
+
+class AdminServer(GrpcService):
+    """A second gRPC server inside the gateway process, so admin access can be firewalled apart from traffic."""
+
+    name = "admin"
+
+    def __init__(self, settings: ServiceSettings, servicer: AdminServicer) -> None:
+        super().__init__(settings)
+        self.servicer = servicer
+
+    def register(self, server):
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(self.servicer, server)
+        return [admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name]

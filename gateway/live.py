@@ -1,0 +1,77 @@
+"""Live routes: the table every request reads, swapped whole (never edited in place) by admin actions and
+reloads, each of which is written to the audit log."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from gateway.audit import AuditLog
+from gateway.routes import Route, RoutesFileError, RouteTable, load_routes
+from meshserve.core.errors import InvalidArgument
+
+log = logging.getLogger(__name__)
+
+
+def _weights(route: Route) -> dict[str, float]:
+    return {v.name: v.weight for v in route.variants}
+
+
+class LiveRoutes:
+    def __init__(self, table: RouteTable, path: Path | None, audit: AuditLog) -> None:
+        self.table = table
+        self.path = path
+        self.audit = audit
+
+    def get(self, name: str) -> Route:
+        return self.table.get(name)
+
+    @property
+    def routes(self) -> dict[str, Route]:
+        return self.table.routes
+
+    def _swap(self, name: str, route: Route) -> None:
+        # One assignment: a request in flight keeps the table it started with, the next one sees the new one.
+        self.table = RouteTable(routes={**self.table.routes, name: route})
+
+    def set_weights(
+        self, name: str, weights: dict[str, float], who: str, action: str = "set_weights", reason: str = ""
+    ) -> Route:
+        before = self.get(name)
+        try:
+            after = before.with_weights(weights)
+        except ValidationError as exc:
+            raise InvalidArgument(f"route {name!r}: {exc.errors()[0]['msg']}") from None
+        self._swap(name, after)
+        self.audit.append(who, action, name, _weights(before), _weights(after), reason)
+        log.info(
+            "weights changed", extra={"route": name, "weights": _weights(after), "who": who, "action": action}
+        )
+        return after
+
+    def promote(self, name: str, variant: str, who: str) -> Route:
+        route = self.get(name)
+        route.variant(variant)
+        return self.set_weights(
+            name, {v.name: 100.0 if v.name == variant else 0.0 for v in route.variants}, who, "promote"
+        )
+
+    def rollback(self, name: str, who: str, reason: str = "") -> Route:
+        route = self.get(name)
+        weights = {v.name: 100.0 if v is route.baseline else 0.0 for v in route.variants}
+        return self.set_weights(name, weights, who, "rollback", reason)
+
+    def reload(self, who: str) -> tuple[bool, str]:
+        """Re-read the routes file. A bad file leaves the serving table untouched and says why."""
+        try:
+            table = load_routes(self.path)
+        except RoutesFileError as exc:
+            log.warning("routes reload refused; the old routes keep serving", extra={"error": str(exc)})
+            self.audit.append(who, "reload_refused", "*", None, None, str(exc))
+            return False, str(exc)
+        before = {name: _weights(r) for name, r in self.table.routes.items()}
+        self.table = table
+        self.audit.append(who, "reload", "*", before, {name: _weights(r) for name, r in table.routes.items()})
+        return True, ""

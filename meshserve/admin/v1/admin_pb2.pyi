@@ -1,0 +1,177 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class VariantStatus(_message.Message):
+    __slots__ = ("name", "model", "version", "weight", "ejected", "requests", "errors")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    EJECTED_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    model: str
+    version: str
+    weight: float
+    ejected: bool
+    requests: int
+    errors: int
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., weight: _Optional[float] = ..., ejected: _Optional[bool] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ...) -> None: ...
+
+class ShadowStatus(_message.Message):
+    __slots__ = ("variant", "percent", "compared", "failed", "mean_abs_score_diff", "label_agreement")
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    PERCENT_FIELD_NUMBER: _ClassVar[int]
+    COMPARED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    MEAN_ABS_SCORE_DIFF_FIELD_NUMBER: _ClassVar[int]
+    LABEL_AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    variant: str
+    percent: float
+    compared: int
+    failed: int
+    mean_abs_score_diff: float
+    label_agreement: float
+    def __init__(self, variant: _Optional[str] = ..., percent: _Optional[float] = ..., compared: _Optional[int] = ..., failed: _Optional[int] = ..., mean_abs_score_diff: _Optional[float] = ..., label_agreement: _Optional[float] = ...) -> None: ...
+
+class RolloutStatus(_message.Message):
+    __slots__ = ("state", "canary", "step", "steps", "last_reason")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CANARY_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    LAST_REASON_FIELD_NUMBER: _ClassVar[int]
+    state: str
+    canary: str
+    step: int
+    steps: _containers.RepeatedScalarFieldContainer[float]
+    last_reason: str
+    def __init__(self, state: _Optional[str] = ..., canary: _Optional[str] = ..., step: _Optional[int] = ..., steps: _Optional[_Iterable[float]] = ..., last_reason: _Optional[str] = ...) -> None: ...
+
+class RouteStatus(_message.Message):
+    __slots__ = ("route", "variants", "fallback", "sticky", "shadows", "rollout")
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
+    VARIANTS_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_FIELD_NUMBER: _ClassVar[int]
+    STICKY_FIELD_NUMBER: _ClassVar[int]
+    SHADOWS_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_FIELD_NUMBER: _ClassVar[int]
+    route: str
+    variants: _containers.RepeatedCompositeFieldContainer[VariantStatus]
+    fallback: _containers.RepeatedScalarFieldContainer[str]
+    sticky: str
+    shadows: _containers.RepeatedCompositeFieldContainer[ShadowStatus]
+    rollout: RolloutStatus
+    def __init__(self, route: _Optional[str] = ..., variants: _Optional[_Iterable[_Union[VariantStatus, _Mapping]]] = ..., fallback: _Optional[_Iterable[str]] = ..., sticky: _Optional[str] = ..., shadows: _Optional[_Iterable[_Union[ShadowStatus, _Mapping]]] = ..., rollout: _Optional[_Union[RolloutStatus, _Mapping]] = ...) -> None: ...
+
+class ListRoutesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListRoutesResponse(_message.Message):
+    __slots__ = ("routes", "routes_file")
+    ROUTES_FIELD_NUMBER: _ClassVar[int]
+    ROUTES_FILE_FIELD_NUMBER: _ClassVar[int]
+    routes: _containers.RepeatedCompositeFieldContainer[RouteStatus]
+    routes_file: str
+    def __init__(self, routes: _Optional[_Iterable[_Union[RouteStatus, _Mapping]]] = ..., routes_file: _Optional[str] = ...) -> None: ...
+
+class SetWeightsRequest(_message.Message):
+    __slots__ = ("route", "weights")
+    class WeightsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    route: str
+    weights: _containers.ScalarMap[str, float]
+    def __init__(self, route: _Optional[str] = ..., weights: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class PromoteRequest(_message.Message):
+    __slots__ = ("route", "variant")
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    route: str
+    variant: str
+    def __init__(self, route: _Optional[str] = ..., variant: _Optional[str] = ...) -> None: ...
+
+class RollbackRequest(_message.Message):
+    __slots__ = ("route", "reason")
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    route: str
+    reason: str
+    def __init__(self, route: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class SetRolloutRequest(_message.Message):
+    __slots__ = ("route", "action")
+    class Action(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        ACTION_UNSPECIFIED: _ClassVar[SetRolloutRequest.Action]
+        START: _ClassVar[SetRolloutRequest.Action]
+        PAUSE: _ClassVar[SetRolloutRequest.Action]
+        RESUME: _ClassVar[SetRolloutRequest.Action]
+    ACTION_UNSPECIFIED: SetRolloutRequest.Action
+    START: SetRolloutRequest.Action
+    PAUSE: SetRolloutRequest.Action
+    RESUME: SetRolloutRequest.Action
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    route: str
+    action: SetRolloutRequest.Action
+    def __init__(self, route: _Optional[str] = ..., action: _Optional[_Union[SetRolloutRequest.Action, str]] = ...) -> None: ...
+
+class ReloadRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ReloadResponse(_message.Message):
+    __slots__ = ("applied", "error", "routes")
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    ROUTES_FIELD_NUMBER: _ClassVar[int]
+    applied: bool
+    error: str
+    routes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, applied: _Optional[bool] = ..., error: _Optional[str] = ..., routes: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class AuditEntry(_message.Message):
+    __slots__ = ("time", "who", "action", "route", "before", "after", "reason")
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    WHO_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
+    BEFORE_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    time: str
+    who: str
+    action: str
+    route: str
+    before: str
+    after: str
+    reason: str
+    def __init__(self, time: _Optional[str] = ..., who: _Optional[str] = ..., action: _Optional[str] = ..., route: _Optional[str] = ..., before: _Optional[str] = ..., after: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class GetAuditLogRequest(_message.Message):
+    __slots__ = ("limit",)
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    def __init__(self, limit: _Optional[int] = ...) -> None: ...
+
+class GetAuditLogResponse(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[AuditEntry]
+    def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ...) -> None: ...
