@@ -93,7 +93,7 @@ class Dispatcher:
                 timeout = remaining if index == len(tiers) - 1 else remaining / (len(tiers) - index)
                 started = self.clock()
                 try:
-                    await self._faults(route, variant, timeout)
+                    await self.inject_faults(route, variant, timeout)
                     value = await attempt(variant, timeout)
                 except MeshError as exc:
                     # Only failures of the variant count against it; a caller's bad input is not one.
@@ -109,7 +109,8 @@ class Dispatcher:
                 return Served(value, variant, Tier.PRIMARY if index == 0 else Tier.FALLBACK)
         raise AllTiersFailed(f"every tier of route {route_name!r} failed; last error: {last}")
 
-    async def _faults(self, route: Route, variant: Variant, time_left_s: float) -> None:
+    async def inject_faults(self, route: Route, variant: Variant, time_left_s: float) -> None:
+        """Apply the route's configured faults for `variant` (delays, aborts) to one call."""
         for fault in route.faults:
             if fault.variant != variant.name:
                 continue

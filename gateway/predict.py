@@ -132,6 +132,9 @@ class PredictHandler:
         mirrored = [i for i, _ in answered]
 
         async def score(variant: Variant, time_left_s: float) -> list[float]:
+            await self.dispatcher.inject_faults(
+                route, variant, time_left_s
+            )  # shadows are tested like any variant
             return (await self._score(mirrored, variant, time_left_s))[1]
 
         self.shadow.mirror(route_name, route, [p.score for _, p in answered], score)

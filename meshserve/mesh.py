@@ -27,6 +27,7 @@ class MeshSettings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="address every process listens on")
     gateway_port: int = Field(50051, ge=0, le=65535, description="the gateway's port; 0 = any free port")
+    admin_port: int = Field(50055, ge=0, le=65535, description="the gateway's admin port; 0 = any free port")
     model_repositories: list[Path] = Field(default_factory=lambda: [REPO_ROOT / "model_repository"])
     routes_path: Path | None = None
     registry_path: Path | None = None
@@ -70,6 +71,7 @@ class LocalMesh:
         names = ("admin", "feature", "cache", "inference", "grpc", "http", "metrics", "gateway")
         port = dict(zip(names, free_ports(len(names), host), strict=True))
         gateway_port = s.gateway_port or port["gateway"]
+        port["admin"] = s.admin_port or port["admin"]
         ep = Endpoints(
             gateway=f"{host}:{gateway_port}",
             admin=f"{host}:{port['admin']}",

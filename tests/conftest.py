@@ -22,6 +22,7 @@ def marker_dir(tmp_path_factory) -> Path:
 async def mesh(tmp_path_factory, marker_dir) -> LocalMesh:
     settings = MeshSettings(
         gateway_port=0,
+        admin_port=0,
         model_repositories=[REPO_ROOT / "model_repository", FIXTURES / "model_repository"],
         routes_path=FIXTURES / "routes.yaml",
         run_dir=tmp_path_factory.mktemp("mesh"),

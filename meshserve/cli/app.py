@@ -15,6 +15,16 @@ models_app = typer.Typer(help="The sample models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
 
+def _register_admin_commands() -> None:
+    from meshserve.cli.admin import canary_app, routes_app
+
+    app.add_typer(routes_app, name="routes")
+    app.add_typer(canary_app, name="canary")
+
+
+_register_admin_commands()
+
+
 def _run(coro) -> int:
     try:
         import uvloop
@@ -27,6 +37,7 @@ def _run(coro) -> int:
 @app.command()
 def up(
     port: Annotated[int | None, typer.Option(help="gateway port (default 50051)")] = None,
+    admin_port: Annotated[int | None, typer.Option(help="gateway admin port (default 50055)")] = None,
     host: Annotated[str | None, typer.Option(help="address to listen on (default 127.0.0.1)")] = None,
     routes: Annotated[Path | None, typer.Option(help="routes YAML (default: embedded)")] = None,
 ) -> None:
@@ -35,7 +46,7 @@ def up(
     from meshserve.core.logs import configure_logging
     from meshserve.mesh import MeshSettings
 
-    overrides = {"gateway_port": port, "host": host, "routes_path": routes}
+    overrides = {"gateway_port": port, "admin_port": admin_port, "host": host, "routes_path": routes}
     settings = MeshSettings(**{k: v for k, v in overrides.items() if v is not None})
     configure_logging("meshserve-up", "WARNING")
     raise typer.Exit(_run(run_up(settings)))

@@ -1,0 +1,157 @@
+"""`meshserve routes ...` and `meshserve canary ...`: the gateway's admin API from the shell."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+from typing import Annotated
+
+import grpc
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from meshserve.admin.v1 import admin_pb2, admin_pb2_grpc
+
+console = Console()
+routes_app = typer.Typer(help="Live routes: list, reload, audit log.", no_args_is_help=True)
+canary_app = typer.Typer(
+    help="Canaries: weights, promote, rollback, automated rollouts.", no_args_is_help=True
+)
+Target = Annotated[str, typer.Option("--admin", help="the gateway's admin address")]
+DEFAULT_ADMIN = "127.0.0.1:50055"
+
+
+def _call(target: str, method: str, request):
+    async def go():
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = admin_pb2_grpc.AdminServiceStub(channel)
+            return await getattr(stub, method)(
+                request, timeout=10, metadata=(("x-meshserve-user", getpass.getuser()),)
+            )
+
+    try:
+        return asyncio.run(go())
+    except grpc.aio.AioRpcError as exc:
+        console.print(f"[red]{exc.code().name}[/]: {exc.details()}")
+        raise typer.Exit(1) from None
+
+
+def show_route(status: admin_pb2.RouteStatus) -> None:
+    table = Table(
+        title=f"route {status.route}  (sticky: {status.sticky}; fallback: {', '.join(status.fallback) or '-'})"
+    )
+    for column in ("variant", "model", "version", "weight", "requests", "errors", "ejected"):
+        table.add_column(column)
+    for v in status.variants:
+        table.add_row(v.name, v.model, v.version or "latest", f"{v.weight:g}", str(v.requests), str(v.errors),
+                      "yes" if v.ejected else "")  # fmt: skip
+    console.print(table)
+    for s in status.shadows:
+        console.print(
+            f"  shadow {s.variant} at {s.percent:g}%: {s.compared} compared, {s.failed} failed, "
+            f"mean |score diff| {s.mean_abs_score_diff:.4f}, label agreement {s.label_agreement:.1%}"
+        )
+    r = status.rollout
+    if r.canary:
+        steps = " → ".join(f"{w:g}%" for w in r.steps)
+        console.print(
+            f"  rollout of {r.canary}: {r.state} at step {r.step + 1}/{len(r.steps)} ({steps}) {r.last_reason}"
+        )
+
+
+@routes_app.command("list")
+def routes_list(admin: Target = DEFAULT_ADMIN) -> None:
+    """Every route with its live weights, health, shadows and rollout."""
+    reply = _call(admin, "ListRoutes", admin_pb2.ListRoutesRequest())
+    console.print(f"routes file: {reply.routes_file}")
+    for status in reply.routes:
+        show_route(status)
+
+
+@routes_app.command("reload")
+def routes_reload(admin: Target = DEFAULT_ADMIN) -> None:
+    """Re-read the routes file; a bad file changes nothing and says why."""
+    reply = _call(admin, "Reload", admin_pb2.ReloadRequest())
+    if not reply.applied:
+        console.print(f"[red]refused; the old routes keep serving:[/] {reply.error}")
+        raise typer.Exit(1)
+    console.print(f"[green]reloaded[/]: {', '.join(reply.routes)}")
+
+
+@routes_app.command("audit")
+def routes_audit(limit: int = 20, admin: Target = DEFAULT_ADMIN) -> None:
+    """The newest entries of the audit log."""
+    reply = _call(admin, "GetAuditLog", admin_pb2.GetAuditLogRequest(limit=limit))
+    table = Table(title="audit log")
+    for column in ("time", "who", "action", "route", "before", "after", "reason"):
+        table.add_column(column)
+    for e in reply.entries:
+        table.add_row(e.time, e.who, e.action, e.route, e.before, e.after, e.reason)
+    console.print(table)
+
+
+@canary_app.command("status")
+def canary_status(route: str, admin: Target = DEFAULT_ADMIN) -> None:
+    """One route's weights, shadow comparison and rollout state."""
+    reply = _call(admin, "ListRoutes", admin_pb2.ListRoutesRequest())
+    matches = [s for s in reply.routes if s.route == route]
+    if not matches:
+        console.print(f"[red]NOT_FOUND[/]: unknown route {route!r}")
+        raise typer.Exit(1)
+    show_route(matches[0])
+
+
+@canary_app.command("weights")
+def canary_weights(
+    route: str,
+    weights: Annotated[list[str], typer.Argument(help="variant=weight ...")],
+    admin: Target = DEFAULT_ADMIN,
+) -> None:
+    """Set variant weights, e.g. `meshserve canary weights fraud stable=90 canary=10`."""
+    parsed = {}
+    for item in weights:
+        name, _, value = item.partition("=")
+        try:
+            parsed[name] = float(value)
+        except ValueError:
+            console.print(f"[red]expected variant=weight, got {item!r}[/]")
+            raise typer.Exit(2) from None
+    show_route(_call(admin, "SetWeights", admin_pb2.SetWeightsRequest(route=route, weights=parsed)))
+
+
+@canary_app.command("promote")
+def canary_promote(route: str, variant: str, admin: Target = DEFAULT_ADMIN) -> None:
+    """Send all of the route's traffic to one variant."""
+    show_route(_call(admin, "Promote", admin_pb2.PromoteRequest(route=route, variant=variant)))
+
+
+@canary_app.command("rollback")
+def canary_rollback(route: str, reason: str = "", admin: Target = DEFAULT_ADMIN) -> None:
+    """Send all of the route's traffic back to its baseline (first) variant."""
+    show_route(_call(admin, "Rollback", admin_pb2.RollbackRequest(route=route, reason=reason)))
+
+
+def _rollout(route: str, action: int, admin: str) -> None:
+    show_route(_call(admin, "SetRollout", admin_pb2.SetRolloutRequest(route=route, action=action)))
+
+
+@canary_app.command("start")
+def canary_start(route: str, admin: Target = DEFAULT_ADMIN) -> None:
+    """Start the automated rollout declared for the route."""
+    _rollout(route, admin_pb2.SetRolloutRequest.START, admin)
+
+
+@canary_app.command("pause")
+def canary_pause(route: str, admin: Target = DEFAULT_ADMIN) -> None:
+    """Hold the route's rollout at its current step."""
+    _rollout(route, admin_pb2.SetRolloutRequest.PAUSE, admin)
+
+
+@canary_app.command("resume")
+def canary_resume(route: str, admin: Target = DEFAULT_ADMIN) -> None:
+    """Continue a paused rollout."""
+    _rollout(route, admin_pb2.SetRolloutRequest.RESUME, admin)
+
+
+__all__ = ["canary_app", "routes_app"]

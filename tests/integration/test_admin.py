@@ -1,0 +1,263 @@
+"""The admin API on a gateway of its own (in this process, real gRPC), in front of the session's real services:
+weights, promote/rollback, audit log, reload (bad file keeps serving), shadows and automated rollouts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from gateway.service import GatewayService
+from gateway.settings import GatewaySettings
+from meshserve.admin.v1 import admin_pb2, admin_pb2_grpc
+from meshserve.core.channels import wait_until_serving
+from meshserve.feature.v1 import feature_pb2
+from meshserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from tests.helpers import feature_vector, score_directly
+
+ROUTES = """
+routes:
+  fraud:
+    cache: {enabled: false}
+    variants:
+      - {name: stable, model: fraud, version: "1", weight: 100}
+      - {name: canary, model: fraud, version: "2", weight: 0}
+  shadowed:
+    cache: {enabled: false}
+    shadows: [{variant: candidate, percent: 100}]
+    variants:
+      - {name: stable, model: fraud, version: "1", weight: 100}
+      - {name: candidate, model: fraud, version: "2", weight: 0}
+  bad-shadow:
+    cache: {enabled: false}
+    shadows: [{variant: broken, percent: 100}, {variant: sleepy, percent: 100}]
+    faults:
+      - {variant: broken, abort_percent: 100}
+      - {variant: sleepy, delay_ms: 3000, delay_percent: 100}
+    variants:
+      - {name: stable, model: fraud, version: "1", weight: 100}
+      - {name: broken, model: fraud, version: "2", weight: 0}
+      - {name: sleepy, model: fraud, version: "2", weight: 0}
+  rollout:
+    cache: {enabled: false}
+    fallback: [stable]
+    rollout: {canary: canary, steps: [20, 50, 100], interval_s: 1.0, min_requests: 10}
+    faults:
+      - {variant: canary, abort_percent: 60}
+    variants:
+      - {name: stable, model: fraud, version: "1", weight: 100}
+      - {name: canary, model: fraud, version: "2", weight: 0}
+  healthy-rollout:
+    cache: {enabled: false}
+    rollout: {canary: canary, steps: [30, 100], interval_s: 0.5, min_requests: 5, max_p99_ratio: 50}
+    variants:
+      - {name: stable, model: fraud, version: "1", weight: 100}
+      - {name: canary, model: fraud, version: "2", weight: 0}
+"""
+
+
+class Gateway:
+    def __init__(self, service: GatewayService, channel, admin_channel, routes_file: Path) -> None:
+        self.service = service
+        self.predict_stub = gateway_pb2_grpc.PredictionServiceStub(channel)
+        self.admin = admin_pb2_grpc.AdminServiceStub(admin_channel)
+        self.routes_file = routes_file
+
+    async def predict(
+        self, route: str, account: str = "acct-00011", amount: float = 90.0, timeout: float = 10
+    ):
+        request = gateway_pb2.PredictRequest(
+            route=route,
+            instances=[
+                gateway_pb2.Instance(
+                    entity_key=account,
+                    features={
+                        "amount": feature_pb2.Value(double_value=amount),
+                        "merchant_category": feature_pb2.Value(int64_value=4),
+                    },
+                )
+            ],
+        )
+        return (await self.predict_stub.Predict(request, timeout=timeout)).predictions[0]
+
+    async def status(self, route: str) -> admin_pb2.RouteStatus:
+        reply = await self.admin.ListRoutes(admin_pb2.ListRoutesRequest(), timeout=5)
+        return next(r for r in reply.routes if r.route == route)
+
+
+@pytest.fixture
+async def gateway(mesh, tmp_path):
+    routes_file = tmp_path / "routes.yaml"
+    routes_file.write_text(ROUTES)
+    service = GatewayService(
+        GatewaySettings(
+            port=0, admin_port=0, routes_path=routes_file, audit_log=tmp_path / "audit.jsonl",
+            feature_url=mesh.endpoints.feature, cache_url=mesh.endpoints.cache,
+            inference_url=mesh.endpoints.inference,
+        )
+    )  # fmt: skip
+    port = await service.start()
+    try:
+        async with (
+            grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+            grpc.aio.insecure_channel(f"127.0.0.1:{service.admin_port}") as admin_channel,
+        ):
+            await wait_until_serving(channel, timeout_s=30)
+            yield Gateway(service, channel, admin_channel, routes_file)
+    finally:
+        await service.stop(1)
+
+
+async def test_weights_promote_and_rollback_change_traffic_and_are_audited(gateway):
+    who = (("x-meshserve-user", "alice"),)
+    await gateway.admin.SetWeights(
+        admin_pb2.SetWeightsRequest(route="fraud", weights={"stable": 50, "canary": 50}),
+        metadata=who,
+        timeout=5,
+    )
+    variants = {(await gateway.predict("fraud", amount=float(n))).variant for n in range(60)}
+    assert variants == {"stable", "canary"}
+    status = await gateway.admin.Promote(admin_pb2.PromoteRequest(route="fraud", variant="canary"), timeout=5)
+    assert {v.name: v.weight for v in status.variants} == {"stable": 0, "canary": 100}
+    assert {(await gateway.predict("fraud", amount=float(n))).variant for n in range(10)} == {"canary"}
+    await gateway.admin.Rollback(
+        admin_pb2.RollbackRequest(route="fraud", reason="drill"), metadata=who, timeout=5
+    )
+    assert {(await gateway.predict("fraud", amount=float(n))).variant for n in range(10)} == {"stable"}
+
+    audit = (await gateway.admin.GetAuditLog(admin_pb2.GetAuditLogRequest(), timeout=5)).entries
+    assert [(e.who, e.action) for e in audit] == [
+        ("alice", "set_weights"),
+        ("admin", "promote"),
+        ("alice", "rollback"),
+    ]
+    assert json.loads(audit[0].before) == {"stable": 100, "canary": 0}
+    assert json.loads(audit[0].after) == {"stable": 50, "canary": 50}
+    assert audit[2].reason == "drill"
+    # the log is a file that outlives the process
+    lines = (gateway.routes_file.parent / "audit.jsonl").read_text().splitlines()
+    assert [json.loads(line)["action"] for line in lines] == ["set_weights", "promote", "rollback"]
+
+
+async def test_bad_weights_are_refused_and_change_nothing(gateway):
+    for weights in ({"stable": 0, "canary": 0}, {"ghost": 10}, {"stable": -1}):
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            await gateway.admin.SetWeights(
+                admin_pb2.SetWeightsRequest(route="fraud", weights=weights), timeout=5
+            )
+        assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert {v.name: v.weight for v in (await gateway.status("fraud")).variants} == {
+        "stable": 100,
+        "canary": 0,
+    }
+
+
+async def test_reload_of_a_bad_file_keeps_serving_and_a_good_one_applies_without_dropping_requests(gateway):
+    gateway.routes_file.write_text(ROUTES.replace("weight: 100}", "weight: -100}", 1))
+    reply = await gateway.admin.Reload(admin_pb2.ReloadRequest(), timeout=5)
+    assert not reply.applied
+    assert "routes.fraud.variants.0.weight" in reply.error and "greater than or equal to 0" in reply.error
+    assert (await gateway.predict("fraud")).variant == "stable"
+
+    stop = asyncio.Event()
+    outcomes: list[str] = []
+
+    async def load():
+        n = 0
+        while not stop.is_set():
+            n += 1
+            outcomes.append((await gateway.predict("fraud", amount=float(n))).variant)
+
+    loaders = [asyncio.create_task(load()) for _ in range(4)]
+    await asyncio.sleep(0.2)
+    gateway.routes_file.write_text(
+        ROUTES.replace(
+            'weight: 100}\n      - {name: canary, model: fraud, version: "2", weight: 0}',
+            'weight: 0}\n      - {name: canary, model: fraud, version: "2", weight: 100}',
+            1,
+        )
+    )
+    reply = await gateway.admin.Reload(admin_pb2.ReloadRequest(), timeout=5)
+    await asyncio.sleep(0.2)
+    stop.set()
+    await asyncio.gather(*loaders)  # any failed request would raise here
+    assert reply.applied and reply.error == ""
+    assert outcomes[0] == "stable" and outcomes[-1] == "canary"
+    assert "stable" not in outcomes[outcomes.index("canary") :]  # switched once, atomically
+
+
+async def test_shadow_compares_with_the_primary_and_reflects_a_planted_difference(mesh, gateway):
+    accounts = [f"acct-{n:05d}" for n in range(40)]
+    primary = [await gateway.predict("shadowed", account=a, amount=300.0) for a in accounts]
+    assert {(p.variant, p.model_version) for p in primary} == {("stable", "1")}
+    deadline = time.monotonic() + 10
+    while (status := await gateway.status("shadowed")).shadows[0].compared < len(accounts):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    rows = np.vstack([feature_vector(a, amount=300.0, merchant_category=4) for a in accounts])
+    v1, v2 = (
+        score_directly(mesh.endpoints.triton_grpc, rows, "1"),
+        score_directly(mesh.endpoints.triton_grpc, rows, "2"),
+    )
+    shadow = status.shadows[0]
+    assert shadow.compared == len(accounts) and shadow.failed == 0
+    assert shadow.mean_abs_score_diff == pytest.approx(float(np.mean(np.abs(v1 - v2))), abs=1e-5)
+    assert shadow.mean_abs_score_diff > 0.001  # v1 and v2 really differ
+    assert shadow.label_agreement == pytest.approx(float(np.mean((v1 >= 0.5) == (v2 >= 0.5))))
+
+
+async def test_failing_or_slow_shadow_changes_nothing_for_callers(gateway):
+    started = time.monotonic()
+    answers = [await gateway.predict("bad-shadow", amount=float(n)) for n in range(20)]
+    elapsed = time.monotonic() - started
+    assert all(a.variant == "stable" and a.tier == gateway_pb2.PRIMARY for a in answers)
+    assert elapsed < 3.0  # a 3 s shadow delay never reaches callers
+    deadline = time.monotonic() + 5
+    while (await gateway.status("bad-shadow")).shadows[0].failed < 20:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+
+
+async def _drive(gateway, route: str, until, seconds: float) -> admin_pb2.RouteStatus:
+    """Send traffic until `until(status)` holds (bounded), returning the last status."""
+    deadline = time.monotonic() + seconds
+    n = 0
+    while True:
+        status = await gateway.status(route)
+        if until(status):
+            return status
+        assert time.monotonic() < deadline, f"rollout never reached the expected state: {status.rollout}"
+        await asyncio.gather(*(gateway.predict(route, amount=float(n + k)) for k in range(8)))
+        n += 8
+
+
+async def test_failing_canary_is_rolled_back_by_the_rollout_and_audited(gateway):
+    await gateway.admin.SetRollout(
+        admin_pb2.SetRolloutRequest(route="rollout", action=admin_pb2.SetRolloutRequest.START), timeout=5
+    )
+    status = await _drive(gateway, "rollout", lambda s: s.rollout.state != "running", seconds=15)
+    assert status.rollout.state == "rolled_back"
+    assert "error rate" in status.rollout.last_reason
+    assert {v.name: v.weight for v in status.variants} == {"stable": 100, "canary": 0}
+    audit = (await gateway.admin.GetAuditLog(admin_pb2.GetAuditLogRequest(), timeout=5)).entries
+    assert [(e.who, e.action) for e in audit][-1] == ("rollout", "rollback")
+    assert "error rate" in audit[-1].reason
+
+
+async def test_healthy_canary_is_stepped_up_to_full_traffic(gateway):
+    await gateway.admin.SetRollout(
+        admin_pb2.SetRolloutRequest(route="healthy-rollout", action=admin_pb2.SetRolloutRequest.START),
+        timeout=5,
+    )
+    status = await _drive(gateway, "healthy-rollout", lambda s: s.rollout.state != "running", seconds=20)
+    assert status.rollout.state == "completed"
+    assert {v.name: v.weight for v in status.variants} == {"stable": 0, "canary": 100}
+    steps = [
+        e.after for e in (await gateway.admin.GetAuditLog(admin_pb2.GetAuditLogRequest(), timeout=5)).entries
+    ]
+    assert [json.loads(s)["canary"] for s in steps] == [30, 100]
