@@ -52,6 +52,15 @@ routes:
     variants:
       - {name: stable, model: fraud, version: "1", weight: 100}
       - {name: canary, model: fraud, version: "2", weight: 0}
+  flaky-canary:
+    cache: {enabled: false}
+    fallback: [stable]
+    retry: {max_attempts: 3, budget_ratio: 0.1}
+    faults:
+      - {variant: canary, abort_percent: 100}
+    variants:
+      - {name: stable, model: fraud, version: "1", weight: 50}
+      - {name: canary, model: fraud, version: "2", weight: 50}
   healthy-rollout:
     cache: {enabled: false}
     rollout: {canary: canary, steps: [30, 100], interval_s: 0.5, min_requests: 5, max_p99_ratio: 50}
@@ -261,3 +270,27 @@ async def test_healthy_canary_is_stepped_up_to_full_traffic(gateway):
         e.after for e in (await gateway.admin.GetAuditLog(admin_pb2.GetAuditLogRequest(), timeout=5)).entries
     ]
     assert [json.loads(s)["canary"] for s in steps] == [30, 100]
+
+
+async def test_retry_budget_and_ejection_stop_a_dead_canary_costing_attempts_then_probe_it_back(gateway):
+    answers = [await gateway.predict("flaky-canary", amount=float(n)) for n in range(100)]
+    assert all(a.variant == "stable" for a in answers)  # no caller saw the dead canary
+    status = await gateway.status("flaky-canary")
+    canary = next(v for v in status.variants if v.name == "canary")
+    # ~50 requests chose the canary; with 3 attempts each and no budget or ejection that is ~150 failed attempts.
+    # The retry budget (10 %) and ejection after 5 consecutive failures leave only a handful, plus probes.
+    assert canary.ejected
+    assert 5 <= canary.errors <= 12, canary.errors
+    # the canary recovers: once its ejection runs out, a probe succeeds and it takes traffic again
+    gateway.routes_file.write_text(
+        gateway.routes_file.read_text().replace(
+            'abort_percent: 100}\n    variants:\n      - {name: stable, model: fraud, version: "1", weight: 50}',
+            'abort_percent: 0}\n    variants:\n      - {name: stable, model: fraud, version: "1", weight: 50}',
+        )
+    )
+    assert (await gateway.admin.Reload(admin_pb2.ReloadRequest(), timeout=5)).applied
+    deadline = time.monotonic() + 40
+    while (await gateway.predict("flaky-canary", amount=time.monotonic())).variant != "canary":
+        assert time.monotonic() < deadline, "the canary was never probed back in"
+        await asyncio.sleep(0.05)
+    assert not next(v for v in (await gateway.status("flaky-canary")).variants if v.name == "canary").ejected
