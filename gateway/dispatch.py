@@ -20,7 +20,7 @@ from gateway.stats import VariantStats
 from meshserve.core.errors import DeadlineExceeded, ErrorCode, MeshError, Unavailable
 
 T = TypeVar("T")
-MIN_ATTEMPT_S = 0.002  # below this an attempt cannot finish; fail fast instead
+MIN_ATTEMPT_S = 0.025  # below this an attempt cannot finish (each hop keeps a margin); fail fast instead
 
 
 class Tier(IntEnum):  # values match meshserve.gateway.v1.Tier
@@ -107,6 +107,10 @@ class Dispatcher:
                 self.stats.record(route_name, variant.name, True, self.clock() - started)
                 self.ejection.record(key, ok=True)
                 return Served(value, variant, Tier.PRIMARY if index == 0 else Tier.FALLBACK)
+        if deadline - self.clock() < MIN_ATTEMPT_S or (
+            last is not None and last.code is ErrorCode.DEADLINE_EXCEEDED
+        ):
+            raise DeadlineExceeded(f"deadline reached on route {route_name!r}; last error: {last}")
         raise AllTiersFailed(f"every tier of route {route_name!r} failed; last error: {last}")
 
     async def inject_faults(self, route: Route, variant: Variant, time_left_s: float) -> None:

@@ -10,6 +10,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from gateway.inference_api import InferenceApi
 from gateway.predict import Instance, PredictHandler
+from meshserve.core.context import budget_left
 from meshserve.core.errors import ErrorCode, InvalidArgument, MeshError
 from meshserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
@@ -39,7 +40,7 @@ class PredictionServicer(gateway_pb2_grpc.PredictionServiceServicer):
     async def Predict(self, request, context):
         instances = [_instance(m, n) for n, m in enumerate(request.instances)]
         result = await self.handler.predict(
-            request.route, instances, context.time_remaining(), _headers(context)
+            request.route, instances, budget_left(context.time_remaining()), _headers(context)
         )
         first = result.predictions[0] if result.predictions else None
         return gateway_pb2.PredictResponse(
@@ -93,7 +94,9 @@ class OpenInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return await self.api.model_config(request.name, request.version)
 
     async def ModelInfer(self, request, context):
-        reply, served = await self.api.model_infer(request, context.time_remaining(), _headers(context))
+        reply, served = await self.api.model_infer(
+            request, budget_left(context.time_remaining()), _headers(context)
+        )
         context.set_trailing_metadata(
             (
                 (VARIANT_HEADER, served.variant),
@@ -115,7 +118,7 @@ class OpenInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         async def one(request: service_pb2.ModelInferRequest) -> None:
             request_id = request.id
             try:
-                reply, _ = await self.api.model_infer(request, context.time_remaining(), headers)
+                reply, _ = await self.api.model_infer(request, budget_left(context.time_remaining()), headers)
                 await results.put(service_pb2.ModelStreamInferResponse(infer_response=reply))
             except MeshError as exc:
                 failed = service_pb2.ModelInferResponse(id=request_id, model_name=request.model_name)

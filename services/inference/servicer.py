@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from meshserve.core.context import budget_left
 from meshserve.inference.v1 import inference_pb2, inference_pb2_grpc
 from services.inference.triton import TritonBackend
 
@@ -11,7 +12,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         self.triton = triton
 
     async def ModelInfer(self, request, context):
-        return await self.triton.infer(request, context.time_remaining())
+        return await self.triton.infer(request, budget_left(context.time_remaining()))
 
     async def DescribeModel(self, request, context):
         model = await self.triton.describe(request.model_name, request.model_version)

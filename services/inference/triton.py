@@ -93,6 +93,12 @@ class TritonBackend:
         timeout = self.timeout_s if timeout_s is None else min(timeout_s, self.timeout_s)
         if timeout <= 0:
             raise MeshError("no time left for inference", ErrorCode.DEADLINE_EXCEEDED)
+        # Triton's own per-request timeout (microseconds) as well as the gRPC deadline: models and queue
+        # policies see how long the answer may take. A caller's smaller value is kept.
+        budget_us = max(1, int(timeout * 1_000_000))
+        given = request.parameters.get("timeout")
+        if given is None or not 0 < given.int64_param <= budget_us:
+            request.parameters["timeout"].int64_param = budget_us
         try:
             return await self._stub.ModelInfer(request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:

@@ -127,3 +127,28 @@ async def test_model_infer_falls_back_and_says_so_in_trailing_metadata(mesh):
             seen.add((trailing["x-meshserve-variant"], trailing["x-meshserve-tier"]))
             assert reply.model_name == "canary-down" and reply.model_version == "1"
     assert seen <= {("stable", "primary"), ("stable", "fallback")} and ("stable", "fallback") in seen
+
+
+@pytest.mark.parametrize("deadline_s", [0.5, 3.0])
+async def test_caller_deadline_reaches_triton_as_a_per_request_timeout_within_the_budget(mesh, deadline_s):
+    request = service_pb2.ModelInferRequest(
+        model_name="slow",
+        inputs=[
+            service_pb2.ModelInferRequest.InferInputTensor(name="features", datatype="FP32", shape=[1, 5])
+        ],
+        raw_input_contents=[np.ones((1, 5), np.float32).tobytes()],
+    )
+    async with grpc.aio.insecure_channel(mesh.endpoints.gateway) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        if deadline_s < 1.0:  # the slow model sleeps 1 s: the budget runs out first
+            started = time.monotonic()
+            with pytest.raises(grpc.aio.AioRpcError) as failure:
+                await stub.ModelInfer(request, timeout=deadline_s)
+            assert failure.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert time.monotonic() - started < deadline_s + 0.1
+            return
+        reply = await stub.ModelInfer(request, timeout=deadline_s)
+    index = [o.name for o in reply.outputs].index("timeout_us")
+    received_us = int(np.frombuffer(reply.raw_output_contents[index], np.int64)[0])
+    assert 0 < received_us <= deadline_s * 1_000_000
+    assert received_us > (deadline_s - 0.5) * 1_000_000  # the hops took little of the budget
