@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from importlib.metadata import version
 
+from prometheus_client import CollectorRegistry, start_http_server
+
 from gateway.admin import AdminServer, AdminServicer
 from gateway.audit import AuditLog
 from gateway.catalog import ModelCatalog
@@ -12,6 +14,7 @@ from gateway.clients import CacheClient, FeatureClient, InferenceClient
 from gateway.dispatch import Dispatcher
 from gateway.inference_api import InferenceApi
 from gateway.live import LiveRoutes
+from gateway.metrics import GatewayCollector
 from gateway.predict import PredictHandler
 from gateway.rollout import RolloutController
 from gateway.routes import load_routes
@@ -62,6 +65,9 @@ class GatewayService(GrpcService):
         self.admin = AdminServer(
             admin_settings, AdminServicer(self.routes, self.dispatcher, self.shadow, self.rollouts)
         )
+        self.metrics = CollectorRegistry()
+        self.metrics.register(GatewayCollector(self.routes, self.dispatcher, self.shadow, self.rollouts))
+        self._metrics_server = None
         self.ready = False
 
     def register(self, server):
@@ -71,6 +77,11 @@ class GatewayService(GrpcService):
     async def start(self) -> int:
         port = await super().start()
         self.admin_port = await self.admin.start()
+        if self.settings.metrics_port is not None:
+            self._metrics_server, _ = start_http_server(
+                self.settings.metrics_port, self.settings.admin_host, registry=self.metrics
+            )
+            self.metrics_port = self._metrics_server.server_port
         self.rollouts.run()
         return port
 
@@ -88,6 +99,9 @@ class GatewayService(GrpcService):
     async def stop(self, grace: float | None = None) -> None:
         self.ready = False
         await self.rollouts.close()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
         await self.admin.stop(grace)
         await super().stop(grace)
 

@@ -26,6 +26,9 @@ class GatewaySettings(ServiceSettings):
     feature_timeout_s: float = Field(1.0, gt=0)
     admin_host: str = Field("127.0.0.1", description="the admin API's address; keep it off public networks")
     admin_port: int = Field(50055, ge=0, le=65535, description="the admin API's port; 0 lets the OS choose")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Prometheus /metrics port; unset = off"
+    )
     audit_log: Path = Field(
         Path(".meshserve/audit.jsonl"), description="append-only log of every route change"
     )

@@ -43,6 +43,7 @@ class MeshSettings(BaseSettings):
 class Endpoints:
     gateway: str
     admin: str
+    gateway_metrics: str
     feature: str
     cache: str
     inference: str
@@ -68,13 +69,24 @@ class LocalMesh:
 
         s = self.settings
         host = s.host
-        names = ("admin", "feature", "cache", "inference", "grpc", "http", "metrics", "gateway")
+        names = (
+            "admin",
+            "feature",
+            "cache",
+            "inference",
+            "grpc",
+            "http",
+            "metrics",
+            "gateway",
+            "gateway_metrics",
+        )
         port = dict(zip(names, free_ports(len(names), host), strict=True))
         gateway_port = s.gateway_port or port["gateway"]
         port["admin"] = s.admin_port or port["admin"]
         ep = Endpoints(
             gateway=f"{host}:{gateway_port}",
             admin=f"{host}:{port['admin']}",
+            gateway_metrics=f"http://{host}:{port['gateway_metrics']}/metrics",
             feature=f"{host}:{port['feature']}",
             cache=f"{host}:{port['cache']}",
             inference=f"{host}:{port['inference']}",
@@ -121,6 +133,7 @@ class LocalMesh:
                     routes_path=s.routes_path,
                     registry_path=s.registry_path,
                     admin_port=port["admin"],
+                    metrics_port=port["gateway_metrics"],
                     audit_log=s.run_dir / "audit.jsonl",
                 ),
             ),

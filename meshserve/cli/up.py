@@ -26,6 +26,7 @@ def _endpoints_table(ep: Endpoints) -> Table:
     for name, value in [
         ("gateway (Predict + Open Inference Protocol)", ep.gateway),
         ("gateway admin", ep.admin),
+        ("gateway metrics", ep.gateway_metrics),
         ("feature", ep.feature),
         ("cache", ep.cache),
         ("inference", ep.inference),

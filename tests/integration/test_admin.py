@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -70,6 +71,18 @@ routes:
 """
 
 
+def scrape(port: int) -> dict[str, float]:
+    """A Prometheus text exposition as {series: value}."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    return {
+        series: float(value)
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+        for series, _, value in [line.rpartition(" ")]
+    }
+
+
 class Gateway:
     def __init__(self, service: GatewayService, channel, admin_channel, routes_file: Path) -> None:
         self.service = service
@@ -105,7 +118,7 @@ async def gateway(mesh, tmp_path):
     routes_file.write_text(ROUTES)
     service = GatewayService(
         GatewaySettings(
-            port=0, admin_port=0, routes_path=routes_file, audit_log=tmp_path / "audit.jsonl",
+            port=0, admin_port=0, metrics_port=0, routes_path=routes_file, audit_log=tmp_path / "audit.jsonl",
             feature_url=mesh.endpoints.feature, cache_url=mesh.endpoints.cache,
             inference_url=mesh.endpoints.inference,
         )
@@ -218,6 +231,14 @@ async def test_shadow_compares_with_the_primary_and_reflects_a_planted_differenc
     assert shadow.mean_abs_score_diff == pytest.approx(float(np.mean(np.abs(v1 - v2))), abs=1e-5)
     assert shadow.mean_abs_score_diff > 0.001  # v1 and v2 really differ
     assert shadow.label_agreement == pytest.approx(float(np.mean((v1 >= 0.5) == (v2 >= 0.5))))
+    # ...and the same comparison is exported to Prometheus
+    metrics = await asyncio.to_thread(scrape, gateway.service.metrics_port)
+    labels = '{route="shadowed",variant="candidate"}'
+    assert metrics[f"meshserve_gateway_shadow_compared_total{labels}"] == len(accounts)
+    assert metrics[f"meshserve_gateway_shadow_mean_abs_score_diff{labels}"] == pytest.approx(
+        shadow.mean_abs_score_diff
+    )
+    assert metrics['meshserve_gateway_variant_weight{route="shadowed",variant="stable"}'] == 100
 
 
 async def test_failing_or_slow_shadow_changes_nothing_for_callers(gateway):

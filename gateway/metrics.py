@@ -1,0 +1,85 @@
+"""Prometheus metrics of the gateway, read from its live state at scrape time: nothing is added to the request
+path. Served on the gateway's metrics port (`MESHSERVE_GATEWAY_METRICS_PORT`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from gateway.dispatch import Dispatcher
+from gateway.live import LiveRoutes
+from gateway.rollout import RolloutController
+from gateway.shadow import ShadowRunner
+
+ROLLOUT_STATES = ("none", "running", "paused", "completed", "rolled_back")
+
+
+class GatewayCollector(Collector):
+    def __init__(
+        self, live: LiveRoutes, dispatcher: Dispatcher, shadow: ShadowRunner, rollouts: RolloutController
+    ) -> None:
+        self.live = live
+        self.dispatcher = dispatcher
+        self.shadow = shadow
+        self.rollouts = rollouts
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        prefix = "meshserve_gateway"
+        weight = GaugeMetricFamily(
+            f"{prefix}_variant_weight", "Live weight of each variant", labels=["route", "variant"]
+        )
+        ejected = GaugeMetricFamily(
+            f"{prefix}_variant_ejected", "1 while a variant is ejected", labels=["route", "variant"]
+        )
+        attempts = CounterMetricFamily(
+            f"{prefix}_attempts", "Calls to a variant, by outcome", labels=["route", "variant", "outcome"]
+        )
+        for name, route in self.live.routes.items():
+            for v in route.variants:
+                weight.add_metric([name, v.name], v.weight)
+                ejected.add_metric(
+                    [name, v.name], float(self.dispatcher.ejection.ejected(f"{name}/{v.name}"))
+                )
+                requests, errors = self.dispatcher.stats.totals.get((name, v.name), (0, 0))
+                attempts.add_metric([name, v.name, "ok"], requests - errors)
+                attempts.add_metric([name, v.name, "error"], errors)
+        yield from (weight, ejected, attempts)
+        yield CounterMetricFamily(
+            f"{prefix}_retries", "Retries granted by the retry budgets", value=self.dispatcher.retries
+        )
+
+        labels = ["route", "variant"]
+        compared = CounterMetricFamily(
+            f"{prefix}_shadow_compared", "Shadow answers compared with the primary", labels=labels
+        )
+        failed = CounterMetricFamily(f"{prefix}_shadow_failed", "Shadow calls that failed", labels=labels)
+        skipped = CounterMetricFamily(
+            f"{prefix}_shadow_skipped", "Shadows not sent: too many in flight", labels=labels
+        )
+        diff = GaugeMetricFamily(
+            f"{prefix}_shadow_mean_abs_score_diff", "Mean |primary - shadow| score", labels=labels
+        )
+        agreement = GaugeMetricFamily(
+            f"{prefix}_shadow_label_agreement", "Share of equal labels", labels=labels
+        )
+        for (route, variant), tally in self.shadow.tallies.items():
+            compared.add_metric([route, variant], tally.compared)
+            failed.add_metric([route, variant], tally.failed)
+            skipped.add_metric([route, variant], tally.skipped)
+            diff.add_metric([route, variant], tally.mean_abs_diff)
+            agreement.add_metric([route, variant], tally.label_agreement)
+        yield from (compared, failed, skipped, diff, agreement)
+
+        state = GaugeMetricFamily(
+            f"{prefix}_rollout_state", "1 for the rollout's current state", labels=["route", "state"]
+        )
+        step = GaugeMetricFamily(
+            f"{prefix}_rollout_step", "Index of the rollout's current step", labels=["route"]
+        )
+        for route, rollout in self.rollouts.states.items():
+            for name in ROLLOUT_STATES:
+                state.add_metric([route, name], float(rollout.state == name))
+            step.add_metric([route], rollout.step)
+        yield from (state, step)
