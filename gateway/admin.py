@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+from gateway.bluegreen import switch_version
+from gateway.catalog import ModelCatalog
+from gateway.clients import InferenceClient
 from gateway.dispatch import Dispatcher
 from gateway.live import LiveRoutes
 from gateway.rollout import RolloutController
@@ -22,8 +25,16 @@ def _who(context) -> str:
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def __init__(
-        self, live: LiveRoutes, dispatcher: Dispatcher, shadow: ShadowRunner, rollouts: RolloutController
+        self,
+        live: LiveRoutes,
+        dispatcher: Dispatcher,
+        shadow: ShadowRunner,
+        rollouts: RolloutController,
+        catalog: ModelCatalog,
+        inference: InferenceClient,
     ) -> None:
+        self.catalog = catalog
+        self.inference = inference
         self.live = live
         self.dispatcher = dispatcher
         self.shadow = shadow
@@ -108,6 +119,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 for e in entries
             ]
         )  # fmt: skip
+
+    async def SwitchVersion(self, request, context):
+        await switch_version(
+            self.live, self.catalog, self.inference, request.route, request.variant, request.version,
+            _who(context), request.warmup_requests or 8,
+        )  # fmt: skip
+        return self._status(request.route)
 
 
 class AdminServer(GrpcService):

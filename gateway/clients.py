@@ -97,3 +97,10 @@ class InferenceClient(_Client):
             return await self.stub.DescribeModel(request, timeout=timeout_s)
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc, self.hop) from None
+
+    async def serve_versions(self, model: str, versions: list[str], timeout_s: float) -> list[str]:
+        request = inference_pb2.ServeVersionsRequest(model_name=model, versions=versions)
+        try:
+            return list((await self.stub.ServeVersions(request, timeout=timeout_s)).ready_versions)
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc, self.hop) from None

@@ -63,6 +63,16 @@ class LiveRoutes:
         weights = {v.name: 100.0 if v is route.baseline else 0.0 for v in route.variants}
         return self.set_weights(name, weights, who, "rollback", reason)
 
+    def switch_version(self, name: str, variant: str, version: str, who: str) -> Route:
+        """Point one variant at another model version, in one swap of the table."""
+        before = self.get(name)
+        target = before.variant(variant)
+        variants = [v.model_copy(update={"version": version}) if v is target else v for v in before.variants]
+        after = before.model_copy(update={"variants": variants})
+        self._swap(name, after)
+        self.audit.append(who, "switch_version", name, {variant: target.version}, {variant: version})
+        return after
+
     def reload(self, who: str) -> tuple[bool, str]:
         """Re-read the routes file. A bad file leaves the serving table untouched and says why."""
         try:

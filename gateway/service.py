@@ -63,7 +63,10 @@ class GatewayService(GrpcService):
             host=settings.admin_host, port=settings.admin_port, grace_s=settings.grace_s
         )
         self.admin = AdminServer(
-            admin_settings, AdminServicer(self.routes, self.dispatcher, self.shadow, self.rollouts)
+            admin_settings,
+            AdminServicer(
+                self.routes, self.dispatcher, self.shadow, self.rollouts, self.catalog, self.inference
+            ),
         )
         self.metrics = CollectorRegistry()
         self.metrics.register(GatewayCollector(self.routes, self.dispatcher, self.shadow, self.rollouts))

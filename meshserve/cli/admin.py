@@ -132,6 +132,17 @@ def canary_rollback(route: str, reason: str = "", admin: Target = DEFAULT_ADMIN)
     show_route(_call(admin, "Rollback", admin_pb2.RollbackRequest(route=route, reason=reason)))
 
 
+@canary_app.command("switch")
+def canary_switch(
+    route: str, variant: str, version: str, warmup: int = 8, admin: Target = DEFAULT_ADMIN
+) -> None:
+    """Blue-green: load VERSION beside the variant's current one, warm it, switch, unload the old one."""
+    request = admin_pb2.SwitchVersionRequest(
+        route=route, variant=variant, version=version, warmup_requests=warmup
+    )
+    show_route(_call(admin, "SwitchVersion", request))
+
+
 def _rollout(route: str, action: int, admin: str) -> None:
     show_route(_call(admin, "SetRollout", admin_pb2.SetRolloutRequest(route=route, action=action)))
 

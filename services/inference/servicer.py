@@ -19,3 +19,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         return inference_pb2.DescribeModelResponse(
             ready=model.ready, resolved_version=model.version, metadata=model.metadata, config=model.config
         )
+
+    async def ServeVersions(self, request, context):
+        ready = await self.triton.serve_versions(
+            request.model_name, list(request.versions), budget_left(context.time_remaining()) or 120.0
+        )
+        return inference_pb2.ServeVersionsResponse(ready_versions=ready)

@@ -9,6 +9,7 @@ every in-flight call, so Triton's dynamic batcher sees them all at once.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -85,6 +86,24 @@ class TritonBackend:
         except InferenceServerException as exc:
             raise _mesh_error(exc, f"model {name!r} version {resolved}") from None
         return ModelDescription(name, resolved, ready, metadata, config)
+
+    async def serve_versions(self, name: str, versions: list[str], timeout_s: float) -> list[str]:
+        """Reload `name` with a version policy of exactly `versions` (explicit model control), then wait until each
+        is ready. Triton keeps serving the versions that stay, and finishes in-flight work on those that go."""
+        try:
+            config = (await self.control.get_model_config(name, as_json=True, client_timeout=self.timeout_s))[
+                "config"
+            ]
+            config["version_policy"] = {"specific": {"versions": [int(v) for v in versions]}}
+            await self.control.load_model(name, config=json.dumps(config), client_timeout=timeout_s)
+        except InferenceServerException as exc:
+            raise _mesh_error(exc, f"serving versions {versions} of model {name!r}") from None
+        except ValueError:
+            raise MeshError(
+                f"versions must be integers, got {versions}", ErrorCode.INVALID_ARGUMENT
+            ) from None
+        await self.wait_ready([f"{name}:{v}" for v in versions], timeout_s)
+        return versions
 
     async def infer(
         self, request: service_pb2.ModelInferRequest, timeout_s: float | None

@@ -107,7 +107,7 @@ def triton_command(
     """Return the argv that starts the bundled Triton and the variables to add to its environment.
 
     `extra_args` come last; a default flag is dropped when `extra_args` sets it too
-    (e.g. `--model-control-mode=explicit`).
+    (e.g. `--model-control-mode=none`).
     """
     triton = find_bundled_triton()
     defaults = {
@@ -119,7 +119,9 @@ def triton_command(
         "--http-port": str(http_port),
         "--metrics-address": BIND_ADDRESS,
         "--metrics-port": str(metrics_port),
-        "--model-control-mode": "none",
+        # explicit + load everything: starts like "none", and lets blue-green switches load and unload versions
+        "--model-control-mode": "explicit",
+        "--load-model": "*",
         "--log-verbose": "0",
         "--strict-readiness": "true",
         "--exit-on-error": "true",

@@ -12,8 +12,10 @@ import time
 import grpc
 import numpy as np
 import pytest
+import tritonclient.grpc as triton_grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from meshserve.admin.v1 import admin_pb2, admin_pb2_grpc
 from meshserve.feature.v1 import feature_pb2
 from meshserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.helpers import feature_vector, score_directly
@@ -152,3 +154,40 @@ async def test_caller_deadline_reaches_triton_as_a_per_request_timeout_within_th
     received_us = int(np.frombuffer(reply.raw_output_contents[index], np.int64)[0])
     assert 0 < received_us <= deadline_s * 1_000_000
     assert received_us > (deadline_s - 0.5) * 1_000_000  # the hops took little of the budget
+
+
+async def test_blue_green_switch_under_load_fails_no_request(mesh):
+    row = feature_vector("acct-00009", amount=410.0, merchant_category=5)
+    request = service_pb2.ModelInferRequest(
+        model_name="bluegreen",
+        inputs=[
+            service_pb2.ModelInferRequest.InferInputTensor(name="features", datatype="FP32", shape=[1, 5])
+        ],
+        raw_input_contents=[row.tobytes()],
+    )
+    served: list[str] = []
+    stop = asyncio.Event()
+    async with (
+        grpc.aio.insecure_channel(mesh.endpoints.gateway) as channel,
+        grpc.aio.insecure_channel(mesh.endpoints.admin) as admin_channel,
+    ):
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+        async def load():
+            while not stop.is_set():
+                served.append((await stub.ModelInfer(request, timeout=10)).model_version)  # a failure raises
+
+        loaders = [asyncio.create_task(load()) for _ in range(8)]
+        await asyncio.sleep(0.3)
+        admin = admin_pb2_grpc.AdminServiceStub(admin_channel)
+        status = await admin.SwitchVersion(
+            admin_pb2.SwitchVersionRequest(route="bluegreen", variant="live", version="2"), timeout=120
+        )
+        await asyncio.sleep(0.3)
+        stop.set()
+        await asyncio.gather(*loaders)
+    assert [(v.name, v.version) for v in status.variants] == [("live", "2")]
+    assert served[0] == "1" and served[-1] == "2"
+    assert "1" not in served[served.index("2") :]  # one switch, never back
+    client = triton_grpc.InferenceServerClient(mesh.endpoints.triton_grpc)
+    assert client.is_model_ready("bluegreen", "2") and not client.is_model_ready("bluegreen", "1")

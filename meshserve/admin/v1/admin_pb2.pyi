@@ -7,6 +7,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class SwitchVersionRequest(_message.Message):
+    __slots__ = ("route", "variant", "version", "warmup_requests")
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    WARMUP_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    route: str
+    variant: str
+    version: str
+    warmup_requests: int
+    def __init__(self, route: _Optional[str] = ..., variant: _Optional[str] = ..., version: _Optional[str] = ..., warmup_requests: _Optional[int] = ...) -> None: ...
+
 class VariantStatus(_message.Message):
     __slots__ = ("name", "model", "version", "weight", "ejected", "requests", "errors")
     NAME_FIELD_NUMBER: _ClassVar[int]

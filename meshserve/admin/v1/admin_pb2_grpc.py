@@ -69,6 +69,11 @@ class AdminServiceStub:
                 request_serializer=meshserve_dot_admin_dot_v1_dot_admin__pb2.GetAuditLogRequest.SerializeToString,
                 response_deserializer=meshserve_dot_admin_dot_v1_dot_admin__pb2.GetAuditLogResponse.FromString,
                 _registered_method=True)
+        self.SwitchVersion = channel.unary_unary(
+                '/meshserve.admin.v1.AdminService/SwitchVersion',
+                request_serializer=meshserve_dot_admin_dot_v1_dot_admin__pb2.SwitchVersionRequest.SerializeToString,
+                response_deserializer=meshserve_dot_admin_dot_v1_dot_admin__pb2.RouteStatus.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -121,6 +126,14 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SwitchVersion(self, request, context):
+        """Blue-green: load `version` of the variant's model beside the current one, warm it, switch the variant to
+        it atomically, let in-flight requests finish, then unload the old version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -158,6 +171,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetAuditLog,
                     request_deserializer=meshserve_dot_admin_dot_v1_dot_admin__pb2.GetAuditLogRequest.FromString,
                     response_serializer=meshserve_dot_admin_dot_v1_dot_admin__pb2.GetAuditLogResponse.SerializeToString,
+            ),
+            'SwitchVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.SwitchVersion,
+                    request_deserializer=meshserve_dot_admin_dot_v1_dot_admin__pb2.SwitchVersionRequest.FromString,
+                    response_serializer=meshserve_dot_admin_dot_v1_dot_admin__pb2.RouteStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -349,6 +367,33 @@ class AdminService:
             '/meshserve.admin.v1.AdminService/GetAuditLog',
             meshserve_dot_admin_dot_v1_dot_admin__pb2.GetAuditLogRequest.SerializeToString,
             meshserve_dot_admin_dot_v1_dot_admin__pb2.GetAuditLogResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SwitchVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshserve.admin.v1.AdminService/SwitchVersion',
+            meshserve_dot_admin_dot_v1_dot_admin__pb2.SwitchVersionRequest.SerializeToString,
+            meshserve_dot_admin_dot_v1_dot_admin__pb2.RouteStatus.FromString,
             options,
             channel_credentials,
             insecure,

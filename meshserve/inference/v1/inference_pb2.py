@@ -25,17 +25,21 @@ _sym_db = _symbol_database.Default()
 from tritonclient.grpc import service_pb2 as grpc__service__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&meshserve/inference/v1/inference.proto\x12\x16meshserve.inference.v1\x1a\x12grpc_service.proto\"A\n\x14\x44\x65scribeModelRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"\xa4\x01\n\x15\x44\x65scribeModelResponse\x12\r\n\x05ready\x18\x01 \x01(\x08\x12\x18\n\x10resolved_version\x18\x02 \x01(\t\x12\x32\n\x08metadata\x18\x03 \x01(\x0b\x32 .inference.ModelMetadataResponse\x12.\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x1e.inference.ModelConfigResponse2\xcb\x01\n\x10InferenceService\x12I\n\nModelInfer\x12\x1c.inference.ModelInferRequest\x1a\x1d.inference.ModelInferResponse\x12l\n\rDescribeModel\x12,.meshserve.inference.v1.DescribeModelRequest\x1a-.meshserve.inference.v1.DescribeModelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&meshserve/inference/v1/inference.proto\x12\x16meshserve.inference.v1\x1a\x12grpc_service.proto\"<\n\x14ServeVersionsRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x10\n\x08versions\x18\x02 \x03(\t\"/\n\x15ServeVersionsResponse\x12\x16\n\x0eready_versions\x18\x01 \x03(\t\"A\n\x14\x44\x65scribeModelRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"\xa4\x01\n\x15\x44\x65scribeModelResponse\x12\r\n\x05ready\x18\x01 \x01(\x08\x12\x18\n\x10resolved_version\x18\x02 \x01(\t\x12\x32\n\x08metadata\x18\x03 \x01(\x0b\x32 .inference.ModelMetadataResponse\x12.\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x1e.inference.ModelConfigResponse2\xb9\x02\n\x10InferenceService\x12I\n\nModelInfer\x12\x1c.inference.ModelInferRequest\x1a\x1d.inference.ModelInferResponse\x12l\n\rDescribeModel\x12,.meshserve.inference.v1.DescribeModelRequest\x1a-.meshserve.inference.v1.DescribeModelResponse\x12l\n\rServeVersions\x12,.meshserve.inference.v1.ServeVersionsRequest\x1a-.meshserve.inference.v1.ServeVersionsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'meshserve.inference.v1.inference_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DESCRIBEMODELREQUEST']._serialized_start=86
-  _globals['_DESCRIBEMODELREQUEST']._serialized_end=151
-  _globals['_DESCRIBEMODELRESPONSE']._serialized_start=154
-  _globals['_DESCRIBEMODELRESPONSE']._serialized_end=318
-  _globals['_INFERENCESERVICE']._serialized_start=321
-  _globals['_INFERENCESERVICE']._serialized_end=524
+  _globals['_SERVEVERSIONSREQUEST']._serialized_start=86
+  _globals['_SERVEVERSIONSREQUEST']._serialized_end=146
+  _globals['_SERVEVERSIONSRESPONSE']._serialized_start=148
+  _globals['_SERVEVERSIONSRESPONSE']._serialized_end=195
+  _globals['_DESCRIBEMODELREQUEST']._serialized_start=197
+  _globals['_DESCRIBEMODELREQUEST']._serialized_end=262
+  _globals['_DESCRIBEMODELRESPONSE']._serialized_start=265
+  _globals['_DESCRIBEMODELRESPONSE']._serialized_end=429
+  _globals['_INFERENCESERVICE']._serialized_start=432
+  _globals['_INFERENCESERVICE']._serialized_end=745
 # @@protoc_insertion_point(module_scope)

@@ -1,10 +1,25 @@
 import grpc_service_pb2 as _grpc_service_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class ServeVersionsRequest(_message.Message):
+    __slots__ = ("model_name", "versions")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    versions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model_name: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ServeVersionsResponse(_message.Message):
+    __slots__ = ("ready_versions",)
+    READY_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    ready_versions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, ready_versions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DescribeModelRequest(_message.Message):
     __slots__ = ("model_name", "model_version")

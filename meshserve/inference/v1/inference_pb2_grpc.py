@@ -45,6 +45,11 @@ class InferenceServiceStub:
                 request_serializer=meshserve_dot_inference_dot_v1_dot_inference__pb2.DescribeModelRequest.SerializeToString,
                 response_deserializer=meshserve_dot_inference_dot_v1_dot_inference__pb2.DescribeModelResponse.FromString,
                 _registered_method=True)
+        self.ServeVersions = channel.unary_unary(
+                '/meshserve.inference.v1.InferenceService/ServeVersions',
+                request_serializer=meshserve_dot_inference_dot_v1_dot_inference__pb2.ServeVersionsRequest.SerializeToString,
+                response_deserializer=meshserve_dot_inference_dot_v1_dot_inference__pb2.ServeVersionsResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServiceServicer:
@@ -64,6 +69,14 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ServeVersions(self, request, context):
+        """Makes Triton serve exactly these versions of a model (needs Triton's explicit model control): new versions
+        load and become ready before the call returns; versions left out unload once their in-flight work is done.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -76,6 +89,11 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.DescribeModel,
                     request_deserializer=meshserve_dot_inference_dot_v1_dot_inference__pb2.DescribeModelRequest.FromString,
                     response_serializer=meshserve_dot_inference_dot_v1_dot_inference__pb2.DescribeModelResponse.SerializeToString,
+            ),
+            'ServeVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ServeVersions,
+                    request_deserializer=meshserve_dot_inference_dot_v1_dot_inference__pb2.ServeVersionsRequest.FromString,
+                    response_serializer=meshserve_dot_inference_dot_v1_dot_inference__pb2.ServeVersionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +150,33 @@ class InferenceService:
             '/meshserve.inference.v1.InferenceService/DescribeModel',
             meshserve_dot_inference_dot_v1_dot_inference__pb2.DescribeModelRequest.SerializeToString,
             meshserve_dot_inference_dot_v1_dot_inference__pb2.DescribeModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ServeVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshserve.inference.v1.InferenceService/ServeVersions',
+            meshserve_dot_inference_dot_v1_dot_inference__pb2.ServeVersionsRequest.SerializeToString,
+            meshserve_dot_inference_dot_v1_dot_inference__pb2.ServeVersionsResponse.FromString,
             options,
             channel_credentials,
             insecure,
