@@ -18,6 +18,7 @@ from typing import Annotated
 import tritonclient.grpc.aio as triton_aio
 import typer
 import uvloop
+import yaml
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -29,7 +30,8 @@ from rich.progress import (
 )
 
 from benchmarks.report import Summary, check_targets, results_table, run_info, summarize, write_json
-from benchmarks.scenarios import SCENARIOS, closed_loop, triton_counts
+from benchmarks.scenarios import SCENARIOS, SPLIT_ROUTE, SPLIT_ROUTE_SPEC, closed_loop, triton_counts
+from meshserve.defaults import load_yaml
 from meshserve.mesh import REPO_ROOT, Endpoints, LocalMesh, MeshSettings
 
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -68,8 +70,19 @@ async def measure(
                      load.cache_hits, load.first_error)  # fmt: skip
 
 
+def _routes_file(run_dir: Path) -> Path:
+    """The embedded routes plus the 90/10 split route, written where the mesh can read them."""
+    routes = load_yaml(None, "routes.yaml")
+    routes["routes"][SPLIT_ROUTE] = SPLIT_ROUTE_SPEC
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "routes.yaml"
+    path.write_text(yaml.safe_dump(routes))
+    return path
+
+
 async def run_all(config: BenchConfig, run_dir: Path) -> list[Summary]:
-    mesh = LocalMesh(MeshSettings(gateway_port=0, run_dir=run_dir))
+    routes_file = _routes_file(run_dir)
+    mesh = LocalMesh(MeshSettings(gateway_port=0, admin_port=0, run_dir=run_dir, routes_path=routes_file))
     with console.status("starting the mesh (Triton, feature, cache, inference, gateway)..."):
         ep = await mesh.start()
     console.print(f"mesh up: gateway {ep.gateway}, Triton {ep.triton_grpc}; logs in {run_dir / 'logs'}")

@@ -70,10 +70,12 @@ async def closed_loop(send: Send, concurrency: int, duration_s: float, sequence:
 
 
 async def triton_counts(client: triton_aio.InferenceServerClient) -> tuple[int, int]:
-    """(inference_count, execution_count) of fraud v1 from Triton's statistics: rows inferred, batches run."""
-    stats = await client.get_inference_statistics(MODEL, VERSION, client_timeout=10)
-    (entry,) = stats.model_stats
-    return entry.inference_count, entry.execution_count
+    """(inference_count, execution_count) of every fraud version from Triton's statistics: rows inferred,
+    batches run (a split route reaches both versions)."""
+    stats = await client.get_inference_statistics(MODEL, client_timeout=10)
+    return sum(e.inference_count for e in stats.model_stats), sum(
+        e.execution_count for e in stats.model_stats
+    )
 
 
 def _accounts() -> list[dict[str, str]]:
@@ -106,15 +108,15 @@ def _infer_payloads(rows: list[np.ndarray]) -> list[list[InferInput]]:
 
 
 @asynccontextmanager
-async def open_infer(target: str, version: str, timeout_s: float) -> AsyncIterator[Send]:
-    """One tritonclient.grpc.aio client sending single-row ModelInfer for fraud to `target`."""
+async def open_infer(target: str, version: str, timeout_s: float, model: str = MODEL) -> AsyncIterator[Send]:
+    """One tritonclient.grpc.aio client sending single-row ModelInfer for `model` (a route, at the gateway)."""
     payloads = _infer_payloads(feature_rows())
     outputs = [InferRequestedOutput("score")]
     client = triton_aio.InferenceServerClient(target)
     try:
 
         async def send(n: int) -> bool:
-            await client.infer(MODEL, payloads[n % len(payloads)], version, outputs, client_timeout=timeout_s)
+            await client.infer(model, payloads[n % len(payloads)], version, outputs, client_timeout=timeout_s)
             return False
 
         yield send
@@ -167,6 +169,15 @@ def _hit_requests() -> Callable[[int], gateway_pb2.PredictRequest]:
     return lambda n: pool[n % HIT_POOL]
 
 
+SPLIT_ROUTE = "fraud-split"
+SPLIT_ROUTE_SPEC = {
+    "variants": [
+        {"name": "stable", "model": MODEL, "version": "1", "weight": 90},
+        {"name": "canary", "model": MODEL, "version": "2", "weight": 10},
+    ]
+}
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
@@ -186,6 +197,11 @@ SCENARIOS: dict[str, Scenario] = {
             "gateway-infer",
             "tritonclient.grpc.aio -> gateway ModelInfer route fraud -> inference service -> Triton",
             lambda ep, timeout_s: open_infer(ep.gateway, "", timeout_s),
+        ),
+        Scenario(
+            "gateway-infer-split",
+            f"as gateway-infer, on route {SPLIT_ROUTE}: fraud v1 90 % / v2 10 % (weighted random)",
+            lambda ep, timeout_s: open_infer(ep.gateway, "", timeout_s, SPLIT_ROUTE),
         ),
         Scenario(
             "gateway-predict",
