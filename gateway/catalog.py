@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from tritonclient.grpc import service_pb2
 
 from gateway.clients import InferenceClient
+from meshserve.core.errors import ErrorCode, MeshError, Unavailable
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +47,15 @@ class ModelCatalog:
         return info
 
     async def _describe(self, model: str, version: str) -> ModelInfo:
-        reply = await self.inference.describe(model, version, self.timeout_s)
+        try:
+            reply = await self.inference.describe(model, version, self.timeout_s)
+        except MeshError as exc:
+            # Routes name these models, callers don't: a missing one is a variant that is down, not bad input.
+            if exc.code is ErrorCode.NOT_FOUND:
+                raise Unavailable(
+                    f"model {model!r} version {version or 'latest'} is not available: {exc}"
+                ) from None
+            raise
         return ModelInfo(model, reply.resolved_version, reply.ready, reply.metadata, reply.config)
 
     def forget(self) -> None:

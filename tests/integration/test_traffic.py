@@ -191,3 +191,45 @@ async def test_blue_green_switch_under_load_fails_no_request(mesh):
     assert "1" not in served[served.index("2") :]  # one switch, never back
     client = triton_grpc.InferenceServerClient(mesh.endpoints.triton_grpc)
     assert client.is_model_ready("bluegreen", "2") and not client.is_model_ready("bluegreen", "1")
+
+
+async def test_canary_unloaded_from_triton_under_load_costs_callers_nothing(mesh):
+    row = feature_vector("acct-00012", amount=75.0, merchant_category=3)
+    request = service_pb2.ModelInferRequest(
+        model_name="doomed-canary",
+        inputs=[
+            service_pb2.ModelInferRequest.InferInputTensor(name="features", datatype="FP32", shape=[1, 5])
+        ],
+        raw_input_contents=[row.tobytes()],
+    )
+    seen: list[tuple[str, str]] = []
+    canary_answered, enough = asyncio.Event(), asyncio.Event()
+    target = [10**9]  # how many answers `enough` waits for; set once the canary is unloaded
+    async with grpc.aio.insecure_channel(mesh.endpoints.gateway) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+        async def load():
+            while not enough.is_set():
+                call = stub.ModelInfer(request, timeout=10)
+                await call  # a failed request raises here, and the test fails at gather
+                trailing = dict(await call.trailing_metadata())
+                seen.append((trailing["x-meshserve-variant"], trailing["x-meshserve-tier"]))
+                if seen[-1] == ("canary", "primary"):
+                    canary_answered.set()
+                if len(seen) >= target[0]:
+                    enough.set()
+
+        loaders = [asyncio.create_task(load()) for _ in range(8)]
+        try:
+            await asyncio.wait_for(canary_answered.wait(), 20)
+            before = len(seen)
+            client = triton_grpc.InferenceServerClient(mesh.endpoints.triton_grpc)
+            await asyncio.to_thread(client.unload_model, "doomed")
+            target[0] = len(seen) + 100
+            await asyncio.wait_for(enough.wait(), 30)
+        finally:
+            enough.set()
+            await asyncio.gather(*loaders)
+    after = seen[before:]
+    assert ("stable", "fallback") in after  # the canary's share was answered by stable
+    assert ("canary", "primary") not in after[-50:]  # and the dead canary stopped answering
