@@ -12,6 +12,7 @@ from gateway.inference_api import InferenceApi
 from gateway.predict import Instance, PredictHandler
 from meshserve.core.context import budget_left
 from meshserve.core.errors import ErrorCode, InvalidArgument, MeshError
+from meshserve.core.telemetry import annotate
 from meshserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 VARIANT_HEADER = "x-meshserve-variant"
@@ -43,6 +44,14 @@ class PredictionServicer(gateway_pb2_grpc.PredictionServiceServicer):
             request.route, instances, budget_left(context.time_remaining()), _headers(context)
         )
         first = result.predictions[0] if result.predictions else None
+        annotate(
+            route=result.route,
+            variant=first.variant if first else "",
+            model_version=first.model_version if first else "",
+            cache_hit=bool(result.predictions) and all(p.from_cache for p in result.predictions),
+            tier=first.tier.name.lower() if first else "",
+            instances=len(result.predictions),
+        )
         return gateway_pb2.PredictResponse(
             route=result.route,
             variant=first.variant if first else "",
@@ -103,6 +112,13 @@ class OpenInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 (MODEL_VERSION_HEADER, served.model_version),
                 (TIER_HEADER, served.tier.name.lower()),
             )
+        )
+        annotate(
+            route=reply.model_name,
+            variant=served.variant,
+            model_version=served.model_version,
+            tier=served.tier.name.lower(),
+            cache_hit=False,
         )
         return reply
 

@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from meshserve.core.channels import open_channel, wait_until_serving
 from meshserve.core.process import ChildProcess, free_ports
+from meshserve.core.telemetry import tracing_enabled
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,7 +37,34 @@ class MeshSettings(BaseSettings):
     startup_timeout_s: float = Field(180.0, gt=0)
     log_level: str = "INFO"
     triton_args: list[str] = Field(default_factory=list, description="extra tritonserver arguments")
+    triton_trace_url: str | None = Field(
+        None,
+        description="OTLP/HTTP URL Triton sends its spans to; default: derived from OTEL_EXPORTER_OTLP_* "
+        "when those select http/protobuf",
+    )
     extra_env: dict[str, str] = Field(default_factory=dict, description="environment added to every child")
+
+
+def triton_trace_args(url: str | None, env: dict[str, str]) -> list[str]:
+    """Triton's OpenTelemetry trace mode, pointed at the same collector as our processes, so its own spans
+    (queue, compute) join the caller's trace. Triton exports OTLP over HTTP only."""
+    if url is None and tracing_enabled(env):
+        protocol = (
+            env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "grpc"
+        )
+        if protocol.startswith("http"):
+            traces = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            url = traces or env["OTEL_EXPORTER_OTLP_ENDPOINT"].rstrip("/") + "/v1/traces"
+    if url is None:
+        return []
+    return [
+        "--trace-config=mode=opentelemetry",
+        "--trace-config=level=TIMESTAMPS",
+        "--trace-config=rate=1",
+        f"--trace-config=opentelemetry,url={url}",
+        "--trace-config=opentelemetry,resource=service.name=triton",
+        f"--trace-config=opentelemetry,bsp_schedule_delay={env.get('OTEL_BSP_SCHEDULE_DELAY', '5000')}",
+    ]
 
 
 @dataclass
@@ -100,7 +128,7 @@ class LocalMesh:
             port["http"],
             port["metrics"],
             backend_dir,
-            s.triton_args,
+            [*s.triton_args, *triton_trace_args(s.triton_trace_url, {**os.environ, **s.extra_env})],
         )
         common = {"LOG_LEVEL": s.log_level, "HOST": host, "GRACE_S": str(s.grace_s)}
 

@@ -13,6 +13,7 @@ import grpc
 
 from meshserve.core.context import REQUEST_ID_HEADER, set_request_id
 from meshserve.core.errors import ErrorCode, MeshError
+from meshserve.core.telemetry import annotate
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("meshserve.access")
@@ -109,7 +110,7 @@ async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: 
 
 def _adopt_request_id(context: grpc.aio.ServicerContext) -> None:
     metadata = dict(context.invocation_metadata() or ())
-    set_request_id(metadata.get(REQUEST_ID_HEADER))
+    annotate(request_id=set_request_id(metadata.get(REQUEST_ID_HEADER)))
 
 
 class ServerCallInterceptor(grpc.aio.ServerInterceptor):

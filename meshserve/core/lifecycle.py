@@ -138,7 +138,13 @@ def run(make_service: Callable[[], GrpcService]) -> None:
 def main(service_class: Callable[[S], GrpcService], settings_class: Callable[[], S]) -> None:
     """The whole `__main__` of a service: settings from the environment, JSON logs, serve until SIGTERM."""
     from meshserve.core.logs import configure_logging
+    from meshserve.core.telemetry import configure_tracing, shutdown_tracing
 
     settings = settings_class()
-    configure_logging(getattr(service_class, "name", "service"), settings.log_level)
-    run(lambda: service_class(settings))
+    name = getattr(service_class, "name", "service")
+    configure_logging(name, settings.log_level)
+    configure_tracing(name)
+    try:
+        run(lambda: service_class(settings))
+    finally:
+        shutdown_tracing()

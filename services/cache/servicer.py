@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from meshserve.cache.v1 import cache_pb2, cache_pb2_grpc
 from meshserve.core.errors import ResourceExhausted
+from meshserve.core.telemetry import annotate
 from services.cache.store import LruTtlCache
 
 
@@ -19,6 +20,7 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
     async def Get(self, request, context):
         self._check(len(request.keys))
         hits = self.store.get_many(request.keys)
+        annotate(keys=len(request.keys), hits=len(hits))
         return cache_pb2.GetResponse(hits=[cache_pb2.Entry(key=k, value=v) for k, v in hits.items()])
 
     async def Set(self, request, context):

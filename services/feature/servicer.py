@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from meshserve.core.telemetry import annotate
 from meshserve.feature.v1 import feature_pb2, feature_pb2_grpc
 from services.feature.handler import FeatureHandler, FeatureValue
 
@@ -28,6 +29,7 @@ class FeatureServicer(feature_pb2_grpc.FeatureServiceServicer):
         self.handler = handler
 
     async def GetOnlineFeatures(self, request, context):
+        annotate(entity=request.entity, keys=len(request.entity_keys))
         result = await self.handler.get_online_features(
             request.entity, list(request.entity_keys), list(request.features)
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from meshserve.core.context import budget_left
+from meshserve.core.telemetry import annotate
 from meshserve.inference.v1 import inference_pb2, inference_pb2_grpc
 from services.inference.triton import TritonBackend
 
@@ -12,6 +13,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         self.triton = triton
 
     async def ModelInfer(self, request, context):
+        annotate(model=request.model_name, model_version=request.model_version)
         return await self.triton.infer(request, budget_left(context.time_remaining()))
 
     async def DescribeModel(self, request, context):

@@ -1,0 +1,68 @@
+"""OpenTelemetry tracing for every process, configured only by the standard OTEL_* variables.
+
+Off unless an OTLP endpoint is set (`OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`), so a
+laptop run exports nothing. When on, the maintained gRPC instrumentation traces every server and client call and
+carries W3C trace context across hops, Triton included (it joins the trace from the `traceparent` header).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from opentelemetry import trace
+
+ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+_configured = False
+
+
+def tracing_enabled(env: Mapping[str, str] = os.environ) -> bool:
+    return any(env.get(var) for var in ENDPOINT_VARS) and env.get("OTEL_SDK_DISABLED", "").lower() != "true"
+
+
+def _exporter(env: Mapping[str, str]):
+    protocol = (
+        env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "grpc"
+    )
+    if protocol.startswith("http"):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    else:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    return OTLPSpanExporter()  # endpoint, headers, timeout: from the OTEL_* variables
+
+
+def configure_tracing(service: str, env: Mapping[str, str] = os.environ) -> bool:
+    """Install a tracer provider and the gRPC instrumentation before any server or channel exists.
+    Returns whether tracing is on."""
+    global _configured
+    if _configured or not tracing_enabled(env):
+        return _configured
+    from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient, GrpcAioInstrumentorServer
+    from opentelemetry.sdk.resources import OTELResourceDetector, Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    resource = Resource.create(
+        {"service.name": env.get("OTEL_SERVICE_NAME") or f"meshserve-{service}"}
+    ).merge(OTELResourceDetector().detect())
+    provider = TracerProvider(resource=resource)
+    provider.add_span_processor(BatchSpanProcessor(_exporter(env)))
+    trace.set_tracer_provider(provider)
+    GrpcAioInstrumentorServer().instrument()
+    GrpcAioInstrumentorClient().instrument()
+    _configured = True
+    return True
+
+
+def shutdown_tracing() -> None:
+    """Flush spans still queued (on a clean exit)."""
+    provider = trace.get_tracer_provider()
+    if hasattr(provider, "shutdown"):
+        provider.shutdown()
+
+
+def annotate(**attributes: str | int | float | bool) -> None:
+    """Add meshserve attributes (route, variant, model version, cache hit, tier, request id) to the current span."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attributes({f"meshserve.{key}": value for key, value in attributes.items()})

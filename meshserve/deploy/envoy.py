@@ -1,0 +1,296 @@
+"""The Envoy edge in front of the gateway, generated from meshserve's own settings.
+
+The config is built from envoy-data-plane's typed messages, so a misspelt field or a wrong type fails here, in
+Python, rather than when Envoy starts; it is then written in Envoy's own proto-JSON form (snake_case YAML).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any as JSON
+
+import yaml
+from betterproto2 import Casing, Message
+from envoy_data_plane.envoy.config.accesslog.v3 import AccessLog
+from envoy_data_plane.envoy.config.bootstrap.v3 import Admin, Bootstrap, BootstrapStaticResources
+from envoy_data_plane.envoy.config.cluster.v3 import (
+    CircuitBreakers,
+    CircuitBreakersThresholds,
+    Cluster,
+    ClusterCommonLbConfig,
+    ClusterDiscoveryType,
+    ClusterDnsLookupFamily,
+)
+from envoy_data_plane.envoy.config.core.v3 import (
+    Address,
+    DataSource,
+    HealthCheck,
+    HealthCheckGrpcHealthCheck,
+    Http2ProtocolOptions,
+    KeepaliveSettings,
+    SocketAddress,
+    SubstitutionFormatString,
+    TransportSocket,
+)
+from envoy_data_plane.envoy.config.endpoint.v3 import (
+    ClusterLoadAssignment,
+    Endpoint,
+    LbEndpoint,
+    LocalityLbEndpoints,
+)
+from envoy_data_plane.envoy.config.listener.v3 import Filter, FilterChain, Listener
+from envoy_data_plane.envoy.config.route.v3 import (
+    RetryPolicy,
+    RetryPolicyRetryHostPredicate,
+    Route,
+    RouteAction,
+    RouteConfiguration,
+    RouteMatch,
+    RouteMatchGrpcRouteMatchOptions,
+    VirtualHost,
+)
+from envoy_data_plane.envoy.extensions.access_loggers.stream.v3 import StdoutAccessLog
+from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
+from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
+    HttpConnectionManager,
+    HttpFilter,
+)
+from envoy_data_plane.envoy.extensions.retry.host.previous_hosts.v3 import PreviousHostsPredicate
+from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import (
+    CommonTlsContext,
+    DownstreamTlsContext,
+    TlsCertificate,
+)
+from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
+    HttpProtocolOptions,
+    HttpProtocolOptionsExplicitHttpConfig,
+)
+from envoy_data_plane.envoy.type.v3 import Percent
+from envoy_data_plane.google.protobuf import Any as AnyMessage
+from envoy_data_plane.google.protobuf import Struct
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gateway.routes import Route as GatewayRoute
+from gateway.settings import GatewaySettings
+
+__all__ = ["EnvoySettings", "deploy_envoy", "envoy_config", "local_settings", "render_envoy_yaml"]
+
+GATEWAY_CLUSTER = "gateway"
+DEFAULT_OUT = Path("deploy/envoy/envoy.yaml")
+REGENERATE = f"meshserve deploy envoy --out {DEFAULT_OUT}"
+# The gateway's own per-route budget: each Envoy attempt must outlast it, so the gateway's answer (its fallback
+# tier, its default answer or its DEADLINE_EXCEEDED) reaches the caller instead of Envoy cutting it off.
+_GATEWAY_BUDGET_S = GatewayRoute.model_fields["timeout_ms"].default / 1000
+_GATEWAY_PORT = GatewaySettings.model_fields["port"].default
+
+
+class EnvoySettings(BaseSettings):
+    """The edge proxy. Defaults suit docker-compose, where the gateway is reachable as `gateway`."""
+
+    model_config = SettingsConfigDict(env_prefix="MESHSERVE_ENVOY_", extra="forbid")
+
+    listen_host: str = Field("0.0.0.0", description="address clients connect to")
+    listen_port: int = Field(8080, ge=1, le=65535)
+    admin_host: str = Field("127.0.0.1", description="admin API (/ready, /stats); it can stop Envoy: keep private")
+    admin_port: int = Field(9901, ge=1, le=65535)
+    gateway_host: str = Field("gateway", description="the gateway's DNS name or IP; every address it resolves to")
+    gateway_port: int = Field(_GATEWAY_PORT, ge=1, le=65535)
+    connect_timeout_s: float = Field(1.0, gt=0)
+    route_timeout_s: float = Field(5.0, gt=0, description="whole call, retries included")
+    per_try_timeout_s: float = Field(_GATEWAY_BUDGET_S + 1.0, gt=0, description="one attempt")
+    # Transport failures plus the gRPC codes where the gateway never did the work. Not resource-exhausted: the
+    # gateway returns it for an oversized request, which would fail the same way every time.
+    retry_on: str = "connect-failure,refused-stream,reset,unavailable,cancelled"
+    num_retries: int = Field(2, ge=0)
+    # Envoy's circuit breakers, per cluster. max_retries is what keeps retries from multiplying an outage.
+    max_connections: int = Field(1024, ge=1)
+    max_pending_requests: int = Field(1024, ge=1)
+    max_requests: int = Field(1024, ge=1)
+    max_retries: int = Field(3, ge=0, description="retries in flight at once, across all callers")
+    health_check_interval_s: float = Field(2.0, gt=0)
+    health_check_timeout_s: float = Field(1.0, gt=0)
+    unhealthy_threshold: int = Field(2, ge=1)
+    healthy_threshold: int = Field(1, ge=1)
+    tls_cert_path: Path | None = Field(None, description="PEM chain; with tls_key_path, the listener speaks TLS")
+    tls_key_path: Path | None = None
+    access_log: bool = Field(True, description="one JSON line per call on stdout")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EnvoySettings:
+        if (self.tls_cert_path is None) != (self.tls_key_path is None):
+            raise ValueError("tls_cert_path and tls_key_path go together")
+        if self.per_try_timeout_s > self.route_timeout_s:
+            raise ValueError("per_try_timeout_s cannot exceed route_timeout_s")
+        return self
+
+
+def local_settings(**overrides: object) -> EnvoySettings:
+    """Envoy beside `meshserve up` on one machine: the gateway on 127.0.0.1, nothing exposed."""
+    values = {"listen_host": "127.0.0.1", "gateway_host": "127.0.0.1", **overrides}
+    return EnvoySettings(**values)
+
+
+def _address(host: str, port: int) -> Address:
+    return Address(socket_address=SocketAddress(address=host, port_value=port))
+
+
+def _seconds(value: float) -> timedelta:
+    return timedelta(seconds=value)
+
+
+def _typed(message: Message) -> AnyMessage:
+    """An `Any` with its type URL, from the message pool envoy-data-plane registers its types in."""
+    return AnyMessage.pack(message)
+
+
+# What each access-log line holds: enough to follow one call (x-request-id) and see how it ended.
+_ACCESS_LOG_FIELDS = {
+    "start_time": "%START_TIME%",
+    "request_id": "%REQ(X-REQUEST-ID)%",
+    "method": "%REQ(:PATH)%",
+    "grpc_status": "%GRPC_STATUS%",
+    "http_status": "%RESPONSE_CODE%",
+    "response_flags": "%RESPONSE_FLAGS%",
+    "duration_ms": "%DURATION%",
+    "upstream_host": "%UPSTREAM_HOST%",
+    "attempts": "%UPSTREAM_REQUEST_ATTEMPT_COUNT%",
+    "downstream": "%DOWNSTREAM_REMOTE_ADDRESS%",
+}
+
+
+def _http_connection_manager(s: EnvoySettings) -> HttpConnectionManager:
+    retry = RetryPolicy(
+        retry_on=s.retry_on,
+        num_retries=s.num_retries,
+        per_try_timeout=_seconds(s.per_try_timeout_s),
+        # with several gateway replicas, retry on another one rather than the one that just failed
+        retry_host_predicate=[
+            RetryPolicyRetryHostPredicate(
+                name="envoy.retry_host_predicates.previous_hosts", typed_config=_typed(PreviousHostsPredicate())
+            )
+        ],
+        host_selection_retry_max_attempts=3,
+    )
+    route = Route(
+        name="grpc",
+        # gRPC only: anything else is refused at the edge with 404 rather than reaching the gateway
+        match=RouteMatch(prefix="/", grpc=RouteMatchGrpcRouteMatchOptions()),
+        route=RouteAction(cluster=GATEWAY_CLUSTER, timeout=_seconds(s.route_timeout_s), retry_policy=retry),
+    )
+    access_log = [
+        AccessLog(
+            name="envoy.access_loggers.stdout",
+            typed_config=_typed(
+                StdoutAccessLog(log_format=SubstitutionFormatString(json_format=Struct.from_dict(_ACCESS_LOG_FIELDS)))
+            ),
+        )
+    ]
+    return HttpConnectionManager(
+        stat_prefix="edge",
+        route_config=RouteConfiguration(
+            name="meshserve",
+            virtual_hosts=[VirtualHost(name="gateway", domains=["*"], routes=[route])],
+        ),
+        http_filters=[HttpFilter(name="envoy.filters.http.router", typed_config=_typed(Router()))],
+        access_log=access_log if s.access_log else [],
+        use_remote_address=True,  # this is the edge: the peer address is the client, not a forwarded header
+        preserve_external_request_id=True,  # a caller's x-request-id travels on through every hop
+    )
+
+
+def _listener(s: EnvoySettings) -> Listener:
+    chain = FilterChain(
+        filters=[
+            Filter(
+                name="envoy.filters.network.http_connection_manager",
+                typed_config=_typed(_http_connection_manager(s)),
+            )
+        ]
+    )
+    if s.tls_cert_path is not None and s.tls_key_path is not None:
+        tls = DownstreamTlsContext(
+            common_tls_context=CommonTlsContext(
+                tls_certificates=[
+                    TlsCertificate(
+                        certificate_chain=DataSource(filename=str(s.tls_cert_path)),
+                        private_key=DataSource(filename=str(s.tls_key_path)),
+                    )
+                ],
+                alpn_protocols=["h2"],  # gRPC is HTTP/2 only
+            )
+        )
+        chain.transport_socket = TransportSocket(name="envoy.transport_sockets.tls", typed_config=_typed(tls))
+    return Listener(name="edge", address=_address(s.listen_host, s.listen_port), filter_chains=[chain])
+
+
+def _gateway_cluster(s: EnvoySettings) -> Cluster:
+    http2 = HttpProtocolOptions(
+        explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
+            http2_protocol_options=Http2ProtocolOptions(
+                # pings find a gateway that vanished without closing its connections (a killed container)
+                connection_keepalive=KeepaliveSettings(interval=_seconds(30), timeout=_seconds(5))
+            )
+        )
+    )
+    endpoint = LbEndpoint(endpoint=Endpoint(address=_address(s.gateway_host, s.gateway_port)))
+    limits = CircuitBreakersThresholds(
+        max_connections=s.max_connections,
+        max_pending_requests=s.max_pending_requests,
+        max_requests=s.max_requests,
+        max_retries=s.max_retries,
+    )
+    health_check = HealthCheck(
+        timeout=_seconds(s.health_check_timeout_s),
+        interval=_seconds(s.health_check_interval_s),
+        # Envoy checks idle clusters only once a minute by default: a gateway that came up after Envoy would
+        # then stay "unhealthy" that long, so check as often with or without traffic.
+        no_traffic_interval=_seconds(s.health_check_interval_s),
+        unhealthy_threshold=s.unhealthy_threshold,
+        healthy_threshold=s.healthy_threshold,
+        # "" is the whole server's status: the gateway says NOT_SERVING until its dependencies are ready and
+        # again while it drains on SIGTERM, so Envoy stops sending it calls before it stops.
+        grpc_health_check=HealthCheckGrpcHealthCheck(service_name=""),
+    )
+    return Cluster(
+        name=GATEWAY_CLUSTER,
+        type=ClusterDiscoveryType.STRICT_DNS,  # every address the name resolves to (compose replicas)
+        dns_lookup_family=ClusterDnsLookupFamily.V4_PREFERRED,
+        connect_timeout=_seconds(s.connect_timeout_s),
+        load_assignment=ClusterLoadAssignment(
+            cluster_name=GATEWAY_CLUSTER, endpoints=[LocalityLbEndpoints(lb_endpoints=[endpoint])]
+        ),
+        typed_extension_protocol_options={"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(http2)},
+        circuit_breakers=CircuitBreakers(thresholds=[limits]),
+        health_checks=[health_check],
+        # No panic routing: when every gateway is unhealthy (starting, draining), say UNAVAILABLE at the edge
+        # instead of sending calls to gateways that have said they cannot serve them.
+        common_lb_config=ClusterCommonLbConfig(healthy_panic_threshold=Percent(value=0.0)),
+    )
+
+
+def envoy_config(settings: EnvoySettings) -> dict[str, JSON]:
+    """Envoy's bootstrap as a plain dict, in the proto-JSON form Envoy reads (snake_case keys)."""
+    bootstrap = Bootstrap(
+        admin=Admin(address=_address(settings.admin_host, settings.admin_port)),
+        static_resources=BootstrapStaticResources(
+            listeners=[_listener(settings)], clusters=[_gateway_cluster(settings)]
+        ),
+    )
+    return bootstrap.to_dict(casing=Casing.SNAKE)
+
+
+def render_envoy_yaml(settings: EnvoySettings) -> str:
+    header = (
+        "# Generated by meshserve.deploy.envoy from EnvoySettings (env prefix MESHSERVE_ENVOY_): do not edit.\n"
+        f"# Regenerate with: {REGENERATE}\n"
+    )
+    return header + yaml.safe_dump(envoy_config(settings), sort_keys=False, width=110)
+
+
+def deploy_envoy(out: Path = DEFAULT_OUT, settings: EnvoySettings | None = None) -> Path:
+    """Write the Envoy config to `out` (directories created); settings default to the environment's."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render_envoy_yaml(settings or EnvoySettings()))
+    return out

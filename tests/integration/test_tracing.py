@@ -1,0 +1,110 @@
+"""One trace across every hop, Triton included, exported over real OTLP to a receiver the test runs."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import pytest
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.propagate import inject
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+from meshserve.feature.v1 import feature_pb2
+from meshserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from meshserve.mesh import REPO_ROOT, LocalMesh, MeshSettings
+from tests.otlp_receiver import OtlpReceiver
+
+SERVICES = {
+    "test-client",
+    "meshserve-gateway",
+    "meshserve-cache",
+    "meshserve-feature",
+    "meshserve-inference",
+    "triton",
+}
+
+
+@pytest.fixture(scope="module")
+async def traced(tmp_path_factory):
+    with OtlpReceiver() as receiver:
+        env = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+        }
+        mesh = LocalMesh(
+            MeshSettings(
+                gateway_port=0, admin_port=0, run_dir=tmp_path_factory.mktemp("traced"), extra_env=env,
+                model_repositories=[REPO_ROOT / "model_repository"],
+            )
+        )  # fmt: skip
+        await mesh.start()
+        try:
+            yield mesh, receiver
+        finally:
+            await mesh.stop()
+
+
+async def test_one_connected_trace_spans_client_gateway_cache_feature_inference_and_triton(traced):
+    mesh, receiver = traced
+    provider = TracerProvider(resource=Resource.create({"service.name": "test-client"}))
+    provider.add_span_processor(
+        SimpleSpanProcessor(OTLPSpanExporter(endpoint=f"{receiver.endpoint}/v1/traces"))
+    )
+    tracer = provider.get_tracer("test")
+    request = gateway_pb2.PredictRequest(
+        route="fraud",
+        instances=[
+            gateway_pb2.Instance(
+                entity_key="acct-00077",
+                features={
+                    "amount": feature_pb2.Value(double_value=4321.0),
+                    "merchant_category": feature_pb2.Value(int64_value=6),
+                },
+            )
+        ],
+    )
+    async with grpc.aio.insecure_channel(mesh.endpoints.gateway) as channel:
+        with tracer.start_as_current_span("client predict") as span:
+            carrier: dict[str, str] = {}
+            inject(carrier)
+            metadata = (*carrier.items(), ("x-request-id", "trace-test-1"))
+            reply = await gateway_pb2_grpc.PredictionServiceStub(channel).Predict(
+                request, metadata=metadata, timeout=10
+            )
+            trace_id = format(span.get_span_context().trace_id, "032x")
+    provider.shutdown()
+    assert not reply.predictions[0].from_cache
+
+    deadline = time.monotonic() + 20
+    while {s.service for s in receiver.trace(trace_id)} != SERVICES:
+        assert time.monotonic() < deadline, (
+            f"trace: {[(s.service, s.name) for s in receiver.trace(trace_id)]}; other traces: "
+            f"{[(s.service, s.name) for s in receiver.spans if s.trace_id != trace_id][:8]}"
+        )
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)  # stragglers of the same trace (e.g. the cache Set after the answer)
+    spans = receiver.trace(trace_id)
+
+    ids = {s.span_id for s in spans}
+    roots = [s for s in spans if not s.parent_span_id]
+    assert [r.service for r in roots] == ["test-client"], roots
+    orphans = [s for s in spans if s.parent_span_id and s.parent_span_id not in ids]
+    assert not orphans, f"spans whose parent is not in the trace: {orphans}"
+
+    gateway = next(s for s in spans if s.service == "meshserve-gateway" and s.name.endswith("/Predict"))
+    assert gateway.attributes["meshserve.route"] == "fraud"
+    assert gateway.attributes["meshserve.variant"] == "stable"
+    assert gateway.attributes["meshserve.model_version"] == "1"
+    assert gateway.attributes["meshserve.cache_hit"] is False
+    assert gateway.attributes["meshserve.tier"] == "primary"
+    assert gateway.attributes["meshserve.request_id"] == "trace-test-1"
+    for service in ("meshserve-cache", "meshserve-feature", "meshserve-inference"):
+        server = [s for s in spans if s.service == service]
+        assert any(s.attributes.get("meshserve.request_id") == "trace-test-1" for s in server), service
+    triton = [s for s in spans if s.service == "triton"]
+    assert triton, "no Triton span joined the trace"
