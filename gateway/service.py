@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 from importlib.metadata import version
 
-from prometheus_client import CollectorRegistry, start_http_server
-
 from gateway.admin import AdminServer, AdminServicer
 from gateway.audit import AuditLog
 from gateway.catalog import ModelCatalog
@@ -68,9 +66,9 @@ class GatewayService(GrpcService):
                 self.routes, self.dispatcher, self.shadow, self.rollouts, self.catalog, self.inference
             ),
         )
-        self.metrics = CollectorRegistry()
-        self.metrics.register(GatewayCollector(self.routes, self.dispatcher, self.shadow, self.rollouts))
-        self._metrics_server = None
+        self.metrics.registry.register(
+            GatewayCollector(self.routes, self.dispatcher, self.shadow, self.rollouts)
+        )
         self.ready = False
 
     def register(self, server):
@@ -80,11 +78,6 @@ class GatewayService(GrpcService):
     async def start(self) -> int:
         port = await super().start()
         self.admin_port = await self.admin.start()
-        if self.settings.metrics_port is not None:
-            self._metrics_server, _ = start_http_server(
-                self.settings.metrics_port, self.settings.admin_host, registry=self.metrics
-            )
-            self.metrics_port = self._metrics_server.server_port
         self.rollouts.run()
         return port
 
@@ -102,9 +95,6 @@ class GatewayService(GrpcService):
     async def stop(self, grace: float | None = None) -> None:
         self.ready = False
         await self.rollouts.close()
-        if self._metrics_server is not None:
-            self._metrics_server.shutdown()
-            self._metrics_server.server_close()
         await self.admin.stop(grace)
         await super().stop(grace)
 

@@ -72,6 +72,7 @@ class Endpoints:
     gateway: str
     admin: str
     gateway_metrics: str
+    service_metrics: dict[str, str]  # Prometheus endpoint of each of our processes
     feature: str
     cache: str
     inference: str
@@ -97,17 +98,8 @@ class LocalMesh:
 
         s = self.settings
         host = s.host
-        names = (
-            "admin",
-            "feature",
-            "cache",
-            "inference",
-            "grpc",
-            "http",
-            "metrics",
-            "gateway",
-            "gateway_metrics",
-        )
+        services = ("gateway", "feature", "cache", "inference")
+        names = ("admin", "grpc", "http", "metrics", *services, *(f"{name}_metrics" for name in services))
         port = dict(zip(names, free_ports(len(names), host), strict=True))
         gateway_port = s.gateway_port or port["gateway"]
         port["admin"] = s.admin_port or port["admin"]
@@ -115,6 +107,7 @@ class LocalMesh:
             gateway=f"{host}:{gateway_port}",
             admin=f"{host}:{port['admin']}",
             gateway_metrics=f"http://{host}:{port['gateway_metrics']}/metrics",
+            service_metrics={name: f"http://{host}:{port[name + '_metrics']}/metrics" for name in services},
             feature=f"{host}:{port['feature']}",
             cache=f"{host}:{port['cache']}",
             inference=f"{host}:{port['inference']}",
@@ -133,6 +126,7 @@ class LocalMesh:
         common = {"LOG_LEVEL": s.log_level, "HOST": host, "GRACE_S": str(s.grace_s)}
 
         def env(prefix: str, **values: object) -> dict[str, str]:
+            values.setdefault("metrics_port", port[f"{prefix.lower()}_metrics"])
             items = {**common, **{k.upper(): v for k, v in values.items() if v is not None}}
             return {f"MESHSERVE_{prefix}_{k}": str(v) for k, v in items.items()}
 
@@ -161,7 +155,6 @@ class LocalMesh:
                     routes_path=s.routes_path,
                     registry_path=s.registry_path,
                     admin_port=port["admin"],
-                    metrics_port=port["gateway_metrics"],
                     audit_log=s.run_dir / "audit.jsonl",
                 ),
             ),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -75,3 +76,15 @@ def alive(pids: set[int]) -> set[int]:
         if state != "Z":
             living.add(pid)
     return living
+
+
+def scrape(url: str) -> dict[str, float]:
+    """A Prometheus text exposition as {series: value}."""
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        text = reply.read().decode()
+    return {
+        series: float(value)
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+        for series, _, value in [line.rpartition(" ")]
+    }

@@ -6,13 +6,12 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
 
 import grpc
 
 from meshserve.core.context import REQUEST_ID_HEADER, set_request_id
 from meshserve.core.errors import ErrorCode, MeshError
+from meshserve.core.metrics import ServiceMetrics
 from meshserve.core.telemetry import annotate
 
 log = logging.getLogger(__name__)
@@ -31,22 +30,50 @@ _PASSED_THROUGH = {
     grpc.StatusCode.UNIMPLEMENTED,
 }
 
-Around = Callable[[Any, grpc.aio.ServicerContext, Callable[[], Any]], Any]
+
+def _outcome(exc: BaseException | None, context: grpc.aio.ServicerContext) -> str:
+    """The status code name a call ends with."""
+    if exc is None:
+        return "OK"
+    if isinstance(exc, MeshError):
+        return STATUS_FOR[exc.code].name
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return exc.code().name if exc.code() in _PASSED_THROUGH else "INTERNAL"
+    if isinstance(exc, asyncio.CancelledError):
+        return "CANCELLED"
+    code = context.code() if isinstance(exc, grpc.aio.AbortError) else None
+    return code.name if isinstance(code, grpc.StatusCode) else "INTERNAL"
 
 
-def _wrap(handler: grpc.RpcMethodHandler, before: Callable[[grpc.aio.ServicerContext], None], method: str):
-    """Return `handler` with `before(context)` run first and exceptions mapped to a status, for any RPC shape."""
+def _wrap(handler: grpc.RpcMethodHandler, method: str, metrics: ServiceMetrics | None):
+    """Return `handler` adopting the request id, mapping exceptions to one clean status, and recording the call
+    (metrics, DEBUG access log), for any RPC shape."""
+
+    def begin(context) -> float:
+        _adopt_request_id(context)
+        if metrics is not None:
+            metrics.in_flight.labels(method).inc()
+        return time.perf_counter()
+
+    def end(context, started: float, exc: BaseException | None) -> None:
+        seconds = time.perf_counter() - started
+        if metrics is not None:
+            metrics.in_flight.labels(method).dec()
+            metrics.observe(method, _outcome(exc, context), seconds)
+        if access_log.isEnabledFor(logging.DEBUG):
+            extra = {"method": method, "outcome": _outcome(exc, context), "ms": round(seconds * 1000, 3)}
+            access_log.debug("rpc", extra=extra)
 
     def unary(inner):
         async def call(request, context):
-            before(context)
-            started = time.perf_counter()
+            started = begin(context)
             try:
                 reply = await inner(request, context)
-            except Exception as exc:  # noqa: BLE001 - every failure gets exactly one clean status
-                _access_log(method, started, exc)
+            except BaseException as exc:  # every failure gets exactly one clean status
+                end(context, started, exc)
                 await _abort(context, exc, method)
-            _access_log(method, started, None)
+                raise  # _abort always raises; this keeps type checkers honest
+            end(context, started, None)
             return reply
 
         return call
@@ -55,12 +82,15 @@ def _wrap(handler: grpc.RpcMethodHandler, before: Callable[[grpc.aio.ServicerCon
         if inspect.isasyncgenfunction(inner):
 
             async def gen(request, context):
-                before(context)
+                started = begin(context)
                 try:
                     async for item in inner(request, context):
                         yield item
-                except Exception as exc:  # noqa: BLE001
+                except BaseException as exc:
+                    end(context, started, exc)
                     await _abort(context, exc, method)
+                    raise
+                end(context, started, None)
 
             return gen
         return unary(inner)  # a coroutine that writes with context.write
@@ -82,24 +112,9 @@ def _wrap(handler: grpc.RpcMethodHandler, before: Callable[[grpc.aio.ServicerCon
     return handler
 
 
-def _access_log(method: str, started: float, exc: BaseException | None) -> None:
-    """One DEBUG line per call, carrying the request id; free when DEBUG is off."""
-    if access_log.isEnabledFor(logging.DEBUG):
-        if exc is None:
-            outcome = "OK"
-        elif isinstance(exc, MeshError):
-            outcome = exc.code.name
-        elif isinstance(exc, grpc.aio.AioRpcError):
-            outcome = exc.code().name
-        else:
-            outcome = type(exc).__name__
-        elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
-        access_log.debug("rpc", extra={"method": method, "outcome": outcome, "ms": elapsed_ms})
-
-
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
-    if isinstance(exc, grpc.aio.AbortError | asyncio.CancelledError):
-        raise exc
+    if not isinstance(exc, Exception) or isinstance(exc, grpc.aio.AbortError):
+        raise exc  # cancellation, or an abort the handler already made
     if isinstance(exc, MeshError):
         await context.abort(STATUS_FOR[exc.code], exc.message)
     if isinstance(exc, grpc.aio.AioRpcError) and exc.code() in _PASSED_THROUGH:
@@ -119,12 +134,15 @@ class ServerCallInterceptor(grpc.aio.ServerInterceptor):
     Both run inside the handler's own task, where the request-id context variable must be set.
     """
 
+    def __init__(self, metrics: ServiceMetrics | None = None) -> None:
+        self.metrics = metrics
+
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        return _wrap(handler, _adopt_request_id, handler_call_details.method)
+        return _wrap(handler, handler_call_details.method, self.metrics)
 
 
-def server_interceptors() -> list[grpc.aio.ServerInterceptor]:
-    return [ServerCallInterceptor()]
+def server_interceptors(metrics: ServiceMetrics | None = None) -> list[grpc.aio.ServerInterceptor]:
+    return [ServerCallInterceptor(metrics)]

@@ -17,6 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from meshserve.core.interceptors import server_interceptors
+from meshserve.core.metrics import ServiceMetrics
 from meshserve.core.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ class GrpcService:
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
         self.health = health.aio.HealthServicer()
+        self.metrics = ServiceMetrics(self.name)
         self._server: grpc.aio.Server | None = None
         self._ready_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
@@ -55,7 +57,7 @@ class GrpcService:
     # -- lifecycle ------------------------------------------------------------------------------------
     async def start(self) -> int:
         server = grpc.aio.server(
-            interceptors=server_interceptors(),
+            interceptors=server_interceptors(self.metrics),
             options=[
                 ("grpc.max_receive_message_length", self.settings.max_message_bytes),
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
@@ -74,6 +76,8 @@ class GrpcService:
             raise OSError(f"{self.name}: cannot listen on {self.settings.host}:{self.settings.port}")
         await server.start()
         self._server = server
+        if self.settings.metrics_port is not None:
+            self.metrics.serve(self.settings.host, self.settings.metrics_port)
         self._ready_task = asyncio.create_task(self._become_ready(), name=f"{self.name}-ready")
         log.info("listening", extra={"port": self.port, "address": self.settings.host})
         return self.port
@@ -106,6 +110,7 @@ class GrpcService:
         log.info("draining", extra={"grace_s": grace})
         await self._server.stop(grace)
         self._server = None
+        self.metrics.close()
         await self.close()
         self._stopped.set()
         log.info("stopped")

@@ -16,6 +16,12 @@ class ServiceSettings(BaseSettings):
     grace_s: float = Field(10.0, ge=0, description="how long in-flight calls may finish on shutdown")
     max_message_bytes: int = Field(4 * 1024 * 1024, gt=0, description="largest request accepted")
     log_level: str = Field("INFO", description="python logging level")
+    metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Prometheus /metrics port (0: any free port); unset: no metrics server",
+    )
     dependency_timeout_s: float = Field(
         120.0, gt=0, description="how long to wait for dependencies before giving up at start-up"
     )

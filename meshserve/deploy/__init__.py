@@ -1,5 +1,11 @@
 """Deployment artefacts generated from meshserve's settings (the Envoy edge)."""
 
-from meshserve.deploy.envoy import EnvoySettings, deploy_envoy, envoy_config, local_settings, render_envoy_yaml
+from meshserve.deploy.envoy import (
+    EnvoySettings,
+    deploy_envoy,
+    envoy_config,
+    local_settings,
+    render_envoy_yaml,
+)
 
 __all__ = ["EnvoySettings", "deploy_envoy", "envoy_config", "local_settings", "render_envoy_yaml"]

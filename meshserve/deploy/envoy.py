@@ -12,60 +12,23 @@ from typing import Any as JSON
 
 import yaml
 from betterproto2 import Casing, Message
-from envoy_data_plane.envoy.config.accesslog.v3 import AccessLog
-from envoy_data_plane.envoy.config.bootstrap.v3 import Admin, Bootstrap, BootstrapStaticResources
-from envoy_data_plane.envoy.config.cluster.v3 import (
-    CircuitBreakers,
-    CircuitBreakersThresholds,
-    Cluster,
-    ClusterCommonLbConfig,
-    ClusterDiscoveryType,
-    ClusterDnsLookupFamily,
-)
-from envoy_data_plane.envoy.config.core.v3 import (
-    Address,
-    DataSource,
-    HealthCheck,
-    HealthCheckGrpcHealthCheck,
-    Http2ProtocolOptions,
-    KeepaliveSettings,
-    SocketAddress,
-    SubstitutionFormatString,
-    TransportSocket,
-)
-from envoy_data_plane.envoy.config.endpoint.v3 import (
-    ClusterLoadAssignment,
-    Endpoint,
-    LbEndpoint,
-    LocalityLbEndpoints,
-)
-from envoy_data_plane.envoy.config.listener.v3 import Filter, FilterChain, Listener
-from envoy_data_plane.envoy.config.route.v3 import (
-    RetryPolicy,
-    RetryPolicyRetryHostPredicate,
-    Route,
-    RouteAction,
-    RouteConfiguration,
-    RouteMatch,
-    RouteMatchGrpcRouteMatchOptions,
-    VirtualHost,
-)
+from envoy_data_plane.envoy.config.accesslog import v3 as accesslog
+from envoy_data_plane.envoy.config.bootstrap import v3 as bootstrap
+from envoy_data_plane.envoy.config.cluster import v3 as cluster
+from envoy_data_plane.envoy.config.core import v3 as core
+from envoy_data_plane.envoy.config.endpoint import v3 as endpoint
+from envoy_data_plane.envoy.config.listener import v3 as listener
+from envoy_data_plane.envoy.config.overload import v3 as overload
+from envoy_data_plane.envoy.config.route import v3 as route
 from envoy_data_plane.envoy.extensions.access_loggers.stream.v3 import StdoutAccessLog
 from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
-from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
-    HttpConnectionManager,
-    HttpFilter,
+from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager import v3 as hcm
+from envoy_data_plane.envoy.extensions.resource_monitors.downstream_connections.v3 import (
+    DownstreamConnectionsConfig,
 )
 from envoy_data_plane.envoy.extensions.retry.host.previous_hosts.v3 import PreviousHostsPredicate
-from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import (
-    CommonTlsContext,
-    DownstreamTlsContext,
-    TlsCertificate,
-)
-from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
-    HttpProtocolOptions,
-    HttpProtocolOptionsExplicitHttpConfig,
-)
+from envoy_data_plane.envoy.extensions.transport_sockets.tls import v3 as tls
+from envoy_data_plane.envoy.extensions.upstreams.http import v3 as upstream_http
 from envoy_data_plane.envoy.type.v3 import Percent
 from envoy_data_plane.google.protobuf import Any as AnyMessage
 from envoy_data_plane.google.protobuf import Struct
@@ -93,9 +56,13 @@ class EnvoySettings(BaseSettings):
 
     listen_host: str = Field("0.0.0.0", description="address clients connect to")
     listen_port: int = Field(8080, ge=1, le=65535)
-    admin_host: str = Field("127.0.0.1", description="admin API (/ready, /stats); it can stop Envoy: keep private")
+    admin_host: str = Field(
+        "127.0.0.1", description="admin API (/ready, /stats); it can stop Envoy: keep private"
+    )
     admin_port: int = Field(9901, ge=1, le=65535)
-    gateway_host: str = Field("gateway", description="the gateway's DNS name or IP; every address it resolves to")
+    gateway_host: str = Field(
+        "gateway", description="the gateway's DNS name or IP; every address it resolves to"
+    )
     gateway_port: int = Field(_GATEWAY_PORT, ge=1, le=65535)
     connect_timeout_s: float = Field(1.0, gt=0)
     route_timeout_s: float = Field(5.0, gt=0, description="whole call, retries included")
@@ -109,11 +76,16 @@ class EnvoySettings(BaseSettings):
     max_pending_requests: int = Field(1024, ge=1)
     max_requests: int = Field(1024, ge=1)
     max_retries: int = Field(3, ge=0, description="retries in flight at once, across all callers")
+    max_downstream_connections: int = Field(
+        10_000, ge=1, description="client connections Envoy accepts at once"
+    )
     health_check_interval_s: float = Field(2.0, gt=0)
     health_check_timeout_s: float = Field(1.0, gt=0)
     unhealthy_threshold: int = Field(2, ge=1)
     healthy_threshold: int = Field(1, ge=1)
-    tls_cert_path: Path | None = Field(None, description="PEM chain; with tls_key_path, the listener speaks TLS")
+    tls_cert_path: Path | None = Field(
+        None, description="PEM chain; with tls_key_path, the listener speaks TLS"
+    )
     tls_key_path: Path | None = None
     access_log: bool = Field(True, description="one JSON line per call on stdout")
 
@@ -132,8 +104,8 @@ def local_settings(**overrides: object) -> EnvoySettings:
     return EnvoySettings(**values)
 
 
-def _address(host: str, port: int) -> Address:
-    return Address(socket_address=SocketAddress(address=host, port_value=port))
+def _address(host: str, port: int) -> core.Address:
+    return core.Address(socket_address=core.SocketAddress(address=host, port_value=port))
 
 
 def _seconds(value: float) -> timedelta:
@@ -160,88 +132,99 @@ _ACCESS_LOG_FIELDS = {
 }
 
 
-def _http_connection_manager(s: EnvoySettings) -> HttpConnectionManager:
-    retry = RetryPolicy(
+def _http_connection_manager(s: EnvoySettings) -> hcm.HttpConnectionManager:
+    retry = route.RetryPolicy(
         retry_on=s.retry_on,
         num_retries=s.num_retries,
         per_try_timeout=_seconds(s.per_try_timeout_s),
         # with several gateway replicas, retry on another one rather than the one that just failed
         retry_host_predicate=[
-            RetryPolicyRetryHostPredicate(
-                name="envoy.retry_host_predicates.previous_hosts", typed_config=_typed(PreviousHostsPredicate())
+            route.RetryPolicyRetryHostPredicate(
+                name="envoy.retry_host_predicates.previous_hosts",
+                typed_config=_typed(PreviousHostsPredicate()),
             )
         ],
         host_selection_retry_max_attempts=3,
     )
-    route = Route(
+    grpc_route = route.Route(
         name="grpc",
         # gRPC only: anything else is refused at the edge with 404 rather than reaching the gateway
-        match=RouteMatch(prefix="/", grpc=RouteMatchGrpcRouteMatchOptions()),
-        route=RouteAction(cluster=GATEWAY_CLUSTER, timeout=_seconds(s.route_timeout_s), retry_policy=retry),
+        match=route.RouteMatch(prefix="/", grpc=route.RouteMatchGrpcRouteMatchOptions()),
+        route=route.RouteAction(
+            cluster=GATEWAY_CLUSTER, timeout=_seconds(s.route_timeout_s), retry_policy=retry
+        ),
     )
     access_log = [
-        AccessLog(
+        accesslog.AccessLog(
             name="envoy.access_loggers.stdout",
             typed_config=_typed(
-                StdoutAccessLog(log_format=SubstitutionFormatString(json_format=Struct.from_dict(_ACCESS_LOG_FIELDS)))
+                StdoutAccessLog(
+                    log_format=core.SubstitutionFormatString(json_format=Struct.from_dict(_ACCESS_LOG_FIELDS))
+                )
             ),
         )
     ]
-    return HttpConnectionManager(
+    return hcm.HttpConnectionManager(
         stat_prefix="edge",
-        route_config=RouteConfiguration(
+        route_config=route.RouteConfiguration(
             name="meshserve",
-            virtual_hosts=[VirtualHost(name="gateway", domains=["*"], routes=[route])],
+            virtual_hosts=[route.VirtualHost(name="gateway", domains=["*"], routes=[grpc_route])],
         ),
-        http_filters=[HttpFilter(name="envoy.filters.http.router", typed_config=_typed(Router()))],
+        http_filters=[hcm.HttpFilter(name="envoy.filters.http.router", typed_config=_typed(Router()))],
         access_log=access_log if s.access_log else [],
         use_remote_address=True,  # this is the edge: the peer address is the client, not a forwarded header
         preserve_external_request_id=True,  # a caller's x-request-id travels on through every hop
     )
 
 
-def _listener(s: EnvoySettings) -> Listener:
-    chain = FilterChain(
+def _listener(s: EnvoySettings) -> listener.Listener:
+    chain = listener.FilterChain(
         filters=[
-            Filter(
+            listener.Filter(
                 name="envoy.filters.network.http_connection_manager",
                 typed_config=_typed(_http_connection_manager(s)),
             )
         ]
     )
     if s.tls_cert_path is not None and s.tls_key_path is not None:
-        tls = DownstreamTlsContext(
-            common_tls_context=CommonTlsContext(
+        context = tls.DownstreamTlsContext(
+            common_tls_context=tls.CommonTlsContext(
                 tls_certificates=[
-                    TlsCertificate(
-                        certificate_chain=DataSource(filename=str(s.tls_cert_path)),
-                        private_key=DataSource(filename=str(s.tls_key_path)),
+                    tls.TlsCertificate(
+                        certificate_chain=core.DataSource(filename=str(s.tls_cert_path)),
+                        private_key=core.DataSource(filename=str(s.tls_key_path)),
                     )
                 ],
                 alpn_protocols=["h2"],  # gRPC is HTTP/2 only
             )
         )
-        chain.transport_socket = TransportSocket(name="envoy.transport_sockets.tls", typed_config=_typed(tls))
-    return Listener(name="edge", address=_address(s.listen_host, s.listen_port), filter_chains=[chain])
+        chain.transport_socket = core.TransportSocket(
+            name="envoy.transport_sockets.tls", typed_config=_typed(context)
+        )
+    return listener.Listener(
+        name="edge", address=_address(s.listen_host, s.listen_port), filter_chains=[chain]
+    )
 
 
-def _gateway_cluster(s: EnvoySettings) -> Cluster:
-    http2 = HttpProtocolOptions(
-        explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
-            http2_protocol_options=Http2ProtocolOptions(
+def _gateway_cluster(s: EnvoySettings) -> cluster.Cluster:
+    http2 = upstream_http.HttpProtocolOptions(
+        explicit_http_config=upstream_http.HttpProtocolOptionsExplicitHttpConfig(
+            http2_protocol_options=core.Http2ProtocolOptions(
                 # pings find a gateway that vanished without closing its connections (a killed container)
-                connection_keepalive=KeepaliveSettings(interval=_seconds(30), timeout=_seconds(5))
+                connection_keepalive=core.KeepaliveSettings(interval=_seconds(30), timeout=_seconds(5))
             )
         )
     )
-    endpoint = LbEndpoint(endpoint=Endpoint(address=_address(s.gateway_host, s.gateway_port)))
-    limits = CircuitBreakersThresholds(
+    gateway = endpoint.LbEndpoint(
+        endpoint=endpoint.Endpoint(address=_address(s.gateway_host, s.gateway_port))
+    )
+    limits = cluster.CircuitBreakersThresholds(
         max_connections=s.max_connections,
         max_pending_requests=s.max_pending_requests,
         max_requests=s.max_requests,
         max_retries=s.max_retries,
     )
-    health_check = HealthCheck(
+    health_check = core.HealthCheck(
         timeout=_seconds(s.health_check_timeout_s),
         interval=_seconds(s.health_check_interval_s),
         # Envoy checks idle clusters only once a minute by default: a gateway that came up after Envoy would
@@ -251,34 +234,49 @@ def _gateway_cluster(s: EnvoySettings) -> Cluster:
         healthy_threshold=s.healthy_threshold,
         # "" is the whole server's status: the gateway says NOT_SERVING until its dependencies are ready and
         # again while it drains on SIGTERM, so Envoy stops sending it calls before it stops.
-        grpc_health_check=HealthCheckGrpcHealthCheck(service_name=""),
+        grpc_health_check=core.HealthCheckGrpcHealthCheck(service_name=""),
     )
-    return Cluster(
+    return cluster.Cluster(
         name=GATEWAY_CLUSTER,
-        type=ClusterDiscoveryType.STRICT_DNS,  # every address the name resolves to (compose replicas)
-        dns_lookup_family=ClusterDnsLookupFamily.V4_PREFERRED,
+        type=cluster.ClusterDiscoveryType.STRICT_DNS,  # every address the name resolves to (compose replicas)
+        dns_lookup_family=cluster.ClusterDnsLookupFamily.V4_PREFERRED,
         connect_timeout=_seconds(s.connect_timeout_s),
-        load_assignment=ClusterLoadAssignment(
-            cluster_name=GATEWAY_CLUSTER, endpoints=[LocalityLbEndpoints(lb_endpoints=[endpoint])]
+        load_assignment=endpoint.ClusterLoadAssignment(
+            cluster_name=GATEWAY_CLUSTER, endpoints=[endpoint.LocalityLbEndpoints(lb_endpoints=[gateway])]
         ),
-        typed_extension_protocol_options={"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(http2)},
-        circuit_breakers=CircuitBreakers(thresholds=[limits]),
+        typed_extension_protocol_options={
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(http2)
+        },
+        circuit_breakers=cluster.CircuitBreakers(thresholds=[limits]),
         health_checks=[health_check],
         # No panic routing: when every gateway is unhealthy (starting, draining), say UNAVAILABLE at the edge
         # instead of sending calls to gateways that have said they cannot serve them.
-        common_lb_config=ClusterCommonLbConfig(healthy_panic_threshold=Percent(value=0.0)),
+        common_lb_config=cluster.ClusterCommonLbConfig(healthy_panic_threshold=Percent(value=0.0)),
     )
 
 
 def envoy_config(settings: EnvoySettings) -> dict[str, JSON]:
     """Envoy's bootstrap as a plain dict, in the proto-JSON form Envoy reads (snake_case keys)."""
-    bootstrap = Bootstrap(
-        admin=Admin(address=_address(settings.admin_host, settings.admin_port)),
-        static_resources=BootstrapStaticResources(
+    config = bootstrap.Bootstrap(
+        admin=bootstrap.Admin(address=_address(settings.admin_host, settings.admin_port)),
+        static_resources=bootstrap.BootstrapStaticResources(
             listeners=[_listener(settings)], clusters=[_gateway_cluster(settings)]
         ),
+        # an edge without a connection limit can be exhausted by idle clients; Envoy warns at start without one
+        overload_manager=overload.OverloadManager(
+            resource_monitors=[
+                overload.ResourceMonitor(
+                    name="envoy.resource_monitors.global_downstream_max_connections",
+                    typed_config=_typed(
+                        DownstreamConnectionsConfig(
+                            max_active_downstream_connections=settings.max_downstream_connections
+                        )
+                    ),
+                )
+            ]
+        ),
     )
-    return bootstrap.to_dict(casing=Casing.SNAKE)
+    return config.to_dict(casing=Casing.SNAKE)
 
 
 def render_envoy_yaml(settings: EnvoySettings) -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import urllib.request
 from pathlib import Path
 
 import grpc
@@ -19,7 +18,7 @@ from meshserve.admin.v1 import admin_pb2, admin_pb2_grpc
 from meshserve.core.channels import wait_until_serving
 from meshserve.feature.v1 import feature_pb2
 from meshserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from tests.helpers import feature_vector, score_directly
+from tests.helpers import feature_vector, score_directly, scrape
 
 ROUTES = """
 routes:
@@ -69,18 +68,6 @@ routes:
       - {name: stable, model: fraud, version: "1", weight: 100}
       - {name: canary, model: fraud, version: "2", weight: 0}
 """
-
-
-def scrape(port: int) -> dict[str, float]:
-    """A Prometheus text exposition as {series: value}."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
-        text = reply.read().decode()
-    return {
-        series: float(value)
-        for line in text.splitlines()
-        if line and not line.startswith("#")
-        for series, _, value in [line.rpartition(" ")]
-    }
 
 
 class Gateway:
@@ -232,7 +219,7 @@ async def test_shadow_compares_with_the_primary_and_reflects_a_planted_differenc
     assert shadow.mean_abs_score_diff > 0.001  # v1 and v2 really differ
     assert shadow.label_agreement == pytest.approx(float(np.mean((v1 >= 0.5) == (v2 >= 0.5))))
     # ...and the same comparison is exported to Prometheus
-    metrics = await asyncio.to_thread(scrape, gateway.service.metrics_port)
+    metrics = await asyncio.to_thread(scrape, f"http://127.0.0.1:{gateway.service.metrics.port}/metrics")
     labels = '{route="shadowed",variant="candidate"}'
     assert metrics[f"meshserve_gateway_shadow_compared_total{labels}"] == len(accounts)
     assert metrics[f"meshserve_gateway_shadow_mean_abs_score_diff{labels}"] == pytest.approx(

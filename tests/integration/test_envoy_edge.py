@@ -81,6 +81,7 @@ async def edge(mesh, tmp_path_factory):
     )
     config = deploy_envoy(run_dir / "envoy.yaml", settings)
     argv = [str(ENVOY), "-c", str(config), "--concurrency", "2", "--log-level", "warn"]
+    argv += ["--file-flush-interval-msec", "100"]  # access log lines show up at once, not every 10 s
     # its own shared-memory id, so it never meets another Envoy on this machine (a parallel run, a stale one)
     argv += ["--base-id", str(os.getpid() % 60_000 + 1), "--disable-hot-restart"]
     envoy = ChildProcess("envoy", argv, dict(os.environ), run_dir / "envoy.log")
@@ -158,14 +159,19 @@ def test_variant_header_goes_in_and_trailing_metadata_comes_back_through_envoy(e
         model_name="fraud",
         inputs=[
             service_pb2.ModelInferRequest.InferInputTensor(
-                name="features", datatype="FP32", shape=list(ROWS.shape), contents={"fp32_contents": ROWS.ravel()}
+                name="features",
+                datatype="FP32",
+                shape=list(ROWS.shape),
+                contents={"fp32_contents": ROWS.ravel()},
             )
         ],
     )
     with grpc.insecure_channel(address) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         _, default = stub.ModelInfer.with_call(request, timeout=10)
-        _, forced = stub.ModelInfer.with_call(request, timeout=10, metadata=(("x-meshserve-variant", "canary"),))
+        _, forced = stub.ModelInfer.with_call(
+            request, timeout=10, metadata=(("x-meshserve-variant", "canary"),)
+        )
     assert dict(default.trailing_metadata())["x-meshserve-variant"] == "stable"
     trailing = dict(forced.trailing_metadata())
     assert (trailing["x-meshserve-variant"], trailing["x-meshserve-model-version"]) == ("canary", "2")
