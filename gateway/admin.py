@@ -9,6 +9,7 @@ from gateway.catalog import ModelCatalog
 from gateway.clients import InferenceClient
 from gateway.dispatch import Dispatcher
 from gateway.live import LiveRoutes
+from gateway.prediction_cache import PredictionCache
 from gateway.rollout import RolloutController
 from gateway.shadow import ShadowRunner
 from meshserve.admin.v1 import admin_pb2, admin_pb2_grpc
@@ -32,7 +33,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         rollouts: RolloutController,
         catalog: ModelCatalog,
         inference: InferenceClient,
+        cache: PredictionCache,
     ) -> None:
+        self.cache = cache
         self.catalog = catalog
         self.inference = inference
         self.live = live
@@ -83,12 +86,12 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return self._status(request.route)
 
     async def Promote(self, request, context):
-        self.live.promote(request.route, request.variant, _who(context))
+        await self.live.promote(request.route, request.variant, _who(context))
         self.rollouts.stop(request.route, f"promoted {request.variant} by hand")
         return self._status(request.route)
 
     async def Rollback(self, request, context):
-        self.live.rollback(request.route, _who(context), request.reason)
+        await self.live.rollback(request.route, _who(context), request.reason)
         self.rollouts.stop(request.route, request.reason or "rolled back by hand")
         return self._status(request.route)
 
@@ -105,7 +108,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return self._status(request.route)
 
     async def Reload(self, request, context):
-        applied, error = self.live.reload(_who(context))
+        applied, error = await self.live.reload(_who(context))
         return admin_pb2.ReloadResponse(applied=applied, error=error, routes=sorted(self.live.routes))
 
     async def GetAuditLog(self, request, context):
@@ -126,6 +129,28 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             _who(context), request.warmup_requests or 8,
         )  # fmt: skip
         return self._status(request.route)
+
+    async def CacheStats(self, request, context):
+        names = [request.route] if request.route else sorted(self.live.routes)
+        for name in names:
+            self.live.get(name)
+        routes = []
+        for name in names:
+            st = self.cache.route_stats(name)
+            routes.append(
+                admin_pb2.RouteCacheStats(
+                    route=name, enabled=self.live.get(name).cache.enabled, near_hits=st.near_hits, hits=st.hits,
+                    misses=st.misses, bypasses=st.bypasses, coalesced=st.coalesced, hit_ratio=st.hit_ratio,
+                    invalidations=st.invalidations,
+                )
+            )  # fmt: skip
+        return admin_pb2.CacheStatsResponse(routes=routes)
+
+    async def InvalidateCache(self, request, context):
+        self.live.get(request.route)
+        generations = await self.cache.invalidate([f"route:{request.route}"], request.route)
+        self.live.audit.append(_who(context), "invalidate_cache", request.route, None, generations)
+        return admin_pb2.InvalidateCacheResponse(generation=generations.get(f"route:{request.route}", 0))
 
 
 class AdminServer(GrpcService):

@@ -69,7 +69,7 @@ async def switch_version(
     info = await catalog.get(variant.model, version)
     warm = warmup_request(variant.model, version, info.metadata)
     await asyncio.gather(*(inference.infer(warm, route.timeout_ms / 1000) for _ in range(warmup_requests)))
-    live.switch_version(route_name, variant_name, version, who)
+    await live.switch_version(route_name, variant_name, version, who)
     # A request that picked the old version before the swap finishes within the route's timeout.
     await asyncio.sleep(route.timeout_ms / 1000)
     await inference.serve_versions(

@@ -53,21 +53,37 @@ class CacheClient(_Client):
         super().__init__(target)
         self.stub = cache_pb2_grpc.CacheServiceStub(self.channel)
 
-    async def get(self, keys: Sequence[str], timeout_s: float) -> dict[str, bytes]:
+    async def get(self, lookups: Sequence[tuple[str, Sequence[str]]], timeout_s: float) -> dict[str, bytes]:
+        request = cache_pb2.GetRequest(lookups=[cache_pb2.Lookup(key=k, scopes=s) for k, s in lookups])
         try:
-            reply = await self.stub.Get(cache_pb2.GetRequest(keys=keys), timeout=timeout_s)
+            reply = await self.stub.Get(request, timeout=timeout_s)
         except grpc.aio.AioRpcError as exc:
             raise CacheUnavailable(exc.code().name) from None
         return {entry.key: entry.value for entry in reply.hits}
 
-    async def set(self, items: dict[str, bytes], ttl_s: float, timeout_s: float) -> None:
-        entries = [cache_pb2.Entry(key=k, value=v) for k, v in items.items()]
+    async def set(
+        self, items: Sequence[tuple[str, Sequence[str], bytes]], ttl_s: float, timeout_s: float
+    ) -> None:
+        entries = [cache_pb2.Entry(key=k, scopes=s, value=v) for k, s, v in items]
         try:
             await self.stub.Set(
                 cache_pb2.SetRequest(entries=entries, ttl_ms=int(ttl_s * 1000)), timeout=timeout_s
             )
         except grpc.aio.AioRpcError as exc:
             raise CacheUnavailable(exc.code().name) from None
+
+    async def invalidate(self, scopes: Sequence[str], timeout_s: float) -> dict[str, int]:
+        try:
+            reply = await self.stub.Invalidate(cache_pb2.InvalidateRequest(scopes=scopes), timeout=timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc, self.hop) from None
+        return dict(reply.generations)
+
+    async def stats(self, timeout_s: float) -> cache_pb2.StatsResponse:
+        try:
+            return await self.stub.Stats(cache_pb2.StatsRequest(), timeout=timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc, self.hop) from None
 
 
 class CacheUnavailable(Exception):

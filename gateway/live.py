@@ -4,6 +4,7 @@ reloads, each of which is written to the audit log."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -20,10 +21,25 @@ def _weights(route: Route) -> dict[str, float]:
 
 
 class LiveRoutes:
-    def __init__(self, table: RouteTable, path: Path | None, audit: AuditLog) -> None:
+    def __init__(
+        self,
+        table: RouteTable,
+        path: Path | None,
+        audit: AuditLog,
+        invalidate: Callable[[list[str]], Awaitable[object]] | None = None,
+    ) -> None:
         self.table = table
         self.path = path
         self.audit = audit
+        self.invalidate = invalidate  # cached answers of scopes a change makes stale
+
+    async def _invalidate(self, scopes: list[str]) -> None:
+        if self.invalidate is None:
+            return
+        try:
+            await self.invalidate(scopes)
+        except Exception:  # noqa: BLE001 - the change stands; entries still expire by TTL
+            log.exception("cache invalidation failed", extra={"scopes": scopes})
 
     def get(self, name: str) -> Route:
         return self.table.get(name)
@@ -51,19 +67,22 @@ class LiveRoutes:
         )
         return after
 
-    def promote(self, name: str, variant: str, who: str) -> Route:
+    async def promote(self, name: str, variant: str, who: str) -> Route:
         route = self.get(name)
         route.variant(variant)
+        await self._invalidate([f"route:{name}"])
         return self.set_weights(
             name, {v.name: 100.0 if v.name == variant else 0.0 for v in route.variants}, who, "promote"
         )
 
-    def rollback(self, name: str, who: str, reason: str = "") -> Route:
+    async def rollback(self, name: str, who: str, reason: str = "") -> Route:
         route = self.get(name)
         weights = {v.name: 100.0 if v is route.baseline else 0.0 for v in route.variants}
-        return self.set_weights(name, weights, who, "rollback", reason)
+        after = self.set_weights(name, weights, who, "rollback", reason)
+        await self._invalidate([f"route:{name}"])
+        return after
 
-    def switch_version(self, name: str, variant: str, version: str, who: str) -> Route:
+    async def switch_version(self, name: str, variant: str, version: str, who: str) -> Route:
         """Point one variant at another model version, in one swap of the table."""
         before = self.get(name)
         target = before.variant(variant)
@@ -71,9 +90,10 @@ class LiveRoutes:
         after = before.model_copy(update={"variants": variants})
         self._swap(name, after)
         self.audit.append(who, "switch_version", name, {variant: target.version}, {variant: version})
+        await self._invalidate([f"route:{name}", f"model:{target.model}"])
         return after
 
-    def reload(self, who: str) -> tuple[bool, str]:
+    async def reload(self, who: str) -> tuple[bool, str]:
         """Re-read the routes file. A bad file leaves the serving table untouched and says why."""
         try:
             table = load_routes(self.path)
@@ -84,4 +104,5 @@ class LiveRoutes:
         before = {name: _weights(r) for name, r in self.table.routes.items()}
         self.table = table
         self.audit.append(who, "reload", "*", before, {name: _weights(r) for name, r in table.routes.items()})
+        await self._invalidate([f"route:{name}" for name in table.routes])
         return True, ""

@@ -10,6 +10,7 @@ from prometheus_client.registry import Collector
 
 from gateway.dispatch import Dispatcher
 from gateway.live import LiveRoutes
+from gateway.prediction_cache import PredictionCache
 from gateway.rollout import RolloutController
 from gateway.shadow import ShadowRunner
 
@@ -18,8 +19,14 @@ ROLLOUT_STATES = ("none", "running", "paused", "completed", "rolled_back")
 
 class GatewayCollector(Collector):
     def __init__(
-        self, live: LiveRoutes, dispatcher: Dispatcher, shadow: ShadowRunner, rollouts: RolloutController
+        self,
+        live: LiveRoutes,
+        dispatcher: Dispatcher,
+        shadow: ShadowRunner,
+        rollouts: RolloutController,
+        cache: PredictionCache,
     ) -> None:
+        self.cache = cache
         self.live = live
         self.dispatcher = dispatcher
         self.shadow = shadow
@@ -83,3 +90,19 @@ class GatewayCollector(Collector):
                 state.add_metric([route, name], float(rollout.state == name))
             step.add_metric([route], rollout.step)
         yield from (state, step)
+
+        lookups = CounterMetricFamily(
+            f"{prefix}_cache_lookups", "Prediction cache lookups by result", labels=["route", "result"]
+        )
+        bypasses = CounterMetricFamily(
+            f"{prefix}_cache_bypasses", "Cache calls bypassed (failed or slow)", labels=["route"]
+        )
+        coalesced = CounterMetricFamily(
+            f"{prefix}_cache_coalesced", "Misses that waited for an identical one", labels=["route"]
+        )
+        for route, st in self.cache.stats.items():
+            for result, value in (("near_hit", st.near_hits), ("hit", st.hits), ("miss", st.misses)):
+                lookups.add_metric([route, result], value)
+            bypasses.add_metric([route], st.bypasses)
+            coalesced.add_metric([route], st.coalesced)
+        yield from (lookups, bypasses, coalesced)

@@ -15,11 +15,12 @@ from dataclasses import dataclass
 import numpy as np
 from tritonclient.grpc import service_pb2
 
-from gateway.cache_keys import decode_score, encode_score, prediction_key
+from gateway.cache_keys import prediction_key
 from gateway.catalog import ModelCatalog
-from gateway.clients import CacheClient, CacheUnavailable, FeatureClient, InferenceClient
+from gateway.clients import FeatureClient, InferenceClient
 from gateway.dispatch import AllTiersFailed, Dispatcher, Tier
 from gateway.live import LiveRoutes
+from gateway.prediction_cache import PredictionCache, prediction_scopes
 from gateway.resilience import try_elsewhere
 from gateway.routes import Route, StickyKey, Variant, choose_variant
 from gateway.shadow import ShadowRunner
@@ -60,13 +61,12 @@ class PredictHandler:
         registry: FeatureRegistry,
         catalog: ModelCatalog,
         features: FeatureClient,
-        cache: CacheClient,
+        cache: PredictionCache,
         inference: InferenceClient,
         dispatcher: Dispatcher,
         shadow: ShadowRunner,
         *,
         max_instances: int,
-        cache_timeout_s: float,
         feature_timeout_s: float,
         rng: random.Random | None = None,
     ) -> None:
@@ -79,10 +79,8 @@ class PredictHandler:
         self.dispatcher = dispatcher
         self.shadow = shadow
         self.max_instances = max_instances
-        self.cache_timeout_s = cache_timeout_s
         self.feature_timeout_s = feature_timeout_s
         self.rng = rng or random.Random()
-        self._background: set[asyncio.Task[None]] = set()
 
     async def predict(
         self,
@@ -189,22 +187,68 @@ class PredictHandler:
             if not try_elsewhere(exc):
                 raise
             version = None  # the chosen variant is down: no cache key to read, the dispatcher falls back
+        caching = route.cache.enabled and version is not None
+        entity = self.registry.models[chosen.model].entity
         keys = [
             prediction_key(route_name, chosen.name, chosen.model, version or "", i.entity_key, i.features)
             for i in instances
         ]
-        cached = await self._cache_get(route, keys) if version else {}
+        scopes = [prediction_scopes(route_name, chosen.model, entity, i.entity_key) for i in instances]
+        cached = await self.cache.get(route_name, list(zip(keys, scopes, strict=True))) if caching else {}
         misses = []
         for n, (instance, key) in enumerate(zip(instances, keys, strict=True)):
             if key in cached:
-                score = decode_score(cached[key])
                 answers[positions[n]] = Prediction(
-                    instance.entity_key, score, True, chosen.name, version or "", Tier.PRIMARY
+                    instance.entity_key, cached[key], True, chosen.name, version or "", Tier.PRIMARY
                 )
             else:
                 misses.append(n)
         if not misses:
             return
+        # Single-flight: an identical miss already being scored is waited for, not scored again.
+        leading, following = (
+            self.cache.claim([keys[n] for n in misses]) if caching else (list(range(len(misses))), {})
+        )
+        led = [misses[i] for i in leading]
+        try:
+            if led:
+                await self._score_misses(route_name, route, chosen, version, instances, positions, led, keys, scopes,
+                                         answers, deadline)  # fmt: skip
+        except BaseException as exc:
+            if caching:
+                for n in led:
+                    self.cache.settle(keys[n], error=exc)
+            raise
+        if caching:
+            for n in led:
+                self.cache.settle(keys[n], answers[positions[n]])
+        for i, future in following.items():
+            n = misses[i]
+            shared: Prediction = await asyncio.shield(future)
+            self.cache.route_stats(route_name).coalesced += 1
+            answers[positions[n]] = Prediction(
+                instances[n].entity_key,
+                shared.score,
+                False,
+                shared.variant,
+                shared.model_version,
+                shared.tier,
+            )
+
+    async def _score_misses(
+        self,
+        route_name: str,
+        route: Route,
+        chosen: Variant,
+        version: str | None,
+        instances: list[Instance],
+        positions: list[int],
+        misses: list[int],
+        keys: list[str],
+        scopes: list[list[str]],
+        answers: dict[int, Prediction],
+        deadline: float,
+    ) -> None:
         todo = [instances[n] for n in misses]
         try:
             served = await self.dispatcher.run(
@@ -217,7 +261,7 @@ class PredictHandler:
         except AllTiersFailed:
             if route.default is None:
                 raise
-            for n in misses:
+            for n in misses:  # the default answer is never cached
                 answers[positions[n]] = Prediction(
                     instances[n].entity_key, route.default.score, False, "", "", Tier.DEFAULT
                 )
@@ -227,8 +271,11 @@ class PredictHandler:
             answers[positions[n]] = Prediction(
                 instances[n].entity_key, score, False, served.variant.name, served_version, served.tier
             )
-        if route.cache.enabled and served.tier is Tier.PRIMARY and version == served_version:
-            self._cache_set({keys[n]: encode_score(s) for n, s in zip(misses, scores, strict=True)}, route)
+        cacheable = served.tier is Tier.PRIMARY or route.cache.cache_fallbacks
+        if route.cache.enabled and cacheable and version == served_version and served.variant is chosen:
+            self.cache.put(
+                route_name, route, [(keys[n], scopes[n], s) for n, s in zip(misses, scores, strict=True)]
+            )
 
     async def _score(
         self, instances: Sequence[Instance], variant: Variant, time_left_s: float
@@ -291,28 +338,5 @@ class PredictHandler:
         index = next(n for n, out in enumerate(reply.outputs) if out.name == spec.output)
         return np.frombuffer(reply.raw_output_contents[index], dtype=np.float32)
 
-    async def _cache_get(self, route: Route, keys: list[str]) -> dict[str, bytes]:
-        if not route.cache.enabled:
-            return {}
-        try:
-            return await self.cache.get(keys, self.cache_timeout_s)
-        except CacheUnavailable as exc:
-            log.warning("cache bypassed on read", extra={"reason": str(exc)})
-            return {}
-
-    def _cache_set(self, items: dict[str, bytes], route: Route) -> None:
-        """Fire and forget: the caller's answer never waits for the cache."""
-
-        async def store() -> None:
-            try:
-                await self.cache.set(items, route.cache.ttl_s, self.cache_timeout_s)
-            except CacheUnavailable as exc:
-                log.warning("cache bypassed on write", extra={"reason": str(exc)})
-
-        task = asyncio.create_task(store())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
     async def drain(self) -> None:
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+        await self.cache.drain()

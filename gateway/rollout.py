@@ -102,7 +102,7 @@ class RolloutController:
         self.stats.forget(name, plan.canary)
         self.stats.forget(name, route.baseline.name)
 
-    def evaluate(self) -> None:
+    async def evaluate(self) -> None:
         """One pass over running rollouts: roll back a breach, advance a healthy step whose interval is over."""
         for name, state in self.states.items():
             if state.state != "running" or name not in self.live.routes:
@@ -112,7 +112,7 @@ class RolloutController:
             baseline = self.stats.summary(name, route.baseline.name, since=state.step_started)
             if canary.requests >= plan.min_requests and (reason := judge(plan, canary, baseline)):
                 state.state, state.last_reason = "rolled_back", reason
-                self.live.rollback(name, WHO, reason)
+                await self.live.rollback(name, WHO, reason)
                 log.warning("canary rolled back", extra={"route": name, "reason": reason})
                 continue
             if self.clock() - state.step_started < plan.interval_s or canary.requests < plan.min_requests:
@@ -127,7 +127,7 @@ class RolloutController:
     async def _loop(self) -> None:
         while True:
             try:
-                self.evaluate()
+                await self.evaluate()
             except Exception:  # noqa: BLE001 - the controller must outlive a bad tick
                 log.exception("rollout evaluation failed")
             await asyncio.sleep(self.tick_s)

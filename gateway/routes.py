@@ -54,6 +54,8 @@ class Variant(_Strict):
 class CachePolicy(_Strict):
     enabled: bool = True
     ttl_s: float = Field(30.0, gt=0)
+    max_entry_bytes: int = Field(1024, gt=0)  # answers larger than this are not cached
+    cache_fallbacks: bool = False  # also cache answers from fallback tiers (never errors or default answers)
 
 
 class StickyKey(StrEnum):

@@ -14,6 +14,7 @@ from gateway.inference_api import InferenceApi
 from gateway.live import LiveRoutes
 from gateway.metrics import GatewayCollector
 from gateway.predict import PredictHandler
+from gateway.prediction_cache import PredictionCache
 from gateway.rollout import RolloutController
 from gateway.routes import load_routes
 from gateway.servicers import OpenInferenceServicer, PredictionServicer, add_servicers
@@ -21,6 +22,7 @@ from gateway.settings import GatewaySettings
 from gateway.shadow import ShadowRunner
 from meshserve.core.lifecycle import GrpcService
 from meshserve.core.settings import ServiceSettings
+from meshserve.lru import LruTtlCache
 from meshserve.registry import load_registry
 
 
@@ -36,6 +38,11 @@ class GatewayService(GrpcService):
         self.registry = load_registry(settings.registry_path)
         self.features = FeatureClient(settings.feature_url)
         self.cache = CacheClient(settings.cache_url)
+        near = None
+        if settings.near_cache_max_bytes:
+            near = LruTtlCache(settings.near_cache_max_bytes, 4096, settings.near_cache_ttl_s)
+        self.prediction_cache = PredictionCache(self.cache, settings.cache_timeout_s, near)
+        self.routes.invalidate = self.prediction_cache.invalidate
         self.inference = InferenceClient(settings.inference_url)
         self.catalog = ModelCatalog(self.inference)
         self.dispatcher = Dispatcher()
@@ -46,12 +53,11 @@ class GatewayService(GrpcService):
             self.registry,
             self.catalog,
             self.features,
-            self.cache,
+            self.prediction_cache,
             self.inference,
             self.dispatcher,
             self.shadow,
             max_instances=settings.max_instances_per_predict,
-            cache_timeout_s=settings.cache_timeout_s,
             feature_timeout_s=settings.feature_timeout_s,
         )
         self.api = InferenceApi(
@@ -63,11 +69,17 @@ class GatewayService(GrpcService):
         self.admin = AdminServer(
             admin_settings,
             AdminServicer(
-                self.routes, self.dispatcher, self.shadow, self.rollouts, self.catalog, self.inference
+                self.routes,
+                self.dispatcher,
+                self.shadow,
+                self.rollouts,
+                self.catalog,
+                self.inference,
+                self.prediction_cache,
             ),
         )
         self.metrics.registry.register(
-            GatewayCollector(self.routes, self.dispatcher, self.shadow, self.rollouts)
+            GatewayCollector(self.routes, self.dispatcher, self.shadow, self.rollouts, self.prediction_cache)
         )
         self.ready = False
 

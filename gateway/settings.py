@@ -23,6 +23,14 @@ class GatewaySettings(ServiceSettings):
         1024, gt=0, description="larger Predicts are refused before any work"
     )
     cache_timeout_s: float = Field(0.05, gt=0, description="a slower cache is bypassed, never waited for")
+    near_cache_max_bytes: int = Field(
+        4 * 1024 * 1024, ge=0, description="in-process near-cache size; 0 = off"
+    )
+    near_cache_ttl_s: float = Field(
+        1.0,
+        gt=0,
+        description="near-cache TTL: bounds how long another process's invalidation can go unseen here",
+    )
     feature_timeout_s: float = Field(1.0, gt=0)
     admin_host: str = Field("127.0.0.1", description="the admin API's address; keep it off public networks")
     admin_port: int = Field(50055, ge=0, le=65535, description="the admin API's port; 0 lets the OS choose")

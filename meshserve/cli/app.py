@@ -17,7 +17,6 @@ app.add_typer(models_app, name="models")
 
 def _register_admin_commands() -> None:
     from meshserve.cli.admin import canary_app, routes_app
-
     from meshserve.cli.deploy import deploy_app
 
     app.add_typer(routes_app, name="routes")

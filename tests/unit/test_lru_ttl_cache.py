@@ -1,4 +1,4 @@
-from services.cache.store import LruTtlCache
+from meshserve.lru import LruTtlCache
 
 
 class Clock:

@@ -7,6 +7,52 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class CacheStatsRequest(_message.Message):
+    __slots__ = ("route",)
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
+    route: str
+    def __init__(self, route: _Optional[str] = ...) -> None: ...
+
+class RouteCacheStats(_message.Message):
+    __slots__ = ("route", "enabled", "near_hits", "hits", "misses", "bypasses", "coalesced", "hit_ratio", "invalidations")
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    NEAR_HITS_FIELD_NUMBER: _ClassVar[int]
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    MISSES_FIELD_NUMBER: _ClassVar[int]
+    BYPASSES_FIELD_NUMBER: _ClassVar[int]
+    COALESCED_FIELD_NUMBER: _ClassVar[int]
+    HIT_RATIO_FIELD_NUMBER: _ClassVar[int]
+    INVALIDATIONS_FIELD_NUMBER: _ClassVar[int]
+    route: str
+    enabled: bool
+    near_hits: int
+    hits: int
+    misses: int
+    bypasses: int
+    coalesced: int
+    hit_ratio: float
+    invalidations: int
+    def __init__(self, route: _Optional[str] = ..., enabled: _Optional[bool] = ..., near_hits: _Optional[int] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., bypasses: _Optional[int] = ..., coalesced: _Optional[int] = ..., hit_ratio: _Optional[float] = ..., invalidations: _Optional[int] = ...) -> None: ...
+
+class CacheStatsResponse(_message.Message):
+    __slots__ = ("routes",)
+    ROUTES_FIELD_NUMBER: _ClassVar[int]
+    routes: _containers.RepeatedCompositeFieldContainer[RouteCacheStats]
+    def __init__(self, routes: _Optional[_Iterable[_Union[RouteCacheStats, _Mapping]]] = ...) -> None: ...
+
+class InvalidateCacheRequest(_message.Message):
+    __slots__ = ("route",)
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
+    route: str
+    def __init__(self, route: _Optional[str] = ...) -> None: ...
+
+class InvalidateCacheResponse(_message.Message):
+    __slots__ = ("generation",)
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    generation: int
+    def __init__(self, generation: _Optional[int] = ...) -> None: ...
+
 class SwitchVersionRequest(_message.Message):
     __slots__ = ("route", "variant", "version", "warmup_requests")
     ROUTE_FIELD_NUMBER: _ClassVar[int]

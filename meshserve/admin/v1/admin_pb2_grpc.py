@@ -74,6 +74,16 @@ class AdminServiceStub:
                 request_serializer=meshserve_dot_admin_dot_v1_dot_admin__pb2.SwitchVersionRequest.SerializeToString,
                 response_deserializer=meshserve_dot_admin_dot_v1_dot_admin__pb2.RouteStatus.FromString,
                 _registered_method=True)
+        self.CacheStats = channel.unary_unary(
+                '/meshserve.admin.v1.AdminService/CacheStats',
+                request_serializer=meshserve_dot_admin_dot_v1_dot_admin__pb2.CacheStatsRequest.SerializeToString,
+                response_deserializer=meshserve_dot_admin_dot_v1_dot_admin__pb2.CacheStatsResponse.FromString,
+                _registered_method=True)
+        self.InvalidateCache = channel.unary_unary(
+                '/meshserve.admin.v1.AdminService/InvalidateCache',
+                request_serializer=meshserve_dot_admin_dot_v1_dot_admin__pb2.InvalidateCacheRequest.SerializeToString,
+                response_deserializer=meshserve_dot_admin_dot_v1_dot_admin__pb2.InvalidateCacheResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -134,6 +144,20 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CacheStats(self, request, context):
+        """Prediction cache per route: near-cache and shared hits, misses, bypasses, coalesced misses.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def InvalidateCache(self, request, context):
+        """Makes every cached answer of the route unreachable (in every gateway sharing the cache service).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -176,6 +200,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.SwitchVersion,
                     request_deserializer=meshserve_dot_admin_dot_v1_dot_admin__pb2.SwitchVersionRequest.FromString,
                     response_serializer=meshserve_dot_admin_dot_v1_dot_admin__pb2.RouteStatus.SerializeToString,
+            ),
+            'CacheStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.CacheStats,
+                    request_deserializer=meshserve_dot_admin_dot_v1_dot_admin__pb2.CacheStatsRequest.FromString,
+                    response_serializer=meshserve_dot_admin_dot_v1_dot_admin__pb2.CacheStatsResponse.SerializeToString,
+            ),
+            'InvalidateCache': grpc.unary_unary_rpc_method_handler(
+                    servicer.InvalidateCache,
+                    request_deserializer=meshserve_dot_admin_dot_v1_dot_admin__pb2.InvalidateCacheRequest.FromString,
+                    response_serializer=meshserve_dot_admin_dot_v1_dot_admin__pb2.InvalidateCacheResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -394,6 +428,60 @@ class AdminService:
             '/meshserve.admin.v1.AdminService/SwitchVersion',
             meshserve_dot_admin_dot_v1_dot_admin__pb2.SwitchVersionRequest.SerializeToString,
             meshserve_dot_admin_dot_v1_dot_admin__pb2.RouteStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CacheStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshserve.admin.v1.AdminService/CacheStats',
+            meshserve_dot_admin_dot_v1_dot_admin__pb2.CacheStatsRequest.SerializeToString,
+            meshserve_dot_admin_dot_v1_dot_admin__pb2.CacheStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InvalidateCache(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshserve.admin.v1.AdminService/InvalidateCache',
+            meshserve_dot_admin_dot_v1_dot_admin__pb2.InvalidateCacheRequest.SerializeToString,
+            meshserve_dot_admin_dot_v1_dot_admin__pb2.InvalidateCacheResponse.FromString,
             options,
             channel_credentials,
             insecure,

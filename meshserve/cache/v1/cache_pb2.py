@@ -24,27 +24,41 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1emeshserve/cache/v1/cache.proto\x12\x12meshserve.cache.v1\"#\n\x05\x45ntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\"\x1a\n\nGetRequest\x12\x0c\n\x04keys\x18\x01 \x03(\t\"6\n\x0bGetResponse\x12\'\n\x04hits\x18\x01 \x03(\x0b\x32\x19.meshserve.cache.v1.Entry\"H\n\nSetRequest\x12*\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x19.meshserve.cache.v1.Entry\x12\x0e\n\x06ttl_ms\x18\x02 \x01(\r\"\x1d\n\x0bSetResponse\x12\x0e\n\x06stored\x18\x01 \x01(\r\"\x1d\n\rDeleteRequest\x12\x0c\n\x04keys\x18\x01 \x03(\t\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\r2\xef\x01\n\x0c\x43\x61\x63heService\x12\x46\n\x03Get\x12\x1e.meshserve.cache.v1.GetRequest\x1a\x1f.meshserve.cache.v1.GetResponse\x12\x46\n\x03Set\x12\x1e.meshserve.cache.v1.SetRequest\x1a\x1f.meshserve.cache.v1.SetResponse\x12O\n\x06\x44\x65lete\x12!.meshserve.cache.v1.DeleteRequest\x1a\".meshserve.cache.v1.DeleteResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1emeshserve/cache/v1/cache.proto\x12\x12meshserve.cache.v1\"%\n\x06Lookup\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06scopes\x18\x02 \x03(\t\"3\n\x05\x45ntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x0e\n\x06scopes\x18\x03 \x03(\t\"9\n\nGetRequest\x12+\n\x07lookups\x18\x01 \x03(\x0b\x32\x1a.meshserve.cache.v1.Lookup\"6\n\x0bGetResponse\x12\'\n\x04hits\x18\x01 \x03(\x0b\x32\x19.meshserve.cache.v1.Entry\"H\n\nSetRequest\x12*\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x19.meshserve.cache.v1.Entry\x12\x0e\n\x06ttl_ms\x18\x02 \x01(\r\"\x1d\n\x0bSetResponse\x12\x0e\n\x06stored\x18\x01 \x01(\r\"<\n\rDeleteRequest\x12+\n\x07lookups\x18\x01 \x03(\x0b\x32\x1a.meshserve.cache.v1.Lookup\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\r\"#\n\x11InvalidateRequest\x12\x0e\n\x06scopes\x18\x01 \x03(\t\"\x96\x01\n\x12InvalidateResponse\x12L\n\x0bgenerations\x18\x01 \x03(\x0b\x32\x37.meshserve.cache.v1.InvalidateResponse.GenerationsEntry\x1a\x32\n\x10GenerationsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\x0e\n\x0cStatsRequest\"l\n\rStatsResponse\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\x0c\n\x04hits\x18\x02 \x01(\x04\x12\x0e\n\x06misses\x18\x03 \x01(\x04\x12\x0c\n\x04sets\x18\x04 \x01(\x04\x12\x0f\n\x07\x65ntries\x18\x05 \x01(\x04\x12\r\n\x05\x62ytes\x18\x06 \x01(\x04\x32\x9a\x03\n\x0c\x43\x61\x63heService\x12\x46\n\x03Get\x12\x1e.meshserve.cache.v1.GetRequest\x1a\x1f.meshserve.cache.v1.GetResponse\x12\x46\n\x03Set\x12\x1e.meshserve.cache.v1.SetRequest\x1a\x1f.meshserve.cache.v1.SetResponse\x12O\n\x06\x44\x65lete\x12!.meshserve.cache.v1.DeleteRequest\x1a\".meshserve.cache.v1.DeleteResponse\x12[\n\nInvalidate\x12%.meshserve.cache.v1.InvalidateRequest\x1a&.meshserve.cache.v1.InvalidateResponse\x12L\n\x05Stats\x12 .meshserve.cache.v1.StatsRequest\x1a!.meshserve.cache.v1.StatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'meshserve.cache.v1.cache_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ENTRY']._serialized_start=54
-  _globals['_ENTRY']._serialized_end=89
-  _globals['_GETREQUEST']._serialized_start=91
-  _globals['_GETREQUEST']._serialized_end=117
-  _globals['_GETRESPONSE']._serialized_start=119
-  _globals['_GETRESPONSE']._serialized_end=173
-  _globals['_SETREQUEST']._serialized_start=175
-  _globals['_SETREQUEST']._serialized_end=247
-  _globals['_SETRESPONSE']._serialized_start=249
-  _globals['_SETRESPONSE']._serialized_end=278
-  _globals['_DELETEREQUEST']._serialized_start=280
-  _globals['_DELETEREQUEST']._serialized_end=309
-  _globals['_DELETERESPONSE']._serialized_start=311
-  _globals['_DELETERESPONSE']._serialized_end=344
-  _globals['_CACHESERVICE']._serialized_start=347
-  _globals['_CACHESERVICE']._serialized_end=586
+  _globals['_INVALIDATERESPONSE_GENERATIONSENTRY']._loaded_options = None
+  _globals['_INVALIDATERESPONSE_GENERATIONSENTRY']._serialized_options = b'8\001'
+  _globals['_LOOKUP']._serialized_start=54
+  _globals['_LOOKUP']._serialized_end=91
+  _globals['_ENTRY']._serialized_start=93
+  _globals['_ENTRY']._serialized_end=144
+  _globals['_GETREQUEST']._serialized_start=146
+  _globals['_GETREQUEST']._serialized_end=203
+  _globals['_GETRESPONSE']._serialized_start=205
+  _globals['_GETRESPONSE']._serialized_end=259
+  _globals['_SETREQUEST']._serialized_start=261
+  _globals['_SETREQUEST']._serialized_end=333
+  _globals['_SETRESPONSE']._serialized_start=335
+  _globals['_SETRESPONSE']._serialized_end=364
+  _globals['_DELETEREQUEST']._serialized_start=366
+  _globals['_DELETEREQUEST']._serialized_end=426
+  _globals['_DELETERESPONSE']._serialized_start=428
+  _globals['_DELETERESPONSE']._serialized_end=461
+  _globals['_INVALIDATEREQUEST']._serialized_start=463
+  _globals['_INVALIDATEREQUEST']._serialized_end=498
+  _globals['_INVALIDATERESPONSE']._serialized_start=501
+  _globals['_INVALIDATERESPONSE']._serialized_end=651
+  _globals['_INVALIDATERESPONSE_GENERATIONSENTRY']._serialized_start=601
+  _globals['_INVALIDATERESPONSE_GENERATIONSENTRY']._serialized_end=651
+  _globals['_STATSREQUEST']._serialized_start=653
+  _globals['_STATSREQUEST']._serialized_end=667
+  _globals['_STATSRESPONSE']._serialized_start=669
+  _globals['_STATSRESPONSE']._serialized_end=777
+  _globals['_CACHESERVICE']._serialized_start=780
+  _globals['_CACHESERVICE']._serialized_end=1190
 # @@protoc_insertion_point(module_scope)

@@ -49,6 +49,16 @@ class CacheServiceStub:
                 request_serializer=meshserve_dot_cache_dot_v1_dot_cache__pb2.DeleteRequest.SerializeToString,
                 response_deserializer=meshserve_dot_cache_dot_v1_dot_cache__pb2.DeleteResponse.FromString,
                 _registered_method=True)
+        self.Invalidate = channel.unary_unary(
+                '/meshserve.cache.v1.CacheService/Invalidate',
+                request_serializer=meshserve_dot_cache_dot_v1_dot_cache__pb2.InvalidateRequest.SerializeToString,
+                response_deserializer=meshserve_dot_cache_dot_v1_dot_cache__pb2.InvalidateResponse.FromString,
+                _registered_method=True)
+        self.Stats = channel.unary_unary(
+                '/meshserve.cache.v1.CacheService/Stats',
+                request_serializer=meshserve_dot_cache_dot_v1_dot_cache__pb2.StatsRequest.SerializeToString,
+                response_deserializer=meshserve_dot_cache_dot_v1_dot_cache__pb2.StatsResponse.FromString,
+                _registered_method=True)
 
 
 class CacheServiceServicer:
@@ -72,6 +82,18 @@ class CacheServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Invalidate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Stats(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CacheServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -89,6 +111,16 @@ def add_CacheServiceServicer_to_server(servicer, server):
                     servicer.Delete,
                     request_deserializer=meshserve_dot_cache_dot_v1_dot_cache__pb2.DeleteRequest.FromString,
                     response_serializer=meshserve_dot_cache_dot_v1_dot_cache__pb2.DeleteResponse.SerializeToString,
+            ),
+            'Invalidate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Invalidate,
+                    request_deserializer=meshserve_dot_cache_dot_v1_dot_cache__pb2.InvalidateRequest.FromString,
+                    response_serializer=meshserve_dot_cache_dot_v1_dot_cache__pb2.InvalidateResponse.SerializeToString,
+            ),
+            'Stats': grpc.unary_unary_rpc_method_handler(
+                    servicer.Stats,
+                    request_deserializer=meshserve_dot_cache_dot_v1_dot_cache__pb2.StatsRequest.FromString,
+                    response_serializer=meshserve_dot_cache_dot_v1_dot_cache__pb2.StatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -172,6 +204,60 @@ class CacheService:
             '/meshserve.cache.v1.CacheService/Delete',
             meshserve_dot_cache_dot_v1_dot_cache__pb2.DeleteRequest.SerializeToString,
             meshserve_dot_cache_dot_v1_dot_cache__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Invalidate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshserve.cache.v1.CacheService/Invalidate',
+            meshserve_dot_cache_dot_v1_dot_cache__pb2.InvalidateRequest.SerializeToString,
+            meshserve_dot_cache_dot_v1_dot_cache__pb2.InvalidateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Stats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshserve.cache.v1.CacheService/Stats',
+            meshserve_dot_cache_dot_v1_dot_cache__pb2.StatsRequest.SerializeToString,
+            meshserve_dot_cache_dot_v1_dot_cache__pb2.StatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -64,6 +64,10 @@ class LruTtlCache:
             self._remove(next(iter(self._entries)))
         return stored
 
+    def clear(self) -> None:
+        self._entries.clear()
+        self.size = 0
+
     def delete_many(self, keys: Iterable[str]) -> int:
         return sum(self._remove(key) for key in keys)
 

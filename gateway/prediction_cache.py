@@ -1,0 +1,135 @@
+"""The gateway's side of prediction caching: a small near-cache in this process in front of the shared cache
+service, scoped keys for invalidation, single-flight for identical misses, and counters. No gRPC here.
+
+Never a new failure: a slow or failing cache service is bypassed within a small budget and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from gateway.cache_keys import decode_score, encode_score
+from gateway.clients import CacheClient, CacheUnavailable
+from gateway.routes import Route
+from meshserve.lru import LruTtlCache
+
+log = logging.getLogger(__name__)
+
+
+def prediction_scopes(route: str, model: str, entity: str, entity_key: str) -> list[str]:
+    """What a cached prediction depends on: the route's live state, the model's weights, the entity's features."""
+    return [f"route:{route}", f"model:{model}", f"entity:{entity}:{entity_key}"]
+
+
+@dataclass
+class RouteCacheStats:
+    near_hits: int = 0
+    hits: int = 0
+    misses: int = 0
+    bypasses: int = 0  # cache calls that failed or were too slow
+    coalesced: int = 0  # misses that waited for an identical one in flight instead of scoring again
+    invalidations: int = 0
+
+    @property
+    def hit_ratio(self) -> float:
+        looked = self.near_hits + self.hits + self.misses
+        return (self.near_hits + self.hits) / looked if looked else 0.0
+
+
+@dataclass
+class PredictionCache:
+    client: CacheClient
+    timeout_s: float
+    near: LruTtlCache | None = None
+    stats: dict[str, RouteCacheStats] = field(default_factory=dict)
+    _in_flight: dict[str, asyncio.Future] = field(default_factory=dict)
+    _background: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def route_stats(self, route: str) -> RouteCacheStats:
+        return self.stats.setdefault(route, RouteCacheStats())
+
+    async def get(self, route_name: str, lookups: Sequence[tuple[str, list[str]]]) -> dict[str, float]:
+        stats = self.route_stats(route_name)
+        found: dict[str, float] = {}
+        if self.near is not None:
+            found = {k: decode_score(v) for k, v in self.near.get_many([k for k, _ in lookups]).items()}
+            stats.near_hits += len(found)
+        remote = [(k, s) for k, s in lookups if k not in found]
+        if not remote:
+            return found
+        started = time.perf_counter()
+        try:
+            hits = await self.client.get(remote, self.timeout_s)
+        except CacheUnavailable as exc:
+            stats.bypasses += 1
+            log.warning("cache bypassed on read", extra={"reason": str(exc), "route": route_name})
+            stats.misses += len(remote)
+            return found
+        stats.hits += len(hits)
+        stats.misses += len(remote) - len(hits)
+        if self.near is not None and hits:
+            self.near.set_many(hits.items())
+        log.debug("cache read", extra={"route": route_name, "ms": (time.perf_counter() - started) * 1000})
+        return found | {k: decode_score(v) for k, v in hits.items()}
+
+    def put(self, route_name: str, route: Route, items: Sequence[tuple[str, list[str], float]]) -> None:
+        """Store answers without making the caller wait: near-cache now, cache service in the background."""
+        encoded = [(k, s, encode_score(v)) for k, s, v in items]
+        encoded = [(k, s, v) for k, s, v in encoded if len(k) + len(v) <= route.cache.max_entry_bytes]
+        if not encoded:
+            return
+        if self.near is not None:
+            self.near.set_many((k, v) for k, _, v in encoded)
+
+        async def store() -> None:
+            try:
+                await self.client.set(encoded, route.cache.ttl_s, self.timeout_s)
+            except CacheUnavailable as exc:
+                self.route_stats(route_name).bypasses += 1
+                log.warning("cache bypassed on write", extra={"reason": str(exc), "route": route_name})
+
+        task = asyncio.create_task(store())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def invalidate(self, scopes: Sequence[str], route_name: str | None = None) -> dict[str, int]:
+        """Make every entry in these scopes unreachable, here and in the shared cache."""
+        if self.near is not None:
+            self.near.clear()  # it cannot tell scopes apart; it refills within its short TTL
+        if route_name:
+            self.route_stats(route_name).invalidations += 1
+        return await self.client.invalidate(scopes, max(self.timeout_s, 1.0))
+
+    def claim(self, keys: Sequence[str]) -> tuple[list[int], dict[int, asyncio.Future]]:
+        """Single-flight for a batch of misses: the positions this caller must score (it leads them) and the
+        answers it should wait for instead, because an identical miss is already being scored."""
+        leading: list[int] = []
+        following: dict[int, asyncio.Future] = {}
+        loop = asyncio.get_running_loop()
+        for n, key in enumerate(keys):
+            future = self._in_flight.get(key)
+            if future is not None:
+                following[n] = future
+            else:
+                self._in_flight[key] = loop.create_future()
+                leading.append(n)
+        return leading, following
+
+    def settle(self, key: str, result: object = None, error: BaseException | None = None) -> None:
+        """Hand a led key's answer (or failure) to whoever waits for it, and release the key."""
+        future = self._in_flight.pop(key, None)
+        if future is None or future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+            future.exception()  # marked retrieved: followers see it, nobody is warned about it
+        else:
+            future.set_result(result)
+
+    async def drain(self) -> None:
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)

@@ -1,0 +1,758 @@
+"""deploy/k8s against the code it runs, without a cluster and without kustomize.
+
+The base and each overlay are rendered here by a small kustomize that knows only the features our
+kustomization files use (and refuses any other), then validated against the Kubernetes schemas and checked
+against our settings classes, docker-compose.yml and the files the ConfigMaps copy. Where `kubectl` is installed,
+one more test asserts that its kustomize renders exactly what ours does, so the checks hold for the real output.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from pydantic_settings import BaseSettings
+
+from gateway.routes import load_routes
+from gateway.settings import GatewaySettings
+from meshserve.registry import load_registry
+from services.cache.settings import CacheSettings
+from services.feature.settings import FeatureSettings
+from services.inference.settings import InferenceSettings
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+K8S = REPO_ROOT / "deploy" / "k8s"
+BUILDS = {"base": K8S / "base", "local": K8S / "overlays" / "local", "gpu": K8S / "overlays" / "gpu"}
+ADAPTER_RULES = K8S / "monitoring" / "prometheus-adapter-rules.yaml"
+NAMESPACE = "meshserve"
+KUBERNETES_VERSION = (
+    "1.30"  # the oldest we support: grpc probes are GA since 1.27, the preStop sleep since 1.30
+)
+
+# Deployment -> the settings class its `python -m` builds (the same names as in docker-compose.yml).
+SETTINGS: dict[str, type[BaseSettings]] = {
+    "gateway": GatewaySettings,
+    "feature": FeatureSettings,
+    "cache": CacheSettings,
+    "inference": InferenceSettings,
+}
+# Copies kustomize may read (inside the kustomization root) -> the file each one must equal.
+COPIES = {
+    "base/envoy/envoy.yaml": "deploy/envoy/envoy.yaml",
+    "base/config/routes.yaml": "meshserve/defaults/routes.yaml",
+    "base/config/features.yaml": "meshserve/defaults/features.yaml",
+}
+NEED_DISRUPTION_BUDGETS = {"envoy", "gateway", "inference", "triton"}
+TRITON_DEFAULTS = {
+    "--http-port": 8000,
+    "--grpc-port": 8001,
+    "--metrics-port": 8002,
+    "--exit-timeout-secs": 30,
+}
+CLUSTER_SCOPED = {"Namespace", "PersistentVolume", "StorageClass", "ClusterRole", "ClusterRoleBinding"}
+
+
+# -- a small kustomize ---------------------------------------------------------------------------------------
+KUSTOMIZATION_KEYS = {
+    "apiVersion",
+    "kind",
+    "namespace",
+    "resources",
+    "configMapGenerator",
+    "patches",
+    "replicas",
+}
+MERGE_KEYS = {"containers": "name", "initContainers": "name", "env": "name", "volumes": "name"}
+MERGE_KEYS |= {"volumeMounts": "mountPath", "tolerations": None, "args": None, "command": None}
+
+
+def inside(root: Path, relative: str) -> Path:
+    """A file a kustomization names; like kustomize, refuse one outside its directory."""
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise PermissionError(f"{relative}: kustomize reads no file outside {root}")
+    return path
+
+
+def load_docs(path: Path) -> list[dict]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def strategic_merge(base: Any, patch: Any, field: str = "") -> Any:
+    """Kubernetes' strategic merge, as far as our patches need it: maps merge, null deletes, lists of named
+    items merge by their key, other lists are replaced."""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        merged = dict(base)
+        for key, value in patch.items():
+            if key.startswith("$"):
+                raise NotImplementedError(f"patch directive {key} inside a resource")
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = strategic_merge(merged[key], value, key) if key in merged else value
+        return merged
+    if isinstance(base, list) and isinstance(patch, list):
+        key = MERGE_KEYS.get(field, "containerPort" if field == "ports" else None)
+        if field == "ports" and not all("containerPort" in item for item in base + patch):
+            key = "port"  # a Service's ports
+        if key is None:
+            return patch
+        merged = list(base)
+        for item in patch:
+            at = [i for i, existing in enumerate(merged) if existing.get(key) == item.get(key)]
+            if at:
+                merged[at[0]] = strategic_merge(merged[at[0]], item)
+            else:
+                merged.append(item)
+        return merged
+    return patch
+
+
+def api_group(api_version: str) -> str:
+    return api_version.rpartition("/")[0]  # "apps/v1" -> "apps", "v1" -> "" (the core group)
+
+
+def same_object(doc: dict, patch: dict) -> bool:
+    """Whether `patch` targets `doc`: kustomize matches group, kind, name and (if the patch says) namespace."""
+    return (
+        doc["kind"] == patch["kind"]
+        and api_group(doc["apiVersion"]) == api_group(patch["apiVersion"])
+        and doc["metadata"]["name"] == patch["metadata"]["name"]
+        and patch["metadata"].get("namespace", doc["metadata"].get("namespace"))
+        == doc["metadata"].get("namespace")
+    )
+
+
+def kustomize(root: Path) -> list[dict]:
+    kustomization = yaml.safe_load((root / "kustomization.yaml").read_text())
+    unknown = set(kustomization) - KUSTOMIZATION_KEYS
+    if unknown:
+        raise NotImplementedError(f"{root}: this test's kustomize does not know {sorted(unknown)}")
+    docs: list[dict] = []
+    for entry in kustomization.get("resources", []):
+        path = (root / entry).resolve()
+        docs += kustomize(path) if path.is_dir() else load_docs(inside(root, entry))
+    for generator in kustomization.get("configMapGenerator", []):
+        if set(generator) - {"name", "files"}:
+            raise NotImplementedError(f"configMapGenerator {generator['name']}: only name and files")
+        data = {}
+        for spec in generator["files"]:
+            key, _, relative = spec.rpartition("=")
+            data[key or Path(relative).name] = inside(root, relative).read_text()
+        docs.append(
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": generator["name"]}, "data": data}
+        )
+    for entry in kustomization.get("patches", []):
+        if set(entry) != {"path"}:
+            raise NotImplementedError(f"patch {entry}: only `path` (a strategic-merge patch)")
+        patch = yaml.safe_load(inside(root, entry["path"]).read_text())
+        targets = [i for i, doc in enumerate(docs) if same_object(doc, patch)]
+        assert len(targets) == 1, f"{root / entry['path']} matches {len(targets)} resources"
+        if patch.get("$patch") == "delete":
+            del docs[targets[0]]
+        else:
+            docs[targets[0]] = strategic_merge(docs[targets[0]], patch)
+    for entry in kustomization.get("replicas", []):
+        targets = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == entry["name"]]
+        assert len(targets) == 1, f"{root}: replicas for {entry['name']}, which is no Deployment"
+        targets[0]["spec"]["replicas"] = entry["count"]
+    if "namespace" in kustomization:
+        for doc in docs:
+            if doc["kind"] not in CLUSTER_SCOPED:
+                doc["metadata"]["namespace"] = kustomization["namespace"]
+    return docs
+
+
+def generator_names(root: Path) -> set[str]:
+    kustomization = yaml.safe_load((root / "kustomization.yaml").read_text())
+    names = {g["name"] for g in kustomization.get("configMapGenerator", [])}
+    for entry in kustomization.get("resources", []):
+        if (root / entry).is_dir():
+            names |= generator_names((root / entry).resolve())
+    return names
+
+
+# -- what a render holds -------------------------------------------------------------------------------------
+class Render:
+    def __init__(self, name: str, docs: list[dict]) -> None:
+        self.name, self.docs = name, docs
+
+    def of(self, kind: str) -> dict[str, dict]:
+        found = {d["metadata"]["name"]: d for d in self.docs if d["kind"] == kind}
+        assert len(found) == len([d for d in self.docs if d["kind"] == kind]), f"duplicate {kind} names"
+        return found
+
+    def deployment(self, name: str) -> dict:
+        return self.of("Deployment")[name]
+
+    def container(self, name: str) -> dict:
+        (container,) = [
+            c for c in self.deployment(name)["spec"]["template"]["spec"]["containers"] if c["name"] == name
+        ]
+        return container
+
+    def selected(self, selector: dict[str, str]) -> list[str]:
+        """The Deployments whose pods carry every label of `selector`."""
+        assert selector, "an empty selector selects every pod"
+        return [
+            name
+            for name, d in self.of("Deployment").items()
+            if selector.items() <= d["spec"]["template"]["metadata"].get("labels", {}).items()
+        ]
+
+
+@pytest.fixture(scope="module", params=list(BUILDS))
+def render(request) -> Render:
+    return Render(request.param, kustomize(BUILDS[request.param]))
+
+
+@pytest.fixture(scope="module")
+def overlays() -> dict[str, Render]:
+    return {name: Render(name, kustomize(BUILDS[name])) for name in ("local", "gpu")}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, dict]:
+    return yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())["services"]
+
+
+def environment(container: dict) -> dict[str, str]:
+    env = {}
+    for variable in container.get("env", []):
+        assert "value" in variable, f"{variable['name']}: only literal values here"
+        env[variable["name"]] = variable["value"]
+    return env
+
+
+def load_settings(deployment: str, render: Render) -> BaseSettings:
+    """Build a service's settings from its container's environment alone, as its pod would."""
+    env = environment(render.container(deployment))
+    with pytest.MonkeyPatch.context() as patch:
+        for variable in [v for v in os.environ if v.startswith("MESHSERVE_")]:
+            patch.delenv(variable)
+        for variable, value in env.items():
+            patch.setenv(variable, value)
+        return SETTINGS[deployment]()
+
+
+def argv(container: dict) -> list[str]:
+    return [*container.get("command", []), *container.get("args", [])]
+
+
+def flag(args: list[str], name: str) -> int:
+    values = [a.split("=", 1)[1] for a in args if a.startswith(f"{name}=")]
+    return int(values[-1]) if values else TRITON_DEFAULTS[name]
+
+
+def envoy_config() -> dict:
+    return yaml.safe_load((K8S / "base" / "envoy" / "envoy.yaml").read_text())
+
+
+def socket_addresses(node: Any) -> Iterator[dict]:
+    if isinstance(node, dict):
+        if "socket_address" in node:
+            yield node["socket_address"]
+        for value in node.values():
+            yield from socket_addresses(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from socket_addresses(value)
+
+
+def listening_port(name: str, render: Render) -> int:
+    """The port the process of Deployment `name` serves gRPC on, by its own configuration."""
+    if name in SETTINGS:
+        return load_settings(name, render).port
+    if name == "triton":
+        return flag(argv(render.container("triton")), "--grpc-port")
+    raise AssertionError(f"no known gRPC port for {name}")
+
+
+def container_port(container: dict, port: int | str) -> int:
+    """A port a probe or Service names, by number or name; it must be one the container declares."""
+    declared = {p.get("name"): p["containerPort"] for p in container.get("ports", [])}
+    if isinstance(port, str):
+        assert port in declared, f"{container['name']}: no container port named {port!r}"
+        return declared[port]
+    assert port in declared.values(), f"{container['name']}: port {port} is not a declared container port"
+    return port
+
+
+def service_backend(render: Render, host: str, port: int) -> tuple[str, int]:
+    """Follow `host:port` through a Service to (Deployment, container port)."""
+    name, _, domain = host.partition(".")
+    assert domain in ("", NAMESPACE, f"{NAMESPACE}.svc", f"{NAMESPACE}.svc.cluster.local"), f"{host}"
+    assert name in render.of("Service"), f"{host}:{port} names no Service"
+    service = render.of("Service")[name]
+    ports = [p for p in service["spec"]["ports"] if p["port"] == port]
+    assert ports, f"{host}:{port}: Service {name} has no port {port}"
+    (deployment,) = render.selected(service["spec"]["selector"])
+    return deployment, container_port(render.container(deployment), ports[0].get("targetPort", port))
+
+
+QUANTITY = re.compile(r"^(\d+(?:\.\d+)?)(m|Ki|Mi|Gi|Ti|k|M|G|T)?$")
+UNITS = {None: 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+UNITS["Ti"] = 2**40
+
+
+def quantity(value: str | int | float) -> float:
+    match = QUANTITY.match(str(value))
+    assert match, f"not a quantity: {value!r}"
+    return float(match.group(1)) * UNITS[match.group(2)]
+
+
+# -- the renders are valid Kubernetes ------------------------------------------------------------------------
+def test_every_object_validates_against_the_kubernetes_schema(render):
+    for doc in render.docs:
+        kubernetes_validate.validate(doc, desired_version=KUBERNETES_VERSION, strict=True)
+
+
+def test_every_namespaced_object_lands_in_the_meshserve_namespace(render):
+    assert render.of("Namespace").keys() == {NAMESPACE}
+    for doc in render.docs:
+        if doc["kind"] not in CLUSTER_SCOPED:
+            assert doc["metadata"]["namespace"] == NAMESPACE, doc["metadata"]["name"]
+
+
+def test_the_mesh_is_all_there(render):
+    assert render.of("Deployment").keys() == {"envoy", "triton", *SETTINGS}
+    assert render.of("Service").keys() == {"envoy", "triton", *SETTINGS}
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with its kustomize) is not installed")
+@pytest.mark.parametrize("build", list(BUILDS))
+def test_kubectl_kustomize_renders_what_this_test_checks(build):
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(BUILDS[build])], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
+    hashed = re.compile(rf"^({'|'.join(map(re.escape, generator_names(BUILDS[build])))})-[a-z0-9]{{10}}$")
+
+    def unhash(
+        node: Any,
+    ) -> Any:  # generated names carry a content hash that this test's kustomize leaves out
+        if isinstance(node, dict):
+            return {
+                k: hashed.sub(r"\1", v) if k == "name" and isinstance(v, str) else unhash(v)
+                for k, v in node.items()
+            }
+        return [unhash(v) for v in node] if isinstance(node, list) else node
+
+    def by_identity(docs: list[dict]) -> dict[tuple[str, str], dict]:
+        return {(d["kind"], d["metadata"]["name"]): d for d in docs}
+
+    real = by_identity([unhash(d) for d in yaml.safe_load_all(out) if d])
+    ours = by_identity(kustomize(BUILDS[build]))
+    assert real.keys() == ours.keys()
+    for identity, doc in ours.items():
+        assert real[identity] == doc, identity
+
+
+def test_this_kustomize_refuses_files_outside_the_kustomization(tmp_path):
+    (tmp_path / "k").mkdir()
+    (tmp_path / "envoy.yaml").write_text("admin: {}\n")
+    (tmp_path / "k" / "kustomization.yaml").write_text(
+        "configMapGenerator:\n  - name: envoy-config\n    files: [envoy.yaml=../envoy.yaml]\n"
+    )
+    with pytest.raises(PermissionError):
+        kustomize(tmp_path / "k")
+
+
+# -- the copies kustomize reads ------------------------------------------------------------------------------
+@pytest.mark.parametrize("copy_path, source", list(COPIES.items()))
+def test_each_configmap_copy_equals_its_source(copy_path, source):
+    if not (REPO_ROOT / source).exists():
+        pytest.skip(f"{source} does not exist yet; {copy_path} cannot be compared with it")
+    assert (K8S / copy_path).read_text() == (REPO_ROOT / source).read_text(), (
+        f"deploy/k8s/{copy_path} differs from {source}: cp {source} deploy/k8s/{copy_path}"
+    )
+
+
+def test_every_generated_configmap_file_is_a_checked_copy():
+    kustomization = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())
+    files = [spec.rpartition("=")[2] for g in kustomization["configMapGenerator"] for spec in g["files"]]
+    for file in files:
+        assert (K8S / "base" / file).is_file(), f"base/{file} is missing"
+        assert f"base/{file}" in COPIES, (
+            f"base/{file} is generated into a ConfigMap but compared with nothing"
+        )
+
+
+# -- our processes, as docker-compose.yml runs them ----------------------------------------------------------
+def test_each_process_runs_the_command_and_image_compose_gives_it(render, compose):
+    for name in [*SETTINGS, "triton"]:
+        container = render.container(name)
+        assert argv(container) == compose[name]["command"], f"{name}: not the command of docker-compose.yml"
+        assert container["image"] == compose[name]["image"], name
+    for name, cls in SETTINGS.items():
+        assert argv(render.container(name)) == ["python", "-m", cls.__module__.removesuffix(".settings")], (
+            name
+        )
+
+
+def test_the_environment_compose_sets_is_set_here_too(render, compose):
+    for name in SETTINGS:
+        env = environment(render.container(name))
+        for variable, value in compose[name].get("environment", {}).items():
+            assert env.get(variable) == str(value), f"{name}: {variable} is {env.get(variable)!r} here"
+
+
+def test_every_meshserve_variable_is_a_field_of_that_service_settings(render):
+    for name in render.of("Deployment"):
+        for container in render.deployment(name)["spec"]["template"]["spec"]["containers"]:
+            for variable in environment(container):
+                if not variable.startswith("MESHSERVE_"):
+                    continue
+                assert name in SETTINGS, f"{name} is not a meshserve process but sets {variable}"
+                prefix = SETTINGS[name].model_config["env_prefix"]
+                assert variable.startswith(prefix), f"{name}: {variable} lacks the prefix {prefix}"
+                field = variable.removeprefix(prefix).lower()
+                assert field in SETTINGS[name].model_fields, f"{name}: {variable} is no setting of {name}"
+
+
+def test_our_services_accept_their_environment_and_listen_on_every_interface(render):
+    for name in SETTINGS:
+        settings = load_settings(name, render)  # raises on a value of the wrong type
+        assert settings.host == "0.0.0.0", f"{name} would be unreachable from other pods"
+        assert settings.port != 0, f"{name} needs a fixed port"
+        assert settings.port in {p["containerPort"] for p in render.container(name)["ports"]}, name
+
+
+def test_every_url_names_a_service_that_reaches_the_port_its_process_serves(render):
+    urls = 0
+    for name in SETTINGS:
+        for variable, value in environment(render.container(name)).items():
+            if variable.endswith("_URL"):
+                host, _, port = value.rpartition(":")
+                deployment, target = service_backend(render, host, int(port))
+                assert target == listening_port(deployment, render), f"{name}: {variable}={value}"
+                urls += 1
+    assert urls >= 4  # the gateway's three dependencies and the inference service's Triton
+
+
+def test_our_services_metrics_are_declared_and_announced_for_scraping(render):
+    for name in SETTINGS:
+        metrics_port = getattr(load_settings(name, render), "metrics_port", None)
+        assert metrics_port, f"{name}: no metrics port, so Prometheus has nothing to scrape"
+        assert container_port(render.container(name), "metrics") == metrics_port, name
+        annotations = render.deployment(name)["spec"]["template"]["metadata"].get("annotations", {})
+        assert annotations.get("prometheus.io/scrape") == "true", name
+        assert annotations.get("prometheus.io/port") == str(metrics_port), name
+
+
+def test_configured_files_are_mounted_from_a_configmap_and_load(render, tmp_path):
+    loaders = {"ROUTES_PATH": load_routes, "REGISTRY_PATH": load_registry}
+    checked = 0
+    for name in SETTINGS:
+        pod = render.deployment(name)["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        for variable, value in environment(render.container(name)).items():
+            suffix = variable.removeprefix(SETTINGS[name].model_config["env_prefix"])
+            if suffix not in loaders:
+                continue
+            path = Path(value)
+            mounts = [
+                m for m in render.container(name)["volumeMounts"] if Path(m["mountPath"]) == path.parent
+            ]
+            assert mounts, f"{name}: nothing is mounted at {path.parent} for {variable}"
+            configmap = volumes[mounts[0]["name"]].get("configMap")
+            assert configmap, f"{name}: {path.parent} is not a ConfigMap"
+            data = render.of("ConfigMap")[configmap["name"]]["data"]
+            assert path.name in data, f"{name}: ConfigMap {configmap['name']} has no {path.name}"
+            (tmp_path / path.name).write_text(data[path.name])
+            loaders[suffix](tmp_path / path.name)  # the service's own loader accepts it
+            checked += 1
+    assert checked >= 3  # the gateway's routes and registry, the feature service's registry
+
+
+def test_files_our_services_write_are_on_writable_volumes(render):
+    for name in SETTINGS:
+        settings = load_settings(name, render)
+        for field in ("audit_log", "db_path"):
+            value = getattr(settings, field, None)
+            if value is None or str(value) == ":memory:":
+                continue
+            path = Path(value)
+            assert path.is_absolute(), f"{name}: {field}={value} is relative to a read-only working directory"
+            writable = [
+                m
+                for m in render.container(name).get("volumeMounts", [])
+                if path.is_relative_to(m["mountPath"]) and not m.get("readOnly")
+            ]
+            assert writable, f"{name}: {field}={value} is on the read-only root filesystem"
+
+
+# -- health, probes, shutdown --------------------------------------------------------------------------------
+def test_every_probe_port_is_a_declared_container_port(render):
+    probes = 0
+    for name in render.of("Deployment"):
+        for container in render.deployment(name)["spec"]["template"]["spec"]["containers"]:
+            for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+                probe = container.get(kind)
+                for handler in ("grpc", "httpGet", "tcpSocket"):
+                    if probe and handler in probe:
+                        container_port(container, probe[handler]["port"])
+                        probes += 1
+    assert probes >= 14
+
+
+def test_our_services_are_probed_through_grpc_health_on_their_port(render):
+    for name in SETTINGS:
+        container, settings = render.container(name), load_settings(name, render)
+        for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert container[kind].get("grpc", {}).get("port") == settings.port, f"{name}: {kind}"
+        # NOT_SERVING until the dependencies are; the process gives up by itself after dependency_timeout_s,
+        # and liveness must not kill it sooner.
+        startup = container["startupProbe"]
+        budget = startup.get("initialDelaySeconds", 0) + startup.get("periodSeconds", 10) * startup.get(
+            "failureThreshold", 3
+        )
+        assert budget > settings.dependency_timeout_s, f"{name}: startup gives up after {budget}s"
+
+
+def test_triton_is_ready_only_when_its_models_are(render):
+    container = render.container("triton")
+    http = flag(argv(container), "--http-port")
+    readiness = container["readinessProbe"]
+    if "grpc" in readiness:
+        assert container_port(container, readiness["grpc"]["port"]) == flag(argv(container), "--grpc-port")
+    else:
+        assert readiness["httpGet"]["path"] == "/v2/health/ready"
+        assert container_port(container, readiness["httpGet"]["port"]) == http
+    assert "--strict-readiness=true" in argv(container)
+
+
+def test_termination_grace_outlasts_prestop_and_drain(render):
+    for name in [*SETTINGS, "triton"]:
+        pod = render.deployment(name)["spec"]["template"]["spec"]
+        pre_stop = (
+            render.container(name).get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
+        )
+        if name in SETTINGS:
+            drain = load_settings(name, render).grace_s
+        else:
+            drain = flag(argv(render.container(name)), "--exit-timeout-secs")
+        grace = pod.get("terminationGracePeriodSeconds", 30)
+        assert grace > pre_stop + drain, f"{name}: SIGKILL after {grace}s cuts {pre_stop}s + {drain}s short"
+
+
+# -- security and resources ----------------------------------------------------------------------------------
+def test_our_services_run_as_the_image_user_without_privileges(render):
+    uid = int(re.search(r"--uid (\d+)", (REPO_ROOT / "Dockerfile").read_text()).group(1))
+    for name in [*SETTINGS, "envoy"]:
+        pod = render.deployment(name)["spec"]["template"]["spec"]
+        security = {**pod.get("securityContext", {}), **render.container(name).get("securityContext", {})}
+        assert security.get("runAsNonRoot") is True, name
+        if name in SETTINGS:
+            assert security.get("runAsUser") == uid, f"{name}: not the Dockerfile's user {uid}"
+        assert security.get("allowPrivilegeEscalation") is False, name
+        assert security.get("readOnlyRootFilesystem") is True, name
+        assert "ALL" in security.get("capabilities", {}).get("drop", []), name
+
+
+def test_every_container_has_requests_within_limits(render):
+    for name, deployment in render.of("Deployment").items():
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            resources = container.get("resources", {})
+            for resource in ("cpu", "memory"):
+                request = resources.get("requests", {}).get(resource)
+                limit = resources.get("limits", {}).get(resource)
+                assert request is not None and limit is not None, f"{name}: {resource} request and limit"
+                assert quantity(request) <= quantity(limit), f"{name}: {resource} {request} > {limit}"
+
+
+def test_the_gateway_admin_api_is_closed_to_other_pods(render):
+    settings, container = load_settings("gateway", render), render.container("gateway")
+    for name, service in render.of("Service").items():  # no Service leads to it, whatever it binds to
+        if render.selected(service["spec"]["selector"]) == ["gateway"]:
+            for port in service["spec"]["ports"]:
+                target = port.get("targetPort", port["port"])
+                assert container_port(container, target) != settings.admin_port, f"Service {name}"
+    if settings.admin_host in ("127.0.0.1", "localhost"):  # only `kubectl port-forward` reaches it
+        return
+    policies = [
+        p
+        for p in render.of("NetworkPolicy").values()
+        if "Ingress" in p["spec"].get("policyTypes", ["Ingress"])
+        and p["spec"]["podSelector"].get("matchLabels", {}).items()
+        <= render.deployment("gateway")["spec"]["template"]["metadata"]["labels"].items()
+    ]
+    assert policies, f"the admin API listens on {settings.admin_host} and no NetworkPolicy guards it"
+    allowed = set()
+    for policy in policies:
+        for rule in policy["spec"].get("ingress", []):
+            assert rule.get("ports"), f"{policy['metadata']['name']}: a rule without ports admits every port"
+            allowed |= {container_port(container, p["port"]) for p in rule["ports"]}
+    assert settings.admin_port not in allowed
+    assert {settings.port, settings.metrics_port} <= allowed
+
+
+# -- Services, disruption budgets, the autoscaler ------------------------------------------------------------
+def test_deployment_selectors_match_their_own_pods(render):
+    for name, deployment in render.of("Deployment").items():
+        assert render.selected(deployment["spec"]["selector"]["matchLabels"]) == [name]
+
+
+def test_every_service_selects_one_deployment_on_declared_ports(render):
+    for name, service in render.of("Service").items():
+        selected = render.selected(service["spec"]["selector"])
+        assert len(selected) == 1, f"Service {name} selects {selected}"
+        containers = render.deployment(selected[0])["spec"]["template"]["spec"]["containers"]
+        for port in service["spec"]["ports"]:
+            target = port.get("targetPort", port["port"])
+            assert any(
+                target
+                in [p.get("name") for p in c.get("ports", [])]
+                + [p["containerPort"] for p in c.get("ports", [])]
+                for c in containers
+            ), f"Service {name}: targetPort {target} is no container port of {selected[0]}"
+
+
+def test_disruption_budgets_cover_the_serving_path_and_allow_a_drain(render):
+    covered = set()
+    for name, budget in render.of("PodDisruptionBudget").items():
+        selected = render.selected(budget["spec"]["selector"]["matchLabels"])
+        assert len(selected) == 1, f"PodDisruptionBudget {name} selects {selected}"
+        covered.add(selected[0])
+        replicas = render.deployment(selected[0])["spec"].get("replicas", 1)
+        if "minAvailable" in budget["spec"]:
+            assert budget["spec"]["minAvailable"] < replicas, f"{name}: no pod may ever be evicted"
+        else:
+            assert budget["spec"]["maxUnavailable"] >= 1, f"{name}: no pod may ever be evicted"
+    assert NEED_DISRUPTION_BUDGETS <= covered
+
+
+def test_triton_serves_the_model_repository_claim_read_only(render):
+    container = render.container("triton")
+    repository = [a.split("=", 1)[1] for a in argv(container) if a.startswith("--model-repository=")]
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == repository[0]]
+    assert mount.get("readOnly") is True
+    volumes = {v["name"]: v for v in render.deployment("triton")["spec"]["template"]["spec"]["volumes"]}
+    claim = volumes[mount["name"]]["persistentVolumeClaim"]["claimName"]
+    assert claim in render.of("PersistentVolumeClaim")
+    shm = [m for m in container["volumeMounts"] if m["mountPath"] == "/dev/shm"]
+    assert shm and volumes[shm[0]["name"]]["emptyDir"]["medium"] == "Memory", (
+        "the python backend needs /dev/shm"
+    )
+
+
+def adapter_rules() -> list[dict]:
+    (configmap,) = load_docs(ADAPTER_RULES)
+    kubernetes_validate.validate(configmap, desired_version=KUBERNETES_VERSION, strict=True)
+    return yaml.safe_load(configmap["data"]["config.yaml"])["rules"]
+
+
+def test_triton_autoscales_on_the_metric_the_adapter_rule_provides(render):
+    autoscalers = render.of("HorizontalPodAutoscaler")
+    if render.name == "local":
+        assert not autoscalers
+        return
+    autoscaler = autoscalers["triton"]
+    target = autoscaler["spec"]["scaleTargetRef"]
+    assert (target["apiVersion"], target["kind"]) == ("apps/v1", "Deployment")
+    assert target["name"] in render.of("Deployment")
+    assert "replicas" not in render.deployment(target["name"])["spec"], "the autoscaler owns the replicas"
+    assert 1 <= autoscaler["spec"]["minReplicas"] <= autoscaler["spec"]["maxReplicas"]
+    (metric,) = autoscaler["spec"]["metrics"]
+    assert metric["type"] == "Pods"
+    provided = {rule["name"]["as"]: rule for rule in adapter_rules()}
+    rule = provided[metric["pods"]["metric"]["name"]]
+    assert "nv_inference_queue_duration_us" in rule["seriesQuery"]
+    for needed in ("nv_inference_queue_duration_us", "nv_inference_request_success", "<<.LabelMatchers>>"):
+        assert needed in rule["metricsQuery"], needed
+    assert rule["resources"]["overrides"]["pod"] == {"resource": "pod"}  # a per-pod metric, as `Pods` needs
+    # Prometheus must scrape what the rule reads: Triton's metrics port, as its pods announce it.
+    annotations = render.deployment(target["name"])["spec"]["template"]["metadata"]["annotations"]
+    scraped = container_port(render.container("triton"), int(annotations["prometheus.io/port"]))
+    assert scraped == flag(argv(render.container("triton")), "--metrics-port")
+
+
+# -- the Envoy edge ------------------------------------------------------------------------------------------
+def test_envoy_mounts_its_config_and_declares_its_listeners(render):
+    config, container = envoy_config(), render.container("envoy")
+    listeners = {
+        a["port_value"]
+        for listener in config["static_resources"]["listeners"]
+        for a in socket_addresses(listener)
+    }
+    assert listeners <= {p["containerPort"] for p in container["ports"]}, (
+        "a listener without a container port"
+    )
+    config_path = Path(argv(container)[argv(container).index("-c") + 1])
+    (mount,) = [m for m in container["volumeMounts"] if Path(m["mountPath"]) == config_path.parent]
+    volumes = {v["name"]: v for v in render.deployment("envoy")["spec"]["template"]["spec"]["volumes"]}
+    assert config_path.name in render.of("ConfigMap")[volumes[mount["name"]]["configMap"]["name"]]["data"]
+
+
+def test_envoy_upstreams_are_services_that_reach_the_gateway(render):
+    clusters = envoy_config()["static_resources"]["clusters"]
+    upstreams = [a for cluster in clusters for a in socket_addresses(cluster)]
+    assert upstreams
+    for address in upstreams:
+        deployment, port = service_backend(render, address["address"], address["port_value"])
+        assert (deployment, port) == ("gateway", listening_port("gateway", render))
+    # STRICT_DNS balances across the addresses DNS returns; only a headless Service returns every pod.
+    if any(c.get("type") == "STRICT_DNS" for c in clusters):
+        assert render.of("Service")["gateway"]["spec"].get("clusterIP") == "None"
+
+
+# -- what each overlay changes -------------------------------------------------------------------------------
+def gpus(container: dict) -> list:
+    resources = container.get("resources", {})
+    return [
+        resources.get(kind, {}).get("nvidia.com/gpu")
+        for kind in ("requests", "limits")
+        if resources.get(kind, {}).get("nvidia.com/gpu")
+    ]
+
+
+def test_the_gpu_overlay_puts_triton_on_a_gpu_and_doubles_the_edge(overlays):
+    gpu = overlays["gpu"]
+    triton = gpu.deployment("triton")["spec"]["template"]["spec"]
+    assert int(gpu.container("triton")["resources"]["limits"]["nvidia.com/gpu"]) >= 1
+    assert triton.get("nodeSelector") or triton.get("affinity"), "Triton may land on a node without a GPU"
+    assert any(t.get("key") == "nvidia.com/gpu" for t in triton.get("tolerations", []))
+    for name in ("gateway", "envoy"):
+        assert gpu.deployment(name)["spec"]["replicas"] >= 2, name
+    assert gpu.of("HorizontalPodAutoscaler")["triton"]["spec"]["minReplicas"] >= 2
+    assert gpu.of("Service")["envoy"]["spec"].get("type") == "LoadBalancer"
+
+
+def test_the_local_overlay_asks_for_no_gpu_and_one_replica_each(overlays):
+    local = overlays["local"]
+    for name, deployment in local.of("Deployment").items():
+        assert deployment["spec"].get("replicas") == 1, name
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            assert not gpus(container), f"{name} asks for a GPU"
+        assert "nodeSelector" not in deployment["spec"]["template"]["spec"], name
+    assert "ReadOnlyMany" not in local.of("PersistentVolumeClaim")["triton-models"]["spec"]["accessModes"]
+
+
+def test_the_base_stays_neutral_about_gpus():
+    base = Render("base", kustomize(BUILDS["base"]))
+    for deployment in base.of("Deployment").values():
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            assert not gpus(container), deployment["metadata"]["name"]
+
+
+def test_strategic_merge_merges_named_lists_and_replaces_others():
+    base = {
+        "containers": [{"name": "a", "resources": {"limits": {"cpu": "1"}}}],
+        "tolerations": [{"key": "x"}],
+    }
+    patch = {
+        "containers": [{"name": "a", "resources": {"limits": {"nvidia.com/gpu": 1}}}],
+        "tolerations": [{"key": "y"}],
+    }
+    merged = strategic_merge(copy.deepcopy(base), patch)
+    assert merged["containers"] == [{"name": "a", "resources": {"limits": {"cpu": "1", "nvidia.com/gpu": 1}}}]
+    assert merged["tolerations"] == [{"key": "y"}]
+    assert strategic_merge({"a": 1, "b": 2}, {"b": None}) == {"a": 1}
