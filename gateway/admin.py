@@ -148,7 +148,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     async def InvalidateCache(self, request, context):
         self.live.get(request.route)
-        generations = await self.cache.invalidate([f"route:{request.route}"], request.route)
+        generations = await self.cache.invalidate([f"route:{request.route}"])
         self.live.audit.append(_who(context), "invalidate_cache", request.route, None, generations)
         return admin_pb2.InvalidateCacheResponse(generation=generations.get(f"route:{request.route}", 0))
 

@@ -47,6 +47,7 @@ class PredictionCache:
     near: LruTtlCache | None = None
     stats: dict[str, RouteCacheStats] = field(default_factory=dict)
     _in_flight: dict[str, asyncio.Future] = field(default_factory=dict)
+    _storing: set[str] = field(default_factory=set)  # answered keys whose cache write is still under way
     _background: set[asyncio.Task[None]] = field(default_factory=set)
 
     def route_stats(self, route: str) -> RouteCacheStats:
@@ -84,6 +85,8 @@ class PredictionCache:
             return
         if self.near is not None:
             self.near.set_many((k, v) for k, _, v in encoded)
+        keys = [k for k, _, _ in encoded]
+        self._storing.update(keys)
 
         async def store() -> None:
             try:
@@ -91,17 +94,24 @@ class PredictionCache:
             except CacheUnavailable as exc:
                 self.route_stats(route_name).bypasses += 1
                 log.warning("cache bypassed on write", extra={"reason": str(exc), "route": route_name})
+            finally:
+                for key in keys:  # written (or given up): readers find it in the cache from now on
+                    self._storing.discard(key)
+                    future = self._in_flight.get(key)
+                    if future is not None and future.done():
+                        del self._in_flight[key]
 
         task = asyncio.create_task(store())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def invalidate(self, scopes: Sequence[str], route_name: str | None = None) -> dict[str, int]:
+    async def invalidate(self, scopes: Sequence[str]) -> dict[str, int]:
         """Make every entry in these scopes unreachable, here and in the shared cache."""
         if self.near is not None:
             self.near.clear()  # it cannot tell scopes apart; it refills within its short TTL
-        if route_name:
-            self.route_stats(route_name).invalidations += 1
+        for scope in scopes:
+            if scope.startswith("route:"):
+                self.route_stats(scope.removeprefix("route:")).invalidations += 1
         return await self.client.invalidate(scopes, max(self.timeout_s, 1.0))
 
     def claim(self, keys: Sequence[str]) -> tuple[list[int], dict[int, asyncio.Future]]:
@@ -120,15 +130,20 @@ class PredictionCache:
         return leading, following
 
     def settle(self, key: str, result: object = None, error: BaseException | None = None) -> None:
-        """Hand a led key's answer (or failure) to whoever waits for it, and release the key."""
-        future = self._in_flight.pop(key, None)
+        """Hand a led key's answer (or failure) to whoever waits for it. A failure releases the key at once; an
+        answer stays claimable until `put` has written it to the cache service, so a request arriving in between
+        is not a second miss."""
+        future = self._in_flight.get(key)
         if future is None or future.done():
             return
         if error is not None:
+            del self._in_flight[key]
             future.set_exception(error)
             future.exception()  # marked retrieved: followers see it, nobody is warned about it
         else:
             future.set_result(result)
+            if key not in self._storing:
+                del self._in_flight[key]
 
     async def drain(self) -> None:
         if self._background:

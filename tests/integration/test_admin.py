@@ -6,19 +6,15 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 
-from gateway.service import GatewayService
-from gateway.settings import GatewaySettings
-from meshserve.admin.v1 import admin_pb2, admin_pb2_grpc
-from meshserve.core.channels import wait_until_serving
-from meshserve.feature.v1 import feature_pb2
-from meshserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from meshserve.admin.v1 import admin_pb2
+from meshserve.gateway.v1 import gateway_pb2
 from tests.helpers import feature_vector, score_directly, scrape
+from tests.integration.gateways import in_process_gateway
 
 ROUTES = """
 routes:
@@ -70,56 +66,10 @@ routes:
 """
 
 
-class Gateway:
-    def __init__(self, service: GatewayService, channel, admin_channel, routes_file: Path) -> None:
-        self.service = service
-        self.predict_stub = gateway_pb2_grpc.PredictionServiceStub(channel)
-        self.admin = admin_pb2_grpc.AdminServiceStub(admin_channel)
-        self.routes_file = routes_file
-
-    async def predict(
-        self, route: str, account: str = "acct-00011", amount: float = 90.0, timeout: float = 10
-    ):
-        request = gateway_pb2.PredictRequest(
-            route=route,
-            instances=[
-                gateway_pb2.Instance(
-                    entity_key=account,
-                    features={
-                        "amount": feature_pb2.Value(double_value=amount),
-                        "merchant_category": feature_pb2.Value(int64_value=4),
-                    },
-                )
-            ],
-        )
-        return (await self.predict_stub.Predict(request, timeout=timeout)).predictions[0]
-
-    async def status(self, route: str) -> admin_pb2.RouteStatus:
-        reply = await self.admin.ListRoutes(admin_pb2.ListRoutesRequest(), timeout=5)
-        return next(r for r in reply.routes if r.route == route)
-
-
 @pytest.fixture
 async def gateway(mesh, tmp_path):
-    routes_file = tmp_path / "routes.yaml"
-    routes_file.write_text(ROUTES)
-    service = GatewayService(
-        GatewaySettings(
-            port=0, admin_port=0, metrics_port=0, routes_path=routes_file, audit_log=tmp_path / "audit.jsonl",
-            feature_url=mesh.endpoints.feature, cache_url=mesh.endpoints.cache,
-            inference_url=mesh.endpoints.inference,
-        )
-    )  # fmt: skip
-    port = await service.start()
-    try:
-        async with (
-            grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
-            grpc.aio.insecure_channel(f"127.0.0.1:{service.admin_port}") as admin_channel,
-        ):
-            await wait_until_serving(channel, timeout_s=30)
-            yield Gateway(service, channel, admin_channel, routes_file)
-    finally:
-        await service.stop(1)
+    async with in_process_gateway(mesh, tmp_path, ROUTES) as gw:
+        yield gw
 
 
 async def test_weights_promote_and_rollback_change_traffic_and_are_audited(gateway):
