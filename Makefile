@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: up test unit gen lint format bench models lock clean
+.PHONY: up test unit gen lint format bench models lock clean system-deps
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "meshserve needs Python 3.11 or newer")'
@@ -17,8 +17,17 @@ $(STAMP): pyproject.toml constraints.txt
 up: $(STAMP)          ## run the whole mesh on its embedded defaults (gateway on 127.0.0.1:50051)
 	$(BIN)/meshserve up
 
-test: $(STAMP)        ## every test: unit, integration (real Triton) and end to end
+test: $(STAMP) system-deps  ## every test: unit, integration (real Triton, Redis, Envoy) and end to end
 	$(BIN)/pytest
+
+# The tests start a real redis-server and make a TLS certificate with openssl: Debian packages.
+system-deps:
+	@missing=""; for tool in redis-server openssl; do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else echo "the tests need:$$missing (e.g. sudo apt-get install -y$$missing)"; exit 1; fi; \
+	fi
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
