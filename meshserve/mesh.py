@@ -135,7 +135,7 @@ class LocalMesh:
             "feature": self._python(
                 "feature",
                 "services.feature",
-                env("FEATURE", port=port["feature"], registry_path=s.registry_path),
+                env("FEATURE", port=port["feature"], registry_path=s.registry_path, cache_url=ep.cache),
             ),
             "cache": self._python("cache", "services.cache", env("CACHE", port=port["cache"])),
             "inference": self._python(

@@ -29,7 +29,11 @@ async def mesh(tmp_path_factory, marker_dir) -> LocalMesh:
         run_dir=tmp_path_factory.mktemp("mesh"),
         grace_s=5.0,
         log_level="DEBUG",  # access logs, so tests can follow a request id across hops
-        extra_env={"MESHSERVE_TEST_MARKER_DIR": str(marker_dir), "MESHSERVE_TEST_SLOW_SECONDS": "1.0"},
+        extra_env={
+            "MESHSERVE_TEST_MARKER_DIR": str(marker_dir),
+            "MESHSERVE_TEST_SLOW_SECONDS": "1.0",
+            "MESHSERVE_GATEWAY_NEAR_CACHE_TTL_S": "0.2",  # bounds how long an invalidation can go unseen
+        },
     )
     local = LocalMesh(settings)
     await local.start()

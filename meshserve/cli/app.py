@@ -18,10 +18,12 @@ app.add_typer(models_app, name="models")
 def _register_admin_commands() -> None:
     from meshserve.cli.admin import canary_app, routes_app
     from meshserve.cli.deploy import deploy_app
+    from meshserve.cli.features import features_app
 
     app.add_typer(routes_app, name="routes")
     app.add_typer(canary_app, name="canary")
     app.add_typer(deploy_app, name="deploy")
+    app.add_typer(features_app, name="features")
 
 
 _register_admin_commands()

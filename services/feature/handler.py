@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
 from meshserve.core.errors import InvalidArgument, NotFound, ResourceExhausted
 from meshserve.registry import FeatureRegistry
-from services.feature.store import SqliteStore
+from services.feature.ingest import IncomingRow, validate_rows
+from services.feature.store import OnlineStore
 
 
 class Status(Enum):
@@ -35,14 +36,18 @@ class FeatureHandler:
     def __init__(
         self,
         registry: FeatureRegistry,
-        store: SqliteStore,
+        store: OnlineStore,
         max_keys: int,
         clock: Callable[[], float] = time.time,
+        on_update: Callable[[str, list[str]], Awaitable[object]] | None = None,
     ) -> None:
         self.registry = registry
         self.store = store
         self.max_keys = max_keys
         self.clock = clock
+        self.on_update = on_update  # told (entity, keys) after a write: cached predictions for them are stale
+        # per feature: how often each status was served (freshness, exported as metrics)
+        self.served: dict[str, dict[Status, int]] = {}
 
     async def get_online_features(
         self, entity: str, keys: Sequence[str], features: Sequence[str]
@@ -58,7 +63,7 @@ class FeatureHandler:
                 raise InvalidArgument(f"feature {name!r} is not a stored feature of entity {entity!r}")
         if any(not key for key in keys):
             raise InvalidArgument("entity_keys must not contain an empty key")
-        found = self.store.read(entity, list(dict.fromkeys(keys)), names)
+        found = await self.store.read(entity, list(dict.fromkeys(keys)), names)
         now = self.clock()
         rows = []
         for key in keys:
@@ -75,4 +80,16 @@ class FeatureHandler:
                     FeatureValue(value, Status.OUTSIDE_MAX_AGE if stale else Status.PRESENT, hit.event_ts)
                 )
             rows.append((key, values))
+        for n, name in enumerate(names):
+            counts = self.served.setdefault(name, dict.fromkeys(Status, 0))
+            for _, values in rows:
+                counts[values[n].status] += 1
         return FeatureRows(names, rows)
+
+    async def push(self, entity: str, rows: Sequence[IncomingRow]) -> int:
+        """Validate and write one batch, all or nothing; returns the values written."""
+        writes = validate_rows(self.registry, entity, rows, now=self.clock())
+        written = await self.store.write(entity, writes)
+        if self.on_update is not None:
+            await self.on_update(entity, sorted({row.entity_key for row in rows}))
+        return written

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import logging
-import time
 from importlib import resources
+from pathlib import Path
 
 from meshserve.core.lifecycle import GrpcService
 from meshserve.feature.v1 import feature_pb2, feature_pb2_grpc
 from meshserve.registry import load_registry
+from services.feature.files import read_rows
 from services.feature.handler import FeatureHandler
+from services.feature.invalidation import CacheInvalidator
 from services.feature.servicer import FeatureServicer
 from services.feature.settings import FeatureSettings
-from services.feature.store import SqliteStore, load_csv
+from services.feature.store import OnlineStore, RedisStore, SqliteStore
 
 log = logging.getLogger(__name__)
 
@@ -24,24 +26,34 @@ class FeatureService(GrpcService):
         super().__init__(settings)
         self.settings: FeatureSettings = settings
         self.registry = load_registry(settings.registry_path)
-        self.store = SqliteStore(settings.db_path)
-        self.handler = FeatureHandler(self.registry, self.store, settings.max_keys_per_request)
+        self.store: OnlineStore = (
+            RedisStore(settings.redis_url) if settings.redis_url else SqliteStore(settings.db_path)
+        )
+        self.invalidator = CacheInvalidator(settings.cache_url) if settings.cache_url else None
+        self.handler = FeatureHandler(
+            self.registry, self.store, settings.max_keys_per_request, on_update=self.invalidator
+        )
 
     def register(self, server):
         feature_pb2_grpc.add_FeatureServiceServicer_to_server(FeatureServicer(self.handler), server)
         return [feature_pb2.DESCRIPTOR.services_by_name["FeatureService"].full_name]
 
     async def until_ready(self) -> None:
-        if self.settings.seed and self.store.is_empty():
-            self._seed()
+        if isinstance(self.store, RedisStore):
+            await self.store.ping()
+        if self.settings.seed and await self.store.is_empty():
+            await self._seed()
 
-    def _seed(self) -> None:
+    async def _seed(self) -> None:
+        """Load the sample accounts through the same validation as any ingestion."""
         entity = self.settings.seed_entity
-        spec = self.registry.entities[entity]
+        join_key = self.registry.entities[entity].join_key
         source = self.settings.seed_csv or resources.files("meshserve.defaults").joinpath("accounts.csv")
         with resources.as_file(source) as path:
-            count = load_csv(self.store, entity, spec.join_key, path, event_ts=time.time())
+            count = await self.handler.push(entity, list(read_rows(Path(path), join_key)))
         log.info("seeded online store", extra={"entity": entity, "values": count, "source": str(source)})
 
     async def close(self) -> None:
-        self.store.close()
+        await self.store.close()
+        if self.invalidator is not None:
+            await self.invalidator.close()

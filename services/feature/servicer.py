@@ -6,7 +6,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from meshserve.core.telemetry import annotate
 from meshserve.feature.v1 import feature_pb2, feature_pb2_grpc
-from services.feature.handler import FeatureHandler, FeatureValue
+from services.feature.handler import FeatureHandler, FeatureValue, Status
+from services.feature.ingest import IncomingRow
 
 
 def _to_value(value: FeatureValue) -> feature_pb2.Value:
@@ -45,3 +46,34 @@ class FeatureServicer(feature_pb2_grpc.FeatureServiceServicer):
                 for key, values in result.rows
             ],
         )
+
+    async def PushFeatures(self, request_iterator, context):
+        batches = rows = values = 0
+        async for batch in request_iterator:
+            incoming = [_incoming(row) for row in batch.rows]
+            values += await self.handler.push(batch.entity, incoming)
+            batches += 1
+            rows += len(incoming)
+        return feature_pb2.PushFeaturesResponse(batches=batches, rows=rows, values=values)
+
+    async def GetFreshness(self, request, context):
+        return feature_pb2.GetFreshnessResponse(
+            features=[
+                feature_pb2.FeatureFreshness(
+                    feature=name,
+                    present=counts[Status.PRESENT],
+                    not_found=counts[Status.NOT_FOUND],
+                    outside_max_age=counts[Status.OUTSIDE_MAX_AGE],
+                )
+                for name, counts in sorted(self.handler.served.items())
+            ]
+        )
+
+
+def _incoming(row: feature_pb2.FeatureRow) -> IncomingRow:
+    values = {}
+    for name, value in row.values.items():
+        kind = value.WhichOneof("kind")
+        values[name] = getattr(value, kind) if kind else ""
+    event_ts = row.event_time.ToNanoseconds() / 1e9 if row.HasField("event_time") else None
+    return IncomingRow(int(row.line), row.entity_key, values, event_ts)

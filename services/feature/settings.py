@@ -22,3 +22,9 @@ class FeatureSettings(ServiceSettings):
     seed_entity: str = Field("account", description="entity whose rows seed_csv holds")
     seed: bool = Field(True, description="load seed_csv when the store is empty")
     max_keys_per_request: int = Field(1024, gt=0)
+    redis_url: str | None = Field(
+        None, description="redis://host:port/db for a shared online store; unset: SQLite"
+    )
+    cache_url: str | None = Field(
+        None, description="cache service (host:port) told which entities changed, so their cached answers go"
+    )

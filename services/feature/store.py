@@ -1,12 +1,36 @@
-"""The embedded online store: SQLite, one row per (entity, key, feature) with its event time."""
+"""Online stores behind one async contract: SQLite (embedded default) and Redis (shared by replicas).
+
+Rows are (entity_key, feature, value, event_ts). A write is one transaction: all of a batch lands, or none.
+"""
 
 from __future__ import annotations
 
-import csv
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Protocol
+
+import redis.asyncio as aioredis
+
+Row = tuple[str, str, float, float]  # entity_key, feature, value, event_ts (seconds since the epoch)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredValue:
+    value: float
+    event_ts: float
+
+
+class OnlineStore(Protocol):
+    name: str
+
+    async def is_empty(self) -> bool: ...
+    async def write(self, entity: str, rows: Iterable[Row]) -> int: ...
+    async def read(
+        self, entity: str, keys: Sequence[str], features: Sequence[str]
+    ) -> dict[tuple[str, str], StoredValue]: ...
+    async def close(self) -> None: ...
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS feature_values (
@@ -20,26 +44,21 @@ CREATE TABLE IF NOT EXISTS feature_values (
 """
 
 
-@dataclass(frozen=True, slots=True)
-class StoredValue:
-    value: float
-    event_ts: float  # seconds since the epoch
-
-
 class SqliteStore:
     """Lookups are indexed point reads of microseconds, so they run on the event loop rather than in a thread."""
+
+    name = "sqlite"
 
     def __init__(self, path: str) -> None:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
 
-    def is_empty(self) -> bool:
+    async def is_empty(self) -> bool:
         return self._db.execute("SELECT 1 FROM feature_values LIMIT 1").fetchone() is None
 
-    def write(self, entity: str, rows: Iterable[tuple[str, str, float, float]]) -> int:
-        """Upsert (entity_key, feature, value, event_ts) rows in one transaction; all or nothing."""
-        with self._db:
+    async def write(self, entity: str, rows: Iterable[Row]) -> int:
+        with self._db:  # BEGIN ... COMMIT, or ROLLBACK on any error
             self._db.execute("BEGIN")
             cursor = self._db.executemany(
                 "INSERT OR REPLACE INTO feature_values VALUES (?, ?, ?, ?, ?)",
@@ -47,7 +66,7 @@ class SqliteStore:
             )
             return cursor.rowcount
 
-    def read(
+    async def read(
         self, entity: str, keys: Sequence[str], features: Sequence[str]
     ) -> dict[tuple[str, str], StoredValue]:
         if not keys or not features:
@@ -59,18 +78,61 @@ class SqliteStore:
         rows = self._db.execute(query, (entity, *keys, *features))
         return {(key, feature): StoredValue(value, ts) for key, feature, value, ts in rows}
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self._db.close()
 
 
-def load_csv(store: SqliteStore, entity: str, join_key: str, path: Path, event_ts: float) -> int:
-    """Load a CSV whose columns are the join key and feature names; every value gets `event_ts`."""
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        rows = [
-            (record[join_key], feature, float(value), event_ts)
-            for record in reader
-            for feature, value in record.items()
-            if feature != join_key
-        ]
-    return store.write(entity, rows)
+class RedisStore:
+    """One hash per entity key: `<feature>` holds the value, `<feature>@ts` its event time."""
+
+    name = "redis"
+
+    def __init__(self, url: str, prefix: str = "meshserve:features:") -> None:
+        self.client = aioredis.Redis.from_url(url)
+        self.prefix = prefix
+
+    def _key(self, entity: str, key: str) -> str:
+        return f"{self.prefix}{entity}:{key}"
+
+    async def ping(self) -> None:
+        await self.client.ping()
+
+    async def is_empty(self) -> bool:
+        async for _ in self.client.scan_iter(match=f"{self.prefix}*", count=100):
+            return False
+        return True
+
+    async def write(self, entity: str, rows: Iterable[Row]) -> int:
+        mappings: dict[str, dict[str, float]] = {}
+        count = 0
+        for key, feature, value, ts in rows:
+            fields = mappings.setdefault(self._key(entity, key), {})
+            fields[feature], fields[f"{feature}@ts"] = float(value), float(ts)
+            count += 1
+        async with self.client.pipeline(transaction=True) as pipe:  # MULTI/EXEC: all or nothing
+            for redis_key, fields in mappings.items():
+                pipe.hset(redis_key, mapping=fields)
+            await pipe.execute()
+        return count
+
+    async def read(
+        self, entity: str, keys: Sequence[str], features: Sequence[str]
+    ) -> dict[tuple[str, str], StoredValue]:
+        if not keys or not features:
+            return {}
+        unique = list(dict.fromkeys(keys))
+        fields = [name for feature in features for name in (feature, f"{feature}@ts")]
+        async with self.client.pipeline(transaction=False) as pipe:
+            for key in unique:
+                pipe.hmget(self._key(entity, key), fields)
+            replies = await pipe.execute()
+        found = {}
+        for key, values in zip(unique, replies, strict=True):
+            for n, feature in enumerate(features):
+                value, ts = values[2 * n], values[2 * n + 1]
+                if value is not None and ts is not None:
+                    found[(key, feature)] = StoredValue(float(value), float(ts))
+        return found
+
+    async def close(self) -> None:
+        await self.client.aclose()

@@ -2,16 +2,21 @@
 
 The settings classes are the contract: a MESHSERVE_* variable they do not know, a URL naming a service or port
 that does not exist, or a service left listening on 127.0.0.1 would each start fine and fail only at run time.
+The same goes for what watches the mesh: a Prometheus target on the wrong port, a dashboard querying a metric
+nobody exports, or a trace endpoint naming no service would show up only as an empty graph.
 """
 
 from __future__ import annotations
 
+import inspect
+import json
 import os
 import re
 import shlex
 import socket
 from concurrent import futures
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import grpc
 import pytest
@@ -19,8 +24,13 @@ import yaml
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from pydantic_settings import BaseSettings
 
+from gateway.metrics import GatewayCollector
 from gateway.settings import GatewaySettings
 from meshserve.core import healthcheck
+from meshserve.core.metrics import ServiceMetrics
+from meshserve.core.telemetry import tracing_enabled
+from meshserve.deploy.envoy import DEFAULT_OUT as ENVOY_CONFIG
+from meshserve.mesh import triton_trace_args
 from services.cache.settings import CacheSettings
 from services.feature.settings import FeatureSettings
 from services.inference.settings import InferenceSettings
@@ -36,6 +46,69 @@ SETTINGS: dict[str, type[BaseSettings]] = {
     "gateway": GatewaySettings,
 }
 TRITON_DEFAULT_PORTS = {"grpc": 8001, "http": 8000, "metrics": 8002}  # unless its command says otherwise
+JAEGER_OTLP_PORTS = {"grpc": 4317, "http": 4318}  # the all-in-one image's OTLP receivers
+PROMETHEUS_PORT = 9090  # unless its command sets --web.listen-address
+REDIS_PORT = 6379
+
+# Each service that is no meshserve process: the image it must come from (repository, any pinned tag).
+IMAGES = {
+    "jaeger": "jaegertracing/all-in-one",
+    "prometheus": "prom/prometheus",
+    "grafana": "grafana/grafana",
+    "envoy": "envoyproxy/envoy",
+    "redis": "redis",
+}
+# Services whose image has nothing to run a healthcheck with (Jaeger's holds one static binary): the only ones
+# another service may wait on with `service_started` instead of `service_healthy`.
+NO_HEALTHCHECK_TOOL = {"jaeger"}
+
+PROMETHEUS_CONFIG = REPO_ROOT / "deploy/prometheus/prometheus.yml"
+GRAFANA = REPO_ROOT / "deploy/grafana"
+DASHBOARD = GRAFANA / "dashboards/meshserve.json"
+
+# The series our processes export (meshserve/core/metrics.py, gateway/metrics.py), as Prometheus names them.
+RPC_METRICS = (
+    "rpc_requests_total",
+    "rpc_latency_seconds_bucket",
+    "rpc_latency_seconds_sum",
+    "rpc_latency_seconds_count",
+    "rpc_in_flight",
+)
+OUR_METRICS = {f"meshserve_{name}_{metric}" for name in SETTINGS for metric in RPC_METRICS} | {
+    "meshserve_gateway_variant_weight",
+    "meshserve_gateway_variant_ejected",
+    "meshserve_gateway_attempts_total",
+    "meshserve_gateway_retries_total",
+    "meshserve_gateway_shadow_compared_total",
+    "meshserve_gateway_shadow_failed_total",
+    "meshserve_gateway_shadow_skipped_total",
+    "meshserve_gateway_shadow_mean_abs_score_diff",
+    "meshserve_gateway_shadow_label_agreement",
+    "meshserve_gateway_rollout_state",
+    "meshserve_gateway_rollout_step",
+}
+# Triton's, on its metrics port (Triton's user guide: docs/user_guide/metrics.md).
+TRITON_METRICS = {
+    "nv_inference_request_success",
+    "nv_inference_request_failure",
+    "nv_inference_count",
+    "nv_inference_exec_count",
+    "nv_inference_pending_request_count",
+    "nv_inference_request_duration_us",
+    "nv_inference_queue_duration_us",
+    "nv_inference_compute_input_duration_us",
+    "nv_inference_compute_infer_duration_us",
+    "nv_inference_compute_output_duration_us",
+    "nv_gpu_utilization",
+    "nv_gpu_memory_total_bytes",
+    "nv_gpu_memory_used_bytes",
+    "nv_gpu_power_usage",
+    "nv_gpu_power_limit",
+    "nv_energy_consumption",
+    "nv_cpu_utilization",
+    "nv_cpu_memory_total_bytes",
+    "nv_cpu_memory_used_bytes",
+}
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +158,51 @@ def listening_port(name: str, services: dict[str, dict], monkeypatch: pytest.Mon
         return load_settings(name, services, monkeypatch).port
     if name == "triton":
         return triton_port(services[name], "grpc")
+    if name == "redis":
+        return REDIS_PORT
     raise AssertionError(f"no known port for service {name!r}")
+
+
+def host_and_port(address: str) -> tuple[str, int | None]:
+    """`host:port`, `scheme://host:port/path` or `host` -> (host, port or None)."""
+    parts = urlsplit(address if "://" in address else f"//{address}")
+    return parts.hostname or "", parts.port
+
+
+def bind_mounts(service: dict) -> dict[str, Path]:
+    """A service's bind mounts: the path inside the container -> the host path, resolved in the repository."""
+    mounts = {}
+    for volume in service.get("volumes", []):
+        if isinstance(volume, dict):
+            if volume.get("type") == "bind":
+                mounts[volume["target"]] = (REPO_ROOT / volume["source"]).resolve()
+            continue
+        source, target = volume.split(":")[:2]
+        if source.startswith((".", "/")):
+            mounts[target] = (REPO_ROOT / source).resolve()
+    return mounts
+
+
+def published_ports(service: dict) -> set[tuple[int | None, int]]:
+    """(published, target) of each port a service publishes; published is None when Docker picks it."""
+    published = set()
+    for port in service.get("ports", []):
+        if isinstance(port, dict):
+            published.add((int(port["published"]), int(port["target"])))
+        else:
+            *host, target = str(port).split(":")
+            published.add((int(host[-1]) if host else None, int(target)))
+    return published
+
+
+def flag(args: list[str], name: str) -> str | None:
+    """The value of `--name=value` (or `--name value`, `-c value`) in a command line."""
+    for i, arg in enumerate(args):
+        if arg.startswith(f"{name}="):
+            return arg.removeprefix(f"{name}=")
+        if arg == name and i + 1 < len(args):
+            return args[i + 1]
+    return None
 
 
 def seconds(duration: str | int | float) -> float:
@@ -173,9 +290,9 @@ def test_every_url_names_a_service_and_the_port_it_listens_on(services, monkeypa
         for variable, value in environment(service).items():
             if not variable.endswith("_URL"):
                 continue
-            host, _, port = value.removeprefix("http://").rpartition(":")
+            host, port = host_and_port(value)
             assert host in services, f"{name}: {variable}={value} names no service"
-            assert port.isdigit() and int(port) == listening_port(host, services, monkeypatch), (
+            assert port == listening_port(host, services, monkeypatch), (
                 f"{name}: {variable}={value}, but {host} listens on {listening_port(host, services, monkeypatch)}"
             )
             urls += 1
@@ -197,10 +314,22 @@ def test_dependencies_exist_are_healthchecked_and_awaited_healthy(services):
             depends_on = {target: {"condition": "service_started"} for target in depends_on}
         for target, how in depends_on.items():
             assert target in services, f"{name} depends on a missing service {target}"
+            if target in NO_HEALTHCHECK_TOOL:
+                assert how.get("condition") == "service_started", f"{name}: {target} can never be healthy"
+                continue
             assert services[target].get("healthcheck", {}).get("test"), f"{target} has no healthcheck"
             assert how.get("condition") == "service_healthy", (
                 f"{name} does not wait for {target} to be healthy"
             )
+
+
+def test_every_service_has_a_healthcheck_unless_its_image_cannot_run_one(services):
+    for name, service in services.items():
+        test = service.get("healthcheck", {}).get("test")
+        if name in NO_HEALTHCHECK_TOOL:
+            assert not test, f"{name}: its image has no tool to run {test}"
+        else:
+            assert test and argv(test)[0] in ("CMD", "CMD-SHELL"), f"{name} has no healthcheck"
 
 
 def test_start_up_order(services):
@@ -223,20 +352,318 @@ def test_healthchecks_ask_each_process_on_its_own_port(services, monkeypatch):
 
 # -- what reaches the outside -------------------------------------------------------------------------------
 def test_gateway_is_published_on_50051(services, monkeypatch):
-    published = set()
-    for port in services["gateway"].get("ports", []):
-        if isinstance(port, dict):
-            published.add((int(port["published"]), int(port["target"])))
-        else:
-            *host, target = str(port).split(":")
-            published.add((int(host[-1]) if host else None, int(target)))
     gateway_port = load_settings("gateway", services, monkeypatch).port
-    assert (50051, gateway_port) in published
+    assert (50051, gateway_port) in published_ports(services["gateway"])
+
+
+def test_gateway_admin_api_is_reachable_from_the_host_only(services, monkeypatch):
+    settings = load_settings("gateway", services, monkeypatch)
+    assert settings.admin_host == "0.0.0.0", "on 127.0.0.1 the admin API cannot be published at all"
+    admin = [p for p in services["gateway"]["ports"] if str(p).endswith(f":{settings.admin_port}")]
+    assert admin == [f"127.0.0.1:{settings.admin_port}:{settings.admin_port}"], admin
+
+
+def test_gateway_audit_log_is_on_a_named_volume(services, monkeypatch):
+    audit_log = load_settings("gateway", services, monkeypatch).audit_log
+    assert audit_log.is_absolute(), "relative to the working directory, it would land in the container layer"
+    named = {}
+    for volume in services["gateway"].get("volumes", []):
+        source, target = volume.split(":")[:2]
+        if not source.startswith((".", "/")):
+            named[target] = source
+    holding = [target for target in named if audit_log.is_relative_to(target)]
+    assert holding, f"{audit_log} is on no named volume: the audit trail would die with the container"
+    assert named[holding[0]] in (yaml.safe_load(COMPOSE_FILE.read_text()).get("volumes") or {})
 
 
 def test_triton_reserves_the_gpus(services):
     devices = services["triton"]["deploy"]["resources"]["reservations"]["devices"]
     assert any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in devices)
+
+
+# -- the services around the mesh --------------------------------------------------------------------------
+def test_each_supporting_service_runs_a_pinned_image_of_its_kind(services):
+    for name, repository in IMAGES.items():
+        assert name in services, f"no {name} service"
+        image, _, tag = services[name]["image"].partition(":")
+        assert image == repository, f"{name} runs {image}, not {repository}"
+        assert tag and tag != "latest", f"{name}: pin a version, not {tag or 'latest'}"
+        assert "build" not in services[name], f"{name} runs the upstream image as it is"
+
+
+def test_named_volumes_are_declared(services):
+    declared = yaml.safe_load(COMPOSE_FILE.read_text()).get("volumes") or {}
+    for name, service in services.items():
+        for volume in service.get("volumes", []):
+            source = volume["source"] if isinstance(volume, dict) else volume.split(":", 1)[0]
+            if isinstance(volume, dict) and volume.get("type") != "volume":
+                continue
+            if not source.startswith((".", "/")):
+                assert source in declared, f"{name}: volume {source} is not declared"
+
+
+def test_redis_is_checked_with_redis_cli(services):
+    assert argv(services["redis"]["healthcheck"]["test"])[:3] == ["CMD", "redis-cli", "ping"]
+
+
+# -- tracing ------------------------------------------------------------------------------------------------
+def test_our_services_send_traces_to_jaeger(services):
+    assert services["jaeger"]["environment"]["COLLECTOR_OTLP_ENABLED"] == "true"
+    for name in SETTINGS:
+        env = environment(services[name])
+        assert tracing_enabled(env), f"{name}: no OTLP endpoint, so no spans"
+        assert "OTEL_SERVICE_NAME" not in env, f"{name}: keep the default name meshserve-{name}"
+        protocol = env.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        host, port = host_and_port(env["OTEL_EXPORTER_OTLP_ENDPOINT"])
+        assert host == "jaeger", f"{name}: traces go to {host}"
+        assert port == JAEGER_OTLP_PORTS["http" if protocol.startswith("http") else "grpc"], (
+            f"{name}: OTLP over {protocol} to port {port}"
+        )
+
+
+def test_triton_joins_the_trace_through_jaeger_over_otlp_http(services):
+    triton = services["triton"]
+    url = flag(argv(triton["command"]), "--trace-config=opentelemetry,url")
+    assert url is not None, "Triton exports no spans"
+    host, port = host_and_port(url)
+    assert (host, port, urlsplit(url).path) == ("jaeger", JAEGER_OTLP_PORTS["http"], "/v1/traces"), url
+    # The same settings `meshserve up` gives Triton; the batch delay may stay at Triton's default.
+    expected = [a for a in triton_trace_args(url, {}) if "bsp_" not in a]
+    missing = [a for a in expected if a not in argv(triton["command"])]
+    assert not missing, f"Triton's command lacks {missing}"
+    assert "jaeger" in triton.get("depends_on", {})
+
+
+# -- metrics ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def prometheus_config() -> dict:
+    return yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+
+
+def scrape_targets(config: dict) -> dict[str, list[str]]:
+    """job name -> its static targets."""
+    return {
+        job["job_name"]: [target for static in job.get("static_configs", []) for target in static["targets"]]
+        for job in config["scrape_configs"]
+    }
+
+
+def metrics_port(name: str, services: dict[str, dict], monkeypatch: pytest.MonkeyPatch) -> int | None:
+    if name in SETTINGS:
+        return load_settings(name, services, monkeypatch).metrics_port
+    if name == "triton":
+        return triton_port(services[name], "metrics")
+    return None
+
+
+def test_our_services_serve_metrics_on_a_fixed_port(services, monkeypatch):
+    for name in SETTINGS:
+        port = load_settings(name, services, monkeypatch).metrics_port
+        assert port, f"{name}: metrics are off or on a random port, so Prometheus cannot find them"
+
+
+def test_prometheus_loads_the_repository_config(services):
+    prometheus = services["prometheus"]
+    config_file = (
+        flag(argv(prometheus.get("command") or []), "--config.file") or "/etc/prometheus/prometheus.yml"
+    )
+    assert bind_mounts(prometheus).get(config_file) == PROMETHEUS_CONFIG
+
+
+def test_prometheus_scrapes_every_process_where_its_metrics_listen(services, prometheus_config, monkeypatch):
+    scraped = set()
+    for job, targets in scrape_targets(prometheus_config).items():
+        assert targets, f"job {job} scrapes nothing"
+        for target in targets:
+            host, port = host_and_port(target)
+            assert host in services, f"job {job}: {target} names no service"
+            expected = metrics_port(host, services, monkeypatch)
+            assert port == expected, f"job {job}: {target}, but {host} serves metrics on {expected}"
+            scraped.add(host)
+    assert scraped == {"triton", *SETTINGS}
+
+
+def exported_series(families) -> set[str]:
+    """The series names Prometheus stores for some metric families (no `_created`: nothing queries it)."""
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
+    return {family.name + suffix for family in families for suffix in suffixes[family.type]}
+
+
+class _NoState:
+    """Any of the gateway's live state, empty: no routes, shadows, rollouts or cache; every count zero."""
+
+    def __getattr__(self, name: str) -> _NoState:
+        return _NoState()
+
+    def items(self):
+        return iter(())
+
+    def __float__(self) -> float:
+        return 0.0
+
+
+def test_the_known_metric_names_are_what_our_code_exports():
+    exported = set()
+    for name in SETTINGS:
+        exported |= exported_series(ServiceMetrics(name).registry.collect())
+    state = [_NoState() for _ in inspect.signature(GatewayCollector).parameters]
+    exported |= exported_series(GatewayCollector(*state).collect())
+    assert OUR_METRICS <= exported, f"no longer exported: {sorted(OUR_METRICS - exported)}"
+
+
+# -- Grafana ------------------------------------------------------------------------------------------------
+PROMQL_WORDS = set("by without on ignoring group_left group_right bool and or unless offset inf nan".split())
+
+
+def promql_metrics(expr: str) -> set[str]:
+    """The metric names a PromQL expression reads: every bare name that is no function, keyword or label."""
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # label values, which may hold anything
+    expr = re.sub(r"\{[^}]*\}", " ", expr)  # label matchers
+    expr = re.sub(r"\[[^\]]*\]", " ", expr)  # range durations
+    expr = re.sub(
+        r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr
+    )  # label lists
+    names = re.finditer(r"(?<![\w.$])([a-zA-Z_:][\w:]*)(\s*\()?", expr)
+    return {m[1] for m in names if not m[2] and m[1].lower() not in PROMQL_WORDS}
+
+
+def test_promql_metrics_finds_names_and_skips_the_rest():
+    expr = (
+        'histogram_quantile(0.99, sum by (le) (rate(a_bucket{method!~"/x.y/.*", route=~"$route"}[5m])))'
+        " / on (route) group_left () sum without (le) (b) > bool 1e3 and c offset 5m"
+    )
+    assert promql_metrics(expr) == {"a_bucket", "b", "c"}
+
+
+@pytest.fixture(scope="module")
+def dashboard() -> dict:
+    return json.loads(DASHBOARD.read_text())
+
+
+def panels(dashboard: dict) -> list[dict]:
+    """Every panel that shows data, rows opened up."""
+    found = []
+    for panel in dashboard["panels"]:
+        if panel["type"] == "row":
+            found.extend(panel.get("panels", []))
+        else:
+            found.append(panel)
+    return found
+
+
+def expressions(dashboard: dict) -> list[str]:
+    return [target["expr"] for panel in panels(dashboard) for target in panel.get("targets", [])]
+
+
+def provisioning(kind: str) -> dict:
+    (path,) = (GRAFANA / "provisioning" / kind).glob("*.y*ml")
+    return yaml.safe_load(path.read_text())
+
+
+def test_grafana_mounts_its_provisioning_and_dashboards(services):
+    mounts = bind_mounts(services["grafana"])
+    assert mounts.get("/etc/grafana/provisioning") == GRAFANA / "provisioning"
+    (provider,) = provisioning("dashboards")["providers"]
+    assert provider["type"] == "file"
+    assert mounts.get(provider["options"]["path"]) == DASHBOARD.parent, "the provider reads an unmounted path"
+    home = Path(environment(services["grafana"])["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"])
+    assert mounts.get(str(home.parent)) == DASHBOARD.parent and home.name == DASHBOARD.name
+
+
+def test_grafana_reads_prometheus_where_it_listens(services):
+    (source,) = provisioning("datasources")["datasources"]
+    assert source["type"] == "prometheus" and source.get("isDefault")
+    host, port = host_and_port(source["url"])
+    listen = flag(argv(services["prometheus"].get("command") or []), "--web.listen-address")
+    assert host == "prometheus" and port == (host_and_port(listen)[1] if listen else PROMETHEUS_PORT)
+    assert "prometheus" in services["grafana"]["depends_on"]
+
+
+def test_grafana_lets_anonymous_users_view_and_nothing_more(services):
+    env = environment(services["grafana"])
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "true"
+    assert env["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+
+
+def test_dashboard_panels_query_the_provisioned_data_source(dashboard):
+    (source,) = provisioning("datasources")["datasources"]
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    ids += [panel["id"] for row in dashboard["panels"] for panel in row.get("panels", [])]
+    assert len(ids) == len(set(ids)), "panel ids repeat"
+    for panel in panels(dashboard):
+        assert panel.get("targets"), f"panel {panel['title']!r} has no query"
+        assert panel["datasource"]["uid"] == source["uid"], panel["title"]
+        for target in panel["targets"]:
+            assert target["expr"].strip(), panel["title"]
+            assert target.get("datasource", panel["datasource"])["uid"] == source["uid"], panel["title"]
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, f"panel {panel['title']!r} is wider than the dashboard"
+
+
+def test_dashboard_shows_canaries_shadows_rollouts_services_and_triton(dashboard):
+    used = set().union(*map(promql_metrics, expressions(dashboard)))
+    wanted = {
+        "meshserve_gateway_variant_weight",  # canary weights
+        "meshserve_gateway_attempts_total",  # attempts and errors per variant
+        "meshserve_gateway_retries_total",
+        "meshserve_gateway_variant_ejected",
+        "meshserve_gateway_shadow_mean_abs_score_diff",
+        "meshserve_gateway_shadow_label_agreement",
+        "meshserve_gateway_rollout_state",
+        "meshserve_gateway_rollout_step",
+        "nv_inference_queue_duration_us",  # queue time per request
+        "nv_inference_count",  # average batch size: inferences per execution
+        "nv_inference_exec_count",
+        *(f"meshserve_{name}_rpc_requests_total" for name in SETTINGS),
+        *(f"meshserve_{name}_rpc_latency_seconds_bucket" for name in SETTINGS),
+    }
+    assert wanted <= used, f"no panel shows {sorted(wanted - used)}"
+
+
+def test_dashboard_queries_only_metrics_that_exist(dashboard):
+    queries = expressions(dashboard)
+    for variable in dashboard.get("templating", {}).get("list", []):
+        # Grafana's label_values(selector, label), not PromQL: only the selector names a metric.
+        selector = re.fullmatch(r"label_values\((.+),\s*\w+\)", variable["definition"])
+        assert selector, f"variable {variable['name']}: {variable['definition']!r}"
+        queries.append(selector[1])
+    for expr in queries:
+        unknown = promql_metrics(expr) - OUR_METRICS - TRITON_METRICS
+        assert not unknown, f"{expr!r} reads {sorted(unknown)}, which nothing exports"
+
+
+# -- Envoy --------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def envoy_config() -> dict:
+    return yaml.safe_load((REPO_ROOT / ENVOY_CONFIG).read_text())
+
+
+def test_envoy_runs_the_generated_config(services):
+    envoy = services["envoy"]
+    config = flag(argv(envoy.get("command") or []), "-c") or "/etc/envoy/envoy.yaml"
+    assert bind_mounts(envoy).get(config) == REPO_ROOT / ENVOY_CONFIG
+
+
+def test_envoy_publishes_its_listener_and_waits_for_the_gateway(services, envoy_config):
+    (listener,) = envoy_config["static_resources"]["listeners"]
+    port = listener["address"]["socket_address"]["port_value"]
+    assert (port, port) in published_ports(services["envoy"])
+    assert services["envoy"]["depends_on"]["gateway"]["condition"] == "service_healthy"
+
+
+def test_envoy_forwards_to_the_gateway_service_and_port(services, envoy_config, monkeypatch):
+    (cluster,) = envoy_config["static_resources"]["clusters"]
+    for group in cluster["load_assignment"]["endpoints"]:
+        for endpoint in group["lb_endpoints"]:
+            address = endpoint["endpoint"]["address"]["socket_address"]
+            assert address["address"] == "gateway"
+            assert address["port_value"] == listening_port("gateway", services, monkeypatch)
+
+
+def test_envoy_healthcheck_asks_its_admin_api(services, envoy_config):
+    admin = envoy_config["admin"]["address"]["socket_address"]
+    test = " ".join(argv(services["envoy"]["healthcheck"]["test"]))
+    assert f"/dev/tcp/{admin['address']}/{admin['port_value']}" in test and "/ready" in test
 
 
 # -- meshserve.core.healthcheck -----------------------------------------------------------------------------

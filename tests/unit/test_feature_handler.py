@@ -11,9 +11,9 @@ NOW = 1_700_000_000.0
 
 
 @pytest.fixture
-def handler():
+async def handler():
     store = SqliteStore(":memory:")
-    store.write(
+    await store.write(
         "account",
         [
             ("acct-1", "avg_amount_30d", 42.5, NOW - 10),
@@ -55,8 +55,8 @@ async def test_bad_requests_name_what_is_wrong(handler):
         await handler.get_online_features("account", [""], [])
 
 
-def test_store_write_is_all_or_nothing():
+async def test_store_write_is_all_or_nothing():
     store = SqliteStore(":memory:")
     with pytest.raises(sqlite3.IntegrityError):
-        store.write("account", [("a", "f", 1.0, NOW), ("b", "f", None, NOW)])  # second row violates NOT NULL
-    assert store.is_empty()
+        await store.write("account", [("a", "f", 1.0, NOW), ("b", "f", None, NOW)])  # row 2 violates NOT NULL
+    assert await store.is_empty()

@@ -25,23 +25,39 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"meshserve/feature/v1/feature.proto\x12\x14meshserve.feature.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"V\n\x05Value\x12\x16\n\x0c\x64ouble_value\x18\x01 \x01(\x01H\x00\x12\x15\n\x0bint64_value\x18\x02 \x01(\x03H\x00\x12\x16\n\x0cstring_value\x18\x03 \x01(\tH\x00\x42\x06\n\x04kind\"Q\n\x18GetOnlineFeaturesRequest\x12\x0e\n\x06\x65ntity\x18\x01 \x01(\t\x12\x13\n\x0b\x65ntity_keys\x18\x02 \x03(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x03 \x03(\t\"\xbd\x01\n\rFeatureVector\x12\x12\n\nentity_key\x18\x01 \x01(\t\x12+\n\x06values\x18\x02 \x03(\x0b\x32\x1b.meshserve.feature.v1.Value\x12\x35\n\x08statuses\x18\x03 \x03(\x0e\x32#.meshserve.feature.v1.FeatureStatus\x12\x34\n\x10\x65vent_timestamps\x18\x04 \x03(\x0b\x32\x1a.google.protobuf.Timestamp\"h\n\x19GetOnlineFeaturesResponse\x12\x15\n\rfeature_names\x18\x01 \x03(\t\x12\x34\n\x07vectors\x18\x02 \x03(\x0b\x32#.meshserve.feature.v1.FeatureVector*`\n\rFeatureStatus\x12\x1e\n\x1a\x46\x45\x41TURE_STATUS_UNSPECIFIED\x10\x00\x12\x0b\n\x07PRESENT\x10\x01\x12\r\n\tNOT_FOUND\x10\x02\x12\x13\n\x0fOUTSIDE_MAX_AGE\x10\x03\x32\x86\x01\n\x0e\x46\x65\x61tureService\x12t\n\x11GetOnlineFeatures\x12..meshserve.feature.v1.GetOnlineFeaturesRequest\x1a/.meshserve.feature.v1.GetOnlineFeaturesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"meshserve/feature/v1/feature.proto\x12\x14meshserve.feature.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe8\x01\n\nFeatureRow\x12\x0c\n\x04line\x18\x01 \x01(\x04\x12\x12\n\nentity_key\x18\x02 \x01(\t\x12<\n\x06values\x18\x03 \x03(\x0b\x32,.meshserve.feature.v1.FeatureRow.ValuesEntry\x12.\n\nevent_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1aJ\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12*\n\x05value\x18\x02 \x01(\x0b\x32\x1b.meshserve.feature.v1.Value:\x02\x38\x01\"U\n\x13PushFeaturesRequest\x12\x0e\n\x06\x65ntity\x18\x01 \x01(\t\x12.\n\x04rows\x18\x02 \x03(\x0b\x32 .meshserve.feature.v1.FeatureRow\"E\n\x14PushFeaturesResponse\x12\x0f\n\x07\x62\x61tches\x18\x01 \x01(\x04\x12\x0c\n\x04rows\x18\x02 \x01(\x04\x12\x0e\n\x06values\x18\x03 \x01(\x04\"\x15\n\x13GetFreshnessRequest\"`\n\x10\x46\x65\x61tureFreshness\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\x0f\n\x07present\x18\x02 \x01(\x04\x12\x11\n\tnot_found\x18\x03 \x01(\x04\x12\x17\n\x0foutside_max_age\x18\x04 \x01(\x04\"P\n\x14GetFreshnessResponse\x12\x38\n\x08\x66\x65\x61tures\x18\x01 \x03(\x0b\x32&.meshserve.feature.v1.FeatureFreshness\"V\n\x05Value\x12\x16\n\x0c\x64ouble_value\x18\x01 \x01(\x01H\x00\x12\x15\n\x0bint64_value\x18\x02 \x01(\x03H\x00\x12\x16\n\x0cstring_value\x18\x03 \x01(\tH\x00\x42\x06\n\x04kind\"Q\n\x18GetOnlineFeaturesRequest\x12\x0e\n\x06\x65ntity\x18\x01 \x01(\t\x12\x13\n\x0b\x65ntity_keys\x18\x02 \x03(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x03 \x03(\t\"\xbd\x01\n\rFeatureVector\x12\x12\n\nentity_key\x18\x01 \x01(\t\x12+\n\x06values\x18\x02 \x03(\x0b\x32\x1b.meshserve.feature.v1.Value\x12\x35\n\x08statuses\x18\x03 \x03(\x0e\x32#.meshserve.feature.v1.FeatureStatus\x12\x34\n\x10\x65vent_timestamps\x18\x04 \x03(\x0b\x32\x1a.google.protobuf.Timestamp\"h\n\x19GetOnlineFeaturesResponse\x12\x15\n\rfeature_names\x18\x01 \x03(\t\x12\x34\n\x07vectors\x18\x02 \x03(\x0b\x32#.meshserve.feature.v1.FeatureVector*`\n\rFeatureStatus\x12\x1e\n\x1a\x46\x45\x41TURE_STATUS_UNSPECIFIED\x10\x00\x12\x0b\n\x07PRESENT\x10\x01\x12\r\n\tNOT_FOUND\x10\x02\x12\x13\n\x0fOUTSIDE_MAX_AGE\x10\x03\x32\xd6\x02\n\x0e\x46\x65\x61tureService\x12t\n\x11GetOnlineFeatures\x12..meshserve.feature.v1.GetOnlineFeaturesRequest\x1a/.meshserve.feature.v1.GetOnlineFeaturesResponse\x12g\n\x0cPushFeatures\x12).meshserve.feature.v1.PushFeaturesRequest\x1a*.meshserve.feature.v1.PushFeaturesResponse(\x01\x12\x65\n\x0cGetFreshness\x12).meshserve.feature.v1.GetFreshnessRequest\x1a*.meshserve.feature.v1.GetFreshnessResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'meshserve.feature.v1.feature_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FEATURESTATUS']._serialized_start=562
-  _globals['_FEATURESTATUS']._serialized_end=658
-  _globals['_VALUE']._serialized_start=93
-  _globals['_VALUE']._serialized_end=179
-  _globals['_GETONLINEFEATURESREQUEST']._serialized_start=181
-  _globals['_GETONLINEFEATURESREQUEST']._serialized_end=262
-  _globals['_FEATUREVECTOR']._serialized_start=265
-  _globals['_FEATUREVECTOR']._serialized_end=454
-  _globals['_GETONLINEFEATURESRESPONSE']._serialized_start=456
-  _globals['_GETONLINEFEATURESRESPONSE']._serialized_end=560
-  _globals['_FEATURESERVICE']._serialized_start=661
-  _globals['_FEATURESERVICE']._serialized_end=795
+  _globals['_FEATUREROW_VALUESENTRY']._loaded_options = None
+  _globals['_FEATUREROW_VALUESENTRY']._serialized_options = b'8\001'
+  _globals['_FEATURESTATUS']._serialized_start=1158
+  _globals['_FEATURESTATUS']._serialized_end=1254
+  _globals['_FEATUREROW']._serialized_start=94
+  _globals['_FEATUREROW']._serialized_end=326
+  _globals['_FEATUREROW_VALUESENTRY']._serialized_start=252
+  _globals['_FEATUREROW_VALUESENTRY']._serialized_end=326
+  _globals['_PUSHFEATURESREQUEST']._serialized_start=328
+  _globals['_PUSHFEATURESREQUEST']._serialized_end=413
+  _globals['_PUSHFEATURESRESPONSE']._serialized_start=415
+  _globals['_PUSHFEATURESRESPONSE']._serialized_end=484
+  _globals['_GETFRESHNESSREQUEST']._serialized_start=486
+  _globals['_GETFRESHNESSREQUEST']._serialized_end=507
+  _globals['_FEATUREFRESHNESS']._serialized_start=509
+  _globals['_FEATUREFRESHNESS']._serialized_end=605
+  _globals['_GETFRESHNESSRESPONSE']._serialized_start=607
+  _globals['_GETFRESHNESSRESPONSE']._serialized_end=687
+  _globals['_VALUE']._serialized_start=689
+  _globals['_VALUE']._serialized_end=775
+  _globals['_GETONLINEFEATURESREQUEST']._serialized_start=777
+  _globals['_GETONLINEFEATURESREQUEST']._serialized_end=858
+  _globals['_FEATUREVECTOR']._serialized_start=861
+  _globals['_FEATUREVECTOR']._serialized_end=1050
+  _globals['_GETONLINEFEATURESRESPONSE']._serialized_start=1052
+  _globals['_GETONLINEFEATURESRESPONSE']._serialized_end=1156
+  _globals['_FEATURESERVICE']._serialized_start=1257
+  _globals['_FEATURESERVICE']._serialized_end=1599
 # @@protoc_insertion_point(module_scope)

@@ -39,6 +39,16 @@ class FeatureServiceStub:
                 request_serializer=meshserve_dot_feature_dot_v1_dot_feature__pb2.GetOnlineFeaturesRequest.SerializeToString,
                 response_deserializer=meshserve_dot_feature_dot_v1_dot_feature__pb2.GetOnlineFeaturesResponse.FromString,
                 _registered_method=True)
+        self.PushFeatures = channel.stream_unary(
+                '/meshserve.feature.v1.FeatureService/PushFeatures',
+                request_serializer=meshserve_dot_feature_dot_v1_dot_feature__pb2.PushFeaturesRequest.SerializeToString,
+                response_deserializer=meshserve_dot_feature_dot_v1_dot_feature__pb2.PushFeaturesResponse.FromString,
+                _registered_method=True)
+        self.GetFreshness = channel.unary_unary(
+                '/meshserve.feature.v1.FeatureService/GetFreshness',
+                request_serializer=meshserve_dot_feature_dot_v1_dot_feature__pb2.GetFreshnessRequest.SerializeToString,
+                response_deserializer=meshserve_dot_feature_dot_v1_dot_feature__pb2.GetFreshnessResponse.FromString,
+                _registered_method=True)
 
 
 class FeatureServiceServicer:
@@ -51,6 +61,21 @@ class FeatureServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PushFeatures(self, request_iterator, context):
+        """Ingests batches of rows. Each message is one batch, validated against the registry and written whole or
+        not at all; a bad batch ends the stream with INVALID_ARGUMENT naming each bad row's line and reason.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetFreshness(self, request, context):
+        """Feature statistics: freshness of what was served, and drift is reported by the gateway.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FeatureServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -58,6 +83,16 @@ def add_FeatureServiceServicer_to_server(servicer, server):
                     servicer.GetOnlineFeatures,
                     request_deserializer=meshserve_dot_feature_dot_v1_dot_feature__pb2.GetOnlineFeaturesRequest.FromString,
                     response_serializer=meshserve_dot_feature_dot_v1_dot_feature__pb2.GetOnlineFeaturesResponse.SerializeToString,
+            ),
+            'PushFeatures': grpc.stream_unary_rpc_method_handler(
+                    servicer.PushFeatures,
+                    request_deserializer=meshserve_dot_feature_dot_v1_dot_feature__pb2.PushFeaturesRequest.FromString,
+                    response_serializer=meshserve_dot_feature_dot_v1_dot_feature__pb2.PushFeaturesResponse.SerializeToString,
+            ),
+            'GetFreshness': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFreshness,
+                    request_deserializer=meshserve_dot_feature_dot_v1_dot_feature__pb2.GetFreshnessRequest.FromString,
+                    response_serializer=meshserve_dot_feature_dot_v1_dot_feature__pb2.GetFreshnessResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -87,6 +122,60 @@ class FeatureService:
             '/meshserve.feature.v1.FeatureService/GetOnlineFeatures',
             meshserve_dot_feature_dot_v1_dot_feature__pb2.GetOnlineFeaturesRequest.SerializeToString,
             meshserve_dot_feature_dot_v1_dot_feature__pb2.GetOnlineFeaturesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushFeatures(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/meshserve.feature.v1.FeatureService/PushFeatures',
+            meshserve_dot_feature_dot_v1_dot_feature__pb2.PushFeaturesRequest.SerializeToString,
+            meshserve_dot_feature_dot_v1_dot_feature__pb2.PushFeaturesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFreshness(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshserve.feature.v1.FeatureService/GetFreshness',
+            meshserve_dot_feature_dot_v1_dot_feature__pb2.GetFreshnessRequest.SerializeToString,
+            meshserve_dot_feature_dot_v1_dot_feature__pb2.GetFreshnessResponse.FromString,
             options,
             channel_credentials,
             insecure,
