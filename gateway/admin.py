@@ -16,6 +16,7 @@ from meshserve.admin.v1 import admin_pb2, admin_pb2_grpc
 from meshserve.core.errors import InvalidArgument
 from meshserve.core.lifecycle import GrpcService
 from meshserve.core.settings import ServiceSettings
+from meshserve.drift import DriftMonitor
 
 WHO_HEADER = "x-meshserve-user"
 
@@ -34,8 +35,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         catalog: ModelCatalog,
         inference: InferenceClient,
         cache: PredictionCache,
+        drift: DriftMonitor | None = None,
     ) -> None:
         self.cache = cache
+        self.drift = drift
         self.catalog = catalog
         self.inference = inference
         self.live = live
@@ -151,6 +154,19 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         generations = await self.cache.invalidate([f"route:{request.route}"])
         self.live.audit.append(_who(context), "invalidate_cache", request.route, None, generations)
         return admin_pb2.InvalidateCacheResponse(generation=generations.get(f"route:{request.route}", 0))
+
+    async def GetDrift(self, request, context):
+        monitor = self.drift
+        reply = admin_pb2.GetDriftResponse(threshold=monitor.threshold if monitor else 0.0)
+        if monitor is None:
+            return reply
+        monitor.check()  # log any new crossing now, not only on the next periodic check
+        for model in monitor.models:
+            reply.samples[model] = monitor.samples(model)
+            drifting = monitor.drifting(model)
+            for feature, value in monitor.scores(model).items():
+                reply.features.add(model=model, feature=feature, psi=value, drifting=feature in drifting)
+        return reply
 
 
 class AdminServer(GrpcService):

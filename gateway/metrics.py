@@ -13,6 +13,7 @@ from gateway.live import LiveRoutes
 from gateway.prediction_cache import PredictionCache
 from gateway.rollout import RolloutController
 from gateway.shadow import ShadowRunner
+from meshserve.drift import DriftMonitor
 
 ROLLOUT_STATES = ("none", "running", "paused", "completed", "rolled_back")
 
@@ -25,8 +26,10 @@ class GatewayCollector(Collector):
         shadow: ShadowRunner,
         rollouts: RolloutController,
         cache: PredictionCache,
+        drift: DriftMonitor | None = None,
     ) -> None:
         self.cache = cache
+        self.drift = drift
         self.live = live
         self.dispatcher = dispatcher
         self.shadow = shadow
@@ -106,3 +109,14 @@ class GatewayCollector(Collector):
             bypasses.add_metric([route], st.bypasses)
             coalesced.add_metric([route], st.coalesced)
         yield from (lookups, bypasses, coalesced)
+
+        if self.drift is not None:
+            psi = GaugeMetricFamily(
+                f"{prefix}_feature_drift_psi",
+                "PSI of a model input vs its training data",
+                labels=["model", "feature"],
+            )
+            for model in self.drift.models:
+                for feature, value in self.drift.scores(model).items():
+                    psi.add_metric([model, feature], value)
+            yield psi

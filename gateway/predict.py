@@ -22,9 +22,16 @@ from gateway.dispatch import AllTiersFailed, Dispatcher, Tier
 from gateway.live import LiveRoutes
 from gateway.prediction_cache import PredictionCache, prediction_scopes
 from gateway.resilience import try_elsewhere
-from gateway.routes import Route, StickyKey, Variant, choose_variant
+from gateway.routes import FeatureAction, FeaturePolicy, Route, StickyKey, Variant, choose_variant
 from gateway.shadow import ShadowRunner
-from meshserve.core.errors import FailedPrecondition, InvalidArgument, MeshError, ResourceExhausted
+from meshserve.core.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    MeshError,
+    ResourceExhausted,
+    Unavailable,
+)
+from meshserve.drift import DriftMonitor
 from meshserve.feature.v1 import feature_pb2
 from meshserve.registry import FeatureRegistry
 
@@ -65,6 +72,7 @@ class PredictHandler:
         inference: InferenceClient,
         dispatcher: Dispatcher,
         shadow: ShadowRunner,
+        drift: DriftMonitor | None = None,
         *,
         max_instances: int,
         feature_timeout_s: float,
@@ -78,6 +86,7 @@ class PredictHandler:
         self.inference = inference
         self.dispatcher = dispatcher
         self.shadow = shadow
+        self.drift = drift
         self.max_instances = max_instances
         self.feature_timeout_s = feature_timeout_s
         self.rng = rng or random.Random()
@@ -133,7 +142,7 @@ class PredictHandler:
             await self.dispatcher.inject_faults(
                 route, variant, time_left_s
             )  # shadows are tested like any variant
-            return (await self._score(mirrored, variant, time_left_s))[1]
+            return (await self._score(route, mirrored, variant, time_left_s, observe=False))[1]
 
         self.shadow.mirror(route_name, route, [p.score for _, p in answered], score)
 
@@ -255,7 +264,7 @@ class PredictHandler:
                 route_name,
                 route,
                 chosen,
-                lambda variant, time_left: self._score(todo, variant, time_left),
+                lambda variant, time_left: self._score(route, todo, variant, time_left),
                 deadline,
             )
         except AllTiersFailed:
@@ -278,7 +287,12 @@ class PredictHandler:
             )
 
     async def _score(
-        self, instances: Sequence[Instance], variant: Variant, time_left_s: float
+        self,
+        route: Route,
+        instances: Sequence[Instance],
+        variant: Variant,
+        time_left_s: float,
+        observe: bool = True,
     ) -> tuple[str, list[float]]:
         model = await self.catalog.get(variant.model, variant.version)
         spec = self.registry.models[variant.model]
@@ -286,36 +300,41 @@ class PredictHandler:
         reply = await self.features.get(
             spec.entity, [i.entity_key for i in instances], stored, min(time_left_s, self.feature_timeout_s)
         )
-        stored_values = self._stored_values(reply, stored)
+        stored_values = self._stored_values(reply, stored, route.features)
         matrix = np.empty((len(instances), len(spec.vector)), dtype=np.float32)
         for row, instance in enumerate(instances):
             values = {**stored_values[row], **instance.features}
             matrix[row] = [values[name] for name in spec.vector]
+        if observe and self.drift is not None:
+            self.drift.observe(variant.model, matrix)  # the model's real inputs, against its training data
         step = model.max_batch_size or len(instances)
         chunks = [matrix[start : start + step] for start in range(0, len(instances), step)]
         outputs = await asyncio.gather(*(self._infer(c, variant, model.version, time_left_s) for c in chunks))
         return model.version, [float(s) for chunk in outputs for s in chunk]
 
     def _stored_values(
-        self, reply: feature_pb2.GetOnlineFeaturesResponse, names: list[str]
+        self, reply: feature_pb2.GetOnlineFeaturesResponse, names: list[str], policy: FeaturePolicy
     ) -> list[dict[str, float]]:
-        """Stored features per instance; a value that is missing or too old takes the registry's default."""
+        """Stored features per instance. A value that is missing or too old is never used silently: the
+        route's policy gives it the registry's default, rejects the request, or fails this tier."""
         position = {name: n for n, name in enumerate(reply.feature_names)}
         rows = []
         for vector in reply.vectors:
             values = {}
             for name in names:
                 n = position[name]
-                if vector.statuses[n] == feature_pb2.PRESENT:
+                status = vector.statuses[n]
+                if status == feature_pb2.PRESENT:
                     kind = vector.values[n].WhichOneof("kind")
                     values[name] = getattr(vector.values[n], kind)
                     continue
+                action = policy.on_stale if status == feature_pb2.OUTSIDE_MAX_AGE else policy.on_missing
                 default = self.registry.features[name].default
-                if default is None:
-                    status = feature_pb2.FeatureStatus.Name(vector.statuses[n])
-                    raise FailedPrecondition(
-                        f"feature {name!r} of {vector.entity_key!r} is {status} and has no default"
-                    )
+                why = f"feature {name!r} of {vector.entity_key!r} is {feature_pb2.FeatureStatus.Name(status)}"
+                if action is FeatureAction.FALLBACK:
+                    raise Unavailable(f"{why}; the route falls back")
+                if action is FeatureAction.REJECT or default is None:
+                    raise FailedPrecondition(why + ("" if default is not None else " and has no default"))
                 values[name] = default
             rows.append(values)
         return rows

@@ -58,6 +58,21 @@ class CachePolicy(_Strict):
     cache_fallbacks: bool = False  # also cache answers from fallback tiers (never errors or default answers)
 
 
+class FeatureAction(StrEnum):
+    DEFAULT = "default"  # use the registry's default value (reject if it has none)
+    REJECT = "reject"  # FAILED_PRECONDITION naming the feature, the entity and why
+    FALLBACK = (
+        "fallback"  # treat as a failure of the tier: the fallback chain, then the route's default answer
+    )
+
+
+class FeaturePolicy(_Strict):
+    """What a Predict does with a stored feature that is missing, or older than its max age."""
+
+    on_missing: FeatureAction = FeatureAction.DEFAULT
+    on_stale: FeatureAction = FeatureAction.DEFAULT
+
+
 class StickyKey(StrEnum):
     NONE = "none"  # random per request
     ENTITY = "entity"  # Predict's entity key
@@ -135,6 +150,7 @@ class Route(_Strict):
     default: DefaultAnswer | None = None
     retry: RetryPolicy = RetryPolicy()
     cache: CachePolicy = CachePolicy()
+    features: FeaturePolicy = FeaturePolicy()
     faults: list[Fault] = Field(default_factory=list)
     shadows: list[Shadow] = Field(default_factory=list)
     rollout: Rollout | None = None

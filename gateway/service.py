@@ -22,6 +22,7 @@ from gateway.settings import GatewaySettings
 from gateway.shadow import ShadowRunner
 from meshserve.core.lifecycle import GrpcService
 from meshserve.core.settings import ServiceSettings
+from meshserve.drift import DriftMonitor, load_profile
 from meshserve.lru import LruTtlCache
 from meshserve.registry import load_registry
 
@@ -48,6 +49,12 @@ class GatewayService(GrpcService):
         self.dispatcher = Dispatcher()
         self.shadow = ShadowRunner()
         self.rollouts = RolloutController(self.routes, self.dispatcher.stats)
+        profile = load_profile(settings.drift_profile)
+        profile.check_registry(self.registry)
+        self.drift = DriftMonitor(
+            profile, window=settings.drift_window, threshold=settings.drift_threshold,
+            min_samples=min(200, settings.drift_window),
+        )  # fmt: skip
         self.predict = PredictHandler(
             self.routes,
             self.registry,
@@ -57,6 +64,7 @@ class GatewayService(GrpcService):
             self.inference,
             self.dispatcher,
             self.shadow,
+            self.drift,
             max_instances=settings.max_instances_per_predict,
             feature_timeout_s=settings.feature_timeout_s,
         )
@@ -76,10 +84,13 @@ class GatewayService(GrpcService):
                 self.catalog,
                 self.inference,
                 self.prediction_cache,
+                self.drift,
             ),
         )
         self.metrics.registry.register(
-            GatewayCollector(self.routes, self.dispatcher, self.shadow, self.rollouts, self.prediction_cache)
+            GatewayCollector(
+                self.routes, self.dispatcher, self.shadow, self.rollouts, self.prediction_cache, self.drift
+            )
         )
         self.ready = False
 
@@ -91,7 +102,13 @@ class GatewayService(GrpcService):
         port = await super().start()
         self.admin_port = await self.admin.start()
         self.rollouts.run()
+        self._drift_task = asyncio.create_task(self._check_drift(), name="drift")
         return port
+
+    async def _check_drift(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.drift_check_s)
+            self.drift.check()  # logs a warning naming each feature that crossed the threshold
 
     async def until_ready(self) -> None:
         # The cache is not waited for: without it requests still succeed, only slower.
@@ -107,6 +124,7 @@ class GatewayService(GrpcService):
     async def stop(self, grace: float | None = None) -> None:
         self.ready = False
         await self.rollouts.close()
+        self._drift_task.cancel()
         await self.admin.stop(grace)
         await super().stop(grace)
 

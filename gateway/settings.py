@@ -32,6 +32,12 @@ class GatewaySettings(ServiceSettings):
         description="near-cache TTL: bounds how long another process's invalidation can go unseen here",
     )
     feature_timeout_s: float = Field(1.0, gt=0)
+    drift_profile: Path | None = Field(
+        None, description="reference profile JSON; default: the sample models'"
+    )
+    drift_window: int = Field(2000, gt=0, description="rows per model the drift statistics look back over")
+    drift_threshold: float = Field(0.2, gt=0, description="PSI above which a feature counts as drifting")
+    drift_check_s: float = Field(5.0, gt=0, description="how often drift is checked (and crossings logged)")
     admin_host: str = Field("127.0.0.1", description="the admin API's address; keep it off public networks")
     admin_port: int = Field(50055, ge=0, le=65535, description="the admin API's port; 0 lets the OS choose")
     metrics_port: int | None = Field(

@@ -165,4 +165,52 @@ def canary_resume(route: str, admin: Target = DEFAULT_ADMIN) -> None:
     _rollout(route, admin_pb2.SetRolloutRequest.RESUME, admin)
 
 
-__all__ = ["canary_app", "routes_app"]
+cache_app = typer.Typer(help="The prediction cache: hit ratios, invalidation.", no_args_is_help=True)
+
+
+@cache_app.command("stats")
+def cache_stats(route: str = "", admin: Target = DEFAULT_ADMIN) -> None:
+    """Hit ratio, misses, bypasses and coalesced misses, per route."""
+    reply = _call(admin, "CacheStats", admin_pb2.CacheStatsRequest(route=route))
+    table = Table(title="prediction cache")
+    for column in (
+        "route",
+        "on",
+        "hit ratio",
+        "near hits",
+        "hits",
+        "misses",
+        "bypasses",
+        "coalesced",
+        "invalidations",
+    ):
+        table.add_column(column)
+    for r in reply.routes:
+        table.add_row(r.route, "yes" if r.enabled else "no", f"{r.hit_ratio:.1%}", str(r.near_hits), str(r.hits),
+                      str(r.misses), str(r.bypasses), str(r.coalesced), str(r.invalidations))  # fmt: skip
+    console.print(table)
+
+
+@cache_app.command("invalidate")
+def cache_invalidate(route: str, admin: Target = DEFAULT_ADMIN) -> None:
+    """Make every cached answer of the route unreachable."""
+    reply = _call(admin, "InvalidateCache", admin_pb2.InvalidateCacheRequest(route=route))
+    console.print(f"[green]invalidated[/] route {route} (generation {reply.generation})")
+
+
+def drift(admin: Target = DEFAULT_ADMIN) -> None:
+    """Feature drift: PSI of each model input over the recent window against its training data."""
+    reply = _call(admin, "GetDrift", admin_pb2.GetDriftRequest())
+    table = Table(title=f"feature drift (PSI; threshold {reply.threshold:g})")
+    for column in ("model", "feature", "PSI", ""):
+        table.add_column(column)
+    for f in reply.features:
+        table.add_row(f.model, f.feature, f"{f.psi:.3f}", "[red]drifting[/]" if f.drifting else "ok")
+    console.print(table)
+    for model, samples in reply.samples.items():
+        console.print(f"{model}: {samples} rows in the window")
+    if not reply.features:
+        console.print("not enough traffic yet to judge drift")
+
+
+__all__ = ["cache_app", "canary_app", "drift", "routes_app"]

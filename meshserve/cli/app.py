@@ -16,12 +16,14 @@ app.add_typer(models_app, name="models")
 
 
 def _register_admin_commands() -> None:
-    from meshserve.cli.admin import canary_app, routes_app
+    from meshserve.cli.admin import cache_app, canary_app, drift, routes_app
     from meshserve.cli.deploy import deploy_app
     from meshserve.cli.features import features_app
 
     app.add_typer(routes_app, name="routes")
     app.add_typer(canary_app, name="canary")
+    app.add_typer(cache_app, name="cache")
+    app.command("drift")(drift)
     app.add_typer(deploy_app, name="deploy")
     app.add_typer(features_app, name="features")
 

@@ -1,6 +1,7 @@
 """Build the sample Triton model repository and the accounts table the feature service loads.
 
     python -m meshserve.samples.build   # rewrites model_repository/ and meshserve/defaults/accounts.csv
+                                        # and reference_profile.json beside it
 
 The output is byte-for-byte reproducible; tests/unit/test_sample_models.py fails while the committed files
 are stale.
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from meshserve.drift import DEFAULT_PROFILE, build_profile
 from meshserve.registry import FeatureRegistry, load_registry
 from meshserve.samples.fraud import (
     MODEL,
@@ -78,8 +80,11 @@ def _write(path: Path, data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def build_sample_models(repo_dir: Path, accounts_csv: Path) -> dict[str, str]:
-    """Train and export every version of the sample model into `repo_dir`; write the accounts table.
+def build_sample_models(
+    repo_dir: Path, accounts_csv: Path, profile_json: Path | None = None
+) -> dict[str, str]:
+    """Train and export every version of the sample model into `repo_dir`; write the accounts table and the
+    drift reference profile of the training features (by default beside the accounts table).
 
     Returns the sha256 of each file written, keyed by its path.
     """
@@ -87,7 +92,8 @@ def build_sample_models(repo_dir: Path, accounts_csv: Path) -> dict[str, str]:
     spec = registry.models[MODEL]
     rng = np.random.default_rng(SEED)
     accounts = make_accounts(registry, rng)
-    versions = train_versions(make_transactions(registry, accounts, rng))
+    txns = make_transactions(registry, accounts, rng)
+    versions = train_versions(txns)
 
     model_dir = Path(repo_dir) / MODEL
     template = resources.files("meshserve.samples").joinpath(TEMPLATE).read_bytes()
@@ -96,6 +102,8 @@ def build_sample_models(repo_dir: Path, accounts_csv: Path) -> dict[str, str]:
         files[model_dir / str(version) / "model.onnx"] = to_onnx(model, spec.input, len(spec.vector), version)
         files[model_dir / str(version) / "model.py"] = template
     files[Path(accounts_csv)] = accounts_csv_bytes(registry, accounts)
+    profile_path = Path(profile_json) if profile_json else Path(accounts_csv).parent / DEFAULT_PROFILE
+    files[profile_path] = build_profile(registry, MODEL, txns.features).to_json_bytes()
     return {str(path): _write(path, data) for path, data in files.items()}
 
 
@@ -104,8 +112,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repo", type=Path, default=root / "model_repository")
     parser.add_argument("--accounts", type=Path, default=root / "meshserve" / "defaults" / "accounts.csv")
+    parser.add_argument("--profile", type=Path, help="drift reference profile (default: beside --accounts)")
     args = parser.parse_args(argv)
-    for path, digest in build_sample_models(args.repo, args.accounts).items():
+    for path, digest in build_sample_models(args.repo, args.accounts, args.profile).items():
         print(f"{digest}  {path}")
 
 

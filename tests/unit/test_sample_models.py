@@ -12,6 +12,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from meshserve.drift import BinKind, load_profile
 from meshserve.registry import load_registry
 from meshserve.samples.build import build_sample_models
 from meshserve.samples.fraud import (
@@ -26,6 +27,7 @@ from meshserve.samples.fraud import (
 ROOT = Path(__file__).resolve().parents[2]
 REPO = ROOT / "model_repository"
 ACCOUNTS = ROOT / "meshserve" / "defaults" / "accounts.csv"
+PROFILE = ROOT / "meshserve" / "defaults" / "reference_profile.json"
 SLOW = ROOT / "tests" / "fixtures" / "model_repository" / "slow"
 VERSIONS = ("1", "2")
 # A young account, spending 12x its average in a risky category, then an old, quiet one.
@@ -65,6 +67,26 @@ def test_committed_repository_is_byte_identical_to_a_rebuild(rebuilt):
     for path, data in fresh.items():
         assert committed[path] == data, f"{path} is stale: run python -m meshserve.samples.build"
     assert ACCOUNTS.read_bytes() == (rebuilt / "accounts.csv").read_bytes()
+    assert PROFILE.read_bytes() == (rebuilt / "reference_profile.json").read_bytes(), (
+        "reference_profile.json is stale: run python -m meshserve.samples.build"
+    )
+
+
+def test_reference_profile_follows_the_registry_and_the_training_data():
+    registry = load_registry()
+    profile = load_profile()  # the embedded default is the committed file
+    assert profile.to_json_bytes() == PROFILE.read_bytes()
+    profile.check_registry(registry)
+    fraud = profile.models[MODEL]
+    assert fraud.vector == registry.models[MODEL].vector
+    rng = np.random.default_rng(SEED)
+    assert fraud.samples == len(make_transactions(registry, make_accounts(registry, rng), rng).features)
+    assert fraud.features["merchant_category"].kind is BinKind.CATEGORICAL
+    assert len(fraud.features["merchant_category"].expected) == 10  # one bin per category 0..9
+    for name, feature in fraud.features.items():
+        assert abs(sum(feature.expected) - 1.0) < 1e-3, name
+        if feature.kind is BinKind.QUANTILE:
+            assert 2 <= len(feature.expected) <= 10, name
 
 
 def test_model_py_copies_are_the_template():

@@ -7,6 +7,39 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class GetDriftRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class FeatureDrift(_message.Message):
+    __slots__ = ("model", "feature", "psi", "drifting")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    PSI_FIELD_NUMBER: _ClassVar[int]
+    DRIFTING_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    feature: str
+    psi: float
+    drifting: bool
+    def __init__(self, model: _Optional[str] = ..., feature: _Optional[str] = ..., psi: _Optional[float] = ..., drifting: _Optional[bool] = ...) -> None: ...
+
+class GetDriftResponse(_message.Message):
+    __slots__ = ("threshold", "samples", "features")
+    class SamplesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    threshold: float
+    samples: _containers.ScalarMap[str, int]
+    features: _containers.RepeatedCompositeFieldContainer[FeatureDrift]
+    def __init__(self, threshold: _Optional[float] = ..., samples: _Optional[_Mapping[str, int]] = ..., features: _Optional[_Iterable[_Union[FeatureDrift, _Mapping]]] = ...) -> None: ...
+
 class CacheStatsRequest(_message.Message):
     __slots__ = ("route",)
     ROUTE_FIELD_NUMBER: _ClassVar[int]

@@ -84,6 +84,11 @@ class AdminServiceStub:
                 request_serializer=meshserve_dot_admin_dot_v1_dot_admin__pb2.InvalidateCacheRequest.SerializeToString,
                 response_deserializer=meshserve_dot_admin_dot_v1_dot_admin__pb2.InvalidateCacheResponse.FromString,
                 _registered_method=True)
+        self.GetDrift = channel.unary_unary(
+                '/meshserve.admin.v1.AdminService/GetDrift',
+                request_serializer=meshserve_dot_admin_dot_v1_dot_admin__pb2.GetDriftRequest.SerializeToString,
+                response_deserializer=meshserve_dot_admin_dot_v1_dot_admin__pb2.GetDriftResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -158,6 +163,13 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDrift(self, request, context):
+        """Feature drift: PSI of each model input over the recent window against the training data's profile.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -210,6 +222,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.InvalidateCache,
                     request_deserializer=meshserve_dot_admin_dot_v1_dot_admin__pb2.InvalidateCacheRequest.FromString,
                     response_serializer=meshserve_dot_admin_dot_v1_dot_admin__pb2.InvalidateCacheResponse.SerializeToString,
+            ),
+            'GetDrift': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDrift,
+                    request_deserializer=meshserve_dot_admin_dot_v1_dot_admin__pb2.GetDriftRequest.FromString,
+                    response_serializer=meshserve_dot_admin_dot_v1_dot_admin__pb2.GetDriftResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -482,6 +499,33 @@ class AdminService:
             '/meshserve.admin.v1.AdminService/InvalidateCache',
             meshserve_dot_admin_dot_v1_dot_admin__pb2.InvalidateCacheRequest.SerializeToString,
             meshserve_dot_admin_dot_v1_dot_admin__pb2.InvalidateCacheResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDrift(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshserve.admin.v1.AdminService/GetDrift',
+            meshserve_dot_admin_dot_v1_dot_admin__pb2.GetDriftRequest.SerializeToString,
+            meshserve_dot_admin_dot_v1_dot_admin__pb2.GetDriftResponse.FromString,
             options,
             channel_credentials,
             insecure,
