@@ -30,7 +30,15 @@ from rich.progress import (
 )
 
 from benchmarks.report import Summary, check_targets, results_table, run_info, summarize, write_json
-from benchmarks.scenarios import SCENARIOS, SPLIT_ROUTE, SPLIT_ROUTE_SPEC, closed_loop, triton_counts
+from benchmarks.scenarios import (
+    NOCACHE_ROUTE,
+    NOCACHE_ROUTE_SPEC,
+    SCENARIOS,
+    SPLIT_ROUTE,
+    SPLIT_ROUTE_SPEC,
+    closed_loop,
+    triton_counts,
+)
 from meshserve.defaults import load_yaml
 from meshserve.mesh import REPO_ROOT, Endpoints, LocalMesh, MeshSettings
 
@@ -74,6 +82,7 @@ def _routes_file(run_dir: Path) -> Path:
     """The embedded routes plus the 90/10 split route, written where the mesh can read them."""
     routes = load_yaml(None, "routes.yaml")
     routes["routes"][SPLIT_ROUTE] = SPLIT_ROUTE_SPEC
+    routes["routes"][NOCACHE_ROUTE] = NOCACHE_ROUTE_SPEC
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "routes.yaml"
     path.write_text(yaml.safe_dump(routes))

@@ -178,6 +178,26 @@ SPLIT_ROUTE_SPEC = {
 }
 
 
+def _mixed_requests(hit_share: float) -> Callable[[int], gateway_pb2.PredictRequest]:
+    """`hit_share` of requests from a small primed pool (cache hits), the rest new inputs (misses)."""
+    hits = _hit_requests()
+    every = round(1 / (1 - hit_share))  # e.g. 0.9 -> every 10th request is a miss
+    return lambda n: _miss_request(n) if n % every == 0 else hits(n)
+
+
+def _uncached_miss_request(n: int) -> gateway_pb2.PredictRequest:
+    request = _miss_request(n)
+    request.route = NOCACHE_ROUTE
+    return request
+
+
+NOCACHE_ROUTE = "fraud-nocache"
+NOCACHE_ROUTE_SPEC = {
+    "cache": {"enabled": False},
+    "variants": [{"name": "stable", "model": MODEL, "version": "1", "weight": 100}],
+}
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
@@ -207,6 +227,16 @@ SCENARIOS: dict[str, Scenario] = {
             "gateway-predict",
             "Predict, a new amount every request: gateway -> cache miss -> feature -> inference -> Triton",
             lambda ep, timeout_s: open_predict(ep.gateway, _miss_request, timeout_s),
+        ),
+        Scenario(
+            "gateway-predict-nocache",
+            f"as gateway-predict, on route {NOCACHE_ROUTE} with the cache off (cache on vs off on all misses)",
+            lambda ep, timeout_s: open_predict(ep.gateway, _uncached_miss_request, timeout_s),
+        ),
+        Scenario(
+            "gateway-predict-90hit",
+            "Predict, 90 % from a primed pool (cache hits) and 10 % new inputs (misses)",
+            lambda ep, timeout_s: open_predict(ep.gateway, _mixed_requests(0.9), timeout_s),
         ),
         Scenario(
             "gateway-predict-hit",

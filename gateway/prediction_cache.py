@@ -18,6 +18,8 @@ from gateway.routes import Route
 from meshserve.lru import LruTtlCache
 
 log = logging.getLogger(__name__)
+WRITE_DELAY_S = 0.002  # how long an answer may wait for others to share its Set
+WRITE_BATCH = 256  # ...or how many answers make a Set go at once
 
 
 def prediction_scopes(route: str, model: str, entity: str, entity_key: str) -> list[str]:
@@ -48,6 +50,8 @@ class PredictionCache:
     stats: dict[str, RouteCacheStats] = field(default_factory=dict)
     _in_flight: dict[str, asyncio.Future] = field(default_factory=dict)
     _storing: set[str] = field(default_factory=set)  # answered keys whose cache write is still under way
+    _pending: dict[tuple[str, float], list[tuple[str, list[str], bytes]]] = field(default_factory=dict)
+    _flush_timer: asyncio.TimerHandle | None = None
     _background: set[asyncio.Task[None]] = field(default_factory=set)
 
     def route_stats(self, route: str) -> RouteCacheStats:
@@ -85,25 +89,38 @@ class PredictionCache:
             return
         if self.near is not None:
             self.near.set_many((k, v) for k, _, v in encoded)
-        keys = [k for k, _, _ in encoded]
-        self._storing.update(keys)
+        self._storing.update(k for k, _, _ in encoded)
+        # Write-behind: answers of many requests go out in one Set, not one RPC per request.
+        self._pending.setdefault((route_name, route.cache.ttl_s), []).extend(encoded)
+        if sum(map(len, self._pending.values())) >= WRITE_BATCH:
+            self._flush()
+        elif self._flush_timer is None:
+            self._flush_timer = asyncio.get_running_loop().call_later(WRITE_DELAY_S, self._flush)
 
-        async def store() -> None:
-            try:
-                await self.client.set(encoded, route.cache.ttl_s, self.timeout_s)
-            except CacheUnavailable as exc:
-                self.route_stats(route_name).bypasses += 1
-                log.warning("cache bypassed on write", extra={"reason": str(exc), "route": route_name})
-            finally:
-                for key in keys:  # written (or given up): readers find it in the cache from now on
-                    self._storing.discard(key)
-                    future = self._in_flight.get(key)
-                    if future is not None and future.done():
-                        del self._in_flight[key]
+    def _flush(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        pending, self._pending = self._pending, {}
+        for (route_name, ttl_s), entries in pending.items():
+            task = asyncio.create_task(self._store(route_name, ttl_s, entries))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
-        task = asyncio.create_task(store())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+    async def _store(
+        self, route_name: str, ttl_s: float, entries: list[tuple[str, list[str], bytes]]
+    ) -> None:
+        try:
+            await self.client.set(entries, ttl_s, self.timeout_s)
+        except CacheUnavailable as exc:
+            self.route_stats(route_name).bypasses += 1
+            log.warning("cache bypassed on write", extra={"reason": str(exc), "route": route_name})
+        finally:
+            for key, _, _ in entries:  # written (or given up): readers find it in the cache from now on
+                self._storing.discard(key)
+                future = self._in_flight.get(key)
+                if future is not None and future.done():
+                    del self._in_flight[key]
 
     async def invalidate(self, scopes: Sequence[str]) -> dict[str, int]:
         """Make every entry in these scopes unreachable, here and in the shared cache."""
@@ -146,5 +163,6 @@ class PredictionCache:
                 del self._in_flight[key]
 
     async def drain(self) -> None:
+        self._flush()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
