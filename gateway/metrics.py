@@ -3,6 +3,7 @@ path. Served on the gateway's metrics port (`MESHSERVE_GATEWAY_METRICS_PORT`).""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -27,9 +28,11 @@ class GatewayCollector(Collector):
         rollouts: RolloutController,
         cache: PredictionCache,
         drift: DriftMonitor | None = None,
+        answers: Counter[tuple[str, str]] | None = None,
     ) -> None:
         self.cache = cache
         self.drift = drift
+        self.answers = answers
         self.live = live
         self.dispatcher = dispatcher
         self.shadow = shadow
@@ -59,6 +62,13 @@ class GatewayCollector(Collector):
         yield CounterMetricFamily(
             f"{prefix}_retries", "Retries granted by the retry budgets", value=self.dispatcher.retries
         )
+        if self.answers is not None:
+            tiers = CounterMetricFamily(
+                f"{prefix}_answers", "Answers by the fallback tier that gave them", labels=["route", "tier"]
+            )
+            for (route, tier), count in sorted(self.answers.items()):
+                tiers.add_metric([route, tier], count)
+            yield tiers
 
         labels = ["route", "variant"]
         compared = CounterMetricFamily(

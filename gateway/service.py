@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from importlib.metadata import version
 
 from gateway.admin import AdminServer, AdminServicer
@@ -47,6 +48,7 @@ class GatewayService(GrpcService):
         self.inference = InferenceClient(settings.inference_url)
         self.catalog = ModelCatalog(self.inference)
         self.dispatcher = Dispatcher()
+        self.answers: Counter[tuple[str, str]] = Counter()  # (route, tier) -> answers
         self.shadow = ShadowRunner()
         self.rollouts = RolloutController(self.routes, self.dispatcher.stats)
         profile = load_profile(settings.drift_profile)
@@ -89,14 +91,20 @@ class GatewayService(GrpcService):
         )
         self.metrics.registry.register(
             GatewayCollector(
-                self.routes, self.dispatcher, self.shadow, self.rollouts, self.prediction_cache, self.drift
-            )
+                self.routes,
+                self.dispatcher,
+                self.shadow,
+                self.rollouts,
+                self.prediction_cache,
+                self.drift,
+                self.answers,
+            )  # fmt: skip
         )
         self.ready = False
 
     def register(self, server):
-        oip = OpenInferenceServicer(self.api, lambda: self.ready)
-        return add_servicers(server, PredictionServicer(self.predict), oip)
+        oip = OpenInferenceServicer(self.api, lambda: self.ready, self.answers)
+        return add_servicers(server, PredictionServicer(self.predict, self.answers), oip)
 
     async def start(self) -> int:
         port = await super().start()

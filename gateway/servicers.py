@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 
 import grpc
@@ -35,8 +36,9 @@ def _instance(message: gateway_pb2.Instance, n: int) -> Instance:
 
 
 class PredictionServicer(gateway_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, handler: PredictHandler) -> None:
+    def __init__(self, handler: PredictHandler, answers: Counter[tuple[str, str]]) -> None:
         self.handler = handler
+        self.answers = answers  # (route, tier) -> answers given, for the metrics
 
     async def Predict(self, request, context):
         instances = [_instance(m, n) for n, m in enumerate(request.instances)]
@@ -44,6 +46,8 @@ class PredictionServicer(gateway_pb2_grpc.PredictionServiceServicer):
             request.route, instances, budget_left(context.time_remaining()), _headers(context)
         )
         first = result.predictions[0] if result.predictions else None
+        for p in result.predictions:
+            self.answers[(result.route, p.tier.name.lower())] += 1
         annotate(
             route=result.route,
             variant=first.variant if first else "",
@@ -80,9 +84,12 @@ class OpenInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         "ModelInfer", "ModelStreamInfer",
     )  # fmt: skip
 
-    def __init__(self, api: InferenceApi, is_ready: Callable[[], bool]) -> None:
+    def __init__(
+        self, api: InferenceApi, is_ready: Callable[[], bool], answers: Counter[tuple[str, str]]
+    ) -> None:
         self.api = api
         self.is_ready = is_ready
+        self.answers = answers
 
     async def ServerLive(self, request, context):
         return service_pb2.ServerLiveResponse(live=True)
@@ -113,6 +120,7 @@ class OpenInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 (TIER_HEADER, served.tier.name.lower()),
             )
         )
+        self.answers[(reply.model_name, served.tier.name.lower())] += 1
         annotate(
             route=reply.model_name,
             variant=served.variant,

@@ -6,11 +6,14 @@ import logging
 from importlib import resources
 from pathlib import Path
 
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
 from meshserve.core.lifecycle import GrpcService
 from meshserve.feature.v1 import feature_pb2, feature_pb2_grpc
 from meshserve.registry import load_registry
 from services.feature.files import read_rows
-from services.feature.handler import FeatureHandler
+from services.feature.handler import FeatureHandler, Status
 from services.feature.invalidation import CacheInvalidator
 from services.feature.servicer import FeatureServicer
 from services.feature.settings import FeatureSettings
@@ -33,6 +36,7 @@ class FeatureService(GrpcService):
         self.handler = FeatureHandler(
             self.registry, self.store, settings.max_keys_per_request, on_update=self.invalidator
         )
+        self.metrics.registry.register(FreshnessCollector(self.handler))
 
     def register(self, server):
         feature_pb2_grpc.add_FeatureServiceServicer_to_server(FeatureServicer(self.handler), server)
@@ -57,3 +61,21 @@ class FeatureService(GrpcService):
         await self.store.close()
         if self.invalidator is not None:
             await self.invalidator.close()
+
+
+class FreshnessCollector(Collector):
+    """How often each feature was served present, missing, or older than its max age (at scrape time)."""
+
+    def __init__(self, handler: FeatureHandler) -> None:
+        self.handler = handler
+
+    def collect(self):
+        served = CounterMetricFamily(
+            "meshserve_feature_served",
+            "Feature values served, by freshness status",
+            labels=["feature", "status"],
+        )
+        for feature, counts in sorted(self.handler.served.items()):
+            for status in Status:
+                served.add_metric([feature, status.name.lower()], counts[status])
+        yield served

@@ -57,6 +57,10 @@ async def test_each_process_counts_its_rpcs_by_method_and_code(mesh):
         >= 1
     )
     assert requests("cache", "/meshserve.cache.v1.CacheService/Get", "OK", metrics["cache"]) >= 1
+    assert gateway['meshserve_gateway_answers_total{route="fraud",tier="primary"}'] >= 1
+    assert (
+        metrics["feature"]['meshserve_feature_served_total{feature="avg_amount_30d",status="present"}'] >= 1
+    )
 
     triton = await asyncio.to_thread(scrape, mesh.endpoints.triton_metrics)
     assert any(k.startswith("nv_inference_count") and 'model="fraud"' in k for k in triton)
