@@ -21,6 +21,16 @@ from meshserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.helpers import feature_vector, score_directly
 
 
+def row_request(route: str, row: np.ndarray) -> service_pb2.ModelInferRequest:
+    """A one-row ModelInfer for `route`, tensor bytes raw as tritonclient sends them."""
+    tensor = service_pb2.ModelInferRequest.InferInputTensor(
+        name="features", datatype="FP32", shape=list(row.shape)
+    )
+    return service_pb2.ModelInferRequest(
+        model_name=route, inputs=[tensor], raw_input_contents=[row.tobytes()]
+    )
+
+
 def instance(account: str, amount: float = 120.0) -> gateway_pb2.Instance:
     return gateway_pb2.Instance(
         entity_key=account,
@@ -112,13 +122,7 @@ async def test_override_header_forces_the_canary(stub):
 
 async def test_model_infer_falls_back_and_says_so_in_trailing_metadata(mesh):
     row = feature_vector("acct-00005", amount=60.0, merchant_category=1)
-    request = service_pb2.ModelInferRequest(
-        model_name="canary-down",
-        inputs=[
-            service_pb2.ModelInferRequest.InferInputTensor(name="features", datatype="FP32", shape=[1, 5])
-        ],
-        raw_input_contents=[row.tobytes()],
-    )
+    request = row_request("canary-down", row)
     async with grpc.aio.insecure_channel(mesh.endpoints.gateway) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         seen = set()
@@ -133,13 +137,7 @@ async def test_model_infer_falls_back_and_says_so_in_trailing_metadata(mesh):
 
 @pytest.mark.parametrize("deadline_s", [0.5, 3.0])
 async def test_caller_deadline_reaches_triton_as_a_per_request_timeout_within_the_budget(mesh, deadline_s):
-    request = service_pb2.ModelInferRequest(
-        model_name="slow",
-        inputs=[
-            service_pb2.ModelInferRequest.InferInputTensor(name="features", datatype="FP32", shape=[1, 5])
-        ],
-        raw_input_contents=[np.ones((1, 5), np.float32).tobytes()],
-    )
+    request = row_request("slow", np.ones((1, 5), np.float32))
     async with grpc.aio.insecure_channel(mesh.endpoints.gateway) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         if deadline_s < 1.0:  # the slow model sleeps 1 s: the budget runs out first
@@ -158,13 +156,7 @@ async def test_caller_deadline_reaches_triton_as_a_per_request_timeout_within_th
 
 async def test_blue_green_switch_under_load_fails_no_request(mesh):
     row = feature_vector("acct-00009", amount=410.0, merchant_category=5)
-    request = service_pb2.ModelInferRequest(
-        model_name="bluegreen",
-        inputs=[
-            service_pb2.ModelInferRequest.InferInputTensor(name="features", datatype="FP32", shape=[1, 5])
-        ],
-        raw_input_contents=[row.tobytes()],
-    )
+    request = row_request("bluegreen", row)
     served: list[str] = []
     stop = asyncio.Event()
     async with (
@@ -195,13 +187,7 @@ async def test_blue_green_switch_under_load_fails_no_request(mesh):
 
 async def test_canary_unloaded_from_triton_under_load_costs_callers_nothing(mesh):
     row = feature_vector("acct-00012", amount=75.0, merchant_category=3)
-    request = service_pb2.ModelInferRequest(
-        model_name="doomed-canary",
-        inputs=[
-            service_pb2.ModelInferRequest.InferInputTensor(name="features", datatype="FP32", shape=[1, 5])
-        ],
-        raw_input_contents=[row.tobytes()],
-    )
+    request = row_request("doomed-canary", row)
     seen: list[tuple[str, str]] = []
     canary_answered, enough = asyncio.Event(), asyncio.Event()
     target = [10**9]  # how many answers `enough` waits for; set once the canary is unloaded
