@@ -24,7 +24,7 @@ EXTENSIONS = ["binary_tensor_data", "parameters", "model_configuration"]
 
 
 @dataclass(frozen=True, slots=True)
-class Served:
+class Answered:
     variant: str
     model_version: str
     tier: Tier
@@ -89,7 +89,7 @@ class InferenceApi:
         request: service_pb2.ModelInferRequest,
         time_left_s: float | None,
         headers: Mapping[str, str] | None = None,
-    ) -> tuple[service_pb2.ModelInferResponse, Served]:
+    ) -> tuple[service_pb2.ModelInferResponse, Answered]:
         """Route one request down its route's tiers; tensors are checked against each tier's model, never decoded."""
         route_name = request.model_name
         route = self.routes.get(route_name)
@@ -111,4 +111,4 @@ class InferenceApi:
         served = await self.dispatcher.run(route_name, route, first, attempt, deadline)
         reply = served.value
         reply.model_name = route_name
-        return reply, Served(served.variant.name, reply.model_version, served.tier)
+        return reply, Answered(served.variant.name, reply.model_version, served.tier)

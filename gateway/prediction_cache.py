@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -66,7 +65,6 @@ class PredictionCache:
         remote = [(k, s) for k, s in lookups if k not in found]
         if not remote:
             return found
-        started = time.perf_counter()
         try:
             hits = await self.client.get(remote, self.timeout_s)
         except CacheUnavailable as exc:
@@ -78,7 +76,6 @@ class PredictionCache:
         stats.misses += len(remote) - len(hits)
         if self.near is not None and hits:
             self.near.set_many(hits.items())
-        log.debug("cache read", extra={"route": route_name, "ms": (time.perf_counter() - started) * 1000})
         return found | {k: decode_score(v) for k, v in hits.items()}
 
     def put(self, route_name: str, route: Route, items: Sequence[tuple[str, list[str], float]]) -> None:

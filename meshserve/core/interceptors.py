@@ -57,12 +57,14 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str, metrics: ServiceMetrics |
 
     def end(context, started: float, exc: BaseException | None) -> None:
         seconds = time.perf_counter() - started
+        outcome = _outcome(exc, context)
         if metrics is not None:
             metrics.in_flight.labels(method).dec()
-            metrics.observe(method, _outcome(exc, context), seconds)
+            metrics.observe(method, outcome, seconds)
         if access_log.isEnabledFor(logging.DEBUG):
-            extra = {"method": method, "outcome": _outcome(exc, context), "ms": round(seconds * 1000, 3)}
-            access_log.debug("rpc", extra=extra)
+            access_log.debug(
+                "rpc", extra={"method": method, "outcome": outcome, "ms": round(seconds * 1000, 3)}
+            )
 
     def unary(inner):
         async def call(request, context):
