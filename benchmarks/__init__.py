@@ -1,6 +1,6 @@
-"""meshserve's benchmark: the mesh against Triton directly, on one machine. Run `python -m benchmarks`."""
+"""`make bench`: the mesh against direct Triton and an Envoy peer, in one run (see docs/benchmarks.md)."""
 
-from benchmarks.report import Summary, percentile, ratio, summarize
-from benchmarks.scenarios import SCENARIOS, closed_loop
+from benchmarks.load import closed_loop, open_loop
+from benchmarks.scenarios import SCENARIOS
 
-__all__ = ["SCENARIOS", "Summary", "closed_loop", "percentile", "ratio", "summarize"]
+__all__ = ["SCENARIOS", "closed_loop", "open_loop"]

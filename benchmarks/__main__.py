@@ -1,12 +1,15 @@
-"""`python -m benchmarks` (`make bench`): start one local mesh, load it scenario by scenario, report.
+"""`python -m benchmarks` (`make bench`): start one local mesh and an Envoy peer, load them scenario by
+scenario, report.
 
 Each scenario runs at each concurrency: a warm-up (not counted), then a measured window bracketed by Triton's
-statistics for fraud v1, so the average batch size is that of the window's requests alone.
+statistics for the scenario's model and by every process's CPU time, so the average batch size and the CPU per
+request are those of the window's requests alone. Then an open loop at 0.7x the capacity just measured.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -29,21 +32,39 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from benchmarks.report import Summary, check_targets, results_table, run_info, summarize, write_json
+from benchmarks.cpu import CpuMeter, descendants
+from benchmarks.load import LoadResult, closed_loop, open_loop
+from benchmarks.peers import EnvoyPeer
+from benchmarks.report import (
+    Summary,
+    check_targets,
+    cpu_table,
+    results_table,
+    run_info,
+    summarize,
+    write_json,
+)
 from benchmarks.scenarios import (
+    BENCH_MODELS,
+    DENSE,
+    DENSE_ROUTE_SPEC,
     NOCACHE_ROUTE,
     NOCACHE_ROUTE_SPEC,
     SCENARIOS,
     SPLIT_ROUTE,
     SPLIT_ROUTE_SPEC,
-    closed_loop,
+    Targets,
     triton_counts,
 )
 from meshserve.defaults import load_yaml
-from meshserve.mesh import REPO_ROOT, Endpoints, LocalMesh, MeshSettings
+from meshserve.mesh import REPO_ROOT, LocalMesh, MeshSettings
 
 app = typer.Typer(add_completion=False, help=__doc__)
 console = Console(width=None if sys.stdout.isatty() else 140)  # whole table when piped
+
+
+OPEN_LOOP = ("direct", "gateway-infer")  # run open-loop too, at 0.7x their closed-loop capacity
+OPEN_LOOP_LOAD = 0.7
 
 
 @dataclass(frozen=True)
@@ -53,36 +74,50 @@ class BenchConfig:
     duration_s: float
     warmup_s: float
     timeout_s: float
+    open_loop: bool = True
 
     def plan(self) -> list[tuple[str, int]]:
-        """Concurrency by concurrency, `direct` first, so each ratio compares runs close in time."""
+        """Concurrency by concurrency, baselines first, so each ratio compares runs close in time."""
         return [(s, c) for c in self.concurrency for s in self.scenarios]
 
 
-async def measure(
-    ep: Endpoints, name: str, concurrency: int, config: BenchConfig, sequence: Iterator[int], say
-) -> Summary:
-    scenario = SCENARIOS[name]
-    stats = triton_aio.InferenceServerClient(ep.triton_grpc)
-    try:
-        async with scenario.open(ep, config.timeout_s) as send:
+@dataclass
+class Bench:
+    """One run's fixtures: where to send, how to read Triton's counts and every process's CPU."""
+
+    targets: Targets
+    stats: triton_aio.InferenceServerClient
+    cpu: CpuMeter
+    config: BenchConfig
+    sequence: Iterator[int]
+
+    async def measure(self, name: str, concurrency: int, say, rate_rps: float | None = None) -> Summary:
+        scenario = SCENARIOS[name]
+        async with scenario.open(self.targets, self.config.timeout_s) as send:
             say("warm-up")
-            await closed_loop(send, concurrency, config.warmup_s, sequence)
-            before = await triton_counts(stats)
+            await self._load(send, concurrency, self.config.warmup_s, rate_rps)
+            before = await triton_counts(self.stats, scenario.model)
             say("measuring")
-            load = await closed_loop(send, concurrency, config.duration_s, sequence)
-            after = await triton_counts(stats)
-    finally:
-        await stats.close()
-    return summarize(name, concurrency, load.latencies_s, load.errors, load.elapsed_s, before, after,
-                     load.cache_hits, load.first_error)  # fmt: skip
+            self.cpu.start()
+            load = await self._load(send, concurrency, self.config.duration_s, rate_rps)
+            cpu_s = self.cpu.stop()
+            after = await triton_counts(self.stats, scenario.model)
+        return summarize(name, concurrency, load.latencies_s, load.errors, load.elapsed_s, before, after,
+                         load.cache_hits, load.first_error, baseline=scenario.baseline, cpu_s=cpu_s,
+                         rate_rps=rate_rps)  # fmt: skip
+
+    async def _load(self, send, concurrency: int, duration_s: float, rate_rps: float | None) -> LoadResult:
+        if rate_rps is None:
+            return await closed_loop(send, concurrency, duration_s, self.sequence)
+        return await open_loop(send, rate_rps, duration_s, self.sequence)
 
 
 def _routes_file(run_dir: Path) -> Path:
-    """The embedded routes plus the 90/10 split route, written where the mesh can read them."""
+    """The embedded routes plus the benchmark's own, written where the mesh can read them."""
     routes = load_yaml(None, "routes.yaml")
     routes["routes"][SPLIT_ROUTE] = SPLIT_ROUTE_SPEC
     routes["routes"][NOCACHE_ROUTE] = NOCACHE_ROUTE_SPEC
+    routes["routes"][DENSE] = DENSE_ROUTE_SPEC
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "routes.yaml"
     path.write_text(yaml.safe_dump(routes))
@@ -91,31 +126,64 @@ def _routes_file(run_dir: Path) -> Path:
 
 async def run_all(config: BenchConfig, run_dir: Path) -> list[Summary]:
     routes_file = _routes_file(run_dir)
-    mesh = LocalMesh(MeshSettings(gateway_port=0, admin_port=0, run_dir=run_dir, routes_path=routes_file))
-    with console.status("starting the mesh (Triton, feature, cache, inference, gateway)..."):
+    settings = MeshSettings(gateway_port=0, admin_port=0, run_dir=run_dir, routes_path=routes_file,
+                            model_repositories=[REPO_ROOT / "model_repository", BENCH_MODELS])  # fmt: skip
+    mesh = LocalMesh(settings)
+    envoy = EnvoyPeer("", run_dir)
+    with console.status("starting the mesh (Triton, feature, cache, inference, gateway) and Envoy..."):
         ep = await mesh.start()
-    console.print(f"mesh up: gateway {ep.gateway}, Triton {ep.triton_grpc}; logs in {run_dir / 'logs'}")
-    sequence = itertools.count()  # one for the whole run: gateway-predict never repeats an input
-    results = []
+        envoy.upstream = ep.triton_grpc
+        try:
+            await envoy.start()
+        except BaseException:
+            await mesh.stop()
+            raise
+    console.print(f"mesh up: gateway {ep.gateway}, Triton {ep.triton_grpc}, Envoy {envoy.address}; "
+                  f"logs in {run_dir / 'logs'}")  # fmt: skip
+    pids = {name: child.pid for name, child in mesh.children.items()}
+    groups = {name: (lambda pid=pid: {pid}) for name, pid in pids.items()}
+    groups |= {"client": lambda: {os.getpid()}, "stub": lambda: descendants(pids["triton"]),
+               "envoy": lambda: {envoy.pid}}  # fmt: skip
+    stats = triton_aio.InferenceServerClient(ep.triton_grpc)
+    bench = Bench(
+        Targets(ep.gateway, ep.triton_grpc, envoy.address), stats, CpuMeter(groups), config, itertools.count()
+    )  # fmt: skip (one sequence for the run: gateway-predict never repeats an input)
+    results: list[Summary] = []
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())  # fmt: skip
     try:
         with Progress(*columns, console=console) as progress:
             plan = config.plan()
-            task = progress.add_task("scenarios", total=len(plan))
+            opened = [s for s in OPEN_LOOP if s in config.scenarios] if config.open_loop else []
+            task = progress.add_task("scenarios", total=len(plan) + len(opened))
             for name, concurrency in plan:
-
-                def say(phase: str, name: str = name, concurrency: int = concurrency) -> None:
-                    progress.update(task, description=f"{name} @ {concurrency}: {phase}")
-
-                results.append(await measure(ep, name, concurrency, config, sequence, say))
-                if crashed := mesh.crashed():
-                    raise RuntimeError(f"mesh processes exited during the run: {', '.join(crashed)}")
+                results.append(
+                    await bench.measure(name, concurrency, _say(progress, task, name, concurrency))
+                )
+                _check(mesh)
+                progress.advance(task)
+            for name in opened:
+                capacity = max(r.throughput_rps for r in results if r.scenario == name)
+                rate = OPEN_LOOP_LOAD * capacity
+                say = _say(progress, task, name, f"open loop {rate:,.0f}/s")
+                results.append(await bench.measure(name, 0, say, rate_rps=rate))
+                _check(mesh)
                 progress.advance(task)
     finally:
-        with console.status("stopping the mesh..."):
+        await stats.close()
+        with console.status("stopping the mesh and Envoy..."):
+            await envoy.stop()
             await mesh.stop()
     return results
+
+
+def _say(progress: Progress, task, name: str, at: object):
+    return lambda phase: progress.update(task, description=f"{name} @ {at}: {phase}")
+
+
+def _check(mesh: LocalMesh) -> None:
+    if crashed := mesh.crashed():
+        raise RuntimeError(f"mesh processes exited during the run: {', '.join(crashed)}")
 
 
 @app.command()
@@ -125,9 +193,9 @@ def main(
     ] = None,
     concurrency: Annotated[
         list[int] | None,
-        typer.Option("--concurrency", "-c", help="repeatable; requests in flight (default 1, 16)"),
+        typer.Option("--concurrency", "-c", help="repeatable; requests in flight (default 1, 16, 64)"),
     ] = None,
-    duration: Annotated[float, typer.Option(min=0.1, help="measured seconds per scenario")] = 5.0,
+    duration: Annotated[float, typer.Option(min=0.1, help="measured seconds per scenario")] = 4.0,
     warmup: Annotated[float, typer.Option(min=0.0, help="unmeasured seconds before each window")] = 1.0,
     timeout: Annotated[float, typer.Option(min=0.01, help="deadline per request, seconds")] = 5.0,
     out: Annotated[
@@ -136,12 +204,13 @@ def main(
     run_dir: Annotated[
         Path | None, typer.Option(help="keep the mesh's logs here (default: a temp dir)")
     ] = None,
+    open_loop: Annotated[bool, typer.Option(help="also run direct and gateway-infer open-loop")] = True,
 ) -> None:
     """Throughput, p50/p99 latency, errors and Triton's average batch size: direct Triton vs the mesh."""
     names = scenario or list(SCENARIOS)
     if unknown := sorted(set(names) - set(SCENARIOS)):
         raise typer.BadParameter(f"unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}")
-    config = BenchConfig(names, concurrency or [1, 16], duration, warmup, timeout)
+    config = BenchConfig(names, concurrency or [1, 16, 64], duration, warmup, timeout, open_loop)
     for name in names:
         console.print(f"[bold]{name}[/]: {SCENARIOS[name].description}")
 
@@ -149,6 +218,7 @@ def main(
         results = uvloop.run(run_all(config, run_dir or Path(tmp)))
 
     console.print(results_table(results))
+    console.print(cpu_table(results))
     for r in results:
         if r.errors:
             console.print(
@@ -157,12 +227,13 @@ def main(
     for t in check_targets(results):
         mark = {True: "[green]met[/]", False: "[red]missed[/]", None: "[yellow]not measured[/]"}[t["met"]]
         value = "-" if t["value"] is None else f"{t['value']:.2f}"
-        console.print(f"target: {t['target']} (c={t['concurrency']}): {value} -> {mark}")
+        bound = ">=" if t["kind"] == "min" else "<="
+        console.print(f"target: {t['target']} {bound} {t['threshold']:g}: {value} -> {mark}")
 
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     path = out or Path("bench-results") / f"bench-{stamp}.json"
     settings = {"scenarios": names, "concurrency": config.concurrency, "duration_s": duration,
-                "warmup_s": warmup, "timeout_s": timeout}  # fmt: skip
+                "warmup_s": warmup, "timeout_s": timeout, "open_loop_load": OPEN_LOOP_LOAD if open_loop else None}  # fmt: skip
     write_json(path, run_info(REPO_ROOT), settings, results)
     console.print(f"wrote {path}")
 

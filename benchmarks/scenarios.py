@@ -1,78 +1,52 @@
-"""Closed-loop load generators: N coroutines, each sending its next request as soon as the last one answers.
+"""The benchmark's scenarios: what is called, through which path, with which client.
 
 Every scenario is an async context manager that opens one client and yields a `Send`: an awaitable taking the
-request's sequence number and returning whether the answer came from the mesh's cache. Payloads are built
-before the timed loop; only what must differ per request (the Predict `amount` of the cache-miss scenario)
-is made inside it.
+request's sequence number and returning whether the answer came from the mesh's cache. Payloads are built before
+the timed loop; only what must differ per request (the Predict `amount` of the cache-miss scenario) is made
+inside it. Each scenario names the baseline its ratios are taken against, and the Triton model whose statistics
+give its average batch size.
 """
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import itertools
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 
 import grpc
 import numpy as np
 import tritonclient.grpc.aio as triton_aio
 from tritonclient.grpc import InferInput, InferRequestedOutput
 
+from benchmarks.load import Send
 from meshserve.feature.v1 import feature_pb2
 from meshserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from meshserve.mesh import Endpoints
 from meshserve.registry import load_registry
 
-__all__ = ["SCENARIOS", "LoadResult", "Scenario", "closed_loop", "triton_counts"]
+__all__ = ["BENCH_MODELS", "SCENARIOS", "Scenario", "Targets", "triton_counts"]
 
 MODEL, VERSION, ROUTE = "fraud", "1", "fraud"
+DENSE = "dense"  # the compute-bound benchmark model (benchmarks/model_repository)
+BENCH_MODELS = Path(__file__).resolve().parent / "model_repository"
 ROW_POOL = 256  # distinct single-row payloads cycled through by the ModelInfer scenarios
 HIT_POOL = 64  # distinct Predict inputs reused by gateway-predict-hit (primed during its warm-up)
 
-Send = Callable[[int], Awaitable[bool]]
+
+@dataclass(frozen=True)
+class Targets:
+    gateway: str
+    triton: str
+    envoy: str  # Envoy as a plain proxy in front of Triton
 
 
-@dataclass
-class LoadResult:
-    latencies_s: list[float] = field(default_factory=list)
-    errors: int = 0
-    cache_hits: int = 0
-    elapsed_s: float = 0.0
-    first_error: str | None = None
-
-
-async def closed_loop(send: Send, concurrency: int, duration_s: float, sequence: Iterator[int]) -> LoadResult:
-    """Run `concurrency` workers back to back for `duration_s`; in-flight requests finish (and count)."""
-    result = LoadResult()
-    start = time.perf_counter()
-    deadline = start + duration_s
-
-    async def worker() -> None:
-        while time.perf_counter() < deadline:
-            n = next(sequence)
-            sent = time.perf_counter()
-            try:
-                hit = await send(n)
-            except Exception as exc:  # counted and reported, never fatal to the run
-                result.errors += 1
-                result.first_error = result.first_error or f"{type(exc).__name__}: {exc}"[:300]
-                continue
-            result.latencies_s.append(time.perf_counter() - sent)
-            result.cache_hits += hit
-
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    result.elapsed_s = time.perf_counter() - start
-    return result
-
-
-async def triton_counts(client: triton_aio.InferenceServerClient) -> tuple[int, int]:
-    """(inference_count, execution_count) of every fraud version from Triton's statistics: rows inferred,
+async def triton_counts(client: triton_aio.InferenceServerClient, model: str) -> tuple[int, int]:
+    """(inference_count, execution_count) of every version of `model` from Triton's statistics: rows inferred,
     batches run (a split route reaches both versions)."""
-    stats = await client.get_inference_statistics(MODEL, client_timeout=10)
+    stats = await client.get_inference_statistics(model, client_timeout=10)
     return sum(e.inference_count for e in stats.model_stats), sum(
         e.execution_count for e in stats.model_stats
     )
@@ -98,10 +72,15 @@ def feature_rows(count: int = ROW_POOL) -> list[np.ndarray]:
     return rows
 
 
-def _infer_payloads(rows: list[np.ndarray]) -> list[list[InferInput]]:
+def dense_rows(count: int = ROW_POOL, width: int = 32) -> list[np.ndarray]:
+    rng = np.random.default_rng(20261201)
+    return [rng.standard_normal((1, width)).astype(np.float32) for _ in range(count)]
+
+
+def _infer_payloads(rows: list[np.ndarray], name: str) -> list[list[InferInput]]:
     payloads = []
     for row in rows:
-        tensor = InferInput("features", list(row.shape), "FP32")
+        tensor = InferInput(name, list(row.shape), "FP32")
         tensor.set_data_from_numpy(row)
         payloads.append([tensor])
     return payloads
@@ -110,8 +89,9 @@ def _infer_payloads(rows: list[np.ndarray]) -> list[list[InferInput]]:
 @asynccontextmanager
 async def open_infer(target: str, version: str, timeout_s: float, model: str = MODEL) -> AsyncIterator[Send]:
     """One tritonclient.grpc.aio client sending single-row ModelInfer for `model` (a route, at the gateway)."""
-    payloads = _infer_payloads(feature_rows())
-    outputs = [InferRequestedOutput("score")]
+    dense = model == DENSE
+    payloads = _infer_payloads(dense_rows() if dense else feature_rows(), "x" if dense else "features")
+    outputs = [InferRequestedOutput("y" if dense else "score")]
     client = triton_aio.InferenceServerClient(target)
     try:
 
@@ -198,11 +178,20 @@ NOCACHE_ROUTE_SPEC = {
 }
 
 
+DENSE_ROUTE_SPEC = {
+    "cache": {"enabled": False},
+    "timeout_ms": 5000,
+    "variants": [{"name": "stable", "model": DENSE, "version": "1", "weight": 100}],
+}
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
     description: str
-    open: Callable[[Endpoints, float], AbstractAsyncContextManager[Send]]
+    open: Callable[[Targets, float], AbstractAsyncContextManager[Send]]
+    baseline: str = "direct"  # ratios are taken against this scenario at the same concurrency
+    model: str = MODEL  # whose Triton statistics give the average batch
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -211,37 +200,56 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario(
             "direct",
             "tritonclient.grpc.aio -> Triton ModelInfer fraud v1 (the baseline)",
-            lambda ep, timeout_s: open_infer(ep.triton_grpc, VERSION, timeout_s),
+            lambda t, timeout_s: open_infer(t.triton, VERSION, timeout_s),
+        ),
+        Scenario(
+            "envoy",
+            "tritonclient.grpc.aio -> Envoy 1.40 (plain gRPC proxy, one worker) -> Triton: the peer",
+            lambda t, timeout_s: open_infer(t.envoy, VERSION, timeout_s),
         ),
         Scenario(
             "gateway-infer",
             "tritonclient.grpc.aio -> gateway ModelInfer route fraud -> inference service -> Triton",
-            lambda ep, timeout_s: open_infer(ep.gateway, "", timeout_s),
+            lambda t, timeout_s: open_infer(t.gateway, "", timeout_s),
         ),
         Scenario(
             "gateway-infer-split",
             f"as gateway-infer, on route {SPLIT_ROUTE}: fraud v1 90 % / v2 10 % (weighted random)",
-            lambda ep, timeout_s: open_infer(ep.gateway, "", timeout_s, SPLIT_ROUTE),
+            lambda t, timeout_s: open_infer(t.gateway, "", timeout_s, SPLIT_ROUTE),
         ),
         Scenario(
             "gateway-predict",
             "Predict, a new amount every request: gateway -> cache miss -> feature -> inference -> Triton",
-            lambda ep, timeout_s: open_predict(ep.gateway, _miss_request, timeout_s),
+            lambda t, timeout_s: open_predict(t.gateway, _miss_request, timeout_s),
         ),
         Scenario(
             "gateway-predict-nocache",
             f"as gateway-predict, on route {NOCACHE_ROUTE} with the cache off (cache on vs off on all misses)",
-            lambda ep, timeout_s: open_predict(ep.gateway, _uncached_miss_request, timeout_s),
+            lambda t, timeout_s: open_predict(t.gateway, _uncached_miss_request, timeout_s),
         ),
         Scenario(
             "gateway-predict-90hit",
             "Predict, 90 % from a primed pool (cache hits) and 10 % new inputs (misses)",
-            lambda ep, timeout_s: open_predict(ep.gateway, _mixed_requests(0.9), timeout_s),
+            lambda t, timeout_s: open_predict(t.gateway, _mixed_requests(0.9), timeout_s),
         ),
         Scenario(
             "gateway-predict-hit",
             f"Predict over {HIT_POOL} fixed inputs: answered from the cache after warm-up (not Triton)",
-            lambda ep, timeout_s: open_predict(ep.gateway, _hit_requests(), timeout_s),
+            lambda t, timeout_s: open_predict(t.gateway, _hit_requests(), timeout_s),
+        ),
+        Scenario(
+            "dense-direct",
+            "tritonclient.grpc.aio -> Triton, compute-bound model dense (~1 ms per batch): its baseline",
+            lambda t, timeout_s: open_infer(t.triton, VERSION, timeout_s, DENSE),
+            baseline="dense-direct",
+            model=DENSE,
+        ),
+        Scenario(
+            "dense-gateway",
+            "tritonclient.grpc.aio -> gateway ModelInfer route dense -> inference service -> Triton",
+            lambda t, timeout_s: open_infer(t.gateway, "", timeout_s, DENSE),
+            baseline="dense-direct",
+            model=DENSE,
         ),
     ]
 }

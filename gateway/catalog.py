@@ -7,7 +7,9 @@ from dataclasses import dataclass
 
 from tritonclient.grpc import service_pb2
 
+from gateway.batching import BatchPlan, batch_plan
 from gateway.clients import InferenceClient
+from gateway.settings import Coalescing
 from meshserve.core.errors import ErrorCode, MeshError, Unavailable
 
 
@@ -18,6 +20,7 @@ class ModelInfo:
     ready: bool
     metadata: service_pb2.ModelMetadataResponse
     config: service_pb2.ModelConfigResponse
+    plan: BatchPlan  # how concurrent requests to this version are merged
 
     @property
     def max_batch_size(self) -> int:
@@ -27,14 +30,21 @@ class ModelInfo:
 class ModelCatalog:
     """Caches DescribeModel by (model, requested version); concurrent first lookups share one call."""
 
-    def __init__(self, inference: InferenceClient, timeout_s: float = 5.0) -> None:
+    def __init__(
+        self, inference: InferenceClient, timeout_s: float = 5.0, coalescing: Coalescing | None = None
+    ) -> None:
         self.inference = inference
         self.timeout_s = timeout_s
+        self.coalescing = coalescing or inference.coalescing
         self._known: dict[tuple[str, str], asyncio.Future[ModelInfo]] = {}
 
     async def get(self, model: str, version: str) -> ModelInfo:
         key = (model, version)
         future = self._known.get(key)
+        if future is not None and future.done() and not future.cancelled() and future.exception() is None:
+            info = future.result()  # the hot path: known and ready, nothing to wait for
+            if info.ready:
+                return info
         if future is None:
             future = self._known[key] = asyncio.ensure_future(self._describe(model, version))
         try:
@@ -56,7 +66,9 @@ class ModelCatalog:
                     f"model {model!r} version {version or 'latest'} is not available: {exc}"
                 ) from None
             raise
-        return ModelInfo(model, reply.resolved_version, reply.ready, reply.metadata, reply.config)
+        c = self.coalescing
+        plan = batch_plan(reply.config.config, c.model_in_flight, c.model_max_rows)
+        return ModelInfo(model, reply.resolved_version, reply.ready, reply.metadata, reply.config, plan)
 
     def forget(self) -> None:
         self._known.clear()

@@ -20,6 +20,7 @@ from gateway.routes import StickyKey, Variant, choose_variant
 from gateway.tensors import validate_infer_request
 
 SERVER_NAME = "meshserve"
+_NO_HEADERS: Mapping[str, str] = {}
 EXTENSIONS = ["binary_tensor_data", "parameters", "model_configuration"]
 
 
@@ -93,7 +94,7 @@ class InferenceApi:
         """Route one request down its route's tiers; tensors are checked against each tier's model, never decoded."""
         route_name = request.model_name
         route = self.routes.get(route_name)
-        headers = headers or {}
+        headers = headers or _NO_HEADERS
         sticky = headers.get(route.sticky.header or "") if route.sticky.key is StickyKey.HEADER else None
         forced = headers.get(route.override_header) if route.override_header else None
         first = choose_variant(
@@ -106,7 +107,7 @@ class InferenceApi:
             validate_infer_request(request, info.metadata, info.max_batch_size, route_name)
             request.model_name = variant.model
             request.model_version = info.version
-            return await self.inference.infer(request, time_left)
+            return await self.inference.infer(request, time_left, info.plan)
 
         served = await self.dispatcher.run(route_name, route, first, attempt, deadline)
         reply = served.value

@@ -10,13 +10,13 @@ import asyncio
 import logging
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from tritonclient.grpc import service_pb2
 
 from gateway.cache_keys import prediction_key
-from gateway.catalog import ModelCatalog
+from gateway.catalog import ModelCatalog, ModelInfo
 from gateway.clients import FeatureClient, InferenceClient
 from gateway.dispatch import AllTiersFailed, Dispatcher, Tier
 from gateway.live import LiveRoutes
@@ -52,6 +52,18 @@ class Prediction:
     variant: str
     model_version: str
     tier: Tier
+
+
+@dataclass(slots=True, eq=False)
+class _Item:
+    """One instance of a Predict on its way through: what was asked, where the split sent it, its cache key and
+    scopes (when the route caches), and finally its answer."""
+
+    instance: Instance
+    chosen: Variant
+    key: str = ""
+    scopes: list[str] = field(default_factory=list)
+    answer: Prediction | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,30 +117,30 @@ class PredictHandler:
         route = self.routes.get(route_name)
         deadline = self.dispatcher.deadline(route, time_left_s)
         headers = headers or {}
-        groups: dict[str, list[int]] = {}
-        for n, instance in enumerate(instances):
-            variant = choose_variant(
-                route,
-                self.rng,
-                sticky_key=self._sticky_key(route, instance, headers),
-                forced=self._forced(route, headers),
-            )
-            groups.setdefault(variant.name, []).append(n)
         self._validate(route, instances)
-        answers: dict[int, Prediction] = {}
-        await asyncio.gather(
-            *(
-                self._serve_group(
-                    route_name, route, route.variant(name), [instances[n] for n in ns], ns, answers, deadline
-                )
-                for name, ns in groups.items()
+        forced = self._forced(route, headers)
+        items = [
+            _Item(
+                i,
+                choose_variant(
+                    route, self.rng, sticky_key=self._sticky_key(route, i, headers), forced=forced
+                ),
             )
-        )
-        predictions = [answers[n] for n in range(len(instances))]
+            for i in instances
+        ]
+        groups: dict[str, list[_Item]] = {}
+        for item in items:
+            groups.setdefault(item.chosen.name, []).append(item)
+        serving = [
+            self._serve(route_name, route, group[0].chosen, group, deadline) for group in groups.values()
+        ]
+        await (serving[0] if len(serving) == 1 else asyncio.gather(*serving))
+        predictions = [item.answer for item in items]
+        assert all(predictions), "every instance is answered or the Predict fails"
         if route.shadows:
-            self._mirror(route_name, route, instances, predictions)
-        first = predictions[0].variant if predictions else ""
-        return PredictResult(route_name, route.variant(first).model if first else "", predictions)
+            self._mirror(route_name, route, instances, predictions)  # type: ignore[arg-type]
+        first = predictions[0].variant if predictions else ""  # type: ignore[union-attr]
+        return PredictResult(route_name, route.variant(first).model if first else "", predictions)  # type: ignore[arg-type]
 
     def _mirror(
         self, route_name: str, route: Route, instances: Sequence[Instance], predictions: list[Prediction]
@@ -142,7 +154,7 @@ class PredictHandler:
             await self.dispatcher.inject_faults(
                 route, variant, time_left_s
             )  # shadows are tested like any variant
-            return (await self._score(route, mirrored, variant, time_left_s, observe=False))[1]
+            return (await self._run_model(route, mirrored, variant, time_left_s, observe=False))[1]
 
         self.shadow.mirror(route_name, route, [p.score for _, p in answered], score)
 
@@ -174,119 +186,105 @@ class PredictHandler:
                     raise InvalidArgument(
                         f"instance {n}: request feature {name!r}={value} is outside [{spec.min}, {spec.max}]"
                     )
-            unknown = sorted(set(instance.features) - set(wanted))
-            if unknown:
+            if len(instance.features) != len(wanted):
+                unknown = sorted(set(instance.features) - set(wanted))
                 raise InvalidArgument(
                     f"instance {n}: unknown request feature {unknown[0]!r}; expected {wanted}"
                 )
 
-    async def _serve_group(
-        self,
-        route_name: str,
-        route: Route,
-        chosen: Variant,
-        instances: list[Instance],
-        positions: list[int],
-        answers: dict[int, Prediction],
-        deadline: float,
+    async def _serve(
+        self, route_name: str, route: Route, chosen: Variant, items: list[_Item], deadline: float
     ) -> None:
+        """Answer `items`, which the split sent to `chosen`: from the cache, from an identical miss already being
+        scored, or by scoring them down the route's tiers."""
         try:
             version = (await self.catalog.get(chosen.model, chosen.version)).version
         except MeshError as exc:
             if not try_elsewhere(exc):
                 raise
             version = None  # the chosen variant is down: no cache key to read, the dispatcher falls back
-        caching = route.cache.enabled and version is not None
+        if not (route.cache.enabled and version is not None):
+            await self._score(route_name, route, chosen, items, deadline)
+            return
         entity = self.registry.models[chosen.model].entity
-        keys = [
-            prediction_key(route_name, chosen.name, chosen.model, version or "", i.entity_key, i.features)
-            for i in instances
-        ]
-        scopes = [prediction_scopes(route_name, chosen.model, entity, i.entity_key) for i in instances]
-        cached = await self.cache.get(route_name, list(zip(keys, scopes, strict=True))) if caching else {}
+        for item in items:
+            key = item.instance.entity_key
+            item.key = prediction_key(
+                route_name, chosen.name, chosen.model, version, key, item.instance.features
+            )
+            item.scopes = prediction_scopes(route_name, chosen.model, entity, key)
+        cached = await self.cache.get(route_name, [(item.key, item.scopes) for item in items])
         misses = []
-        for n, (instance, key) in enumerate(zip(instances, keys, strict=True)):
-            if key in cached:
-                answers[positions[n]] = Prediction(
-                    instance.entity_key, cached[key], True, chosen.name, version or "", Tier.PRIMARY
-                )
+        for item in items:
+            score = cached.get(item.key)
+            if score is None:
+                misses.append(item)
             else:
-                misses.append(n)
+                item.answer = Prediction(
+                    item.instance.entity_key, score, True, chosen.name, version, Tier.PRIMARY
+                )
         if not misses:
             return
         # Single-flight: an identical miss already being scored is waited for, not scored again.
-        leading, following = (
-            self.cache.claim([keys[n] for n in misses]) if caching else (list(range(len(misses))), {})
-        )
-        led = [misses[i] for i in leading]
+        leading, following = self.cache.claim([item.key for item in misses])
+        led = [misses[n] for n in leading]
         try:
             if led:
-                await self._score_misses(route_name, route, chosen, version, instances, positions, led, keys, scopes,
-                                         answers, deadline)  # fmt: skip
+                await self._score(route_name, route, chosen, led, deadline, version)
         except BaseException as exc:
-            if caching:
-                for n in led:
-                    self.cache.settle(keys[n], error=exc)
+            for item in led:
+                self.cache.settle(item.key, error=exc)
             raise
-        if caching:
-            for n in led:
-                self.cache.settle(keys[n], answers[positions[n]])
-        for i, future in following.items():
-            n = misses[i]
+        for item in led:
+            self.cache.settle(item.key, item.answer)
+        for n, future in following.items():
             shared: Prediction = await asyncio.shield(future)
             self.cache.route_stats(route_name).coalesced += 1
-            answers[positions[n]] = Prediction(
-                instances[n].entity_key,
-                shared.score,
-                False,
-                shared.variant,
-                shared.model_version,
-                shared.tier,
-            )
+            misses[n].answer = replace(shared, entity_key=misses[n].instance.entity_key, from_cache=False)
 
-    async def _score_misses(
+    async def _score(
         self,
         route_name: str,
         route: Route,
         chosen: Variant,
-        version: str | None,
-        instances: list[Instance],
-        positions: list[int],
-        misses: list[int],
-        keys: list[str],
-        scopes: list[list[str]],
-        answers: dict[int, Prediction],
+        items: list[_Item],
         deadline: float,
+        cached_version: str | None = None,
     ) -> None:
-        todo = [instances[n] for n in misses]
+        """Score `items` down the route's tiers; cache the answers when they came from the variant (and version)
+        whose key they were looked up under."""
+        instances = [item.instance for item in items]
         try:
             served = await self.dispatcher.run(
                 route_name,
                 route,
                 chosen,
-                lambda variant, time_left: self._score(route, todo, variant, time_left),
+                lambda variant, time_left: self._run_model(route, instances, variant, time_left),
                 deadline,
             )
         except AllTiersFailed:
             if route.default is None:
                 raise
-            for n in misses:  # the default answer is never cached
-                answers[positions[n]] = Prediction(
-                    instances[n].entity_key, route.default.score, False, "", "", Tier.DEFAULT
+            for item in items:  # the default answer is never cached
+                item.answer = Prediction(
+                    item.instance.entity_key, route.default.score, False, "", "", Tier.DEFAULT
                 )
             return
-        served_version, scores = served.value
-        for n, score in zip(misses, scores, strict=True):
-            answers[positions[n]] = Prediction(
-                instances[n].entity_key, score, False, served.variant.name, served_version, served.tier
+        version, scores = served.value
+        for item, score in zip(items, scores, strict=True):
+            item.answer = Prediction(
+                item.instance.entity_key, score, False, served.variant.name, version, served.tier
             )
         cacheable = served.tier is Tier.PRIMARY or route.cache.cache_fallbacks
-        if route.cache.enabled and cacheable and version == served_version and served.variant is chosen:
-            self.cache.put(
-                route_name, route, [(keys[n], scopes[n], s) for n, s in zip(misses, scores, strict=True)]
-            )
+        if (
+            cached_version is not None
+            and cacheable
+            and version == cached_version
+            and served.variant is chosen
+        ):
+            self.cache.put(route_name, route, [(i.key, i.scopes, i.answer.score) for i in items])  # type: ignore[union-attr]
 
-    async def _score(
+    async def _run_model(
         self,
         route: Route,
         instances: Sequence[Instance],
@@ -294,13 +292,19 @@ class PredictHandler:
         time_left_s: float,
         observe: bool = True,
     ) -> tuple[str, list[float]]:
+        """Features joined with the request's, one model input row per instance, scored by `variant`."""
         model = await self.catalog.get(variant.model, variant.version)
         spec = self.registry.models[variant.model]
         stored = self.registry.stored_features(variant.model)
-        reply = await self.features.get(
-            spec.entity, [i.entity_key for i in instances], stored, min(time_left_s, self.feature_timeout_s)
-        )
-        stored_values = self._stored_values(reply, stored, route.features)
+        stored_values: list[dict[str, float]] = [{} for _ in instances]
+        if stored:
+            vectors = await self.features.get(
+                spec.entity,
+                [i.entity_key for i in instances],
+                stored,
+                min(time_left_s, self.feature_timeout_s),
+            )
+            stored_values = self._stored_values(vectors, stored, route.features)
         matrix = np.empty((len(instances), len(spec.vector)), dtype=np.float32)
         for row, instance in enumerate(instances):
             values = {**stored_values[row], **instance.features}
@@ -309,20 +313,19 @@ class PredictHandler:
             self.drift.observe(variant.model, matrix)  # the model's real inputs, against its training data
         step = model.max_batch_size or len(instances)
         chunks = [matrix[start : start + step] for start in range(0, len(instances), step)]
-        outputs = await asyncio.gather(*(self._infer(c, variant, model.version, time_left_s) for c in chunks))
+        outputs = await asyncio.gather(*(self._infer(c, variant, model, time_left_s) for c in chunks))
         return model.version, [float(s) for chunk in outputs for s in chunk]
 
     def _stored_values(
-        self, reply: feature_pb2.GetOnlineFeaturesResponse, names: list[str], policy: FeaturePolicy
+        self, vectors: Sequence[feature_pb2.FeatureVector], names: list[str], policy: FeaturePolicy
     ) -> list[dict[str, float]]:
-        """Stored features per instance. A value that is missing or too old is never used silently: the
-        route's policy gives it the registry's default, rejects the request, or fails this tier."""
-        position = {name: n for n, name in enumerate(reply.feature_names)}
+        """Stored features per instance (each vector's values aligned with `names`). A value that is missing or
+        too old is never used silently: the route's policy gives it the registry's default, rejects the
+        request, or fails this tier."""
         rows = []
-        for vector in reply.vectors:
+        for vector in vectors:
             values = {}
-            for name in names:
-                n = position[name]
+            for n, name in enumerate(names):
                 status = vector.statuses[n]
                 if status == feature_pb2.PRESENT:
                     kind = vector.values[n].WhichOneof("kind")
@@ -340,7 +343,7 @@ class PredictHandler:
         return rows
 
     async def _infer(
-        self, matrix: np.ndarray, variant: Variant, version: str, time_left_s: float
+        self, matrix: np.ndarray, variant: Variant, model: ModelInfo, time_left_s: float
     ) -> np.ndarray:
         spec = self.registry.models[variant.model]
         tensor = service_pb2.ModelInferRequest.InferInputTensor(
@@ -348,12 +351,12 @@ class PredictHandler:
         )
         request = service_pb2.ModelInferRequest(
             model_name=variant.model,
-            model_version=version,
+            model_version=model.version,
             inputs=[tensor],
             outputs=[service_pb2.ModelInferRequest.InferRequestedOutputTensor(name=spec.output)],
             raw_input_contents=[matrix.tobytes()],
         )
-        reply = await self.inference.infer(request, time_left_s)
+        reply = await self.inference.infer(request, time_left_s, model.plan)
         index = next(n for n, out in enumerate(reply.outputs) if out.name == spec.output)
         return np.frombuffer(reply.raw_output_contents[index], dtype=np.float32)
 

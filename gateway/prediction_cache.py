@@ -17,8 +17,6 @@ from gateway.routes import Route
 from meshserve.lru import LruTtlCache
 
 log = logging.getLogger(__name__)
-WRITE_DELAY_S = 0.002  # how long an answer may wait for others to share its Set
-WRITE_BATCH = 256  # ...or how many answers make a Set go at once
 
 
 def prediction_scopes(route: str, model: str, entity: str, entity_key: str) -> list[str]:
@@ -49,9 +47,6 @@ class PredictionCache:
     stats: dict[str, RouteCacheStats] = field(default_factory=dict)
     _in_flight: dict[str, asyncio.Future] = field(default_factory=dict)
     _storing: set[str] = field(default_factory=set)  # answered keys whose cache write is still under way
-    _pending: dict[tuple[str, float], list[tuple[str, list[str], bytes]]] = field(default_factory=dict)
-    _flush_timer: asyncio.TimerHandle | None = None
-    _background: set[asyncio.Task[None]] = field(default_factory=set)
 
     def route_stats(self, route: str) -> RouteCacheStats:
         return self.stats.setdefault(route, RouteCacheStats())
@@ -79,45 +74,27 @@ class PredictionCache:
         return found | {k: decode_score(v) for k, v in hits.items()}
 
     def put(self, route_name: str, route: Route, items: Sequence[tuple[str, list[str], float]]) -> None:
-        """Store answers without making the caller wait: near-cache now, cache service in the background."""
+        """Store answers without making the caller wait: near-cache now, cache service behind (the writes of
+        concurrent requests travel as one Set)."""
         encoded = [(k, s, encode_score(v)) for k, s, v in items]
         encoded = [(k, s, v) for k, s, v in encoded if len(k) + len(v) <= route.cache.max_entry_bytes]
         if not encoded:
             return
         if self.near is not None:
             self.near.set_many((k, v) for k, _, v in encoded)
-        self._storing.update(k for k, _, _ in encoded)
-        # Write-behind: answers of many requests go out in one Set, not one RPC per request.
-        self._pending.setdefault((route_name, route.cache.ttl_s), []).extend(encoded)
-        if sum(map(len, self._pending.values())) >= WRITE_BATCH:
-            self._flush()
-        elif self._flush_timer is None:
-            self._flush_timer = asyncio.get_running_loop().call_later(WRITE_DELAY_S, self._flush)
+        keys = [k for k, _, _ in encoded]
+        self._storing.update(keys)
+        written = self.client.set_behind(encoded, route.cache.ttl_s, self.timeout_s)
+        written.add_done_callback(lambda future: self._written(route_name, keys, future))
 
-    def _flush(self) -> None:
-        if self._flush_timer is not None:
-            self._flush_timer.cancel()
-            self._flush_timer = None
-        pending, self._pending = self._pending, {}
-        for (route_name, ttl_s), entries in pending.items():
-            task = asyncio.create_task(self._store(route_name, ttl_s, entries))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-
-    async def _store(
-        self, route_name: str, ttl_s: float, entries: list[tuple[str, list[str], bytes]]
-    ) -> None:
-        try:
-            await self.client.set(entries, ttl_s, self.timeout_s)
-        except CacheUnavailable as exc:
-            self.route_stats(route_name).bypasses += 1
-            log.warning("cache bypassed on write", extra={"reason": str(exc), "route": route_name})
-        finally:
-            for key, _, _ in entries:  # written (or given up): readers find it in the cache from now on
-                self._storing.discard(key)
-                future = self._in_flight.get(key)
-                if future is not None and future.done():
-                    del self._in_flight[key]
+    def _written(self, route_name: str, keys: list[str], future: asyncio.Future) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            self.route_stats(route_name).bypasses += 1  # the client logged the failed Set once
+        for key in keys:  # written (or given up): readers find it in the cache from now on
+            self._storing.discard(key)
+            claimed = self._in_flight.get(key)
+            if claimed is not None and claimed.done():
+                del self._in_flight[key]
 
     async def invalidate(self, scopes: Sequence[str]) -> dict[str, int]:
         """Make every entry in these scopes unreachable, here and in the shared cache."""
@@ -160,6 +137,4 @@ class PredictionCache:
                 del self._in_flight[key]
 
     async def drain(self) -> None:
-        self._flush()
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+        await self.client.drain()

@@ -93,10 +93,11 @@ class OutlierEjection:
         return health is not None and health.ejected_until != 0.0
 
     def record(self, key: str, ok: bool) -> None:
-        health = self._state.setdefault(key, _Health())
         if ok:
-            self._state[key] = _Health()
+            if key in self._state:
+                del self._state[key]  # healthy again: no state is the healthy state
             return
+        health = self._state.setdefault(key, _Health())
         health.consecutive_failures += 1
         if health.probing or health.consecutive_failures >= self.failures:
             health.ejections += 1

@@ -10,6 +10,7 @@ import hashlib
 import random
 from bisect import bisect_right
 from enum import StrEnum
+from functools import cached_property
 from itertools import accumulate
 from pathlib import Path
 
@@ -184,10 +185,33 @@ class Route(_Strict):
         variants = [v.model_copy(update={"weight": weights.get(v.name, v.weight)}) for v in self.variants]
         return Route.model_validate({**self.model_dump(), "variants": [v.model_dump() for v in variants]})
 
-    @property
+    @cached_property
     def primary(self) -> Variant:
         """The variant with the most weight: it answers metadata questions for the route."""
         return max(self.variants, key=lambda v: v.weight)
+
+    @cached_property
+    def cumulative_weights(self) -> list[float]:
+        """Each variant's end on the weight line, in declaration order (computed once per route table)."""
+        return list(accumulate(v.weight for v in self.variants))
+
+    @cached_property
+    def tier_chains(self) -> dict[str, list[Variant]]:
+        """For each variant: it, then the fallback chain without repeats."""
+        chains = {}
+        for first in self.variants:
+            chain = [first]
+            for name in self.fallback:
+                variant = self.variant(name)
+                if variant not in chain:
+                    chain.append(variant)
+            chains[first.name] = chain
+        return chains
+
+    def model_copy(self, *, update: dict | None = None, deep: bool = False) -> Route:
+        """A validated copy (so the values computed once per route are computed again for the copy)."""
+        fields = {name: getattr(self, name) for name in type(self).model_fields}
+        return Route.model_validate({**fields, **(update or {})})
 
     def variant(self, name: str) -> Variant:
         for variant in self.variants:
@@ -197,12 +221,7 @@ class Route(_Strict):
 
     def tiers(self, first: Variant) -> list[Variant]:
         """The chosen variant, then the fallback chain without repeats."""
-        chain = [first]
-        for name in self.fallback:
-            variant = self.variant(name)
-            if variant not in chain:
-                chain.append(variant)
-        return chain
+        return self.tier_chains[first.name]
 
 
 class RouteTable(_Strict):
@@ -243,7 +262,9 @@ def choose_variant(
                 return variant
         served = [v.version for v in route.variants]
         raise NotFound(f"no variant of this route serves version {version!r}; versions: {served}")
-    cumulative = list(accumulate(v.weight for v in route.variants))
+    if len(route.variants) == 1:
+        return route.variants[0]
+    cumulative = route.cumulative_weights
     unit = (bucket_of(sticky_key) + 0.5) / BUCKETS if sticky_key is not None else rng.random()
     return route.variants[min(bisect_right(cumulative, unit * cumulative[-1]), len(route.variants) - 1)]
 

@@ -38,14 +38,15 @@ class GatewayService(GrpcService):
             load_routes(settings.routes_path), settings.routes_path, AuditLog(settings.audit_log)
         )
         self.registry = load_registry(settings.registry_path)
-        self.features = FeatureClient(settings.feature_url)
-        self.cache = CacheClient(settings.cache_url)
+        coalescing = settings.coalescing()
+        self.features = FeatureClient(settings.feature_url, coalescing)
+        self.cache = CacheClient(settings.cache_url, coalescing)
         near = None
         if settings.near_cache_max_bytes:
             near = LruTtlCache(settings.near_cache_max_bytes, 4096, settings.near_cache_ttl_s)
         self.prediction_cache = PredictionCache(self.cache, settings.cache_timeout_s, near)
         self.routes.invalidate = self.prediction_cache.invalidate
-        self.inference = InferenceClient(settings.inference_url)
+        self.inference = InferenceClient(settings.inference_url, coalescing)
         self.catalog = ModelCatalog(self.inference)
         self.dispatcher = Dispatcher()
         self.answers: Counter[tuple[str, str]] = Counter()  # (route, tier) -> answers

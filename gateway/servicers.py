@@ -6,23 +6,19 @@ import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 
-import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from gateway.inference_api import InferenceApi
 from gateway.predict import Instance, PredictHandler
-from meshserve.core.context import budget_left
+from meshserve.core.context import budget_left, call_headers
 from meshserve.core.errors import ErrorCode, InvalidArgument, MeshError
+from meshserve.core.interceptors import HandlerRegistry
 from meshserve.core.telemetry import annotate
 from meshserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 VARIANT_HEADER = "x-meshserve-variant"
 MODEL_VERSION_HEADER = "x-meshserve-model-version"
 TIER_HEADER = "x-meshserve-tier"
-
-
-def _headers(context: grpc.aio.ServicerContext) -> dict[str, str]:
-    return {key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)}
 
 
 def _instance(message: gateway_pb2.Instance, n: int) -> Instance:
@@ -43,7 +39,7 @@ class PredictionServicer(gateway_pb2_grpc.PredictionServiceServicer):
     async def Predict(self, request, context):
         instances = [_instance(m, n) for n, m in enumerate(request.instances)]
         result = await self.handler.predict(
-            request.route, instances, budget_left(context.time_remaining()), _headers(context)
+            request.route, instances, budget_left(context.time_remaining()), call_headers()
         )
         first = result.predictions[0] if result.predictions else None
         for p in result.predictions:
@@ -111,7 +107,7 @@ class OpenInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request, context):
         reply, served = await self.api.model_infer(
-            request, budget_left(context.time_remaining()), _headers(context)
+            request, budget_left(context.time_remaining()), call_headers()
         )
         context.set_trailing_metadata(
             (
@@ -135,7 +131,7 @@ class OpenInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     ) -> AsyncIterator[service_pb2.ModelStreamInferResponse]:
         """Requests on a stream run concurrently (so Triton can batch them); a failed one is reported in-band
         with `error_message`, as Triton does, and the stream goes on."""
-        headers = _headers(context)
+        headers = call_headers()
         results: asyncio.Queue[service_pb2.ModelStreamInferResponse | None] = asyncio.Queue()
         pending: set[asyncio.Task[None]] = set()
 
@@ -187,11 +183,9 @@ for _name in dir(service_pb2_grpc.GRPCInferenceServiceServicer):
 
 
 def add_servicers(
-    server: grpc.aio.Server, predict: PredictionServicer, oip: OpenInferenceServicer
+    server: HandlerRegistry, predict: PredictionServicer, oip: OpenInferenceServicer
 ) -> list[str]:
     gateway_pb2_grpc.add_PredictionServiceServicer_to_server(predict, server)
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(oip, server)
-    return [
-        gateway_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name,
-        service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
-    ]
+    inference = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    server.add_service(inference, oip)
+    return [gateway_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name, inference.full_name]

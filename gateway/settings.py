@@ -1,11 +1,28 @@
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from meshserve.core.settings import ServiceSettings
+
+
+@dataclass(frozen=True, slots=True)
+class Coalescing:
+    """How the gateway's clients batch concurrent calls (`gateway.clients`)."""
+
+    enabled: bool = True
+    service_in_flight: int = 2  # calls out at once to the feature or cache service
+    max_keys: int = 1024  # keys in one merged feature or cache call
+    model_in_flight: int = (
+        0  # merged calls out at once per model version and request shape; 0 = from its config
+    )
+    model_max_rows: int = 0  # rows in one merged ModelInfer; 0 = the model's max_batch_size
+
+
+DEFAULT_COALESCING = Coalescing()
 
 
 class GatewaySettings(ServiceSettings):
@@ -32,6 +49,24 @@ class GatewaySettings(ServiceSettings):
         description="near-cache TTL: bounds how long another process's invalidation can go unseen here",
     )
     feature_timeout_s: float = Field(1.0, gt=0)
+    coalesce: bool = Field(
+        True, description="merge concurrent calls to the same service or model version into one call"
+    )
+    coalesce_model_in_flight: int = Field(
+        0, ge=0, description="ModelInfer calls out at once per model version and request shape before new ones "
+        "wait to be merged; 0 = the model's execution instances",
+    )  # fmt: skip
+    coalesce_model_max_rows: int = Field(
+        0, ge=0, description="rows in one merged ModelInfer; 0 = the model's max_batch_size"
+    )
+    coalesce_service_in_flight: int = Field(
+        2, ge=1, description="calls out at once to the feature or cache service before new ones are merged"
+    )
+    coalesce_max_keys: int = Field(
+        1024,
+        gt=0,
+        description="keys in one merged feature or cache call (keep within those services' limits)",
+    )
     drift_profile: Path | None = Field(
         None, description="reference profile JSON; default: the sample models'"
     )
@@ -46,3 +81,12 @@ class GatewaySettings(ServiceSettings):
     audit_log: Path = Field(
         Path(".meshserve/audit.jsonl"), description="append-only log of every route change"
     )
+
+    def coalescing(self) -> Coalescing:
+        return Coalescing(
+            enabled=self.coalesce,
+            service_in_flight=self.coalesce_service_in_flight,
+            max_keys=self.coalesce_max_keys,
+            model_in_flight=self.coalesce_model_in_flight,
+            model_max_rows=self.coalesce_model_max_rows,
+        )

@@ -1,4 +1,8 @@
-"""Client channels to other meshserve processes: one per target, request id propagated, limits set on purpose."""
+"""Client channels to other meshserve processes: one per target, limits set on purpose.
+
+No client interceptors: grpc.aio builds an intercepted call object per RPC, which costs as much as the call.
+Clients pass `meshserve.core.context.outgoing_metadata()` (the request id) themselves.
+"""
 
 from __future__ import annotations
 
@@ -8,23 +12,7 @@ import time
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from meshserve.core.context import REQUEST_ID_HEADER, current_request_id
 from meshserve.core.errors import ErrorCode, MeshError
-
-
-def _with_request_id(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-    request_id = current_request_id()
-    if request_id is None:
-        return details
-    metadata = grpc.aio.Metadata(*(details.metadata or ()))
-    if REQUEST_ID_HEADER not in metadata:
-        metadata.add(REQUEST_ID_HEADER, request_id)
-    return details._replace(metadata=metadata)
-
-
-class _RequestIdUnary(grpc.aio.UnaryUnaryClientInterceptor):
-    async def intercept_unary_unary(self, continuation, client_call_details, request):
-        return await continuation(_with_request_id(client_call_details), request)
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -38,9 +26,7 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
 
 
 def open_channel(target: str, max_message_bytes: int = 64 * 1024 * 1024) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(
-        target, options=channel_options(max_message_bytes), interceptors=[_RequestIdUnary()]
-    )
+    return grpc.aio.insecure_channel(target, options=channel_options(max_message_bytes))
 
 
 async def wait_until_serving(channel: grpc.aio.Channel, service: str = "", timeout_s: float = 60.0) -> None:

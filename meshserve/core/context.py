@@ -1,12 +1,19 @@
-"""The request id that travels across hops (gRPC metadata `x-request-id`), kept in a context variable."""
+"""What a call carries across hops: the request id (gRPC metadata `x-request-id`) and the caller's headers, read
+once per call into context variables."""
 
 from __future__ import annotations
 
-import uuid
+import os
+from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
+from types import MappingProxyType
+
+from meshserve.core.telemetry import annotate
 
 REQUEST_ID_HEADER = "x-request-id"
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 _request_id: ContextVar[str | None] = ContextVar("meshserve_request_id", default=None)
+_headers: ContextVar[Mapping[str, str]] = ContextVar("meshserve_call_headers", default=_NO_HEADERS)
 
 
 def current_request_id() -> str | None:
@@ -15,9 +22,29 @@ def current_request_id() -> str | None:
 
 def set_request_id(value: str | None) -> str:
     """Adopt the caller's id, or mint one; returns the id now in force."""
-    request_id = value or uuid.uuid4().hex
+    request_id = value or os.urandom(16).hex()
     _request_id.set(request_id)
     return request_id
+
+
+def adopt_call(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
+    """Read an incoming call's metadata once: its text headers (for `call_headers`) and its request id."""
+    headers = {key: value for key, value in metadata or () if isinstance(value, str)}
+    _headers.set(headers)
+    request_id = set_request_id(headers.get(REQUEST_ID_HEADER))
+    annotate(request_id=request_id)
+    return request_id
+
+
+def call_headers() -> Mapping[str, str]:
+    """The text metadata of the call being handled (binary `-bin` values left out)."""
+    return _headers.get()
+
+
+def outgoing_metadata() -> tuple[tuple[str, str], ...]:
+    """Metadata for a call this one makes downstream: the request id travels on."""
+    request_id = _request_id.get()
+    return () if request_id is None else ((REQUEST_ID_HEADER, request_id),)
 
 
 # Each hop keeps back a little of the caller's remaining time: for its answer to travel back, and because gRPC

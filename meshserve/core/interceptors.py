@@ -1,4 +1,11 @@
-"""Server interceptors, assembled in one place and in a fixed order: request id, then error mapping."""
+"""What every RPC a meshserve server handles goes through, assembled in one place and in a fixed order: the
+caller's metadata read once (request id, headers), metrics and the access log, then one clean status for any
+failure.
+
+These are interceptors applied when handlers are registered, not grpc.aio ServerInterceptors: each method's
+handler is wrapped once, so a call pays for a coroutine of ours and nothing else (a grpc.aio interceptor runs an
+extra coroutine and builds a new handler on every call).
+"""
 
 from __future__ import annotations
 
@@ -6,13 +13,15 @@ import asyncio
 import inspect
 import logging
 import time
+from collections.abc import Callable, Iterable, Mapping
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message_factory import GetMessageClass
 
-from meshserve.core.context import REQUEST_ID_HEADER, set_request_id
+from meshserve.core.context import REQUEST_ID_HEADER, adopt_call
 from meshserve.core.errors import ErrorCode, MeshError
 from meshserve.core.metrics import ServiceMetrics
-from meshserve.core.telemetry import annotate
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("meshserve.access")
@@ -45,37 +54,55 @@ def _outcome(exc: BaseException | None, context: grpc.aio.ServicerContext) -> st
     return code.name if isinstance(code, grpc.StatusCode) else "INTERNAL"
 
 
-def _wrap(handler: grpc.RpcMethodHandler, method: str, metrics: ServiceMetrics | None):
-    """Return `handler` adopting the request id, mapping exceptions to one clean status, and recording the call
-    (metrics, DEBUG access log), for any RPC shape."""
+class _Recorder:
+    """One method's metrics, with the label lookups done once rather than on every call."""
 
-    def begin(context) -> float:
-        _adopt_request_id(context)
-        if metrics is not None:
-            metrics.in_flight.labels(method).inc()
+    def __init__(self, method: str, metrics: ServiceMetrics | None) -> None:
+        self.method = method
+        self.metrics = metrics
+        self.in_flight = metrics.in_flight.labels(method) if metrics else None
+        self.latency = metrics.latency.labels(method) if metrics else None
+        self._counts: dict[str, object] = {}
+
+    def begin(self, context: grpc.aio.ServicerContext) -> float:
+        adopt_call(context.invocation_metadata())
+        if self.in_flight is not None:
+            self.in_flight.inc()
         return time.perf_counter()
 
-    def end(context, started: float, exc: BaseException | None) -> None:
+    def end(self, context: grpc.aio.ServicerContext, started: float, exc: BaseException | None) -> None:
         seconds = time.perf_counter() - started
         outcome = _outcome(exc, context)
-        if metrics is not None:
-            metrics.in_flight.labels(method).dec()
-            metrics.observe(method, outcome, seconds)
+        if self.metrics is not None:
+            self.in_flight.inc(-1)  # type: ignore[union-attr]
+            self.latency.observe(seconds)  # type: ignore[union-attr]
+            counter = self._counts.get(outcome)
+            if counter is None:
+                counter = self._counts[outcome] = self.metrics.requests.labels(self.method, outcome)
+            counter.inc()  # type: ignore[attr-defined]
         if access_log.isEnabledFor(logging.DEBUG):
             access_log.debug(
-                "rpc", extra={"method": method, "outcome": outcome, "ms": round(seconds * 1000, 3)}
+                "rpc", extra={"method": self.method, "outcome": outcome, "ms": round(seconds * 1000, 3)}
             )
+
+
+def wrap_handler(
+    handler: grpc.RpcMethodHandler, method: str, metrics: ServiceMetrics | None
+) -> grpc.RpcMethodHandler:
+    """`handler` adopting the caller's metadata, recording the call and mapping any exception to one clean
+    status, for any RPC shape."""
+    record = _Recorder(method, metrics)
 
     def unary(inner):
         async def call(request, context):
-            started = begin(context)
+            started = record.begin(context)
             try:
                 reply = await inner(request, context)
             except BaseException as exc:  # every failure gets exactly one clean status
-                end(context, started, exc)
+                record.end(context, started, exc)
                 await _abort(context, exc, method)
                 raise  # _abort always raises; this keeps type checkers honest
-            end(context, started, None)
+            record.end(context, started, None)
             return reply
 
         return call
@@ -84,15 +111,15 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str, metrics: ServiceMetrics |
         if inspect.isasyncgenfunction(inner):
 
             async def gen(request, context):
-                started = begin(context)
+                started = record.begin(context)
                 try:
                     async for item in inner(request, context):
                         yield item
                 except BaseException as exc:
-                    end(context, started, exc)
+                    record.end(context, started, exc)
                     await _abort(context, exc, method)
                     raise
-                end(context, started, None)
+                record.end(context, started, None)
 
             return gen
         return unary(inner)  # a coroutine that writes with context.write
@@ -125,26 +152,69 @@ async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: 
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see the server log")
 
 
-def _adopt_request_id(context: grpc.aio.ServicerContext) -> None:
-    metadata = dict(context.invocation_metadata() or ())
-    annotate(request_id=set_request_id(metadata.get(REQUEST_ID_HEADER)))
+class _WrappedGeneric(grpc.GenericRpcHandler):
+    """A generic handler whose answers are wrapped, once per method."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler, wrap: Callable[[grpc.RpcMethodHandler, str], object]):
+        self._inner = inner
+        self._wrap = wrap
+        self._wrapped: dict[str, grpc.RpcMethodHandler | None] = {}
+
+    def service(self, handler_call_details):
+        method = handler_call_details.method
+        if method not in self._wrapped:
+            handler = self._inner.service(handler_call_details)
+            self._wrapped[method] = None if handler is None else self._wrap(handler, method)
+        return self._wrapped[method]
 
 
-class ServerCallInterceptor(grpc.aio.ServerInterceptor):
-    """Adopts the caller's request id (or mints one) and maps any exception to one clean status.
+class HandlerRegistry:
+    """What servicers register on instead of the server itself: it wraps every handler on its way in. It offers
+    the two registration methods generated `add_*_to_server` functions, health and reflection use."""
 
-    Both run inside the handler's own task, where the request-id context variable must be set.
-    """
-
-    def __init__(self, metrics: ServiceMetrics | None = None) -> None:
+    def __init__(self, server: grpc.aio.Server, metrics: ServiceMetrics | None = None) -> None:
+        self.server = server
         self.metrics = metrics
 
-    async def intercept_service(self, continuation, handler_call_details):
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        return _wrap(handler, handler_call_details.method, self.metrics)
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        return wrap_handler(handler, method, self.metrics)
+
+    def add_generic_rpc_handlers(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
+        self.server.add_generic_rpc_handlers(tuple(_WrappedGeneric(h, self._wrap) for h in handlers))
+
+    def add_registered_method_handlers(
+        self, service_name: str, method_handlers: Mapping[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self.server.add_registered_method_handlers(
+            service_name,
+            {name: self._wrap(h, f"/{service_name}/{name}") for name, h in method_handlers.items()},
+        )
+
+    def add_service(self, service: ServiceDescriptor, servicer: object, raw: Iterable[str] = ()) -> None:
+        """Register `servicer`'s methods as pre-registered handlers built from the service's descriptor (for
+        generated code that offers only generic handlers, whose lookup runs on every call). Methods named in
+        `raw` take and return serialised bytes: a forwarder that never looks inside the message."""
+        handlers = {}
+        passthrough = set(raw)
+        for method in service.methods:
+            kind = _KINDS[method.client_streaming, method.server_streaming]
+            as_bytes = method.name in passthrough
+            handlers[method.name] = kind(
+                getattr(servicer, method.name),
+                request_deserializer=None if as_bytes else GetMessageClass(method.input_type).FromString,
+                response_serializer=None
+                if as_bytes
+                else GetMessageClass(method.output_type).SerializeToString,
+            )
+        self.add_registered_method_handlers(service.full_name, handlers)
 
 
-def server_interceptors(metrics: ServiceMetrics | None = None) -> list[grpc.aio.ServerInterceptor]:
-    return [ServerCallInterceptor(metrics)]
+_KINDS = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
+__all__ = ["REQUEST_ID_HEADER", "STATUS_FOR", "HandlerRegistry", "wrap_handler"]

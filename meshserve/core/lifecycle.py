@@ -16,7 +16,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from meshserve.core.interceptors import server_interceptors
+from meshserve.core.interceptors import HandlerRegistry
 from meshserve.core.metrics import ServiceMetrics
 from meshserve.core.settings import ServiceSettings
 
@@ -44,8 +44,9 @@ class GrpcService:
         self.port: int | None = None
 
     # -- for subclasses -------------------------------------------------------------------------------
-    def register(self, server: grpc.aio.Server) -> Iterable[str]:
-        """Add servicers to `server`; return their full service names (for health and reflection)."""
+    def register(self, server: HandlerRegistry) -> Iterable[str]:
+        """Add servicers to `server` (generated `add_*_to_server` functions take it as they take a server; it
+        wraps each handler once); return their full service names (for health and reflection)."""
         raise NotImplementedError
 
     async def until_ready(self) -> None:
@@ -57,17 +58,17 @@ class GrpcService:
     # -- lifecycle ------------------------------------------------------------------------------------
     async def start(self) -> int:
         server = grpc.aio.server(
-            interceptors=server_interceptors(self.metrics),
             options=[
                 ("grpc.max_receive_message_length", self.settings.max_message_bytes),
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
                 ("grpc.so_reuseport", 0),
             ],
         )
-        self._services = list(self.register(server))
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        handlers = HandlerRegistry(server, self.metrics)
+        self._services = list(self.register(handlers))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, handlers)
         reflection.enable_server_reflection(
-            [*self._services, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+            [*self._services, health.SERVICE_NAME, reflection.SERVICE_NAME], handlers
         )
         for service in ["", *self._services]:
             await self.health.set(service, NOT_SERVING)

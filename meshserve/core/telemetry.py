@@ -61,6 +61,11 @@ def shutdown_tracing() -> None:
         provider.shutdown()
 
 
+def recording() -> bool:
+    """Whether the current span records attributes (tracing is on and this call is sampled)."""
+    return trace.get_current_span().is_recording()
+
+
 def annotate(**attributes: str | int | float | bool) -> None:
     """Add meshserve attributes (route, variant, model version, cache hit, tier, request id) to the current span."""
     span = trace.get_current_span()

@@ -38,7 +38,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from gateway.routes import Route as GatewayRoute
 from gateway.settings import GatewaySettings
 
-__all__ = ["EnvoySettings", "deploy_envoy", "envoy_config", "local_settings", "render_envoy_yaml"]
+__all__ = [
+    "EnvoySettings",
+    "deploy_envoy",
+    "envoy_config",
+    "grpc_proxy_config",
+    "local_settings",
+    "render_envoy_yaml",
+]
 
 GATEWAY_CLUSTER = "gateway"
 DEFAULT_OUT = Path("deploy/envoy/envoy.yaml")
@@ -274,6 +281,74 @@ def envoy_config(settings: EnvoySettings) -> dict[str, JSON]:
                     ),
                 )
             ]
+        ),
+    )
+    return config.to_dict(casing=Casing.SNAKE)
+
+
+def grpc_proxy_config(
+    listen: tuple[str, int], upstream: tuple[str, int], admin: tuple[str, int]
+) -> dict[str, JSON]:
+    """The least an operator would put in front of a gRPC server: one listener, the router, one HTTP/2 upstream.
+    No retries, health checks or access log (the benchmark's peer in front of Triton)."""
+    manager = hcm.HttpConnectionManager(
+        stat_prefix="proxy",
+        route_config=route.RouteConfiguration(
+            name="proxy",
+            virtual_hosts=[
+                route.VirtualHost(
+                    name="upstream",
+                    domains=["*"],
+                    routes=[
+                        route.Route(
+                            match=route.RouteMatch(prefix="/"),
+                            route=route.RouteAction(cluster="upstream", timeout=_seconds(0)),
+                        )
+                    ],
+                )
+            ],
+        ),
+        http_filters=[hcm.HttpFilter(name="envoy.filters.http.router", typed_config=_typed(Router()))],
+    )
+    http2 = upstream_http.HttpProtocolOptions(
+        explicit_http_config=upstream_http.HttpProtocolOptionsExplicitHttpConfig(
+            http2_protocol_options=core.Http2ProtocolOptions()
+        )
+    )
+    upstream_endpoint = endpoint.LbEndpoint(endpoint=endpoint.Endpoint(address=_address(*upstream)))
+    config = bootstrap.Bootstrap(
+        admin=bootstrap.Admin(address=_address(*admin)),
+        static_resources=bootstrap.BootstrapStaticResources(
+            listeners=[
+                listener.Listener(
+                    name="proxy",
+                    address=_address(*listen),
+                    filter_chains=[
+                        listener.FilterChain(
+                            filters=[
+                                listener.Filter(
+                                    name="envoy.filters.network.http_connection_manager",
+                                    typed_config=_typed(manager),
+                                )
+                            ]
+                        )
+                    ],
+                )
+            ],
+            clusters=[
+                cluster.Cluster(
+                    name="upstream",
+                    type=cluster.ClusterDiscoveryType.STATIC,
+                    connect_timeout=_seconds(1),
+                    load_assignment=endpoint.ClusterLoadAssignment(
+                        cluster_name="upstream",
+                        endpoints=[endpoint.LocalityLbEndpoints(lb_endpoints=[upstream_endpoint])],
+                    ),
+                    typed_extension_protocol_options={
+                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(http2)
+                    },
+                )
+            ],
         ),
     )
     return config.to_dict(casing=Casing.SNAKE)

@@ -8,6 +8,7 @@ import grpc
 
 from meshserve.cache.v1 import cache_pb2, cache_pb2_grpc
 from meshserve.core.channels import open_channel
+from meshserve.core.context import outgoing_metadata
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,11 @@ class CacheInvalidator:
     async def __call__(self, entity: str, keys: list[str]) -> None:
         scopes = [f"entity:{entity}:{key}" for key in keys]
         try:
-            await self.stub.Invalidate(cache_pb2.InvalidateRequest(scopes=scopes), timeout=self.timeout_s)
+            await self.stub.Invalidate(
+                cache_pb2.InvalidateRequest(scopes=scopes),
+                timeout=self.timeout_s,
+                metadata=outgoing_metadata(),
+            )
         except grpc.aio.AioRpcError as exc:
             # the write stands; cached answers for these entities age out by their TTL instead
             self.failures += 1

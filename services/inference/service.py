@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from meshserve.core.lifecycle import GrpcService
-from meshserve.inference.v1 import inference_pb2, inference_pb2_grpc
+from meshserve.inference.v1 import inference_pb2
 from services.inference.servicer import InferenceServicer
 from services.inference.settings import InferenceSettings
 from services.inference.triton import TritonBackend
@@ -20,8 +20,9 @@ class InferenceService(GrpcService):
         )
 
     def register(self, server):
-        inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(self.triton), server)
-        return [inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name]
+        service = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"]
+        server.add_service(service, InferenceServicer(self.triton), raw=["ModelInfer"])
+        return [service.full_name]
 
     async def until_ready(self) -> None:
         await self.triton.wait_ready(self.settings.required_models, self.settings.dependency_timeout_s)

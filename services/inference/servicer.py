@@ -1,9 +1,13 @@
-"""gRPC adapter for the mesh-internal InferenceService: the request passes to Triton as it came."""
+"""gRPC adapter for the mesh-internal InferenceService. ModelInfer passes to Triton as the bytes it came in, and
+the answer back the same way: this hop never parses a tensor (the gateway has checked the request and set
+Triton's per-request timeout)."""
 
 from __future__ import annotations
 
+from tritonclient.grpc import service_pb2
+
 from meshserve.core.context import budget_left
-from meshserve.core.telemetry import annotate
+from meshserve.core.telemetry import annotate, recording
 from meshserve.inference.v1 import inference_pb2, inference_pb2_grpc
 from services.inference.triton import TritonBackend
 
@@ -12,9 +16,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     def __init__(self, triton: TritonBackend) -> None:
         self.triton = triton
 
-    async def ModelInfer(self, request, context):
-        annotate(model=request.model_name, model_version=request.model_version)
-        return await self.triton.infer(request, budget_left(context.time_remaining()))
+    async def ModelInfer(self, request: bytes, context) -> bytes:
+        if recording():  # only a trace needs to know what is inside
+            message = service_pb2.ModelInferRequest.FromString(request)
+            annotate(model=message.model_name, model_version=message.model_version)
+        return await self.triton.forward(request, budget_left(context.time_remaining()))
 
     async def DescribeModel(self, request, context):
         model = await self.triton.describe(request.model_name, request.model_version)

@@ -1,9 +1,9 @@
 """The Triton client of the mesh.
 
-Control calls (readiness, metadata, config) go through `tritonclient.grpc.aio`. Inference goes through the
-generated stub that tritonclient ships, on a channel of our own, because the request arrives as a ready
-ModelInferRequest: building InferInput objects would decode and re-encode every tensor. One channel multiplexes
-every in-flight call, so Triton's dynamic batcher sees them all at once.
+Control calls (readiness, metadata, config) go through `tritonclient.grpc.aio`. Inference goes out on a channel
+of our own, as the serialised ModelInferRequest it arrived as: building InferInput objects would decode and
+re-encode every tensor. One channel multiplexes every in-flight call, so Triton's dynamic batcher sees them all
+at once.
 """
 
 from __future__ import annotations
@@ -15,13 +15,15 @@ import time
 from dataclasses import dataclass
 
 import grpc
-from tritonclient.grpc import InferenceServerException, service_pb2, service_pb2_grpc
+from tritonclient.grpc import InferenceServerException, service_pb2
 from tritonclient.grpc.aio import InferenceServerClient
 
 from meshserve.core.channels import channel_options, error_from_rpc
+from meshserve.core.context import outgoing_metadata
 from meshserve.core.errors import ErrorCode, MeshError, NotFound
 
 log = logging.getLogger(__name__)
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +47,8 @@ class TritonBackend:
         self.timeout_s = timeout_s
         self.control = InferenceServerClient(url)
         self._channel = grpc.aio.insecure_channel(url, options=channel_options(max_message_bytes))
-        self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+        # bytes in, bytes out: the hot path never parses what it forwards
+        self._model_infer = self._channel.unary_unary(MODEL_INFER)
 
     async def wait_ready(self, models: list[str], timeout_s: float) -> None:
         """Wait (bounded) until Triton and each `name[:version]` in `models` are ready."""
@@ -105,21 +108,14 @@ class TritonBackend:
         await self.wait_ready([f"{name}:{v}" for v in versions], timeout_s)
         return versions
 
-    async def infer(
-        self, request: service_pb2.ModelInferRequest, timeout_s: float | None
-    ) -> service_pb2.ModelInferResponse:
-        """One inference, bounded by the caller's remaining time and our own ceiling."""
+    async def forward(self, request: bytes, timeout_s: float | None) -> bytes:
+        """One serialised ModelInferRequest to Triton and its serialised answer, bounded by the caller's remaining
+        time and our own ceiling. The caller sets Triton's per-request `timeout` parameter."""
         timeout = self.timeout_s if timeout_s is None else min(timeout_s, self.timeout_s)
         if timeout <= 0:
             raise MeshError("no time left for inference", ErrorCode.DEADLINE_EXCEEDED)
-        # Triton's own per-request timeout (microseconds) as well as the gRPC deadline: models and queue
-        # policies see how long the answer may take. A caller's smaller value is kept.
-        budget_us = max(1, int(timeout * 1_000_000))
-        given = request.parameters.get("timeout")
-        if given is None or not 0 < given.int64_param <= budget_us:
-            request.parameters["timeout"].int64_param = budget_us
         try:
-            return await self._stub.ModelInfer(request, timeout=timeout)
+            return await self._model_infer(request, timeout=timeout, metadata=outgoing_metadata())
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc, "triton") from None
 

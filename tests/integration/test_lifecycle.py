@@ -127,7 +127,7 @@ async def test_sigterm_lets_in_flight_calls_finish_then_exits_cleanly(mesh, mark
             stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
             markers_before = len(os.listdir(marker_dir))
             calls = [asyncio.ensure_future(stub.ModelInfer(_slow_request(), timeout=30)) for _ in range(6)]
-            # wait until all six are inside the model (it drops a marker file per request before sleeping)
+            # wait until all six are inside the model (it drops a marker file per row before sleeping)
             deadline = time.monotonic() + 20
             while len(os.listdir(marker_dir)) < markers_before + 6:
                 assert time.monotonic() < deadline, "slow requests never reached the model"

@@ -21,6 +21,7 @@ from meshserve.deploy.envoy import (
     EnvoySettings,
     deploy_envoy,
     envoy_config,
+    grpc_proxy_config,
     local_settings,
     render_envoy_yaml,
 )
@@ -160,3 +161,14 @@ def test_local_variant_stays_on_loopback():
 def test_inconsistent_settings_are_refused(values):
     with pytest.raises(ValidationError):
         EnvoySettings(**values)
+
+
+def test_the_benchmark_peer_is_a_plain_proxy_that_envoy_accepts(tmp_path):
+    config = grpc_proxy_config(("127.0.0.1", 9000), ("127.0.0.1", 9001), ("127.0.0.1", 9002))
+    upstream = cluster(config)
+    assert "health_checks" not in upstream and "circuit_breakers" not in upstream
+    assert "retry_policy" not in route(config)["route"]
+    path = tmp_path / "proxy.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = validate(path)
+    assert result.returncode == 0, result.stderr

@@ -3,7 +3,7 @@ import random
 import pytest
 from pydantic import ValidationError
 
-from gateway.routes import Route, RoutesFileError, RouteTable, choose_variant, load_routes
+from gateway.routes import Route, RoutesFileError, RouteTable, choose_variant, load_routes, parse_routes
 from meshserve.core.errors import InvalidArgument, NotFound
 
 
@@ -118,3 +118,18 @@ def test_routes_file_errors_name_the_field_path(tmp_path):
     bad.write_text("routes: [unclosed")
     with pytest.raises(RoutesFileError, match="routes.yaml"):
         load_routes(bad)
+
+
+def test_a_copy_of_a_route_recomputes_what_the_route_computes_once():
+    route = parse_routes(
+        {"routes": {"r": {"fallback": ["b"], "variants": [
+            {"name": "a", "model": "m", "version": "1", "weight": 90},
+            {"name": "b", "model": "m", "version": "2", "weight": 10}]}}},
+        "test",
+    ).routes["r"]  # fmt: skip
+    assert route.primary.name == "a" and route.cumulative_weights == [90, 100]
+    assert [v.name for v in route.tiers(route.variant("a"))] == ["a", "b"]
+    flipped = route.model_copy(update={"variants": [v.model_copy(update={"weight": 100 - v.weight})
+                                                    for v in route.variants]})  # fmt: skip
+    assert flipped.primary.name == "b" and flipped.cumulative_weights == [10, 100]
+    assert route.with_weights({"a": 0, "b": 100}).cumulative_weights == [0, 100]

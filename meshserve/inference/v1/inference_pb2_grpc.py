@@ -56,7 +56,9 @@ class InferenceServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def ModelInfer(self, request, context):
-        """Runs one request on the Triton model and version it names.
+        """Runs one request on the Triton model and version it names. The request reaches Triton as the bytes it came
+        in (a caller that wants Triton's per-request `timeout` parameter sets it); the gRPC deadline is the caller's
+        remaining time, capped by the service's ceiling.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
