@@ -87,6 +87,9 @@ class FeatureClient(_Client):
         self.stub = feature_pb2_grpc.FeatureServiceStub(self.channel)
         self.lane = self._coalescer(self._send, coalescing.max_keys)
 
+    def coalescers(self) -> dict[str, Coalescer]:
+        return {"feature": self.lane}
+
     async def get(
         self, entity: str, keys: Sequence[str], features: Sequence[str], timeout_s: float
     ) -> list[feature_pb2.FeatureVector]:
@@ -131,6 +134,9 @@ class CacheClient(_Client):
         self.reads = self._coalescer(self._send_get, coalescing.max_keys)
         # writes are behind the answers: one Set at a time is plenty, the rest gather while it travels
         self.writes = Coalescer(self._send_set, max_in_flight=1, max_size=coalescing.max_keys)
+
+    def coalescers(self) -> dict[str, Coalescer]:
+        return {"cache_get": self.reads, "cache_set": self.writes}
 
     async def get(self, lookups: Sequence[tuple[str, Sequence[str]]], timeout_s: float) -> dict[str, bytes]:
         try:
@@ -203,6 +209,9 @@ class InferenceClient(_Client):
         self.lanes: dict[
             tuple[str, str], tuple[BatchPlan, Coalescer]
         ] = {}  # (model, version) -> its batching
+
+    def coalescers(self) -> dict[str, Coalescer]:
+        return {f"model:{model}/{version}": lane for (model, version), (_, lane) in self.lanes.items()}
 
     async def infer(
         self, request: service_pb2.ModelInferRequest, timeout_s: float, plan: BatchPlan | None = None

@@ -4,7 +4,7 @@ path. Served on the gateway's metrics port (`MESHSERVE_GATEWAY_METRICS_PORT`).""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -14,6 +14,7 @@ from gateway.live import LiveRoutes
 from gateway.prediction_cache import PredictionCache
 from gateway.rollout import RolloutController
 from gateway.shadow import ShadowRunner
+from meshserve.core.coalesce import Coalescer
 from meshserve.drift import DriftMonitor
 
 ROLLOUT_STATES = ("none", "running", "paused", "completed", "rolled_back")
@@ -29,7 +30,9 @@ class GatewayCollector(Collector):
         cache: PredictionCache,
         drift: DriftMonitor | None = None,
         answers: Counter[tuple[str, str]] | None = None,
+        coalescers: Callable[[], Mapping[str, Coalescer]] | None = None,
     ) -> None:
+        self.coalescers = coalescers
         self.cache = cache
         self.drift = drift
         self.answers = answers
@@ -120,6 +123,9 @@ class GatewayCollector(Collector):
             coalesced.add_metric([route], st.coalesced)
         yield from (lookups, bypasses, coalesced)
 
+        if self.coalescers is not None:
+            yield from self._coalescing(prefix)
+
         if self.drift is not None:
             psi = GaugeMetricFamily(
                 f"{prefix}_feature_drift_psi",
@@ -130,3 +136,29 @@ class GatewayCollector(Collector):
                 for feature, value in self.drift.scores(model).items():
                     psi.add_metric([model, feature], value)
             yield psi
+
+    def _coalescing(self, prefix: str) -> Iterator[CounterMetricFamily]:
+        """Calls the gateway made to each target and the callers they carried: members / calls is the merge."""
+        families = {
+            "calls": CounterMetricFamily(
+                f"{prefix}_coalesced_calls", "Calls sent to a target", labels=["target"]
+            ),
+            "members": CounterMetricFamily(
+                f"{prefix}_coalesced_members", "Callers' requests those calls carried", labels=["target"]
+            ),
+            "abandoned": CounterMetricFamily(
+                f"{prefix}_coalesced_abandoned",
+                "Calls cancelled because every caller had left",
+                labels=["target"],
+            ),
+            "expired": CounterMetricFamily(
+                f"{prefix}_coalesced_expired", "Callers that ran out of time waiting", labels=["target"]
+            ),
+        }
+        for target, coalescer in self.coalescers().items():  # type: ignore[misc]
+            stats = coalescer.stats
+            families["calls"].add_metric([target], stats.batches)
+            families["members"].add_metric([target], stats.members)
+            families["abandoned"].add_metric([target], stats.abandoned)
+            families["expired"].add_metric([target], stats.expired)
+        yield from families.values()

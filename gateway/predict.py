@@ -313,7 +313,8 @@ class PredictHandler:
             self.drift.observe(variant.model, matrix)  # the model's real inputs, against its training data
         step = model.max_batch_size or len(instances)
         chunks = [matrix[start : start + step] for start in range(0, len(instances), step)]
-        outputs = await asyncio.gather(*(self._infer(c, variant, model, time_left_s) for c in chunks))
+        calls = [self._infer(c, variant, model, time_left_s) for c in chunks]
+        outputs = [await calls[0]] if len(calls) == 1 else await asyncio.gather(*calls)
         return model.version, [float(s) for chunk in outputs for s in chunk]
 
     def _stored_values(

@@ -99,9 +99,13 @@ class GatewayService(GrpcService):
                 self.prediction_cache,
                 self.drift,
                 self.answers,
+                self._coalescers,
             )  # fmt: skip
         )
         self.ready = False
+
+    def _coalescers(self) -> dict:
+        return {**self.features.coalescers(), **self.cache.coalescers(), **self.inference.coalescers()}
 
     def register(self, server):
         oip = OpenInferenceServicer(self.api, lambda: self.ready, self.answers)

@@ -14,7 +14,7 @@ class Coalescing:
     """How the gateway's clients batch concurrent calls (`gateway.clients`)."""
 
     enabled: bool = True
-    service_in_flight: int = 2  # calls out at once to the feature or cache service
+    service_in_flight: int = 1  # calls out at once to the feature or cache service
     max_keys: int = 1024  # keys in one merged feature or cache call
     model_in_flight: int = (
         0  # merged calls out at once per model version and request shape; 0 = from its config
@@ -60,7 +60,7 @@ class GatewaySettings(ServiceSettings):
         0, ge=0, description="rows in one merged ModelInfer; 0 = the model's max_batch_size"
     )
     coalesce_service_in_flight: int = Field(
-        2, ge=1, description="calls out at once to the feature or cache service before new ones are merged"
+        1, ge=1, description="calls out at once to the feature or cache service before new ones are merged"
     )
     coalesce_max_keys: int = Field(
         1024,

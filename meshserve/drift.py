@@ -232,8 +232,10 @@ class _Window:
 class DriftMonitor:
     """PSI of each model's recent feature vectors against a reference profile, with one log per crossing.
 
-    `observe` is meant for the request path: a few vectorised numpy calls per batch, memory bounded by
-    `window` rows per model. Not thread-safe: call it from one thread (the gateway's event loop).
+    `observe` is meant for the request path: it only checks the rows' width and keeps them; they are folded into
+    the window in one vectorised pass when the window is next read, or once `window` rows are pending, so memory
+    stays bounded by about twice `window` rows per model. Not thread-safe: call it from one thread (the gateway's
+    event loop).
     A feature is reported once when its PSI reaches `threshold`, and re-armed only when its PSI falls below
     `rearm_below` (by default 0.8 x threshold), so a PSI hovering at the threshold does not repeat the warning.
     """
@@ -261,6 +263,8 @@ class DriftMonitor:
         self.rearm_below = rearm
         self._clock = clock
         self._windows = {name: _Window.create(model, window) for name, model in profile.models.items()}
+        self._pending: dict[str, list[np.ndarray]] = {name: [] for name in profile.models}
+        self._pending_rows = dict.fromkeys(profile.models, 0)
         self._drifting: dict[str, dict[str, float]] = {name: {} for name in profile.models}
 
     @property
@@ -276,22 +280,33 @@ class DriftMonitor:
         win = self._windows.get(model)
         if win is None:
             return
-        rows = np.asarray(rows, dtype=np.float64)
+        rows = np.asarray(rows)
         if rows.ndim == 1:
             rows = rows[None, :]
         if rows.ndim != 2 or rows.shape[1] != len(win.features):
             raise ValueError(f"model {model!r} takes rows of {len(win.features)} features, got {rows.shape}")
         if len(rows):
-            win.add(rows)
+            self._pending[model].append(rows)
+            self._pending_rows[model] += len(rows)
+            if self._pending_rows[model] >= self.window:
+                self._fold(model)
+
+    def _fold(self, model: str) -> _Window:
+        """The model's window with every pending row added (one pass for many requests' rows)."""
+        win = self._windows[model]
+        if self._pending[model]:
+            win.add(np.concatenate(self._pending[model]).astype(np.float64, copy=False))
+            self._pending[model] = []
+            self._pending_rows[model] = 0
+        return win
 
     def samples(self, model: str) -> int:
         """Rows in the model's window now (at most `window`)."""
-        win = self._windows.get(model)
-        return win.filled if win else 0
+        return self._fold(model).filled if model in self._windows else 0
 
     def scores(self, model: str) -> dict[str, float]:
         """PSI per feature in vector order; empty until `min_samples` rows were observed."""
-        win = self._windows.get(model)
+        win = self._fold(model) if model in self._windows else None
         if win is None or win.filled < self.min_samples:
             return {}
         return win.scores()

@@ -50,9 +50,10 @@ input [
 output [
   {{ name: "{spec.output}", data_type: TYPE_FP32, dims: [ 1 ] }}
 ]
+# A short window, no preferred sizes: Triton runs what is queued as soon as an instance is free. Behind the mesh
+# the gateway has already merged concurrent callers' rows, so a longer wait would only add latency.
 dynamic_batching {{
-  max_queue_delay_microseconds: 2000
-  preferred_batch_size: [ 16, 32 ]
+  max_queue_delay_microseconds: 100
 }}
 # KIND_AUTO: a GPU instance where Triton sees one, a CPU instance otherwise.
 instance_group [ {{ count: 1, kind: KIND_AUTO }} ]

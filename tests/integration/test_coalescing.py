@@ -63,6 +63,13 @@ def directly(triton_url: str, request: service_pb2.ModelInferRequest, version: s
         return service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(alone, timeout=30)
 
 
+def coalesced(mesh, target: str) -> tuple[float, float]:
+    """(calls the gateway sent to `target`, callers' requests they carried), from its Prometheus metrics."""
+    series = scrape(mesh.endpoints.gateway_metrics)
+    return tuple(series.get(f'meshserve_gateway_coalesced_{kind}_total{{target="{target}"}}', 0.0)
+                 for kind in ("calls", "members"))  # fmt: skip
+
+
 @pytest.fixture
 async def infer(mesh):
     async with grpc.aio.insecure_channel(mesh.endpoints.gateway) as channel:
@@ -79,8 +86,10 @@ async def test_concurrent_requests_are_merged_and_each_caller_gets_exactly_its_o
         requests.append(echo_request(numbers, words, typed=k % 2 == 1, id=f"caller-{k}"))
     alone = [directly(mesh.endpoints.triton_grpc, r, "2") for r in requests]
     before = triton_counts(mesh.endpoints.triton_grpc, "echo", "2")
+    merged_before = coalesced(mesh, "model:echo/2")
     replies = await asyncio.gather(*(infer(r, timeout=30) for r in requests))
     answered, rows = np.subtract(triton_counts(mesh.endpoints.triton_grpc, "echo", "2"), before)
+    calls, members = np.subtract(coalesced(mesh, "model:echo/2"), merged_before)
 
     for request, reply, reference in zip(requests, replies, alone, strict=True):
         assert reply.id == request.id and reply.model_name == "echo" and reply.model_version == "2"
@@ -92,6 +101,7 @@ async def test_concurrent_requests_are_merged_and_each_caller_gets_exactly_its_o
     seen_rows = [int(output(reply, "ROWS")[0, 0]) for reply in replies]
     assert max(seen_rows) > max(own_rows)  # some callers' rows travelled in one request
     assert rows == sum(own_rows) and answered < len(requests)  # Triton saw every row, in fewer requests
+    assert members == len(requests) and calls == answered  # and the gateway's metrics say how it merged them
 
 
 @pytest.mark.parametrize("apart", ["parameters", "shapes"])
