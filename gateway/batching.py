@@ -4,7 +4,8 @@ Requests may share one call to Triton when Triton's own dynamic batcher could ha
 the same model version, the same inputs (names, datatypes, every dimension but the first), the same requested
 outputs and the same parameters (the request id and Triton's per-request timeout apart), for a model that batches
 dynamically (max_batch_size > 0, a dynamic batcher, no sequence batching, not decoupled, no ragged inputs).
-Anything else goes alone, unchanged. A merged request carries raw bytes only: typed contents are converted once.
+Anything else goes alone, unchanged. A merged request carries raw bytes only: typed contents are converted once,
+per caller, before merging.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ __all__ = [
     "rows_of",
     "split",
     "timeout_us",
+    "to_raw",
 ]
 
 TIMEOUT = "timeout"  # Triton's per-request timeout parameter, in microseconds
@@ -110,11 +112,23 @@ def _raw(tensor: service_pb2.ModelInferRequest.InferInputTensor) -> bytes:
     if tensor.datatype == "BYTES":
         return b"".join(_LENGTH.pack(len(item)) + item for item in tensor.contents.bytes_contents)
     values = getattr(tensor.contents, CONTENTS_FIELD[tensor.datatype])
-    return np.asarray(values, dtype=_NUMPY[tensor.datatype]).tobytes()
+    return np.asarray(values, dtype=_NUMPY[tensor.datatype]).tobytes()  # in range: validated per caller
+
+
+def to_raw(request: service_pb2.ModelInferRequest) -> None:
+    """Move typed contents to raw bytes, in place: the form a merged request takes (per caller, after
+    `gateway.tensors` has checked the values)."""
+    if request.raw_input_contents or not request.inputs:
+        return
+    raw = [_raw(tensor) for tensor in request.inputs]
+    for tensor in request.inputs:
+        tensor.ClearField("contents")
+    request.raw_input_contents.extend(raw)
 
 
 def merge(requests: Sequence[service_pb2.ModelInferRequest]) -> service_pb2.ModelInferRequest:
-    """One request holding every row of `requests` (which share a merge key), in order."""
+    """One request holding every row of `requests` (which share a merge key, and carry raw contents), in
+    order."""
     first = requests[0]
     total = sum(rows_of(r) for r in requests)
     merged = service_pb2.ModelInferRequest(model_name=first.model_name, model_version=first.model_version)

@@ -15,7 +15,17 @@ from dataclasses import dataclass
 import grpc
 from tritonclient.grpc import service_pb2
 
-from gateway.batching import TIMEOUT, BatchPlan, SplitError, merge, merge_key, rows_of, split, timeout_us
+from gateway.batching import (
+    TIMEOUT,
+    BatchPlan,
+    SplitError,
+    merge,
+    merge_key,
+    rows_of,
+    split,
+    timeout_us,
+    to_raw,
+)
 from gateway.settings import DEFAULT_COALESCING, Coalescing
 from meshserve.cache.v1 import cache_pb2, cache_pb2_grpc
 from meshserve.core.channels import error_from_rpc, open_channel, wait_until_serving
@@ -220,6 +230,7 @@ class InferenceClient(_Client):
         key = merge_key(request) if plan is not None and plan.mergeable and self.coalescing.enabled else None
         if key is None:
             return await self._alone(request, timeout_s)
+        to_raw(request)
         return await self._submit(self._lane(request, plan), request, key, rows_of(request), timeout_s)  # type: ignore[arg-type]
 
     def _lane(self, request: service_pb2.ModelInferRequest, plan: BatchPlan) -> Coalescer:

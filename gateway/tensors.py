@@ -23,6 +23,10 @@ CONTENTS_FIELD = {
 }  # fmt: skip
 
 
+# Typed contents carried in a wider protobuf field than the datatype (int_contents is int32, uint_contents uint32)
+NARROW_RANGE = {"INT8": (-128, 127), "INT16": (-32768, 32767), "UINT8": (0, 255), "UINT16": (0, 65535)}
+
+
 def _shape_matches(shape: list[int], expected: list[int]) -> bool:
     return len(shape) == len(expected) and all(
         e == -1 or s == e for s, e in zip(shape, expected, strict=True)
@@ -70,6 +74,16 @@ def validate_infer_request(
         raise InvalidArgument(f"missing input {missing[0]!r}; route {route!r} takes {sorted(expected)}")
 
 
+def bytes_elements(raw: bytes) -> int | None:
+    """How many elements a raw BYTES tensor holds (each a 4-byte little-endian length, then that many bytes), or
+    None when the lengths do not add up to the data."""
+    count, position = 0, 0
+    while position + 4 <= len(raw):
+        position += 4 + int.from_bytes(raw[position : position + 4], "little")
+        count += 1
+    return count if position == len(raw) else None
+
+
 def _check_size(name: str, tensor, shape: list[int], raw: bytes | None) -> None:
     count = prod(shape)
     size = ELEMENT_BYTES.get(tensor.datatype)
@@ -79,10 +93,21 @@ def _check_size(name: str, tensor, shape: list[int], raw: bytes | None) -> None:
                 f"input {name!r}: {len(raw)} bytes of data for shape {shape} {tensor.datatype} "
                 f"(expects {count * size})"
             )
+        if tensor.datatype == "BYTES":
+            # checked here, per caller: a malformed tensor merged with others would fail them all at Triton
+            elements = bytes_elements(raw)
+            if elements != count:
+                found = "lengths that do not add up" if elements is None else f"{elements} elements"
+                raise InvalidArgument(f"input {name!r}: BYTES data holds {found} for shape {shape}")
         return
     field = CONTENTS_FIELD.get(tensor.datatype)
-    given = len(getattr(tensor.contents, field)) if field else 0
-    if given != count:
+    values = getattr(tensor.contents, field) if field else ()
+    if len(values) != count:
         raise InvalidArgument(
-            f"input {name!r}: {given} values in contents for shape {shape} (expects {count})"
+            f"input {name!r}: {len(values)} values in contents for shape {shape} (expects {count})"
+        )
+    limits = NARROW_RANGE.get(tensor.datatype)
+    if limits is not None and values and not limits[0] <= min(values) <= max(values) <= limits[1]:
+        raise InvalidArgument(
+            f"input {name!r}: a value in contents is outside the {tensor.datatype} range {limits}"
         )

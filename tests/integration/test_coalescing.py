@@ -227,3 +227,17 @@ async def test_a_caller_out_of_time_or_gone_leaves_the_merged_call_to_the_others
         np.testing.assert_array_equal(output(reply, "score"), [[0.5]])
     with pytest.raises(asyncio.CancelledError):
         await leaving
+
+
+async def test_one_callers_bad_input_never_fails_the_callers_merged_with_it(mesh, infer):
+    good = [echo_request(np.full((1, 3), k, np.int32), [f"ok {k}".encode()], id=str(k)) for k in range(12)]
+    bad = echo_request(np.full((1, 3), 99, np.int32), [b"broken"], id="bad")
+    bad.raw_input_contents[1] = b"\x40\x00\x00\x00short"  # claims 64 bytes, holds 5
+    results = await asyncio.gather(*(infer(r, timeout=30) for r in [*good[:6], bad, *good[6:]]),
+                                   return_exceptions=True)  # fmt: skip
+    failed = results.pop(6)
+    assert isinstance(failed, grpc.aio.AioRpcError) and failed.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "INPUT1" in failed.details()
+    for k, reply in enumerate(results):
+        assert reply.id == str(k)
+        np.testing.assert_array_equal(output(reply, "OUTPUT0"), np.full((1, 3), 2 * k + 2, np.int32))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from tritonclient.grpc import model_config_pb2, service_pb2
 
-from gateway.batching import SplitError, batch_plan, merge, merge_key, split, timeout_us
+from gateway.batching import SplitError, batch_plan, merge, merge_key, split, timeout_us, to_raw
 
 InputTensor = service_pb2.ModelInferRequest.InferInputTensor
 Output = service_pb2.ModelInferRequest.InferRequestedOutputTensor
@@ -113,10 +113,13 @@ def test_merged_answers_equal_unmerged_ones_row_for_row(case, typed):
     ]
     keys = {merge_key(r) for r in requests}
     assert len(keys) == 1 and None not in keys
+    alone = [run_model(r) for r in requests]
+    for r in requests:
+        to_raw(r)  # what the gateway does to each caller's request before merging it
     merged = merge(requests)
     assert merged.inputs[0].shape[0] == 7 and len(merged.raw_input_contents) == len(merged.inputs)
-    for mine, alone in zip(split(run_model(merged), requests), map(run_model, requests), strict=True):
-        assert_same(mine, alone)
+    for mine, theirs in zip(split(run_model(merged), requests), alone, strict=True):
+        assert_same(mine, theirs)
 
 
 def test_what_cannot_share_a_call_gets_another_key_or_none():
@@ -202,3 +205,10 @@ def test_triton_timeout_is_the_time_left_unless_the_caller_asked_for_less():
     assert timeout_us(message, 0.25) == 1000
     message.parameters["timeout"].int64_param = 10**9
     assert timeout_us(message, 0.25) == 250_000
+
+
+def test_typed_contents_become_raw_per_caller():
+    typed = request({"x": np.array([[1, 2, 3]], np.int32)}, typed=True)
+    to_raw(typed)
+    assert not typed.inputs[0].HasField("contents")
+    assert typed.raw_input_contents[0] == np.array([[1, 2, 3]], np.int32).tobytes()

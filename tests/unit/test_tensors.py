@@ -71,3 +71,35 @@ def test_raw_contents_must_pair_with_inputs():
     request.raw_input_contents.append(b"")
     with pytest.raises(InvalidArgument, match="2 raw_input_contents for 1 inputs"):
         check(request)
+
+
+def _one_input(datatype: str, shape: list[int]) -> service_pb2.ModelMetadataResponse:
+    tensor = service_pb2.ModelMetadataResponse.TensorMetadata(name="x", datatype=datatype, shape=[-1, *shape])
+    return service_pb2.ModelMetadataResponse(name="m", inputs=[tensor])
+
+
+def test_raw_bytes_tensors_must_hold_exactly_their_elements():
+    metadata = _one_input("BYTES", [2])
+
+    def raw(data: bytes) -> service_pb2.ModelInferRequest:
+        return service_pb2.ModelInferRequest(
+            inputs=[Tensor(name="x", datatype="BYTES", shape=[1, 2])], raw_input_contents=[data]
+        )
+
+    element = len(b"ab").to_bytes(4, "little") + b"ab"
+    validate_infer_request(raw(element * 2), metadata, 8, "m")
+    with pytest.raises(InvalidArgument, match="'x': BYTES data holds 1 elements"):
+        validate_infer_request(raw(element), metadata, 8, "m")
+    with pytest.raises(InvalidArgument, match="'x': BYTES data holds lengths that do not add up"):
+        validate_infer_request(raw(element + b"\x09\x00\x00\x00abc"), metadata, 8, "m")
+
+
+@pytest.mark.parametrize(("datatype", "field", "value"), [("INT8", "int_contents", 128), ("UINT8", "uint_contents", 256),
+                                                         ("INT16", "int_contents", -40000)])  # fmt: skip
+def test_typed_values_outside_a_narrow_datatype_are_refused(datatype, field, value):
+    request = service_pb2.ModelInferRequest(inputs=[Tensor(name="x", datatype=datatype, shape=[1, 2])])
+    getattr(request.inputs[0].contents, field).extend([1, value])
+    with pytest.raises(InvalidArgument, match=f"'x': a value in contents is outside the {datatype} range"):
+        validate_infer_request(request, _one_input(datatype, [2]), 8, "m")
+    getattr(request.inputs[0].contents, field)[1] = 2
+    validate_infer_request(request, _one_input(datatype, [2]), 8, "m")
