@@ -124,7 +124,8 @@ async def test_reload_of_a_bad_file_keeps_serving_and_a_good_one_applies_without
     assert (await gateway.predict("fraud")).variant == "stable"
 
     stop = asyncio.Event()
-    outcomes: list[list[str]] = [[] for _ in range(4)]  # the variants each caller was answered by, in its order
+    # the variants each caller was answered by, in its order
+    outcomes: list[list[str]] = [[] for _ in range(4)]
 
     async def load(mine: list[str]):
         n = 0
