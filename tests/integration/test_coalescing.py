@@ -157,7 +157,9 @@ async def test_fraud_rows_merged_from_many_callers_score_as_on_triton_directly(m
 
     replies = await asyncio.gather(*(infer(request(n), timeout=30) for n in range(len(rows))))
     scores = np.array([output(reply, "score")[0, 0] for reply in replies])
-    np.testing.assert_array_equal(scores, expected)
+    # ONNX Runtime's float results can differ in the last bit with a row's place in a batch (Triton's own
+    # batching does the same), so float outputs agree to rounding; echo's integer and BYTES outputs are exact
+    np.testing.assert_allclose(scores, expected, rtol=1e-6)
 
 
 async def test_concurrent_predicts_share_cache_feature_and_inference_calls(mesh):
