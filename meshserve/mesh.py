@@ -1,6 +1,8 @@
 """The whole mesh on one machine: Triton, the three services and the gateway, as supervised child processes.
 
-`meshserve up` and the integration tests start it the same way, so the tests exercise what users run.
+`meshserve up` and the integration tests start it the same way, so the tests exercise what users run. Once every
+process is healthy, one that exits without being asked to is restarted with backoff (`Supervisor`); `wait()`
+returns when one keeps crashing.
 """
 
 from __future__ import annotations
@@ -8,16 +10,17 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from meshserve.core.channels import open_channel, wait_until_serving
 from meshserve.core.process import ChildProcess, free_ports
+from meshserve.core.restart_policy import RestartPolicy
+from meshserve.core.supervision import ChildExited, SupervisionEvent, Supervisor
 from meshserve.core.telemetry import tracing_enabled
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -34,6 +37,27 @@ class MeshSettings(BaseSettings):
     registry_path: Path | None = None
     run_dir: Path = Field(Path(".meshserve"), description="logs and Triton's backend directory")
     grace_s: float = Field(10.0, ge=0, description="drain time for each process on shutdown")
+    shutdown_settle_s: float = Field(
+        0.5,
+        ge=0,
+        description="how long each process says NOT_SERVING before it refuses new calls on SIGTERM "
+        "(each process's own MESHSERVE_<PROCESS>_SHUTDOWN_SETTLE_S)",
+    )
+    restart_max_crashes: int = Field(
+        5,
+        ge=0,
+        description="crashes of one process within restart_window_s that are restarted; one more stops the "
+        "mesh (exit code 1)",
+    )
+    restart_window_s: float = Field(
+        60.0, gt=0, description="the sliding window restart_max_crashes counts in"
+    )
+    restart_backoff_s: float = Field(
+        0.5,
+        ge=0,
+        description="wait before restarting a crashed process; doubles with each crash in the window",
+    )
+    restart_backoff_max_s: float = Field(8.0, ge=0, description="the longest wait before a restart")
     startup_timeout_s: float = Field(180.0, gt=0)
     log_level: str = "INFO"
     triton_args: list[str] = Field(default_factory=list, description="extra tritonserver arguments")
@@ -43,6 +67,12 @@ class MeshSettings(BaseSettings):
         "when those select http/protobuf",
     )
     extra_env: dict[str, str] = Field(default_factory=dict, description="environment added to every child")
+
+    @model_validator(mode="after")
+    def _backoff_cap_above_start(self) -> MeshSettings:
+        if self.restart_backoff_max_s < self.restart_backoff_s:
+            raise ValueError("restart_backoff_max_s must be at least restart_backoff_s")
+        return self
 
 
 def triton_trace_args(url: str | None, env: dict[str, str]) -> list[str]:
@@ -80,11 +110,18 @@ class Endpoints:
     triton_metrics: str
 
 
+# Started only once these are SERVING. The feature service seeds its store at start-up and tells the cache to
+# drop answers for the seeded entities (right after a restart of the feature service, whose in-memory store
+# comes back as the seed); with the cache not yet listening that invalidation could only fail.
+START_AFTER: dict[str, tuple[str, ...]] = {"feature": ("cache",)}
+
+
 @dataclass
 class LocalMesh:
     settings: MeshSettings
     children: dict[str, ChildProcess] = field(default_factory=dict)
     endpoints: Endpoints | None = None
+    supervisor: Supervisor | None = None
 
     def _python(self, name: str, module: str, env: dict[str, str]) -> ChildProcess:
         return self._child(name, [sys.executable, "-m", module], env)
@@ -123,7 +160,8 @@ class LocalMesh:
             backend_dir,
             [*s.triton_args, *triton_trace_args(s.triton_trace_url, {**os.environ, **s.extra_env})],
         )
-        common = {"LOG_LEVEL": s.log_level, "HOST": host, "GRACE_S": str(s.grace_s)}
+        common = {"LOG_LEVEL": s.log_level, "HOST": host, "GRACE_S": str(s.grace_s),
+                  "SHUTDOWN_SETTLE_S": str(s.shutdown_settle_s)}  # fmt: skip
 
         def env(prefix: str, **values: object) -> dict[str, str]:
             values.setdefault("metrics_port", port[f"{prefix.lower()}_metrics"])
@@ -162,59 +200,95 @@ class LocalMesh:
         self.endpoints = ep
         return ep
 
-    async def start(self, on_ready: Callable[[str], None] = lambda name: None) -> Endpoints:
-        """Start every process and wait until each is healthy; on failure, stop them all and raise."""
-        endpoints = self.plan()
-        try:
-            for child in self.children.values():
-                await child.start()
-            await self._await_healthy(endpoints, on_ready)
-        except BaseException:
-            await self.stop()
-            raise
-        return endpoints
-
-    async def _await_healthy(self, ep: Endpoints, on_ready: Callable[[str], None]) -> None:
-        deadline = time.monotonic() + self.settings.startup_timeout_s
-
-        async def one(name: str, target: str) -> None:
-            async with open_channel(target) as channel:
-                check = asyncio.ensure_future(
-                    wait_until_serving(channel, timeout_s=self.settings.startup_timeout_s)
-                )
-                try:
-                    while not check.done():
-                        if self.children[name].exited:
-                            raise RuntimeError(
-                                f"{name} exited during start-up:\n{self.children[name].log_tail()}"
-                            )
-                        if time.monotonic() > deadline:
-                            raise TimeoutError(
-                                f"{name} not healthy after {self.settings.startup_timeout_s:.0f}s"
-                            )
-                        await asyncio.wait({check}, timeout=0.1)
-                    await check
-                finally:
-                    check.cancel()  # never leave it polling a closed channel
-                    await asyncio.gather(check, return_exceptions=True)
-            on_ready(name)
-
-        targets = {
-            "triton": ep.triton_grpc,  # Triton serves grpc.health.v1 too
+    def targets(self) -> dict[str, str]:
+        """The grpc.health.v1 endpoint of each child (Triton serves it too)."""
+        ep = self.endpoints
+        assert ep is not None, "plan() first"
+        return {
+            "triton": ep.triton_grpc,
             "feature": ep.feature,
             "cache": ep.cache,
             "inference": ep.inference,
             "gateway": ep.gateway,
         }
-        await asyncio.gather(*(one(name, target) for name, target in targets.items()))
+
+    async def start(
+        self,
+        on_ready: Callable[[str], None] = lambda name: None,
+        on_event: Callable[[SupervisionEvent], None] = lambda event: None,
+    ) -> Endpoints:
+        """Start every process (each once those in START_AFTER are healthy) and wait until each is healthy, then
+        supervise them; on failure, stop them all and raise. `on_event` hears of every exit and recovery."""
+        endpoints = self.plan()
+        try:
+            healthy = {name: asyncio.Event() for name in self.children}
+            try:
+                async with asyncio.TaskGroup() as group:  # the first failure cancels the others
+                    for name in self.children:
+                        group.create_task(self._start_one(name, healthy, on_ready), name=f"start-{name}")
+            except BaseExceptionGroup as failures:
+                raise failures.exceptions[0] from None
+            s = self.settings
+            self.supervisor = Supervisor(
+                self.children,
+                lambda: RestartPolicy(
+                    s.restart_max_crashes, s.restart_window_s, s.restart_backoff_s, s.restart_backoff_max_s
+                ),
+                self._until_healthy,
+                on_event,
+            )
+            self.supervisor.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return endpoints
+
+    async def _start_one(self, name: str, healthy: dict[str, asyncio.Event], on_ready) -> None:
+        for first in START_AFTER.get(name, ()):
+            await healthy[first].wait()  # bounded: `first` is healthy, or its failure cancels this
+        await self.children[name].start()
+        await self._until_healthy(name, during_start=True)
+        healthy[name].set()
+        on_ready(name)
+
+    async def _until_healthy(self, name: str, during_start: bool = False) -> None:
+        """Until `name` answers SERVING; TimeoutError after startup_timeout_s; during start-up, RuntimeError (with
+        its log) as soon as it exits."""
+        child, timeout = self.children[name], self.settings.startup_timeout_s
+        async with open_channel(self.targets()[name]) as channel:
+            check = asyncio.ensure_future(wait_until_serving(channel, timeout_s=timeout))
+            exited = asyncio.ensure_future(child.wait())
+            try:
+                await asyncio.wait({check, exited}, return_when=asyncio.FIRST_COMPLETED)
+                if check.done():
+                    try:
+                        await check
+                    except TimeoutError:
+                        raise TimeoutError(f"{name} not healthy after {timeout:.0f}s") from None
+                elif during_start:
+                    raise RuntimeError(f"{name} exited during start-up:\n{child.log_tail()}")
+                else:  # it exited again: not healthy, and the supervisor reports the exit
+                    raise TimeoutError(f"{name} exited before it was healthy")
+            finally:
+                for task in (check, exited):  # never leave one polling a closed channel
+                    task.cancel()
+                await asyncio.gather(check, exited, return_exceptions=True)
+
+    async def wait(self) -> ChildExited:
+        """Until a process keeps crashing; its last exit. The mesh is still running: stop() it."""
+        assert self.supervisor is not None, "start() first"
+        return await self.supervisor.wait()
 
     def crashed(self) -> list[str]:
         return [name for name, child in self.children.items() if child.exited]
 
     async def stop(self, grace: float | None = None) -> None:
-        """Gateway first (it drains callers), then the services, then Triton; each by process group."""
+        """Gateway first (it drains callers), then the services, then Triton; each by process group. Supervision
+        stops first, so these exits are not taken for crashes."""
+        if self.supervisor is not None:
+            await self.supervisor.stop()
         grace = self.settings.grace_s if grace is None else grace
         order = ["gateway", "inference", "feature", "cache", "triton"]
         for name in order:
             if name in self.children:
-                await self.children[name].stop(grace + 2.0)
+                await self.children[name].stop(grace + self.settings.shutdown_settle_s + 2.0)

@@ -1,4 +1,9 @@
-"""`meshserve up`: the whole mesh on this machine until Ctrl-C or SIGTERM."""
+"""`meshserve up`: the whole mesh on this machine until Ctrl-C or SIGTERM.
+
+A process that exits is restarted (see meshserve.mesh); one that keeps crashing stops the mesh with exit code 1.
+Whatever a process wrote is printed as plain text, never read as rich markup: a log line like `[/meshserve...]`
+must not be able to crash `up` and orphan the mesh.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
+from meshserve.core.supervision import ChildExited, SupervisionEvent
 from meshserve.mesh import Endpoints, LocalMesh, MeshSettings
 
 console = Console(stderr=True)
@@ -33,7 +40,7 @@ def _endpoints_table(ep: Endpoints) -> Table:
         ("triton gRPC", ep.triton_grpc),
         ("triton metrics", ep.triton_metrics),
     ]:
-        table.add_row(name, value)
+        table.add_row(Text(name), Text(value))
     return table
 
 
@@ -45,8 +52,27 @@ def _meshserve() -> str:
     return os.path.relpath(here) if here.is_absolute() else str(here)
 
 
+def _report(event: SupervisionEvent) -> None:
+    if not isinstance(event, ChildExited):
+        console.print(Text(f"✓ {event.summary()}", style="green"))
+        return
+    style = "yellow" if event.decision.restart else "red"
+    console.print(Text(event.summary(), style=style))
+    if event.decision.crashed and event.log_tail:
+        console.print(Text(f"last lines of {event.name}'s log:", style="dim"))
+        console.print(Text(event.log_tail), markup=False, highlight=False, emoji=False)
+
+
 async def run_up(settings: MeshSettings) -> int:
     mesh = LocalMesh(settings)
+    try:
+        return await _serve(mesh, settings)
+    except BaseException:
+        await mesh.stop()  # whatever went wrong in here, never leave a process behind
+        raise
+
+
+async def _serve(mesh: LocalMesh, settings: MeshSettings) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: its terminal went away
@@ -60,9 +86,9 @@ async def run_up(settings: MeshSettings) -> int:
 
         def ready(name: str) -> None:
             progress.advance(task)
-            progress.console.print(f"[green]✓[/] {name} healthy")
+            progress.console.print(Text.assemble(("✓", "green"), f" {name} healthy"))
 
-        starting = asyncio.create_task(mesh.start(on_ready=ready))
+        starting = asyncio.create_task(mesh.start(on_ready=ready, on_event=_report))
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
         if not starting.done():  # asked to stop during start-up: a clean stop all the same
@@ -75,28 +101,32 @@ async def run_up(settings: MeshSettings) -> int:
         try:
             endpoints = starting.result()
         except Exception as exc:
-            console.print(f"[red]start-up failed:[/] {exc}")
-            console.print(f"logs: {settings.run_dir / 'logs'}")
+            console.print(Text.assemble(("start-up failed: ", "red"), str(exc)))
+            console.print(Text(f"logs: {settings.run_dir / 'logs'}"))
             return 1
 
     console.print(_endpoints_table(endpoints))
-    console.print(f"logs: {settings.run_dir / 'logs'}")
+    console.print(Text(f"logs: {settings.run_dir / 'logs'}"))
     target = "" if endpoints.gateway == "127.0.0.1:50051" else f" --target {endpoints.gateway}"
     console.print(
-        f"try: [bold]{_meshserve()} predict fraud acct-00042 amount=250 merchant_category=3{target}[/]"
+        Text.assemble(
+            "try: ",
+            (f"{_meshserve()} predict fraud acct-00042 amount=250 merchant_category=3{target}", "bold"),
+        )
     )
     console.print("Ctrl-C stops every process.")
+    stopped = asyncio.create_task(stop.wait())
+    gave_up = asyncio.create_task(mesh.wait())
+    await asyncio.wait({stopped, gave_up}, return_when=asyncio.FIRST_COMPLETED)
     code = 0
-    while not stop.is_set():
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=1.0)
-        except TimeoutError:
-            if crashed := mesh.crashed():
-                console.print(f"[red]{', '.join(crashed)} exited unexpectedly; stopping the mesh[/]")
-                for name in crashed:
-                    console.print(mesh.children[name].log_tail())
-                code = 1
-                break
+    if gave_up.done():
+        failure = gave_up.exception()
+        reason = f"supervision failed: {failure!r}" if failure else f"{gave_up.result().name} keeps crashing"
+        console.print(Text(f"{reason}; stopping the mesh", style="red"))
+        code = 1
+    for waiter in (stopped, gave_up):
+        waiter.cancel()
+    await asyncio.gather(stopped, gave_up, return_exceptions=True)
     console.print("stopping…")
     await mesh.stop()
     console.print("[green]stopped[/]")

@@ -1,7 +1,9 @@
 """One lifecycle for every meshserve process: `await start() -> port`, `await wait()`, `await stop(grace)`.
 
-A service registers its servicers, then becomes SERVING only once `until_ready()` (its dependencies) returns.
-On SIGTERM or SIGINT it turns NOT_SERVING, lets in-flight calls finish within the grace period, then exits.
+A service registers its servicers, then becomes SERVING only once `until_ready()` (its dependencies) returns, and
+afterwards follows them (`follow_dependencies()`). On SIGTERM or SIGINT it turns NOT_SERVING for every service
+name, keeps serving for `shutdown_settle_s` so health checkers see it and move their traffic away, then
+refuses new calls, lets every call it has received finish within the grace period, and exits 0.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class GrpcService:
-    """Base class: subclasses implement `register`, and optionally `until_ready` and `close`."""
+    """Base class: subclasses implement `register`, and optionally `until_ready`, `follow_dependencies` and
+    `close`."""
 
     name: str = "service"
 
@@ -51,6 +54,10 @@ class GrpcService:
 
     async def until_ready(self) -> None:
         """Wait for this service's own dependencies; SERVING is reported only after it returns."""
+
+    async def follow_dependencies(self) -> None:
+        """Once SERVING: keep health in step with the dependencies (`set_serving`) until cancelled at stop. By
+        default there is nothing to follow."""
 
     async def close(self) -> None:
         """Release clients and stores after the server has stopped."""
@@ -93,21 +100,32 @@ class GrpcService:
             self.failure = exc
             self._failed.set()
             return
-        for service in ["", *self._services]:
-            await self.health.set(service, SERVING)
+        await self.set_serving(True)
         log.info("serving")
+        await self.follow_dependencies()
+
+    async def set_serving(self, serving: bool) -> None:
+        """SERVING or NOT_SERVING for the whole server and every service name; ignored once shutting down."""
+        for service in ["", *self._services]:
+            await self.health.set(service, SERVING if serving else NOT_SERVING)
+
+    async def announce_shutdown(self) -> None:
+        """NOT_SERVING for every service name, for good; the server still takes calls until `stop`."""
+        if self._ready_task is not None:  # nothing may set SERVING again
+            self._ready_task.cancel()
+            await asyncio.gather(self._ready_task, return_exceptions=True)
+        await self.health.enter_graceful_shutdown()
 
     async def wait(self) -> None:
         await self._stopped.wait()
 
     async def stop(self, grace: float | None = None) -> None:
-        """NOT_SERVING first (so balancers move away), then drain in-flight calls for up to `grace` seconds."""
+        """NOT_SERVING first (if `announce_shutdown` has not said it yet), then refuse new calls and let those
+        already received finish for up to `grace` seconds; calls still running after it are cancelled."""
         if self._server is None:
             return
         grace = self.settings.grace_s if grace is None else grace
-        if self._ready_task is not None:
-            self._ready_task.cancel()
-        await self.health.enter_graceful_shutdown()
+        await self.announce_shutdown()
         log.info("draining", extra={"grace_s": grace})
         await self._server.stop(grace)
         self._server = None
@@ -119,8 +137,9 @@ class GrpcService:
 
 async def serve(make_service: Callable[[], GrpcService]) -> None:
     """Build the service inside the running loop (gRPC channels bind to it), serve until SIGTERM/SIGINT, then
-    stop it gracefully. For `__main__` modules."""
+    leave gracefully: NOT_SERVING, `shutdown_settle_s` still serving, then `stop()`. For `__main__` modules."""
     service = make_service()
+    settle_s = service.settings.shutdown_settle_s
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -129,6 +148,10 @@ async def serve(make_service: Callable[[], GrpcService]) -> None:
     signalled = asyncio.ensure_future(stop_requested.wait())
     failed = asyncio.ensure_future(service._failed.wait())
     await asyncio.wait({signalled, failed}, return_when=asyncio.FIRST_COMPLETED)
+    if signalled.done():
+        await service.announce_shutdown()
+        log.info("not serving; settling before the drain", extra={"settle_s": settle_s})
+        await asyncio.sleep(settle_s)
     await service.stop()
     if service.failure is not None:
         raise SystemExit(1)

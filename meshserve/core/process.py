@@ -1,4 +1,5 @@
-"""Child processes that are always cleaned up: each in its own session, stopped by process group."""
+"""Child processes that are always cleaned up: each in its own session, stopped by process group, and sent a
+signal by the kernel when their parent dies, whatever killed it."""
 
 from __future__ import annotations
 
@@ -7,8 +8,22 @@ import contextlib
 import os
 import signal
 import socket
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+# Runs between our fork and the real program: arms the parent-death signal, then becomes that program (same pid;
+# the setting survives execve). Done in a fresh interpreter rather than as a `preexec_fn`, which would run Python
+# in a forked copy of a multi-threaded process (gRPC's threads; its fork handlers then log on our terminal).
+_DIE_WITH_PARENT = """\
+import ctypes, os, sys
+sig, parent, argv = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+if ctypes.CDLL(None, use_errno=True).prctl(1, sig, 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
+    sys.exit(f"prctl(PR_SET_PDEATHSIG) failed: {os.strerror(ctypes.get_errno())}")
+if os.getppid() != parent:  # the parent died before the line above: no signal will ever come
+    sys.exit(1)
+os.execvp(argv[0], argv)
+"""
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
@@ -25,8 +40,26 @@ def free_port(host: str = "127.0.0.1") -> int:
     return free_ports(1, host)[0]
 
 
+def tied_to_parent(argv: Sequence[str], sig: int = signal.SIGTERM) -> list[str]:
+    """`argv`, started so that the kernel sends it `sig` when this process dies (Linux PR_SET_PDEATHSIG): not even
+    a SIGKILL of the parent can orphan it. Unchanged where there is no prctl.
+
+    SIGTERM rather than SIGKILL: every child we start drains on it within a bounded time (our services within
+    grace_s, Triton within its exit timeout), and Triton then stops its own python stubs, which the setting does
+    not reach (it is not inherited across fork). The kernel sends it when the *thread* that forked exits: start
+    children from the event loop's thread, which lives as long as the process.
+    """
+    if sys.platform != "linux":
+        return list(argv)
+    return [sys.executable, "-I", "-S", "-c", _DIE_WITH_PARENT, str(int(sig)), str(os.getpid()), *argv]
+
+
 class ChildProcess:
-    """A process in a new session, so stopping it also stops whatever it started (Triton's python stubs)."""
+    """A process in a new session, so stopping it also stops whatever it started (Triton's python stubs).
+
+    It gets SIGTERM when its parent dies (`tied_to_parent`): a supervisor that is itself killed takes its
+    children with it instead of leaving them serving ports nobody watches.
+    """
 
     def __init__(self, name: str, argv: Sequence[str], env: Mapping[str, str], log_path: Path) -> None:
         self.name = name
@@ -34,18 +67,37 @@ class ChildProcess:
         self.env = dict(env)
         self.log_path = log_path
         self.process: asyncio.subprocess.Process | None = None
+        self.stop_requested = False  # set by stop(): an exit after it was asked for, not a crash
+        self.starts = 0
 
     async def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.stop_requested = False
         with self.log_path.open("ab") as log:
             self.process = await asyncio.create_subprocess_exec(
-                *self.argv,
+                *tied_to_parent(self.argv),
                 env=self.env,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
             )
+        self.starts += 1
+
+    async def restart(self) -> None:
+        """Start the same argv and environment again (same ports: its peers reconnect) once it has exited; what
+        was left of its process group first goes (a python stub that outlived Triton)."""
+        if self.process is not None:
+            if self.process.returncode is None:
+                raise RuntimeError(f"{self.name} is still running")
+            self.signal(signal.SIGKILL)
+        await self.start()
+
+    async def wait(self) -> int:
+        """Until it exits; its return code (-N: killed by signal N)."""
+        if self.process is None:
+            raise RuntimeError(f"{self.name} was never started")
+        return await self.process.wait()
 
     @property
     def pid(self) -> int | None:
@@ -69,6 +121,7 @@ class ChildProcess:
         """SIGTERM the group, wait up to `grace` seconds, then SIGKILL whatever is left of it."""
         if self.process is None:
             return None
+        self.stop_requested = True
         if self.process.returncode is None:
             self.signal(signal.SIGTERM)
             with contextlib.suppress(TimeoutError):

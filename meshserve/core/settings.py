@@ -14,6 +14,13 @@ class ServiceSettings(BaseSettings):
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(0, ge=0, le=65535, description="port to listen on; 0 lets the OS choose")
     grace_s: float = Field(10.0, ge=0, description="how long in-flight calls may finish on shutdown")
+    shutdown_settle_s: float = Field(
+        0.5,
+        ge=0,
+        description="on SIGTERM, how long to answer NOT_SERVING while still serving before new calls are refused: "
+        "balancers and health checkers need a moment to see it, and calls the transport already holds are taken "
+        "in rather than cancelled. 0: stop at once",
+    )
     max_message_bytes: int = Field(4 * 1024 * 1024, gt=0, description="largest request accepted")
     log_level: str = Field("INFO", description="python logging level")
     metrics_port: int | None = Field(

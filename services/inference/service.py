@@ -1,12 +1,18 @@
-"""The inference service process: SERVING once Triton and the required models are ready."""
+"""The inference service process: SERVING once Triton and the required models are ready, NOT_SERVING whenever
+they stop being so, and SERVING again when they are back."""
 
 from __future__ import annotations
+
+import asyncio
+import logging
 
 from meshserve.core.lifecycle import GrpcService
 from meshserve.inference.v1 import inference_pb2
 from services.inference.servicer import InferenceServicer
 from services.inference.settings import InferenceSettings
 from services.inference.triton import TritonBackend
+
+log = logging.getLogger(__name__)
 
 
 class InferenceService(GrpcService):
@@ -16,7 +22,10 @@ class InferenceService(GrpcService):
         super().__init__(settings)
         self.settings: InferenceSettings = settings
         self.triton = TritonBackend(
-            settings.triton_url, settings.triton_timeout_s, settings.max_message_bytes
+            settings.triton_url,
+            settings.triton_timeout_s,
+            settings.max_message_bytes,
+            settings.triton_reconnect_max_s,
         )
 
     def register(self, server):
@@ -26,6 +35,25 @@ class InferenceService(GrpcService):
 
     async def until_ready(self) -> None:
         await self.triton.wait_ready(self.settings.required_models, self.settings.dependency_timeout_s)
+
+    async def follow_dependencies(self) -> None:
+        """Triton's readiness, checked every `triton_check_interval_s`: health says whether a call can succeed.
+        It takes `triton_failed_checks` failed checks in a row to say NOT_SERVING (one slow answer from a busy
+        Triton must not take the service out of every balancer), and one good one to say SERVING again."""
+        s, ready, failed = self.settings, True, 0
+        while True:
+            await asyncio.sleep(s.triton_check_interval_s)
+            ok = await self.triton.all_ready(s.required_models, s.triton_check_timeout_s)
+            failed = 0 if ok else failed + 1
+            now = ok or (ready and failed < s.triton_failed_checks)
+            if now == ready:
+                continue
+            ready = now
+            await self.set_serving(ready)
+            if ready:
+                log.info("triton ready again; serving", extra={"url": s.triton_url})
+            else:
+                log.warning("triton not ready; not serving until it is", extra={"url": s.triton_url})
 
     async def close(self) -> None:
         await self.triton.close()

@@ -19,3 +19,15 @@ class InferenceSettings(ServiceSettings):
         description="models (`name` or `name:version`) that must be ready before SERVING",
     )
     max_message_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    triton_check_interval_s: float = Field(
+        0.5, gt=0, description="once SERVING, how often Triton's readiness is checked (health follows it)"
+    )
+    triton_check_timeout_s: float = Field(
+        1.0, gt=0, description="how long one readiness check may take before Triton counts as not ready"
+    )
+    triton_failed_checks: int = Field(
+        3, ge=1, description="failed readiness checks in a row before the service says NOT_SERVING"
+    )
+    triton_reconnect_max_s: float = Field(
+        1.0, gt=0, description="longest wait between attempts to reconnect to Triton after it went away"
+    )

@@ -3,7 +3,9 @@
 Control calls (readiness, metadata, config) go through `tritonclient.grpc.aio`. Inference goes out on a channel
 of our own, as the serialised ModelInferRequest it arrived as: building InferInput objects would decode and
 re-encode every tensor. One channel multiplexes every in-flight call, so Triton's dynamic batcher sees them all
-at once.
+at once. Both channels retry a lost connection at least every `reconnect_max_s`, so a restarted Triton (several
+seconds of model loading) is back in use within that of being ready, instead of gRPC's default backoff of up to
+two minutes.
 """
 
 from __future__ import annotations
@@ -41,14 +43,42 @@ def _mesh_error(exc: InferenceServerException, what: str) -> MeshError:
     return MeshError(f"{what}: {exc.message()}", code)
 
 
+def _reconnect_options(reconnect_max_s: float) -> list[tuple[str, int]]:
+    max_ms = max(1, int(reconnect_max_s * 1000))
+    return [
+        ("grpc.initial_reconnect_backoff_ms", min(250, max_ms)),
+        ("grpc.max_reconnect_backoff_ms", max_ms),
+    ]
+
+
 class TritonBackend:
-    def __init__(self, url: str, timeout_s: float, max_message_bytes: int) -> None:
+    def __init__(
+        self, url: str, timeout_s: float, max_message_bytes: int, reconnect_max_s: float = 1.0
+    ) -> None:
         self.url = url
         self.timeout_s = timeout_s
-        self.control = InferenceServerClient(url)
-        self._channel = grpc.aio.insecure_channel(url, options=channel_options(max_message_bytes))
+        options = [*channel_options(max_message_bytes), *_reconnect_options(reconnect_max_s)]
+        self.control = InferenceServerClient(url, channel_args=options)
+        self._channel = grpc.aio.insecure_channel(url, options=options)
         # bytes in, bytes out: the hot path never parses what it forwards
         self._model_infer = self._channel.unary_unary(MODEL_INFER)
+
+    async def is_ready(self, target: str = "", timeout_s: float = 2.0) -> bool:
+        """Whether Triton ("") or the model `name[:version]` is ready; False when Triton does not answer."""
+        name, _, version = target.partition(":")
+        try:
+            if name:
+                return await self.control.is_model_ready(name, version, client_timeout=timeout_s)
+            return await self.control.is_server_ready(client_timeout=timeout_s)
+        except InferenceServerException:
+            return False
+
+    async def all_ready(self, models: list[str], timeout_s: float) -> bool:
+        """Triton and each of `models` ready: one cheap call each, stopping at the first that is not."""
+        for target in ["", *models]:
+            if not await self.is_ready(target, timeout_s):
+                return False
+        return True
 
     async def wait_ready(self, models: list[str], timeout_s: float) -> None:
         """Wait (bounded) until Triton and each `name[:version]` in `models` are ready."""
@@ -56,16 +86,7 @@ class TritonBackend:
         pending = ["", *models]  # "" = the server itself
         while pending:
             target = pending[0]
-            try:
-                name, _, version = target.partition(":")
-                ready = (
-                    await self.control.is_model_ready(name, version, client_timeout=2.0)
-                    if name
-                    else await self.control.is_server_ready(client_timeout=2.0)
-                )
-            except InferenceServerException:
-                ready = False
-            if ready:
+            if await self.is_ready(target):
                 pending.pop(0)
                 continue
             if time.monotonic() > deadline:
@@ -105,6 +126,15 @@ class TritonBackend:
             raise MeshError(
                 f"versions must be integers, got {versions}", ErrorCode.INVALID_ARGUMENT
             ) from None
+        # load_model returns once Triton has tried every version; one its repository lacks never shows up in the
+        # index, so say so now rather than wait for it until the deadline
+        try:
+            index = await self.control.get_model_repository_index(client_timeout=self.timeout_s)
+        except InferenceServerException as exc:
+            raise _mesh_error(exc, f"model {name!r}") from None
+        present = {m.version for m in index.models if m.name == name}
+        if missing := [v for v in versions if v not in present]:
+            raise NotFound(f"model {name!r} has no version {', '.join(missing)} in Triton's model repository")
         await self.wait_ready([f"{name}:{v}" for v in versions], timeout_s)
         return versions
 

@@ -19,10 +19,13 @@ from gateway.service import GatewayService
 from gateway.settings import GatewaySettings
 from meshserve.core.channels import wait_until_serving
 from meshserve.core.process import ChildProcess, free_port, free_ports
+from meshserve.inference.v1 import inference_pb2_grpc
+from meshserve.mesh import REPO_ROOT
 from services.feature.service import FeatureService
 from services.feature.settings import FeatureSettings
 from services.inference.service import InferenceService
 from services.inference.settings import InferenceSettings
+from services.inference.tritonserver import prepare_backend_dir, triton_command
 from tests.conftest import FIXTURES
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -93,6 +96,62 @@ async def test_inference_service_waits_for_the_models_it_requires(mesh):
             assert await health(channel, "meshserve.inference.v1.InferenceService") == SERVING
     finally:
         await service.stop(0)
+
+
+async def watch_until(channel: grpc.aio.Channel, status: int, timeout_s: float, service: str = "") -> None:
+    """Until health says `status`, as grpc.health.v1's Watch pushes each change (no polling)."""
+    watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=service))
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for reply in watch:
+                if reply.status == status:
+                    return
+    finally:
+        watch.cancel()
+
+
+def _fraud_request() -> service_pb2.ModelInferRequest:
+    row = np.array([[250.0, 3, 80.0, 2, 400]], dtype=np.float32)
+    tensor = service_pb2.ModelInferRequest.InferInputTensor(name="features", datatype="FP32", shape=[1, 5])
+    return service_pb2.ModelInferRequest(
+        model_name="fraud", inputs=[tensor], raw_input_contents=[row.tobytes()]
+    )
+
+
+async def test_inference_health_follows_triton_down_and_back_and_calls_work_again(tmp_path):
+    """Triton of its own (the session's stays untouched): stopped, the inference service says NOT_SERVING;
+    started again on the same port, SERVING, and its channels to Triton carry calls again."""
+    grpc_port, http_port, metrics_port = free_ports(3)
+    argv, env = triton_command(
+        [REPO_ROOT / "model_repository"], grpc_port, http_port, metrics_port, prepare_backend_dir(tmp_path)
+    )
+    triton = ChildProcess("triton", argv, {**os.environ, **env}, tmp_path / "triton.log")
+    service = InferenceService(InferenceSettings(port=0, triton_url=f"127.0.0.1:{grpc_port}"))
+    name = "meshserve.inference.v1.InferenceService"
+    try:
+        await triton.start()
+        port = await service.start()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            infer = inference_pb2_grpc.InferenceServiceStub(channel).ModelInfer
+            await wait_until_serving(channel, timeout_s=90)
+            assert (await infer(_fraud_request(), timeout=10)).raw_output_contents
+
+            await triton.stop(10)
+            await watch_until(channel, NOT_SERVING, timeout_s=5)
+            assert await health(channel, name) == NOT_SERVING
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await infer(_fraud_request(), timeout=5)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+            await triton.restart()
+            await watch_until(channel, SERVING, timeout_s=90)
+            assert await health(channel, name) == SERVING
+            assert (await infer(_fraud_request(), timeout=10)).raw_output_contents
+    finally:
+        await service.stop(0)
+        await triton.stop(10)
+    log = (tmp_path / "triton.log").read_text()
+    assert log.count("successfully loaded 'fraud'") == 2  # the second Triton really was a new one
 
 
 def _slow_request() -> service_pb2.ModelInferRequest:
