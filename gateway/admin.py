@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from gateway.bluegreen import switch_version
+from gateway.bluegreen import ModelLifecycle
 from gateway.catalog import ModelCatalog
 from gateway.clients import InferenceClient
 from gateway.dispatch import Dispatcher
@@ -44,7 +44,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self.live = live
         self.dispatcher = dispatcher
         self.shadow = shadow
-        self.rollouts = rollouts
+        self.rollouts = rollouts  # stops a route's rollout by itself on any manual change to the route
+        self.lifecycle = ModelLifecycle(live, catalog, inference)
 
     def _status(self, name: str) -> admin_pb2.RouteStatus:
         route = self.live.get(name)
@@ -90,12 +91,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     async def Promote(self, request, context):
         await self.live.promote(request.route, request.variant, _who(context))
-        self.rollouts.stop(request.route, f"promoted {request.variant} by hand")
         return self._status(request.route)
 
     async def Rollback(self, request, context):
         await self.live.rollback(request.route, _who(context), request.reason)
-        self.rollouts.stop(request.route, request.reason or "rolled back by hand")
         return self._status(request.route)
 
     async def SetRollout(self, request, context):
@@ -111,7 +110,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return self._status(request.route)
 
     async def Reload(self, request, context):
-        applied, error = await self.live.reload(_who(context))
+        applied, error = await self.lifecycle.reload(_who(context))
         return admin_pb2.ReloadResponse(applied=applied, error=error, routes=sorted(self.live.routes))
 
     async def GetAuditLog(self, request, context):
@@ -127,9 +126,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         )  # fmt: skip
 
     async def SwitchVersion(self, request, context):
-        await switch_version(
-            self.live, self.catalog, self.inference, request.route, request.variant, request.version,
-            _who(context), request.warmup_requests or 8,
+        await self.lifecycle.switch(
+            request.route, request.variant, request.version, _who(context), request.warmup_requests or 8,
+            context.time_remaining(),
         )  # fmt: skip
         return self._status(request.route)
 

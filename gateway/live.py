@@ -1,19 +1,33 @@
 """Live routes: the table every request reads, swapped whole (never edited in place) by admin actions and
-reloads, each of which is written to the audit log."""
+reloads, each of which is written to the audit log and announced to subscribers (the rollout controller)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from gateway.audit import AuditLog
 from gateway.routes import Route, RoutesFileError, RouteTable, load_routes
-from meshserve.core.errors import InvalidArgument
+from meshserve.core.errors import InvalidArgument, MeshError
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteChange:
+    """One route changed (or went away): who did it, by which action, and why."""
+
+    route: str
+    who: str
+    action: str
+    reason: str = ""
+
+
+TableCheck = Callable[[RouteTable], Awaitable[None]]
 
 
 def _weights(route: Route) -> dict[str, float]:
@@ -32,6 +46,18 @@ class LiveRoutes:
         self.path = path
         self.audit = audit
         self.invalidate = invalidate  # cached answers of scopes a change makes stale
+        self._listeners: list[Callable[[RouteChange], None]] = []
+
+    def subscribe(self, listener: Callable[[RouteChange], None]) -> None:
+        """Call `listener` after each change to a route, synchronously, before the change's caller goes on."""
+        self._listeners.append(listener)
+
+    def _announce(self, change: RouteChange) -> None:
+        for listener in self._listeners:
+            try:
+                listener(change)
+            except Exception:  # noqa: BLE001 - the change stands whatever a subscriber makes of it
+                log.exception("route change listener failed", extra={"route": change.route})
 
     async def _invalidate(self, scopes: list[str]) -> None:
         if self.invalidate is None:
@@ -65,6 +91,7 @@ class LiveRoutes:
         log.info(
             "weights changed", extra={"route": name, "weights": _weights(after), "who": who, "action": action}
         )
+        self._announce(RouteChange(name, who, action, reason))
         return after
 
     async def promote(self, name: str, variant: str, who: str) -> Route:
@@ -90,19 +117,40 @@ class LiveRoutes:
         after = before.model_copy(update={"variants": variants})
         self._swap(name, after)
         self.audit.append(who, "switch_version", name, {variant: target.version}, {variant: version})
+        self._announce(RouteChange(name, who, "switch_version", f"{variant}: {target.version} -> {version}"))
         await self._invalidate([f"route:{name}", f"model:{target.model}"])
         return after
 
-    async def reload(self, who: str) -> tuple[bool, str]:
-        """Re-read the routes file. A bad file leaves the serving table untouched and says why."""
+    async def reload(self, who: str, check: TableCheck | None = None) -> tuple[bool, str]:
+        """Re-read the routes file. A bad file leaves the serving table untouched and says why; so does a table
+        that `check` refuses (it raises a MeshError, which is passed on)."""
         try:
             table = load_routes(self.path)
         except RoutesFileError as exc:
-            log.warning("routes reload refused; the old routes keep serving", extra={"error": str(exc)})
-            self.audit.append(who, "reload_refused", "*", None, None, str(exc))
-            return False, str(exc)
-        before = {name: _weights(r) for name, r in self.table.routes.items()}
+            return False, self._refuse(who, str(exc))
+        if check is not None:
+            try:
+                await check(table)
+            except MeshError as exc:
+                self._refuse(who, exc.message)
+                raise
+        old = self.table.routes
         self.table = table
+        before = {name: _weights(r) for name, r in old.items()}
         self.audit.append(who, "reload", "*", before, {name: _weights(r) for name, r in table.routes.items()})
+        for name in sorted(old.keys() | table.routes.keys()):
+            if _changed(old.get(name), table.routes.get(name)):
+                self._announce(RouteChange(name, who, "reload", "routes file reloaded"))
         await self._invalidate([f"route:{name}" for name in table.routes])
         return True, ""
+
+    def _refuse(self, who: str, reason: str) -> str:
+        log.warning("routes reload refused; the old routes keep serving", extra={"error": reason})
+        self.audit.append(who, "reload_refused", "*", None, None, reason)
+        return reason
+
+
+def _changed(before: Route | None, after: Route | None) -> bool:
+    if before is None or after is None:
+        return before is not after
+    return before.model_dump() != after.model_dump()

@@ -1,11 +1,35 @@
-"""Per-variant outcomes over a sliding window: error rate and p99 for canary analysis, totals for the admin API."""
+"""Per-variant outcomes over a sliding window: error rate and p99 for canary analysis, totals for the admin API.
+
+Memory does not depend on the request rate: each (route, variant) keeps one bucket per `bucket_s` of the window
+(requests, errors and a latency histogram with at most `LATENCY_BINS` bins), and a write drops the buckets that
+have left the window. Reads never change anything.
+"""
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+# Latency histogram: bin i holds latencies in (FLOOR_S * RATIO**(i-1), FLOOR_S * RATIO**i]; bin 0 everything up to
+# FLOOR_S, the last bin everything from CEILING_S up.
+FLOOR_S = 0.0001
+CEILING_S = 120.0
+RATIO = 1.1
+LATENCY_BINS = math.ceil(math.log(CEILING_S / FLOOR_S) / math.log(RATIO)) + 1
+_LOG_RATIO = math.log(RATIO)
+
+
+def latency_bin(latency_s: float) -> int:
+    if latency_s <= FLOOR_S:
+        return 0
+    return min(LATENCY_BINS - 1, math.ceil(math.log(latency_s / FLOOR_S) / _LOG_RATIO - 1e-9))
+
+
+def bin_upper_edge(index: int) -> float:
+    return FLOOR_S * RATIO**index
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,31 +43,97 @@ class WindowSummary:
         return self.errors / self.requests if self.requests else 0.0
 
 
+@dataclass(slots=True)
+class _Bucket:
+    index: int  # start time // bucket_s
+    requests: int = 0
+    errors: int = 0
+    latencies: dict[int, int] = field(default_factory=dict)  # histogram bin -> count; only bins that were hit
+
+
 class VariantStats:
-    def __init__(self, window_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+    """Outcomes per (route, variant) in the last `window_s`, at the resolution of `bucket_s`.
+
+    Approximations, both bounded:
+    - time: `summary()` counts whole buckets, so an outcome up to one `bucket_s` older than the window start (or
+      than `since`) may still count;
+    - p99: reported as the upper edge of the histogram bin holding the exact p99 (the same rank as a sorted list
+      would give), so it is never below the exact value and at most `RATIO - 1` (10 %) above it, for latencies
+      between `FLOOR_S` (0.1 ms) and `CEILING_S`; anything faster reads as 0.1 ms, anything slower as the ceiling.
+    """
+
+    def __init__(
+        self, window_s: float = 60.0, clock: Callable[[], float] = time.monotonic, bucket_s: float = 1.0
+    ) -> None:
         self.window_s = window_s
+        self.bucket_s = bucket_s
         self.clock = clock
-        self._events: dict[tuple[str, str], deque[tuple[float, bool, float]]] = {}
-        self.totals: dict[tuple[str, str], list[int]] = {}  # (route, variant) -> [requests, errors]
+        self._buckets: dict[tuple[str, str], deque[_Bucket]] = {}
+        self.totals: dict[
+            tuple[str, str], list[int]
+        ] = {}  # (route, variant) -> [requests, errors], since start
 
     def record(self, route: str, variant: str, ok: bool, latency_s: float) -> None:
         key = (route, variant)
-        self._events.setdefault(key, deque()).append((self.clock(), ok, latency_s))
-        totals = self.totals.setdefault(key, [0, 0])
+        now = self.clock()
+        index = math.floor(now / self.bucket_s)
+        buckets = self._buckets.get(key)
+        if buckets is None:
+            buckets = self._buckets[key] = deque()
+        if not buckets or buckets[-1].index < index:
+            buckets.append(_Bucket(index))
+        # A clock that stepped back lands in the newest bucket, so buckets stay in time order.
+        bucket = buckets[-1]
+        bucket.requests += 1
+        bucket.errors += not ok
+        latency = latency_bin(latency_s)
+        bucket.latencies[latency] = bucket.latencies.get(latency, 0) + 1
+        oldest = self._oldest_index(now - self.window_s)
+        while buckets[0].index < oldest:
+            buckets.popleft()
+        totals = self.totals.get(key)
+        if totals is None:
+            totals = self.totals[key] = [0, 0]
         totals[0] += 1
         totals[1] += not ok
 
+    def _oldest_index(self, start: float) -> int:
+        """The first bucket that overlaps [start, now]."""
+        return math.floor(start / self.bucket_s)
+
     def summary(self, route: str, variant: str, since: float | None = None) -> WindowSummary:
-        """Outcomes in the window (or since `since`, if later)."""
-        events = self._events.get((route, variant), deque())
-        horizon = self.clock() - self.window_s
-        while events and events[0][0] < horizon:
-            events.popleft()
-        start = max(horizon, since or horizon)
-        chosen = [(ok, latency) for stamp, ok, latency in events if stamp >= start]
-        latencies = sorted(latency for _, latency in chosen)
-        p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else 0.0
-        return WindowSummary(len(chosen), sum(not ok for ok, _ in chosen), p99)
+        """Outcomes in the window (or since `since`, if later), to the bucket."""
+        start = self.clock() - self.window_s
+        if since is not None:
+            start = max(start, since)
+        oldest = self._oldest_index(start)
+        requests = errors = 0
+        histogram: dict[int, int] = {}
+        for bucket in self._buckets.get((route, variant), ()):
+            if bucket.index < oldest:
+                continue
+            requests += bucket.requests
+            errors += bucket.errors
+            for latency, count in bucket.latencies.items():
+                histogram[latency] = histogram.get(latency, 0) + count
+        return WindowSummary(requests, errors, _p99(histogram, requests))
 
     def forget(self, route: str, variant: str) -> None:
-        self._events.pop((route, variant), None)
+        """Start the window afresh (a new rollout step); totals are kept."""
+        self._buckets.pop((route, variant), None)
+
+    def held_buckets(self) -> int:
+        """Buckets held over all variants: what memory is proportional to."""
+        return sum(len(buckets) for buckets in self._buckets.values())
+
+
+def _p99(histogram: dict[int, int], requests: int) -> float:
+    if not requests:
+        return 0.0
+    rank = min(requests - 1, int(0.99 * requests))  # 0-based, as `sorted(latencies)[rank]` would pick
+    seen = 0
+    for latency in sorted(histogram):
+        seen += histogram[latency]
+        if seen > rank:
+            return bin_upper_edge(latency)
+    return bin_upper_edge(max(histogram))

@@ -22,12 +22,12 @@ Target = Annotated[str, typer.Option("--admin", help="the gateway's admin addres
 DEFAULT_ADMIN = "127.0.0.1:50055"
 
 
-def _call(target: str, method: str, request):
+def _call(target: str, method: str, request, timeout_s: float = 10.0):
     async def go():
         async with grpc.aio.insecure_channel(target) as channel:
             stub = admin_pb2_grpc.AdminServiceStub(channel)
             return await getattr(stub, method)(
-                request, timeout=10, metadata=(("x-meshserve-user", getpass.getuser()),)
+                request, timeout=timeout_s, metadata=(("x-meshserve-user", getpass.getuser()),)
             )
 
     try:
@@ -134,13 +134,20 @@ def canary_rollback(route: str, reason: str = "", admin: Target = DEFAULT_ADMIN)
 
 @canary_app.command("switch")
 def canary_switch(
-    route: str, variant: str, version: str, warmup: int = 8, admin: Target = DEFAULT_ADMIN
+    route: str,
+    variant: str,
+    version: str,
+    warmup: int = 8,
+    admin: Target = DEFAULT_ADMIN,
+    timeout: Annotated[
+        float, typer.Option(min=1.0, help="seconds the whole switch may take (loading included)")
+    ] = 120.0,
 ) -> None:
     """Blue-green: load VERSION beside the variant's current one, warm it, switch, unload the old one."""
     request = admin_pb2.SwitchVersionRequest(
         route=route, variant=variant, version=version, warmup_requests=warmup
     )
-    show_route(_call(admin, "SwitchVersion", request))
+    show_route(_call(admin, "SwitchVersion", request, timeout))
 
 
 def _rollout(route: str, action: int, admin: str) -> None:

@@ -2,11 +2,22 @@
 
 A stored key is the caller's key plus the current generation of each of its scopes, so invalidating a scope
 (bumping its generation) makes its entries unreachable at once; they age out by TTL or LRU, never by a scan.
+
+A scope's generation is a record `<epoch>.<number>` with a lifetime: it only matters while an entry stored under
+it can be alive, and no entry lives longer than `max_ttl_s` (longer TTLs are cut to it). Every Set refreshes the
+records of the scopes it stores under to `max_ttl_s + GENERATION_MARGIN_S`, so a record outlives every entry
+stored under it; unused records expire (in Redis, or are dropped on write in memory), so memory is bounded by the
+scopes in use. A record that is created again, after expiring or being evicted by Redis's LRU, gets a new random
+epoch: its numbers restart, but no key stored under the old record can ever match again. A Get of a scope without
+a record is a miss without a look: nothing can have been stored under it.
 """
 
 from __future__ import annotations
 
+import itertools
+import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -16,10 +27,12 @@ import redis.asyncio as aioredis
 from meshserve.lru import LruTtlCache
 
 Lookup = tuple[str, Sequence[str]]  # (key, scopes)
+DEFAULT_MAX_TTL_S = 3600.0
+GENERATION_MARGIN_S = 60.0  # a record outlives the longest-lived entry stored under it by this much
 
 
-def scoped_key(key: str, scopes: Sequence[str], generations: dict[str, int]) -> str:
-    return key + "@" + ";".join(f"{s}={generations.get(s, 0)}" for s in sorted(scopes))
+def scoped_key(key: str, scopes: Sequence[str], generations: dict[str, str]) -> str:
+    return key + "@" + ";".join(f"{s}={generations[s]}" for s in sorted(scopes))
 
 
 @dataclass
@@ -43,6 +56,68 @@ class CacheBackend(Protocol):
     async def close(self) -> None: ...
 
 
+@dataclass(slots=True)
+class _Generation:
+    epoch: int
+    number: int
+    expires_at: float
+
+    @property
+    def token(self) -> str:
+        return f"{self.epoch}.{self.number}"
+
+
+class ScopeGenerations:
+    """The memory backend's generation records, kept in expiry order (every refresh moves a record to the end),
+    so dropping the expired ones on each write costs only what it drops. Reads never write."""
+
+    def __init__(self, lifetime_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.lifetime_s = lifetime_s
+        self.clock = clock
+        self._records: OrderedDict[str, _Generation] = OrderedDict()
+        self._epochs = itertools.count(1)  # in one process an epoch never repeats
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def current(self, scopes: Sequence[str]) -> dict[str, str] | None:
+        """The live generation of each scope, or None if one has none (nothing is stored under it)."""
+        now = self.clock()
+        tokens = {}
+        for scope in scopes:
+            record = self._records.get(scope)
+            if record is None or record.expires_at <= now:
+                return None
+            tokens[scope] = record.token
+        return tokens
+
+    def touch(self, scopes: Sequence[str]) -> dict[str, str]:
+        """The generations to store under, each record created if missing and its lifetime renewed."""
+        return {scope: self._renew(scope, 0).token for scope in scopes}
+
+    def bump(self, scope: str) -> int:
+        return self._renew(scope, 1).number
+
+    def _renew(self, scope: str, increment: int) -> _Generation:
+        now = self.clock()
+        self._drop_expired(now)
+        record = self._records.pop(scope, None)
+        if record is None:
+            record = _Generation(next(self._epochs), increment, 0.0)
+        else:
+            record.number += increment
+        record.expires_at = now + self.lifetime_s
+        self._records[scope] = record
+        return record
+
+    def _drop_expired(self, now: float) -> None:
+        while self._records:
+            scope, record = next(iter(self._records.items()))
+            if record.expires_at > now:
+                return
+            del self._records[scope]
+
+
 @dataclass
 class MemoryBackend:
     """The embedded default: bounded by bytes, LRU with TTL, in this process."""
@@ -51,32 +126,42 @@ class MemoryBackend:
     max_entry_bytes: int
     default_ttl_s: float
     clock: Callable[[], float] = time.monotonic
+    max_ttl_s: float = DEFAULT_MAX_TTL_S
     name: str = "memory"
     counters: Counters = field(default_factory=Counters)
-    generations: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.store = LruTtlCache(self.max_bytes, self.max_entry_bytes, self.default_ttl_s, self.clock)
+        self.generations = ScopeGenerations(self.max_ttl_s + GENERATION_MARGIN_S, self.clock)
+
+    def _resolve(self, lookups: Sequence[Lookup]) -> dict[str, str]:
+        """Stored key -> caller's key, for the lookups whose scopes all have a live generation."""
+        resolved = {}
+        for key, scopes in lookups:
+            tokens = self.generations.current(scopes)
+            if tokens is not None:
+                resolved[scoped_key(key, scopes, tokens)] = key
+        return resolved
 
     async def get_many(self, lookups: Sequence[Lookup]) -> dict[str, bytes]:
-        resolved = {scoped_key(k, s, self.generations): k for k, s in lookups}
+        resolved = self._resolve(lookups)
         hits = {resolved[sk]: v for sk, v in self.store.get_many(list(resolved)).items()}
         self.counters.hits += len(hits)
-        self.counters.misses += len(resolved) - len(hits)
+        self.counters.misses += len(lookups) - len(hits)
         return hits
 
     async def set_many(self, entries: Sequence[tuple[str, Sequence[str], bytes]], ttl_s: float | None) -> int:
-        stored = self.store.set_many(((scoped_key(k, s, self.generations), v) for k, s, v in entries), ttl_s)
+        ttl = min(ttl_s or self.default_ttl_s, self.max_ttl_s)
+        items = [(scoped_key(k, s, self.generations.touch(s)), v) for k, s, v in entries]
+        stored = self.store.set_many(items, ttl)
         self.counters.sets += stored
         return stored
 
     async def delete_many(self, lookups: Sequence[Lookup]) -> int:
-        return self.store.delete_many(scoped_key(k, s, self.generations) for k, s in lookups)
+        return self.store.delete_many(self._resolve(lookups))
 
     async def invalidate(self, scopes: Sequence[str]) -> dict[str, int]:
-        for scope in scopes:
-            self.generations[scope] = self.generations.get(scope, 0) + 1
-        return {scope: self.generations[scope] for scope in scopes}
+        return {scope: self.generations.bump(scope) for scope in scopes}
 
     async def size(self) -> tuple[int, int]:
         return len(self.store), self.store.size
@@ -85,37 +170,79 @@ class MemoryBackend:
         pass
 
 
-# One round trip per batch: generations are read and keys resolved inside Redis.
-_GET = """
-local out, pos = {}, 2
-for i = 1, tonumber(ARGV[1]) do
+# Generation records are strings `<epoch>.<number>` under `<prefix>gen:<scope>`, read and renewed inside Redis so
+# that a batch costs one round trip. A record written before epochs existed holds a bare number: it reads as an
+# epoch-less token and its next bump starts an epoch "" of its own, so the upgrade keeps old entries valid.
+_RESOLVE = """
+local function resolve(pos)
   local key, n = ARGV[pos], tonumber(ARGV[pos + 1]); pos = pos + 2
-  local parts = {}
+  local parts, missing = {}, false
   for _ = 1, n do
     local scope = ARGV[pos]; pos = pos + 1
-    parts[#parts + 1] = scope .. '=' .. (redis.call('GET', KEYS[1] .. 'gen:' .. scope) or '0')
+    local token = redis.call('GET', KEYS[1] .. 'gen:' .. scope)
+    if not token then missing = true else parts[#parts + 1] = scope .. '=' .. token end
   end
-  out[i] = redis.call('GET', KEYS[1] .. 'v:' .. key .. '@' .. table.concat(parts, ';')) or false
+  if missing then return false, pos end
+  return KEYS[1] .. 'v:' .. key .. '@' .. table.concat(parts, ';'), pos
+end
+"""
+_GET = (
+    _RESOLVE
+    + """
+local out, pos = {}, 2
+for i = 1, tonumber(ARGV[1]) do
+  local stored; stored, pos = resolve(pos)
+  out[i] = stored and redis.call('GET', stored) or false
 end
 return out
 """
+)
+_DELETE = (
+    _RESOLVE
+    + """
+local deleted, pos = 0, 2
+for i = 1, tonumber(ARGV[1]) do
+  local stored; stored, pos = resolve(pos)
+  if stored then deleted = deleted + redis.call('DEL', stored) end
+end
+return deleted
+"""
+)
+# ARGV: count, entry ttl ms, record lifetime ms, a fresh epoch, then per entry: key, value, n, n scopes.
 _SET = """
-local stored, pos = 0, 3
+local stored, pos = 0, 5
 for i = 1, tonumber(ARGV[1]) do
   local key, value, n = ARGV[pos], ARGV[pos + 1], tonumber(ARGV[pos + 2]); pos = pos + 3
   local parts = {}
   for _ = 1, n do
     local scope = ARGV[pos]; pos = pos + 1
-    parts[#parts + 1] = scope .. '=' .. (redis.call('GET', KEYS[1] .. 'gen:' .. scope) or '0')
+    local record = KEYS[1] .. 'gen:' .. scope
+    if not redis.call('SET', record, ARGV[4] .. '.0', 'NX', 'PX', ARGV[3]) then
+      redis.call('PEXPIRE', record, ARGV[3])
+    end
+    parts[#parts + 1] = scope .. '=' .. redis.call('GET', record)
   end
   redis.call('SET', KEYS[1] .. 'v:' .. key .. '@' .. table.concat(parts, ';'), value, 'PX', ARGV[2])
   stored = stored + 1
 end
 return stored
 """
-_DELETE = _GET.replace("redis.call('GET', KEYS[1] .. 'v:'", "redis.call('DEL', KEYS[1] .. 'v:'").replace(
-    "or false", "or 0"
-)
+# ARGV: record lifetime ms, a fresh epoch, then the scopes. Returns each scope's new number.
+_INVALIDATE = """
+local out = {}
+for i = 3, #ARGV do
+  local record = KEYS[1] .. 'gen:' .. ARGV[i]
+  local token = redis.call('GET', record)
+  local epoch, number = ARGV[2], 1
+  if token then
+    local e, n = string.match(token, '^(.*)%.(%d+)$')
+    if e then epoch, number = e, tonumber(n) + 1 else epoch, number = '', tonumber(token) + 1 end
+  end
+  redis.call('SET', record, epoch .. '.' .. number, 'PX', ARGV[1])
+  out[#out + 1] = number
+end
+return out
+"""
 
 
 def _flatten(lookups: Sequence[Lookup]) -> list[str]:
@@ -125,22 +252,35 @@ def _flatten(lookups: Sequence[Lookup]) -> list[str]:
     return args
 
 
+def _epoch() -> str:
+    return secrets.token_hex(8)  # 64 random bits: a recreated record never repeats an earlier epoch
+
+
 class RedisBackend:
-    """Shared by every cache-service replica; bound the memory with Redis's own maxmemory + allkeys-lru."""
+    """Shared by every cache-service replica; bound the memory with Redis's own maxmemory + allkeys-lru (an
+    evicted generation record only costs misses, see the module's docstring)."""
 
     name = "redis"
 
     def __init__(
-        self, url: str, max_entry_bytes: int, default_ttl_s: float, prefix: str = "meshserve:cache:"
+        self,
+        url: str,
+        max_entry_bytes: int,
+        default_ttl_s: float,
+        prefix: str = "meshserve:cache:",
+        max_ttl_s: float = DEFAULT_MAX_TTL_S,
     ) -> None:
         self.client = aioredis.Redis.from_url(url)
         self.max_entry_bytes = max_entry_bytes
         self.default_ttl_s = default_ttl_s
+        self.max_ttl_s = max_ttl_s
+        self.generation_lifetime_ms = int((max_ttl_s + GENERATION_MARGIN_S) * 1000)
         self.prefix = prefix
         self.counters = Counters()
         self._get = self.client.register_script(_GET)
         self._set = self.client.register_script(_SET)
         self._delete = self.client.register_script(_DELETE)
+        self._invalidate = self.client.register_script(_INVALIDATE)
 
     async def ping(self) -> None:
         await self.client.ping()
@@ -158,7 +298,8 @@ class RedisBackend:
         kept = [(k, s, v) for k, s, v in entries if len(k) + len(v) <= self.max_entry_bytes]
         if not kept:
             return 0
-        args: list[str | bytes | int] = [len(kept), int((ttl_s or self.default_ttl_s) * 1000)]
+        ttl_ms = max(1, int(min(ttl_s or self.default_ttl_s, self.max_ttl_s) * 1000))
+        args: list[str | bytes | int] = [len(kept), ttl_ms, self.generation_lifetime_ms, _epoch()]
         for key, scopes, value in kept:
             args += [key, value, str(len(scopes)), *sorted(scopes)]
         stored = int(await self._set(keys=[self.prefix], args=args))
@@ -168,16 +309,15 @@ class RedisBackend:
     async def delete_many(self, lookups: Sequence[Lookup]) -> int:
         if not lookups:
             return 0
-        return sum(
-            int(n) for n in await self._delete(keys=[self.prefix], args=[len(lookups), *_flatten(lookups)])
-        )
+        return int(await self._delete(keys=[self.prefix], args=[len(lookups), *_flatten(lookups)]))
 
     async def invalidate(self, scopes: Sequence[str]) -> dict[str, int]:
-        async with self.client.pipeline(transaction=True) as pipe:
-            for scope in scopes:
-                pipe.incr(f"{self.prefix}gen:{scope}")
-            generations = await pipe.execute()
-        return dict(zip(scopes, (int(g) for g in generations), strict=True))
+        if not scopes:
+            return {}
+        numbers = await self._invalidate(
+            keys=[self.prefix], args=[self.generation_lifetime_ms, _epoch(), *scopes]
+        )
+        return dict(zip(scopes, (int(n) for n in numbers), strict=True))
 
     async def size(self) -> tuple[int, int]:
         return 0, 0  # Redis's INFO knows; scanning our keys would defeat the point

@@ -16,9 +16,19 @@ class CacheService(GrpcService):
         super().__init__(settings)
         self.backend: CacheBackend
         if settings.redis_url:
-            self.backend = RedisBackend(settings.redis_url, settings.max_entry_bytes, settings.default_ttl_s)
+            self.backend = RedisBackend(
+                settings.redis_url,
+                settings.max_entry_bytes,
+                settings.default_ttl_s,
+                max_ttl_s=settings.max_ttl_s,
+            )
         else:
-            self.backend = MemoryBackend(settings.max_bytes, settings.max_entry_bytes, settings.default_ttl_s)
+            self.backend = MemoryBackend(
+                settings.max_bytes,
+                settings.max_entry_bytes,
+                settings.default_ttl_s,
+                max_ttl_s=settings.max_ttl_s,
+            )
         self.max_keys = settings.max_keys_per_request
 
     def register(self, server):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 
 import grpc
@@ -254,3 +255,55 @@ async def test_retry_budget_and_ejection_stop_a_dead_canary_costing_attempts_the
         assert time.monotonic() < deadline, "the canary was never probed back in"
         await asyncio.sleep(0.05)
     assert not next(v for v in (await gateway.status("flaky-canary")).variants if v.name == "canary").ejected
+
+
+async def test_weights_set_by_hand_stop_a_running_rollout_so_its_next_step_cannot_overwrite_them(gateway):
+    who = (("x-meshserve-user", "alice"),)
+    await gateway.admin.SetRollout(
+        admin_pb2.SetRolloutRequest(route="healthy-rollout", action=admin_pb2.SetRolloutRequest.START),
+        timeout=5,
+    )
+    status = await gateway.admin.SetWeights(
+        admin_pb2.SetWeightsRequest(route="healthy-rollout", weights={"stable": 80, "canary": 20}),
+        metadata=who,
+        timeout=5,
+    )
+    assert status.rollout.state == "stopped" and "set_weights by alice" in status.rollout.last_reason
+    # traffic and time enough for several steps of the old rollout (0.5 s each, 5 requests): none is taken
+    deadline = time.monotonic() + 1.5
+    n = 0
+    while time.monotonic() < deadline:
+        await asyncio.gather(*(gateway.predict("healthy-rollout", amount=float(n + k)) for k in range(8)))
+        n += 8
+    status = await gateway.status("healthy-rollout")
+    assert {v.name: v.weight for v in status.variants} == {"stable": 80, "canary": 20}
+    assert status.rollout.state == "stopped"
+    audit = (await gateway.admin.GetAuditLog(admin_pb2.GetAuditLogRequest(), timeout=5)).entries
+    assert [(e.who, e.action) for e in audit] == [
+        ("admin", "rollout_step"),
+        ("alice", "set_weights"),
+        ("alice", "rollout_stopped"),
+    ]
+    assert "set_weights by alice" in audit[-1].reason
+
+
+async def test_a_reload_that_removes_a_running_rollouts_plan_stops_it_once(gateway, caplog):
+    await gateway.admin.SetRollout(
+        admin_pb2.SetRolloutRequest(route="rollout", action=admin_pb2.SetRolloutRequest.START), timeout=5
+    )
+    plan = "    rollout: {canary: canary, steps: [20, 50, 100], interval_s: 1.0, min_requests: 10}\n"
+    assert plan in ROUTES
+    gateway.routes_file.write_text(ROUTES.replace(plan, ""))
+    caplog.set_level(logging.INFO, logger="gateway.rollout")
+    reply = await gateway.admin.Reload(
+        admin_pb2.ReloadRequest(), metadata=(("x-meshserve-user", "bob"),), timeout=5
+    )
+    assert reply.applied
+    await asyncio.sleep(1.0)  # four ticks of the controller
+    status = await gateway.status("rollout")
+    assert status.rollout.state == "stopped" and "reload by bob" in status.rollout.last_reason
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == ["rollout stopped"]
+    audit = (await gateway.admin.GetAuditLog(admin_pb2.GetAuditLogRequest(), timeout=5)).entries
+    assert [(e.who, e.action, e.route) for e in audit if e.action == "rollout_stopped"] == [
+        ("bob", "rollout_stopped", "rollout")
+    ]
