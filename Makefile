@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: up test unit gen lint format bench models lock clean system-deps
+.PHONY: up test unit gen lint format bench soak models lock clean system-deps
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "meshserve needs Python 3.11 or newer")'
@@ -48,6 +48,9 @@ format: $(STAMP)
 
 bench: $(STAMP)       ## benchmark the mesh against direct Triton (writes bench-results/)
 	$(BIN)/python -m benchmarks
+
+soak: $(STAMP)        ## a long steady load, memory per process over time (not in CI; `--minutes 30` for the long run)
+	$(BIN)/python -m benchmarks.soak
 
 lock: $(STAMP)        ## re-pin constraints.txt to what is installed
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^meshserve' > constraints.txt

@@ -32,6 +32,7 @@ from meshserve.core.channels import error_from_rpc, open_channel, wait_until_ser
 from meshserve.core.coalesce import Coalescer
 from meshserve.core.context import outgoing_metadata
 from meshserve.core.errors import DeadlineExceeded, ErrorCode, MeshError
+from meshserve.core.logs import Throttle
 from meshserve.feature.v1 import feature_pb2, feature_pb2_grpc
 from meshserve.inference.v1 import inference_pb2, inference_pb2_grpc
 
@@ -142,6 +143,7 @@ class CacheClient(_Client):
         super().__init__(target, coalescing)
         self.stub = cache_pb2_grpc.CacheServiceStub(self.channel)
         self.reads = self._coalescer(self._send_get, coalescing.max_keys)
+        self._throttle = Throttle()  # a cache that is down fails every write: say so once in a while
         # writes are behind the answers: one Set at a time is plenty, the rest gather while it travels
         self.writes = Coalescer(self._send_set, max_in_flight=1, max_size=coalescing.max_keys)
 
@@ -182,7 +184,9 @@ class CacheClient(_Client):
             timeout_s = max(m.timeout_s for m in members)
             await self.stub.Set(request, timeout=timeout_s, metadata=outgoing_metadata())
         except grpc.aio.AioRpcError as exc:
-            log.warning("cache write failed", extra={"code": exc.code().name, "entries": len(entries)})
+            if (held := self._throttle("write")) is not None:
+                log.warning("cache write failed", extra={"code": exc.code().name, "entries": len(entries),
+                                                         "since_last": held})  # fmt: skip
             raise CacheUnavailable(exc.code().name) from None
         return [None] * len(members)
 

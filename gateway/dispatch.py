@@ -1,7 +1,9 @@
 """Sends one unit of work down a route's tiers: the chosen variant, then its fallback chain.
 
 Per tier: skip it while ejected, inject configured faults, retry "try elsewhere" failures within the route's
-retry budget, and never start an attempt the deadline cannot cover. No gRPC here.
+retry budget, and never start an attempt the deadline cannot cover. Only a variant's own failures count against
+it (ejection, error rates); when every tier is ejected, all are tried anyway (panic mode), so the route's own
+bookkeeping can never refuse every request. No gRPC here.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Generic, TypeVar
 
-from gateway.resilience import OutlierEjection, RetryBudget, try_elsewhere
+from gateway.resilience import OutlierEjection, RetryBudget, try_elsewhere, variant_failed
 from gateway.routes import Route, Variant
 from gateway.stats import VariantStats
 from meshserve.core.errors import DeadlineExceeded, ErrorCode, MeshError, Unavailable
@@ -53,6 +55,7 @@ class Dispatcher:
         self.ejection = ejection or OutlierEjection(clock=clock)
         self.stats = stats or VariantStats(clock=clock)
         self.retries = 0  # retries granted by the budget, since start
+        self.panics = 0  # requests that found every tier ejected and tried them anyway
         self._budgets: dict[str, RetryBudget] = {}
 
     def deadline(self, route: Route, time_left_s: float | None) -> float:
@@ -73,10 +76,13 @@ class Dispatcher:
             budget = self._budgets[route_name] = RetryBudget(route.retry.budget_ratio, clock=self.clock)
         budget.record_request()
         tiers = route.tiers(first)
+        keys = [f"{route_name}/{v.name}" for v in route.variants]
+        panic = all(self.ejection.blocked(f"{route_name}/{v.name}") for v in tiers)
+        self.panics += panic
         last: MeshError | None = None
         for index, variant in enumerate(tiers):
             key = f"{route_name}/{variant.name}"
-            if not self.ejection.available(key):
+            if not panic and not self.ejection.available(key):
                 last = Unavailable(f"variant {variant.name!r} is ejected after repeated failures")
                 continue
             for number in range(route.retry.max_attempts):
@@ -96,12 +102,13 @@ class Dispatcher:
                     await self.inject_faults(route, variant, timeout)
                     value = await attempt(variant, timeout)
                 except MeshError as exc:
-                    # Only failures of the variant count against it; a caller's bad input is not one.
-                    failed = try_elsewhere(exc) or exc.code is ErrorCode.INTERNAL
-                    self.stats.record(route_name, variant.name, not failed, self.clock() - started)
+                    # Only the variant's own failures count against it: not a caller's bad input or deadline,
+                    # not overload, not another dependency's outage (those would eject a healthy variant).
+                    if variant_failed(exc):
+                        self.stats.record(route_name, variant.name, False, self.clock() - started)
+                        self.ejection.record(key, ok=False, group=keys)
                     if not try_elsewhere(exc):
                         raise
-                    self.ejection.record(key, ok=False)
                     last = exc
                     continue
                 self.stats.record(route_name, variant.name, True, self.clock() - started)

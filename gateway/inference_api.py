@@ -12,11 +12,12 @@ from dataclasses import dataclass
 
 from tritonclient.grpc import service_pb2
 
+from gateway.admission import Admission
 from gateway.catalog import ModelCatalog, ModelInfo
 from gateway.clients import InferenceClient
 from gateway.dispatch import Dispatcher, Tier
 from gateway.live import LiveRoutes
-from gateway.routes import StickyKey, Variant, choose_variant
+from gateway.routes import Route, StickyKey, Variant, choose_variant
 from gateway.tensors import validate_infer_request
 
 SERVER_NAME = "meshserve"
@@ -40,8 +41,10 @@ class InferenceApi:
         dispatcher: Dispatcher,
         version: str,
         rng: random.Random | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.dispatcher = dispatcher
+        self.admission = admission or Admission.unlimited()
         self.routes = routes
         self.catalog = catalog
         self.inference = inference
@@ -94,7 +97,17 @@ class InferenceApi:
         """Route one request down its route's tiers; tensors are checked against each tier's model, never decoded."""
         route_name = request.model_name
         route = self.routes.get(route_name)
-        headers = headers or _NO_HEADERS
+        with self.admission.admit(f"{route_name}:infer", time_left_s):
+            return await self._model_infer(request, route_name, route, time_left_s, headers or _NO_HEADERS)
+
+    async def _model_infer(
+        self,
+        request: service_pb2.ModelInferRequest,
+        route_name: str,
+        route: Route,
+        time_left_s: float | None,
+        headers: Mapping[str, str],
+    ) -> tuple[service_pb2.ModelInferResponse, Answered]:
         sticky = headers.get(route.sticky.header or "") if route.sticky.key is StickyKey.HEADER else None
         forced = headers.get(route.override_header) if route.override_header else None
         first = choose_variant(

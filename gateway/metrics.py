@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator, Mapping
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from gateway.admission import Admission
 from gateway.dispatch import Dispatcher
 from gateway.live import LiveRoutes
 from gateway.prediction_cache import PredictionCache
@@ -17,7 +18,7 @@ from gateway.shadow import ShadowRunner
 from meshserve.core.coalesce import Coalescer
 from meshserve.drift import DriftMonitor
 
-ROLLOUT_STATES = ("none", "running", "paused", "completed", "rolled_back")
+ROLLOUT_STATES = ("none", "running", "paused", "completed", "rolled_back", "stopped")
 
 
 class GatewayCollector(Collector):
@@ -31,8 +32,10 @@ class GatewayCollector(Collector):
         drift: DriftMonitor | None = None,
         answers: Counter[tuple[str, str]] | None = None,
         coalescers: Callable[[], Mapping[str, Coalescer]] | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.coalescers = coalescers
+        self.admission = admission
         self.cache = cache
         self.drift = drift
         self.answers = answers
@@ -125,6 +128,8 @@ class GatewayCollector(Collector):
 
         if self.coalescers is not None:
             yield from self._coalescing(prefix)
+        if self.admission is not None:
+            yield from self._admission(prefix, self.admission)
 
         if self.drift is not None:
             psi = GaugeMetricFamily(
@@ -162,3 +167,22 @@ class GatewayCollector(Collector):
             families["abandoned"].add_metric([target], stats.abandoned)
             families["expired"].add_metric([target], stats.expired)
         yield from families.values()
+
+    def _admission(
+        self, prefix: str, admission: Admission
+    ) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        limit = GaugeMetricFamily(
+            f"{prefix}_admission_limit", "Requests a route may have in flight now", labels=["route"]
+        )
+        in_flight = GaugeMetricFamily(f"{prefix}_admission_in_flight", "Requests in flight", labels=["route"])
+        refused = CounterMetricFamily(
+            f"{prefix}_admission_refused",
+            "Requests refused before any work, by reason",
+            labels=["route", "reason"],
+        )
+        for route, route_limit in list(admission.limits.items()):
+            limit.add_metric([route], route_limit.limit)
+            in_flight.add_metric([route], admission.in_flight[route])
+        for (route, reason), count in list(admission.refused.items()):
+            refused.add_metric([route, reason], count)
+        yield from (limit, in_flight, refused)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from tritonclient.grpc import service_pb2
 
+from gateway.admission import Admission
 from gateway.cache_keys import prediction_key
 from gateway.catalog import ModelCatalog, ModelInfo
 from gateway.clients import FeatureClient, InferenceClient
@@ -89,7 +91,9 @@ class PredictHandler:
         max_instances: int,
         feature_timeout_s: float,
         rng: random.Random | None = None,
+        admission: Admission | None = None,
     ) -> None:
+        self.admission = admission or Admission.unlimited()
         self.routes = routes
         self.registry = registry
         self.catalog = catalog
@@ -115,9 +119,19 @@ class PredictHandler:
                 f"{len(instances)} instances in one Predict; the limit is {self.max_instances}"
             )
         route = self.routes.get(route_name)
-        deadline = self.dispatcher.deadline(route, time_left_s)
-        headers = headers or {}
         self._validate(route, instances)
+        with self.admission.admit(f"{route_name}:predict", time_left_s):
+            return await self._predict(route_name, route, instances, time_left_s, headers or {})
+
+    async def _predict(
+        self,
+        route_name: str,
+        route: Route,
+        instances: Sequence[Instance],
+        time_left_s: float | None,
+        headers: Mapping[str, str],
+    ) -> PredictResult:
+        deadline = self.dispatcher.deadline(route, time_left_s)
         forced = self._forced(route, headers)
         items = [
             _Item(
@@ -171,6 +185,11 @@ class PredictHandler:
         return headers.get(route.override_header) if route.override_header else None
 
     def _validate(self, route: Route, instances: Sequence[Instance]) -> None:
+        if route.primary.model not in self.registry.models:
+            raise FailedPrecondition(
+                f"model {route.primary.model!r} takes raw tensors, not features: the feature registry does not "
+                "describe it; call it with ModelInfer"
+            )
         wanted = self.registry.request_features(route.primary.model)
         for n, instance in enumerate(instances):
             if not instance.entity_key:
@@ -181,7 +200,15 @@ class PredictHandler:
                 value = instance.features[name]
                 if not isinstance(value, int | float):
                     raise InvalidArgument(f"instance {n}: request feature {name!r} must be a number")
+                if not math.isfinite(value):
+                    raise InvalidArgument(
+                        f"instance {n}: request feature {name!r} must be finite, got {value}"
+                    )
                 spec = self.registry.features[name]
+                if spec.integral and value != int(value):
+                    raise InvalidArgument(
+                        f"instance {n}: request feature {name!r} is an integer, got {value}"
+                    )
                 if spec.out_of_range(value):
                     raise InvalidArgument(
                         f"instance {n}: request feature {name!r}={value} is outside [{spec.min}, {spec.max}]"
@@ -336,7 +363,7 @@ class PredictHandler:
                 default = self.registry.features[name].default
                 why = f"feature {name!r} of {vector.entity_key!r} is {feature_pb2.FeatureStatus.Name(status)}"
                 if action is FeatureAction.FALLBACK:
-                    raise Unavailable(f"{why}; the route falls back")
+                    raise Unavailable(f"{why}; the route falls back", origin="feature service")
                 if action is FeatureAction.REJECT or default is None:
                     raise FailedPrecondition(why + ("" if default is not None else " and has no default"))
                 values[name] = default

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from gateway.cache_keys import decode_score, encode_score
 from gateway.clients import CacheClient, CacheUnavailable
 from gateway.routes import Route
+from meshserve.core.logs import Throttle
 from meshserve.lru import LruTtlCache
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,9 @@ class PredictionCache:
     stats: dict[str, RouteCacheStats] = field(default_factory=dict)
     _in_flight: dict[str, asyncio.Future] = field(default_factory=dict)
     _storing: set[str] = field(default_factory=set)  # answered keys whose cache write is still under way
+    _throttle: Throttle = field(
+        default_factory=Throttle
+    )  # one warning per route per 10 s while the cache is down
 
     def route_stats(self, route: str) -> RouteCacheStats:
         return self.stats.setdefault(route, RouteCacheStats())
@@ -64,7 +68,11 @@ class PredictionCache:
             hits = await self.client.get(remote, self.timeout_s)
         except CacheUnavailable as exc:
             stats.bypasses += 1
-            log.warning("cache bypassed on read", extra={"reason": str(exc), "route": route_name})
+            if (held := self._throttle(f"read:{route_name}")) is not None:
+                log.warning(
+                    "cache bypassed on read",
+                    extra={"reason": str(exc), "route": route_name, "since_last": held},
+                )
             stats.misses += len(remote)
             return found
         stats.hits += len(hits)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import Counter
 from importlib.metadata import version
 
 from gateway.admin import AdminServer, AdminServicer
+from gateway.admission import Admission
 from gateway.audit import AuditLog
 from gateway.catalog import ModelCatalog
 from gateway.clients import CacheClient, FeatureClient, InferenceClient
@@ -21,11 +23,14 @@ from gateway.routes import load_routes
 from gateway.servicers import OpenInferenceServicer, PredictionServicer, add_servicers
 from gateway.settings import GatewaySettings
 from gateway.shadow import ShadowRunner
+from meshserve.core.errors import ErrorCode, MeshError
 from meshserve.core.lifecycle import GrpcService
 from meshserve.core.settings import ServiceSettings
 from meshserve.drift import DriftMonitor, load_profile
 from meshserve.lru import LruTtlCache
 from meshserve.registry import load_registry
+
+log = logging.getLogger(__name__)
 
 
 class GatewayService(GrpcService):
@@ -49,6 +54,8 @@ class GatewayService(GrpcService):
         self.inference = InferenceClient(settings.inference_url, coalescing)
         self.catalog = ModelCatalog(self.inference)
         self.dispatcher = Dispatcher()
+        policy = settings.admission_policy()
+        self.admission = Admission(policy) if policy else Admission.unlimited()
         self.answers: Counter[tuple[str, str]] = Counter()  # (route, tier) -> answers
         self.shadow = ShadowRunner()
         self.rollouts = RolloutController(self.routes, self.dispatcher.stats)
@@ -70,10 +77,12 @@ class GatewayService(GrpcService):
             self.drift,
             max_instances=settings.max_instances_per_predict,
             feature_timeout_s=settings.feature_timeout_s,
+            admission=self.admission,
         )
         self.api = InferenceApi(
-            self.routes, self.catalog, self.inference, self.dispatcher, version("meshserve")
-        )
+            self.routes, self.catalog, self.inference, self.dispatcher, version("meshserve"),
+            admission=self.admission,
+        )  # fmt: skip
         admin_settings = ServiceSettings(
             host=settings.admin_host, port=settings.admin_port, grace_s=settings.grace_s
         )
@@ -100,6 +109,7 @@ class GatewayService(GrpcService):
                 self.drift,
                 self.answers,
                 self._coalescers,
+                self.admission,
             )  # fmt: skip
         )
         self.ready = False
@@ -129,10 +139,22 @@ class GatewayService(GrpcService):
         await asyncio.gather(
             self.features.wait_until_serving(timeout), self.inference.wait_until_serving(timeout)
         )
-        for route in self.routes.routes.values():
+        for name, route in self.routes.routes.items():
             for variant in route.variants:
-                await self.catalog.get(variant.model, variant.version)
+                try:
+                    await self.catalog.get(variant.model, variant.version)
+                except MeshError as exc:
+                    if exc.code is not ErrorCode.UNAVAILABLE:
+                        raise
+                    # a model the routes name but Triton lacks is a variant that is down (it falls back), not a
+                    # reason for the whole gateway to refuse every other route
+                    log.warning("variant not available in Triton; served as down until it is",
+                                extra={"route": name, "variant": variant.name, "reason": exc.message})  # fmt: skip
         self.ready = True
+
+    async def announce_shutdown(self) -> None:
+        self.ready = False  # the Open Inference Protocol's ServerReady agrees with grpc health from now on
+        await super().announce_shutdown()
 
     async def stop(self, grace: float | None = None) -> None:
         self.ready = False

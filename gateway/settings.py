@@ -6,6 +6,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from gateway.admission import AdmissionPolicy
 from meshserve.core.settings import ServiceSettings
 
 
@@ -62,6 +63,22 @@ class GatewaySettings(ServiceSettings):
     coalesce_service_in_flight: int = Field(
         1, ge=1, description="calls out at once to the feature or cache service before new ones are merged"
     )
+    admission: bool = Field(
+        True, description="bound the work admitted (per route and in total) by observed latency"
+    )
+    admission_initial_limit: int = Field(
+        100, gt=0, description="requests in flight per route before any latency is known"
+    )
+    admission_min_limit: int = Field(16, gt=0, description="the per-route limit never falls below this")
+    admission_max_limit: int = Field(1000, gt=0, description="the per-route limit never grows above this")
+    admission_total_limit: int = Field(
+        2000, gt=0, description="requests in flight across all routes, at most"
+    )
+    admission_tolerance: float = Field(
+        3.0,
+        gt=1.0,
+        description="how far recent latency may rise above its long-run level before limits shrink",
+    )
     coalesce_max_keys: int = Field(
         1024,
         gt=0,
@@ -81,6 +98,17 @@ class GatewaySettings(ServiceSettings):
     audit_log: Path = Field(
         Path(".meshserve/audit.jsonl"), description="append-only log of every route change"
     )
+
+    def admission_policy(self) -> AdmissionPolicy | None:
+        if not self.admission:
+            return None
+        return AdmissionPolicy(
+            initial=self.admission_initial_limit,
+            minimum=self.admission_min_limit,
+            maximum=self.admission_max_limit,
+            total=self.admission_total_limit,
+            tolerance=self.admission_tolerance,
+        )
 
     def coalescing(self) -> Coalescing:
         return Coalescing(

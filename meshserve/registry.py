@@ -35,6 +35,11 @@ class Feature(_Strict):
     max: float | None = None
     max_age_s: float | None = Field(default=None, gt=0)
 
+    @property
+    def integral(self) -> bool:
+        """Whether values must be whole numbers (an INT feature given 3.5 is a caller's mistake, not a 3)."""
+        return self.dtype.startswith("INT")
+
     def out_of_range(self, value: float) -> bool:
         return (self.min is not None and value < self.min) or (self.max is not None and value > self.max)
 

@@ -19,8 +19,14 @@ def marker_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("slow-markers")
 
 
+@pytest.fixture(scope="session")
+def sleepy_dir(tmp_path_factory) -> Path:
+    """The test-only `sleepy` model records each execution here (start time and rows)."""
+    return tmp_path_factory.mktemp("sleepy-executions")
+
+
 @pytest_asyncio.fixture(scope="session")
-async def mesh(tmp_path_factory, marker_dir) -> LocalMesh:
+async def mesh(tmp_path_factory, marker_dir, sleepy_dir) -> LocalMesh:
     settings = MeshSettings(
         gateway_port=0,
         admin_port=0,
@@ -31,6 +37,7 @@ async def mesh(tmp_path_factory, marker_dir) -> LocalMesh:
         log_level="DEBUG",  # access logs, so tests can follow a request id across hops
         extra_env={
             "MESHSERVE_TEST_MARKER_DIR": str(marker_dir),
+            "MESHSERVE_TEST_SLEEPY_DIR": str(sleepy_dir),
             "MESHSERVE_TEST_SLOW_SECONDS": "1.0",
             "MESHSERVE_GATEWAY_NEAR_CACHE_TTL_S": "0.2",  # bounds how long an invalidation can go unseen
         },

@@ -7,6 +7,7 @@ Clients pass `meshserve.core.context.outgoing_metadata()` (the request id) thems
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 import grpc
@@ -47,13 +48,30 @@ async def wait_until_serving(channel: grpc.aio.Channel, service: str = "", timeo
         delay = min(delay * 2, 0.5)
 
 
+_ADDRESS = re.compile(
+    r"\b(?:ipv4|ipv6|unix|unix-abstract|dns):[^\s,;)]*"  # gRPC's own address notation
+    r"|\[[0-9a-fA-F:.]+\](?::\d+)?"  # [::1]:50054
+    r"|\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b"  # 127.0.0.1:50054
+    r"|\blocalhost:\d+\b"
+)
+
+
+def scrub_addresses(text: str) -> str:
+    """`text` without network addresses: a caller learns which hop failed, never where the mesh's processes
+    listen."""
+    return _ADDRESS.sub("<address>", text)
+
+
 def error_from_rpc(exc: grpc.aio.AioRpcError, hop: str) -> MeshError:
-    """Turn a downstream status into our domain error by its code (never by message text)."""
+    """Turn a downstream status into our domain error by its code (never by message text). The error's origin
+    is `hop`; addresses in the details are removed."""
     code = _CODE_FOR.get(exc.code(), ErrorCode.UNAVAILABLE if exc.code() == grpc.StatusCode.UNKNOWN else None)
-    details = exc.details() or exc.code().name
+    details = scrub_addresses(exc.details() or exc.code().name)
     if code is None:
-        return MeshError(f"{hop}: {details}", ErrorCode.INTERNAL)
-    return MeshError(details, code)
+        return MeshError(f"{hop}: {details}", ErrorCode.INTERNAL, origin=hop)
+    if code is ErrorCode.UNAVAILABLE and not details.startswith(hop):
+        details = f"{hop} unavailable: {details}"
+    return MeshError(details, code, origin=hop)
 
 
 _CODE_FOR = {grpc.StatusCode[code.name]: code for code in ErrorCode if code is not ErrorCode.INTERNAL}

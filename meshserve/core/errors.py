@@ -29,15 +29,29 @@ class ErrorCode(Enum):
 
 
 class MeshError(Exception):
-    """An error meant for the caller: its message is safe to show and names what was wrong."""
+    """An error meant for the caller: its message is safe to show and names what was wrong.
+
+    `origin` names the dependency whose failure this is ("feature service", ...), when it is one: the gateway
+    holds a model variant responsible only for failures of its own path. `metadata` is sent to the caller as
+    trailing metadata (e.g. a retry-after hint).
+    """
 
     code: ErrorCode = ErrorCode.INTERNAL
 
-    def __init__(self, message: str, code: ErrorCode | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        code: ErrorCode | None = None,
+        *,
+        origin: str | None = None,
+        metadata: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
+        self.origin = origin
+        self.metadata = metadata
 
 
 class InvalidArgument(MeshError):

@@ -20,7 +20,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message_factory import GetMessageClass
 
 from meshserve.core.context import REQUEST_ID_HEADER, adopt_call
-from meshserve.core.errors import ErrorCode, MeshError
+from meshserve.core.errors import ErrorCode, InvalidArgument, MeshError
 from meshserve.core.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
@@ -86,18 +86,47 @@ class _Recorder:
             )
 
 
+def _decoder(deserialize: Callable[[bytes], object] | None) -> Callable[[bytes], object] | None:
+    """`deserialize` raising InvalidArgument (naming the message type) for bytes that are not such a message:
+    gRPC itself would answer UNKNOWN with a Python exception's text, before any of our code could run."""
+    if deserialize is None:
+        return None
+    message = getattr(getattr(deserialize, "__self__", None), "DESCRIPTOR", None)
+    name = message.full_name if message is not None else "request message"
+
+    def decode(data: bytes) -> object:
+        try:
+            return deserialize(data)
+        except Exception:  # noqa: BLE001 - DecodeError, invalid UTF-8 in a string field, ...
+            raise InvalidArgument(
+                f"the request is not a valid {name} ({len(data)} bytes that do not parse as one)"
+            ) from None
+
+    return decode
+
+
 def wrap_handler(
     handler: grpc.RpcMethodHandler, method: str, metrics: ServiceMetrics | None
 ) -> grpc.RpcMethodHandler:
-    """`handler` adopting the caller's metadata, recording the call and mapping any exception to one clean
-    status, for any RPC shape."""
+    """`handler` adopting the caller's metadata, decoding its request (a bad one is INVALID_ARGUMENT), recording
+    the call and mapping any exception to one clean status, for any RPC shape."""
     record = _Recorder(method, metrics)
+    decode = _decoder(handler.request_deserializer)
+
+    async def decoded(requests):
+        async for data in requests:
+            yield decode(data)  # type: ignore[misc]
+
+    def arguments(request):
+        if decode is None:
+            return request
+        return decoded(request) if handler.request_streaming else decode(request)
 
     def unary(inner):
         async def call(request, context):
             started = record.begin(context)
             try:
-                reply = await inner(request, context)
+                reply = await inner(arguments(request), context)
             except BaseException as exc:  # every failure gets exactly one clean status
                 record.end(context, started, exc)
                 await _abort(context, exc, method)
@@ -113,7 +142,7 @@ def wrap_handler(
             async def gen(request, context):
                 started = record.begin(context)
                 try:
-                    async for item in inner(request, context):
+                    async for item in inner(arguments(request), context):
                         yield item
                 except BaseException as exc:
                     record.end(context, started, exc)
@@ -134,9 +163,7 @@ def wrap_handler(
         inner = getattr(handler, attr)
         if inner is not None:
             return make(
-                decorate(inner),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
+                decorate(inner), request_deserializer=None, response_serializer=handler.response_serializer
             )
     return handler
 
@@ -145,6 +172,8 @@ async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: 
     if not isinstance(exc, Exception) or isinstance(exc, grpc.aio.AbortError):
         raise exc  # cancellation, or an abort the handler already made
     if isinstance(exc, MeshError):
+        if exc.metadata:
+            context.set_trailing_metadata(exc.metadata)
         await context.abort(STATUS_FOR[exc.code], exc.message)
     if isinstance(exc, grpc.aio.AioRpcError) and exc.code() in _PASSED_THROUGH:
         await context.abort(exc.code(), exc.details() or exc.code().name)

@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 
 from meshserve.core.context import current_request_id
 
@@ -42,3 +43,24 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     root.setLevel(level.upper())
     # grpc's own debug chatter would drown our access logs
     logging.getLogger("grpc").setLevel(max(root.level, logging.INFO))
+
+
+class Throttle:
+    """One log line per key per `interval_s`, so a fault that hits every request does not flood the log. Call it
+    before logging: None means stay quiet; a number means log now, and says how many lines were held back since
+    the last one."""
+
+    def __init__(self, interval_s: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval_s = interval_s
+        self.clock = clock
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def __call__(self, key: str) -> int | None:
+        now = self.clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval_s:
+            self._held[key] = self._held.get(key, 0) + 1
+            return None
+        self._last[key] = now
+        return self._held.pop(key, 0)

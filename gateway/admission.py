@@ -1,0 +1,163 @@
+"""Admission control: how much work the gateway takes on, adapting to the latency it observes. Pure; no gRPC.
+
+Each route's ModelInfer and Predict traffic (they take very different times), and the gateway as a whole, has
+a concurrency limit that follows latency in the spirit of Netflix's
+gradient limiter: while recent latency stays within `tolerance` of its long-run level the limit may grow (by
+about its square root per adjustment), and when latency climbs — work is queueing somewhere — it shrinks, by at
+most half per adjustment. Work over the limit is refused at once, before anything is spent on it, with a hint of
+when to retry; so is work whose deadline is shorter than the route's recent latency. Latency from batching
+itself does not shrink the limit: only latency rising above its own recent level does.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from meshserve.core.errors import DeadlineExceeded, ErrorCode, MeshError, ResourceExhausted
+
+__all__ = ["Admission", "AdmissionPolicy", "GradientLimit", "RETRY_PUSHBACK_HEADER", "Ticket"]
+
+# gRPC's own retry pushback: a client with a retry policy waits this long before trying again.
+RETRY_PUSHBACK_HEADER = "grpc-retry-pushback-ms"
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionPolicy:
+    initial: int = 100  # per route, before any latency has been seen
+    minimum: int = 16
+    maximum: int = 1000
+    total: int = 2000  # the most the gateway admits across routes
+    tolerance: float = (
+        2.0  # recent latency may rise this far above its long-run level before the limit shrinks
+    )
+    smoothing: float = 0.5  # how far one adjustment (one window of completions) moves the limit to its target
+
+
+class GradientLimit:
+    """One concurrency limit, fed the latency of completed work. Latency is averaged over windows of at least
+    `window_s` and 10 completions, and the limit moves once per window, so one slow request moves nothing."""
+
+    def __init__(self, policy: AdmissionPolicy, maximum: int | None = None, window_s: float = 0.1) -> None:
+        self.policy = policy
+        self.maximum = maximum or policy.maximum
+        self.window_s = window_s
+        self.limit = float(min(policy.initial, self.maximum))
+        self.short_s: float | None = None  # mean latency of the last window
+        self.long_s: float | None = None  # ...smoothed over the last ~20 windows
+        self.samples = 0
+        self._window: list[float] = [0.0, 0.0, 0.0, 0.0]  # start, latency sum, completions, most in flight
+
+    @property
+    def expected_s(self) -> float | None:
+        """Recent latency, once enough work has completed to go by it."""
+        return self.short_s if self.samples >= 20 else None
+
+    def observe(self, latency_s: float, in_flight: int, now: float) -> None:
+        self.samples += 1
+        window = self._window
+        if window[2] == 0:
+            window[0] = now
+        window[1] += latency_s
+        window[2] += 1
+        window[3] = max(window[3], in_flight)
+        if window[2] < 10 or now - window[0] < self.window_s:
+            return
+        mean, busiest = window[1] / window[2], window[3]
+        self._window = [0.0, 0.0, 0.0, 0.0]
+        self._adjust(mean, busiest)
+
+    def _adjust(self, latency_s: float, in_flight: float) -> None:
+        if self.short_s is None or self.long_s is None:
+            self.short_s = self.long_s = latency_s
+            return
+        self.short_s = latency_s
+        self.long_s += (latency_s - self.long_s) * 0.05
+        if self.long_s > 2 * self.short_s:
+            self.long_s *= 0.9  # after a slow spell, let the long-run level come back down faster
+        if in_flight < self.limit / 2:
+            return  # the limit is not what holds work back: no evidence to move it
+        gradient = max(0.5, min(1.0, self.policy.tolerance * self.long_s / max(self.short_s, 1e-9)))
+        target = self.limit * gradient + math.sqrt(self.limit)
+        limit = self.limit + (target - self.limit) * self.policy.smoothing
+        self.limit = max(float(self.policy.minimum), min(float(self.maximum), limit))
+
+
+class Ticket:
+    """Admitted work; `with ticket:` gives its place back, and feeds its latency to the limits if it completed."""
+
+    __slots__ = ("_admission", "_route", "_started")
+
+    def __init__(self, admission: Admission, route: str, started: float) -> None:
+        self._admission = admission
+        self._route = route
+        self._started = started
+
+    def __enter__(self) -> Ticket:
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        # A latency sample when the work ran its course: answered, or out of time (a sign of queueing). Not for a
+        # cancelled caller, bad input or a downstream refusal, which say nothing about how long work takes here.
+        completed = exc is None or (isinstance(exc, MeshError) and exc.code is ErrorCode.DEADLINE_EXCEEDED)
+        self._admission._leave(self._route, self._started, completed)
+
+
+class Admission:
+    """Bounds the work the gateway admits, per kind of work ("<route>:infer", "<route>:predict") and in total.
+    Each kind gets a limit when first admitted (route names are checked against the route table before this)."""
+
+    def __init__(
+        self, policy: AdmissionPolicy | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.policy = policy or AdmissionPolicy()
+        self.clock = clock
+        self.total = GradientLimit(self.policy, maximum=self.policy.total)
+        self.limits: dict[str, GradientLimit] = {}
+        self.in_flight: Counter[str] = Counter()
+        self.in_flight_total = 0
+        self.refused: Counter[tuple[str, str]] = Counter()  # (route, why) -> requests refused
+
+    @classmethod
+    def unlimited(cls) -> Admission:
+        """Admission that admits everything (for handlers built without one, e.g. in unit tests)."""
+        return cls(AdmissionPolicy(initial=10**9, maximum=10**9, total=10**9))
+
+    def admit(self, route: str, time_left_s: float | None) -> Ticket:
+        """A ticket for one unit of work on `route`, or ResourceExhausted / DeadlineExceeded at once."""
+        limit = self.limits.get(route)
+        if limit is None:
+            limit = self.limits[route] = GradientLimit(self.policy)
+        if self.in_flight[route] >= limit.limit or self.in_flight_total >= self.total.limit:
+            self.refused[(route, "limit")] += 1
+            busy = limit if self.in_flight[route] >= limit.limit else self.total
+            wait_ms = max(1, round(1000 * (busy.short_s or 0.001)))
+            raise ResourceExhausted(
+                f"{route!r} is at its concurrency limit ({self.in_flight[route]} in flight, limit "
+                f"{limit.limit:.0f}; gateway {self.in_flight_total} of {self.total.limit:.0f}); retry in about "
+                f"{wait_ms} ms",
+                metadata=((RETRY_PUSHBACK_HEADER, str(wait_ms)),),
+            )
+        expected = limit.expected_s
+        if time_left_s is not None and expected is not None and time_left_s < expected:
+            self.refused[(route, "deadline")] += 1
+            raise DeadlineExceeded(
+                f"{route!r} answers in about {expected * 1000:.0f} ms now; the call has "
+                f"{max(time_left_s, 0) * 1000:.0f} ms left"
+            )
+        self.in_flight[route] += 1
+        self.in_flight_total += 1
+        return Ticket(self, route, self.clock())
+
+    def _leave(self, route: str, started: float, completed: bool) -> None:
+        in_flight = self.in_flight[route]
+        self.in_flight[route] = in_flight - 1
+        total = self.in_flight_total
+        self.in_flight_total = total - 1
+        if completed:
+            now = self.clock()
+            self.limits[route].observe(now - started, in_flight, now)
+            self.total.observe(now - started, total, now)
