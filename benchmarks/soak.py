@@ -3,7 +3,8 @@ of every process over time. Memory that grows with the number of requests served
 warm-up is the goal.
 
 The load is an open loop of ModelInfer and Predict (every Predict a cache miss, so cache entries, scope
-generations and feature lookups keep coming) at `--load` of the capacity measured at the start.
+generations and feature lookups keep coming), each at `--load` of what it reached when both ran closed-loop
+together at the start.
 """
 
 from __future__ import annotations
@@ -67,10 +68,9 @@ def _memory(pids: dict[str, int]) -> dict[str, float]:
 
 async def _steady_load(senders, pids, minutes: float, load: float, sample_s: float, warmup_s: float) -> dict:
     sequence = itertools.count()  # one for the run: Predict never repeats an input, so every one is a miss
-    rates = {}
-    for name, send in senders.items():
-        measured = await closed_loop(send, 16, 3.0, sequence)
-        rates[name] = load / len(PATHS) * len(measured.latencies_s) / measured.elapsed_s
+    # capacity of the mix: both paths at once, as they will run
+    measured = await asyncio.gather(*(closed_loop(send, 16, 3.0, sequence) for send in senders.values()))
+    rates = {name: load * len(m.latencies_s) / m.elapsed_s for name, m in zip(senders, measured, strict=True)}
     console.print("open loop: " + ", ".join(f"{n} {r:,.0f}/s" for n, r in rates.items()))
     samples: list[dict[str, float]] = []
 

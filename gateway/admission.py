@@ -1,12 +1,12 @@
 """Admission control: how much work the gateway takes on, adapting to the latency it observes. Pure; no gRPC.
 
-Each route's ModelInfer and Predict traffic (they take very different times), and the gateway as a whole, has
-a concurrency limit that follows latency in the spirit of Netflix's
-gradient limiter: while recent latency stays within `tolerance` of its long-run level the limit may grow (by
-about its square root per adjustment), and when latency climbs — work is queueing somewhere — it shrinks, by at
-most half per adjustment. Work over the limit is refused at once, before anything is spent on it, with a hint of
-when to retry; so is work whose deadline is shorter than the route's recent latency. Latency from batching
-itself does not shrink the limit: only latency rising above its own recent level does.
+Each route's ModelInfer and its Predict traffic (they take very different times) have a concurrency limit that
+follows latency in the spirit of Netflix's gradient limiter: while recent latency stays within `tolerance` of its
+long-run level the limit may grow (by about its square root per adjustment), and when latency climbs — work is
+queueing somewhere — it shrinks, by at most half per adjustment. The gateway as a whole has a fixed cap besides.
+Work over a limit is refused at once, before anything is spent on it, with a hint of when to retry; so is work
+whose deadline is shorter than the route's recent latency. Latency from batching itself does not shrink a limit:
+only latency rising above its own recent level does.
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ RETRY_PUSHBACK_HEADER = "grpc-retry-pushback-ms"
 
 @dataclass(frozen=True, slots=True)
 class AdmissionPolicy:
-    initial: int = 100  # per route, before any latency has been seen
+    initial: int = 400  # per kind of work, before latency has said otherwise: room for bursts
     minimum: int = 16
     maximum: int = 1000
-    total: int = 2000  # the most the gateway admits across routes
+    total: int = 2000  # the most the gateway admits across routes: a fixed cap
     tolerance: float = (
         2.0  # recent latency may rise this far above its long-run level before the limit shrinks
     )
@@ -115,7 +115,6 @@ class Admission:
     ) -> None:
         self.policy = policy or AdmissionPolicy()
         self.clock = clock
-        self.total = GradientLimit(self.policy, maximum=self.policy.total)
         self.limits: dict[str, GradientLimit] = {}
         self.in_flight: Counter[str] = Counter()
         self.in_flight_total = 0
@@ -131,13 +130,12 @@ class Admission:
         limit = self.limits.get(route)
         if limit is None:
             limit = self.limits[route] = GradientLimit(self.policy)
-        if self.in_flight[route] >= limit.limit or self.in_flight_total >= self.total.limit:
+        if self.in_flight[route] >= limit.limit or self.in_flight_total >= self.policy.total:
             self.refused[(route, "limit")] += 1
-            busy = limit if self.in_flight[route] >= limit.limit else self.total
-            wait_ms = max(1, round(1000 * (busy.short_s or 0.001)))
+            wait_ms = max(1, round(1000 * (limit.short_s or 0.001)))
             raise ResourceExhausted(
                 f"{route!r} is at its concurrency limit ({self.in_flight[route]} in flight, limit "
-                f"{limit.limit:.0f}; gateway {self.in_flight_total} of {self.total.limit:.0f}); retry in about "
+                f"{limit.limit:.0f}; gateway {self.in_flight_total} of {self.policy.total}); retry in about "
                 f"{wait_ms} ms",
                 metadata=((RETRY_PUSHBACK_HEADER, str(wait_ms)),),
             )
@@ -155,9 +153,7 @@ class Admission:
     def _leave(self, route: str, started: float, completed: bool) -> None:
         in_flight = self.in_flight[route]
         self.in_flight[route] = in_flight - 1
-        total = self.in_flight_total
-        self.in_flight_total = total - 1
+        self.in_flight_total -= 1
         if completed:
             now = self.clock()
             self.limits[route].observe(now - started, in_flight, now)
-            self.total.observe(now - started, total, now)

@@ -67,7 +67,7 @@ class GatewaySettings(ServiceSettings):
         True, description="bound the work admitted (per route and in total) by observed latency"
     )
     admission_initial_limit: int = Field(
-        100, gt=0, description="requests in flight per route before any latency is known"
+        400, gt=0, description="requests in flight per route and kind of work before latency says otherwise"
     )
     admission_min_limit: int = Field(16, gt=0, description="the per-route limit never falls below this")
     admission_max_limit: int = Field(1000, gt=0, description="the per-route limit never grows above this")

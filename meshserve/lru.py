@@ -50,7 +50,9 @@ class LruTtlCache:
         return hits
 
     def set_many(self, items: Iterable[tuple[str, bytes]], ttl_s: float | None = None) -> int:
-        expires_at = self.clock() + (ttl_s or self.default_ttl_s)
+        now = self.clock()
+        self._drop_expired(now)
+        expires_at = now + (ttl_s or self.default_ttl_s)
         stored = 0
         for key, value in items:
             size = len(key) + len(value)
@@ -63,6 +65,15 @@ class LruTtlCache:
         while self.size > self.max_bytes:
             self._remove(next(iter(self._entries)))
         return stored
+
+    def _drop_expired(self, now: float) -> None:
+        """Writes drop what has expired at the cold end, so memory follows (rate x TTL) rather than filling up to
+        `max_bytes` with the dead: with one TTL per caller, entries expire roughly in the order they were written."""
+        while self._entries:
+            key, entry = next(iter(self._entries.items()))
+            if entry.expires_at > now:
+                return
+            self._remove(key)
 
     def clear(self) -> None:
         self._entries.clear()

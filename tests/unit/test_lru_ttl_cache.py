@@ -49,3 +49,12 @@ def test_overwrite_replaces_size_accounting():
     cache.set_many([("a", b"1")])
     cache.set_many([("a", b"12345")])
     assert cache.size == 6 and cache.get_many(["a"]) == {"a": b"12345"}
+
+
+def test_writes_drop_expired_entries_so_memory_follows_rate_times_ttl():
+    clock = Clock()
+    cache = LruTtlCache(max_bytes=10**9, max_entry_bytes=100, default_ttl_s=1.0, clock=clock)
+    for n in range(10_000):
+        clock.now += 0.01  # 100 writes a second, each living 1 s
+        cache.set_many([(f"key-{n}", b"v")])
+    assert len(cache) <= 101
