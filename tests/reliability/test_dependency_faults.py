@@ -83,7 +83,7 @@ async def test_a_feature_outage_fails_only_what_needs_features_and_ejects_nothin
 
 
 async def test_a_gateway_whose_routes_name_a_missing_version_starts_and_serves_the_rest(mesh, tmp_path):
-    routes = ROUTES + """
+    routes = f"""{ROUTES}
   missing:
     timeout_ms: 2000
     cache: {enabled: false}
