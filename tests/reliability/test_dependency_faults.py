@@ -28,6 +28,17 @@ routes:
 """
 
 
+MISSING = """
+  missing:
+    timeout_ms: 2000
+    cache: {enabled: false}
+    fallback: [stable]
+    variants:
+      - {name: ghost, model: fraud, version: "9", weight: 100}
+      - {name: stable, model: fraud, version: "1", weight: 0}
+"""
+
+
 def feature_service(tmp_path, port: int, cache_url: str) -> ChildProcess:
     env = {"MESHSERVE_FEATURE_PORT": str(port), "MESHSERVE_FEATURE_HOST": "127.0.0.1",
            "MESHSERVE_FEATURE_CACHE_URL": cache_url, "PATH": "/usr/bin:/bin"}  # fmt: skip
@@ -83,15 +94,7 @@ async def test_a_feature_outage_fails_only_what_needs_features_and_ejects_nothin
 
 
 async def test_a_gateway_whose_routes_name_a_missing_version_starts_and_serves_the_rest(mesh, tmp_path):
-    routes = f"""{ROUTES}
-  missing:
-    timeout_ms: 2000
-    cache: {enabled: false}
-    fallback: [stable]
-    variants:
-      - {name: ghost, model: fraud, version: "9", weight: 100}
-      - {name: stable, model: fraud, version: "1", weight: 0}
-"""
+    routes = ROUTES + MISSING
     async with in_process_gateway(mesh, tmp_path, routes) as gateway:  # it became SERVING
         assert (await gateway.predict("fraud")).score > 0
         fallback = await gateway.predict("missing")  # the missing version is a variant that is down
