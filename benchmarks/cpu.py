@@ -7,7 +7,10 @@ import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from meshserve.core.process import descendants
+
 __all__ = ["CpuMeter", "cpu_seconds", "descendants"]
+
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -19,23 +22,6 @@ def cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
-
-
-def descendants(pid: int) -> set[int]:
-    """Every live process below `pid`."""
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
 
 
 class CpuMeter:

@@ -9,8 +9,7 @@ import pytest
 import pytest_asyncio
 
 from meshserve.mesh import REPO_ROOT, LocalMesh, MeshSettings
-
-FIXTURES = Path(__file__).parent / "fixtures"
+from tests.helpers import FIXTURES
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,12 @@ from pathlib import Path
 import numpy as np
 import tritonclient.grpc as triton_grpc
 
+from meshserve.core.process import descendants
 from meshserve.registry import load_registry
+
+__all__ = ["FIXTURES", "alive", "descendants", "feature_vector", "gateway_env", "score_directly", "scrape", "stored_features",
+           "triton_counts"]  # fmt: skip
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 ACCOUNTS_CSV = Path(__file__).resolve().parent.parent / "meshserve" / "defaults" / "accounts.csv"
 
@@ -48,23 +53,6 @@ def triton_counts(triton_url: str, model: str, version: str) -> tuple[int, int]:
     return entry.inference_count, entry.execution_count
 
 
-def descendants(pid: int) -> set[int]:
-    """Every live process below `pid`, found through /proc (children run in their own sessions)."""
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
-
-
 def alive(pids: set[int]) -> set[int]:
     """The pids that still exist and are not zombies."""
     living = set()
@@ -87,4 +75,21 @@ def scrape(url: str) -> dict[str, float]:
         for line in text.splitlines()
         if line and not line.startswith("#")
         for series, _, value in [line.rpartition(" ")]
+    }
+
+
+def gateway_env(mesh, port: int, tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The environment of a gateway process of a test's own, in front of the session mesh's services, on the
+    test routes."""
+    return {
+        **os.environ,
+        "MESHSERVE_GATEWAY_PORT": str(port),
+        "MESHSERVE_GATEWAY_FEATURE_URL": mesh.endpoints.feature,
+        "MESHSERVE_GATEWAY_CACHE_URL": mesh.endpoints.cache,
+        "MESHSERVE_GATEWAY_INFERENCE_URL": mesh.endpoints.inference,
+        "MESHSERVE_GATEWAY_ROUTES_PATH": str(FIXTURES / "routes.yaml"),
+        "MESHSERVE_GATEWAY_GRACE_S": "15",
+        "MESHSERVE_GATEWAY_ADMIN_PORT": "0",
+        "MESHSERVE_GATEWAY_AUDIT_LOG": str(tmp_path / "audit.jsonl"),
+        **extra,
     }

@@ -40,6 +40,24 @@ def free_port(host: str = "127.0.0.1") -> int:
     return free_ports(1, host)[0]
 
 
+def descendants(pid: int) -> set[int]:
+    """Every live process below `pid`, found through /proc (children run in their own sessions, so process
+    groups do not find them)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
 def tied_to_parent(argv: Sequence[str], sig: int = signal.SIGTERM) -> list[str]:
     """`argv`, started so that the kernel sends it `sig` when this process dies (Linux PR_SET_PDEATHSIG): not even
     a SIGKILL of the parent can orphan it. Unchanged where there is no prctl.

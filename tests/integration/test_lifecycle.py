@@ -26,7 +26,7 @@ from services.feature.settings import FeatureSettings
 from services.inference.service import InferenceService
 from services.inference.settings import InferenceSettings
 from services.inference.tritonserver import prepare_backend_dir, triton_command
-from tests.conftest import FIXTURES
+from tests.helpers import FIXTURES, gateway_env
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -167,17 +167,7 @@ def _slow_request() -> service_pb2.ModelInferRequest:
 
 async def test_sigterm_lets_in_flight_calls_finish_then_exits_cleanly(mesh, marker_dir, tmp_path):
     port = free_port()
-    env = {
-        **os.environ,
-        "MESHSERVE_GATEWAY_PORT": str(port),
-        "MESHSERVE_GATEWAY_FEATURE_URL": mesh.endpoints.feature,
-        "MESHSERVE_GATEWAY_CACHE_URL": mesh.endpoints.cache,
-        "MESHSERVE_GATEWAY_INFERENCE_URL": mesh.endpoints.inference,
-        "MESHSERVE_GATEWAY_ROUTES_PATH": str(FIXTURES / "routes.yaml"),
-        "MESHSERVE_GATEWAY_GRACE_S": "15",
-        "MESHSERVE_GATEWAY_ADMIN_PORT": "0",
-        "MESHSERVE_GATEWAY_AUDIT_LOG": str(tmp_path / "audit.jsonl"),
-    }
+    env = gateway_env(mesh, port, tmp_path)
     gateway = ChildProcess("gateway", [sys.executable, "-m", "gateway"], env, tmp_path / "gateway.log")
     await gateway.start()
     try:

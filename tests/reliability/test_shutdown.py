@@ -4,7 +4,6 @@ received, and exits 0, run after run."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 from collections import Counter
@@ -16,7 +15,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from meshserve.core.channels import wait_until_serving
 from meshserve.core.process import ChildProcess, free_port
-from tests.conftest import FIXTURES
+from tests.helpers import gateway_env
 
 RUNS = 5
 IN_FLIGHT = 24
@@ -29,21 +28,6 @@ def slow_request() -> service_pb2.ModelInferRequest:
     return service_pb2.ModelInferRequest(
         model_name="slow", inputs=[tensor], raw_input_contents=[row.tobytes()]
     )
-
-
-def gateway_env(mesh, port: int, tmp_path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "MESHSERVE_GATEWAY_PORT": str(port),
-        "MESHSERVE_GATEWAY_FEATURE_URL": mesh.endpoints.feature,
-        "MESHSERVE_GATEWAY_CACHE_URL": mesh.endpoints.cache,
-        "MESHSERVE_GATEWAY_INFERENCE_URL": mesh.endpoints.inference,
-        "MESHSERVE_GATEWAY_ROUTES_PATH": str(FIXTURES / "routes.yaml"),
-        "MESHSERVE_GATEWAY_GRACE_S": "15",
-        "MESHSERVE_GATEWAY_ADMIN_PORT": "0",
-        "MESHSERVE_GATEWAY_AUDIT_LOG": str(tmp_path / "audit.jsonl"),
-        "MESHSERVE_GATEWAY_SHUTDOWN_SETTLE_S": "0.5",
-    }
 
 
 async def watch_health(port: int, seen: list[tuple[str, str]], signalled: asyncio.Event) -> None:
@@ -73,7 +57,10 @@ async def test_sigterm_with_24_calls_in_flight_loses_none_says_not_serving_first
         port = free_port()
         log_path = tmp_path / f"gateway-{run}.log"
         gateway = ChildProcess(
-            "gateway", [sys.executable, "-m", "gateway"], gateway_env(mesh, port, tmp_path), log_path
+            "gateway",
+            [sys.executable, "-m", "gateway"],
+            gateway_env(mesh, port, tmp_path, MESHSERVE_GATEWAY_SHUTDOWN_SETTLE_S="0.5"),
+            log_path,
         )
         await gateway.start()
         try:
