@@ -70,5 +70,10 @@ class ModelCatalog:
         plan = batch_plan(reply.config.config, c.model_in_flight, c.model_max_rows)
         return ModelInfo(model, reply.resolved_version, reply.ready, reply.metadata, reply.config, plan)
 
-    def forget(self) -> None:
-        self._known.clear()
+    def forget(self, model: str | None = None) -> None:
+        """Forget what is known of `model` (every version), or of every model."""
+        if model is None:
+            self._known.clear()
+            return
+        for key in [k for k in self._known if k[0] == model]:
+            del self._known[key]

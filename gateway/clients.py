@@ -27,8 +27,9 @@ from gateway.batching import (
     to_raw,
 )
 from gateway.settings import DEFAULT_COALESCING, Coalescing
+from meshserve import triton_control
 from meshserve.cache.v1 import cache_pb2, cache_pb2_grpc
-from meshserve.core.channels import error_from_rpc, open_channel, wait_until_serving
+from meshserve.core.channels import error_from_rpc, open_channel, passed_on, wait_until_serving
 from meshserve.core.coalesce import Coalescer
 from meshserve.core.context import outgoing_metadata
 from meshserve.core.errors import DeadlineExceeded, ErrorCode, MeshError
@@ -223,6 +224,14 @@ class InferenceClient(_Client):
         self.lanes: dict[
             tuple[str, str], tuple[BatchPlan, Coalescer]
         ] = {}  # (model, version) -> its batching
+        self._control = {
+            method: self.channel.unary_unary(
+                triton_control.path(method),
+                request_serializer=triton_control.messages(method)[0].SerializeToString,
+                response_deserializer=triton_control.messages(method)[1].FromString,
+            )
+            for method in triton_control.FORWARDED
+        }
 
     def coalescers(self) -> dict[str, Coalescer]:
         return {f"model:{model}/{version}": lane for (model, version), (_, lane) in self.lanes.items()}
@@ -271,6 +280,14 @@ class InferenceClient(_Client):
             )
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc, self.hop) from None
+
+    async def control(self, method: str, request, timeout_s: float | None):
+        """One of Triton's own control calls (`meshserve.triton_control.FORWARDED`), through the inference service;
+        Triton's answer, or its status as a MeshError."""
+        try:
+            return await self._control[method](request, timeout=timeout_s, metadata=outgoing_metadata())
+        except grpc.aio.AioRpcError as exc:
+            raise passed_on(exc, self.hop) from None
 
     async def describe(
         self, model: str, version: str, timeout_s: float

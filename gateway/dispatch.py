@@ -49,7 +49,9 @@ class Dispatcher:
         clock: Callable[[], float] = time.monotonic,
         ejection: OutlierEjection | None = None,
         stats: VariantStats | None = None,
+        max_deadline_s: float = 300.0,
     ) -> None:
+        self.max_deadline_s = max_deadline_s
         self.rng = rng or random.Random()
         self.clock = clock
         self.ejection = ejection or OutlierEjection(clock=clock)
@@ -59,9 +61,11 @@ class Dispatcher:
         self._budgets: dict[str, RetryBudget] = {}
 
     def deadline(self, route: Route, time_left_s: float | None) -> float:
-        """The absolute deadline of a request: the caller's, or the route's timeout if sooner."""
-        budget = route.timeout_ms / 1000
-        return self.clock() + (budget if time_left_s is None else min(time_left_s, budget))
+        """The absolute deadline of a request: the caller's (as Triton, a long deadline is the caller's to give),
+        else the route's timeout; never more than `max_deadline_s`."""
+        own = route.timeout_ms / 1000 if time_left_s is None else time_left_s
+        budget = min(own, self.max_deadline_s)
+        return self.clock() + budget
 
     async def run(
         self,

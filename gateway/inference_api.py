@@ -1,7 +1,9 @@
-"""The Open Inference Protocol as the gateway serves it: model names are route names. No gRPC here.
+"""The Open Inference Protocol as the gateway serves it: model names are route names (declared routes, and every
+model Triton serves under its own name). No gRPC here.
 
 ModelInfer requests are checked against the model's metadata and forwarded with only the model name and
-version rewritten; tensor bytes travel untouched.
+version rewritten. A variant that follows Triton's versions (version "") passes a requested version on as it
+is. Triton's own control calls (model control, statistics, shared memory, trace and log settings) pass through.
 """
 
 from __future__ import annotations
@@ -17,12 +19,22 @@ from gateway.catalog import ModelCatalog, ModelInfo
 from gateway.clients import InferenceClient
 from gateway.dispatch import Dispatcher, Tier
 from gateway.live import LiveRoutes
+from gateway.repository import ModelRepository
 from gateway.routes import Route, StickyKey, Variant, choose_variant
+from gateway.statistics import route_statistics
 from gateway.tensors import validate_infer_request
+from meshserve.core.errors import MeshError
 
 SERVER_NAME = "meshserve"
 _NO_HEADERS: Mapping[str, str] = {}
-EXTENSIONS = ["binary_tensor_data", "parameters", "model_configuration"]
+# What works through the gateway as it does against Triton (cuda_shared_memory: passed to Triton, which must be
+# on the caller's host and have a GPU)
+EXTENSIONS = [
+    "classification", "sequence", "model_repository", "model_repository(unload_dependents)", "schedule_policy",
+    "model_configuration", "system_shared_memory", "cuda_shared_memory", "binary_tensor_data", "parameters",
+    "statistics", "trace", "logging",
+]  # fmt: skip
+SEQUENCE_ID = "sequence_id"
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +54,9 @@ class InferenceApi:
         version: str,
         rng: random.Random | None = None,
         admission: Admission | None = None,
+        repository: ModelRepository | None = None,
     ) -> None:
+        self.repository = repository or ModelRepository(inference, routes, catalog)
         self.dispatcher = dispatcher
         self.admission = admission or Admission.unlimited()
         self.routes = routes
@@ -56,37 +70,64 @@ class InferenceApi:
             name=SERVER_NAME, version=self.version, extensions=EXTENSIONS
         )
 
-    async def _primary(self, route_name: str, version: str) -> ModelInfo:
+    async def _info(self, route_name: str, version: str) -> ModelInfo:
+        """What Triton says of the model version a request for (`route_name`, `version`) would reach."""
         route = self.routes.get(route_name)
         variant = choose_variant(route, self.rng, version=version) if version else route.primary
-        return await self.catalog.get(variant.model, variant.version)
+        return await self.catalog.get(variant.model, variant.version or version)
 
     async def model_ready(self, route_name: str, version: str) -> bool:
-        if route_name not in self.routes.routes:
+        """Ready as Triton answers it: False (never an error) for a name, a version or a model nobody serves."""
+        try:
+            route = self.routes.get(route_name)
+            if version:
+                return (await self._info(route_name, version)).ready
+            served = [v for v in route.variants if v.weight > 0]
+            infos = [await self.catalog.get(v.model, v.version) for v in served]
+        except MeshError:
             return False
-        route = self.routes.routes[route_name]
-        variants = [choose_variant(route, self.rng, version=version)] if version else route.variants
-        for variant in variants:
-            if variant.weight > 0 or version:
-                if not (await self.catalog.get(variant.model, variant.version)).ready:
-                    return False
-        return True
+        return all(info.ready for info in infos)
 
     async def model_metadata(self, route_name: str, version: str) -> service_pb2.ModelMetadataResponse:
-        info = await self._primary(route_name, version)
+        info = await self._info(route_name, version)
         reply = service_pb2.ModelMetadataResponse()
         reply.CopyFrom(info.metadata)
         reply.name = route_name
+        route = self.routes.get(route_name)
+        versions = {v.version for v in route.variants if v.version}
+        if any(not v.version for v in route.variants):  # following Triton: its versions are the route's
+            versions |= set(info.metadata.versions)
         del reply.versions[:]
-        reply.versions.extend(sorted({v.version for v in self.routes.get(route_name).variants if v.version}))
+        reply.versions.extend(sorted(versions, key=lambda v: (len(v), v)))
         return reply
 
     async def model_config(self, route_name: str, version: str) -> service_pb2.ModelConfigResponse:
-        info = await self._primary(route_name, version)
+        info = await self._info(route_name, version)
         reply = service_pb2.ModelConfigResponse()
         reply.CopyFrom(info.config)
         reply.config.name = route_name
         return reply
+
+    async def model_statistics(self, route_name: str, version: str, time_left_s: float | None = None):
+        """Triton's statistics of the model versions behind a route, under the route's name ("" = every name
+        served)."""
+        names = [route_name] if route_name else sorted(self.routes.served)
+        stats = service_pb2.ModelStatisticsResponse()
+        for name in names:
+            route = self.routes.get(name)
+            targets = {(v.model, v.version or version) for v in route.variants if not version or
+                       v.version in ("", version)}  # fmt: skip
+            entries = []
+            for model, model_version in sorted(targets):
+                request = service_pb2.ModelStatisticsRequest(name=model, version=model_version)
+                reply = await self.repository.control("ModelStatistics", request, time_left_s)
+                entries.extend(reply.model_stats)
+            stats.model_stats.extend(route_statistics(name, entries))
+        return stats
+
+    async def control(self, method: str, request, time_left_s: float | None = None):
+        """One of Triton's control calls, passed through (a load or unload updates the names served at once)."""
+        return await self.repository.control(method, request, time_left_s)
 
     async def model_infer(
         self,
@@ -109,14 +150,15 @@ class InferenceApi:
         headers: Mapping[str, str],
     ) -> tuple[service_pb2.ModelInferResponse, Answered]:
         sticky = headers.get(route.sticky.header or "") if route.sticky.key is StickyKey.HEADER else None
+        if sticky is None and SEQUENCE_ID in request.parameters:
+            sticky = str(request.parameters[SEQUENCE_ID])  # every request of a sequence to the same variant
         forced = headers.get(route.override_header) if route.override_header else None
-        first = choose_variant(
-            route, self.rng, version=request.model_version, sticky_key=sticky, forced=forced
-        )
+        asked = request.model_version
+        first = choose_variant(route, self.rng, version=asked, sticky_key=sticky, forced=forced)
         deadline = self.dispatcher.deadline(route, time_left_s)
 
         async def attempt(variant: Variant, time_left: float) -> service_pb2.ModelInferResponse:
-            info = await self.catalog.get(variant.model, variant.version)
+            info = await self.catalog.get(variant.model, variant.version or asked)
             validate_infer_request(request, info.metadata, info.max_batch_size, route_name)
             request.model_name = variant.model
             request.model_version = info.version

@@ -11,7 +11,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from gateway.audit import AuditLog
-from gateway.routes import Route, RoutesFileError, RouteTable, load_routes
+from gateway.routes import Route, RoutesFileError, RouteTable, load_routes, pass_through, unknown_model
 from meshserve.core.errors import InvalidArgument, MeshError
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,9 @@ class LiveRoutes:
         self.audit = audit
         self.invalidate = invalidate  # cached answers of scopes a change makes stale
         self._listeners: list[Callable[[RouteChange], None]] = []
+        self.implicit: dict[
+            str, Route
+        ] = {}  # models Triton serves that no route names: served under their name
 
     def subscribe(self, listener: Callable[[RouteChange], None]) -> None:
         """Call `listener` after each change to a route, synchronously, before the change's caller goes on."""
@@ -68,11 +71,26 @@ class LiveRoutes:
             log.exception("cache invalidation failed", extra={"scopes": scopes})
 
     def get(self, name: str) -> Route:
-        return self.table.get(name)
+        """The route `name`: one the routes file (or an admin) declared, else the implicit one of the model."""
+        route = self.table.routes.get(name) or self.implicit.get(name)
+        if route is None:
+            raise unknown_model(name)
+        return route
 
     @property
     def routes(self) -> dict[str, Route]:
+        """The declared routes (what admin actions change)."""
         return self.table.routes
+
+    @property
+    def served(self) -> dict[str, Route]:
+        """Every name a caller can use: declared routes, and the implicit ones they do not shadow."""
+        return {**self.implicit, **self.table.routes}
+
+    def follow_repository(self, models: set[str]) -> None:
+        """The models Triton serves now: each gets its implicit route unless a declared route has its name.
+        Swapped whole, like the table."""
+        self.implicit = {name: self.implicit.get(name) or pass_through(name) for name in sorted(models)}
 
     def _swap(self, name: str, route: Route) -> None:
         # One assignment: a request in flight keeps the table it started with, the next one sees the new one.

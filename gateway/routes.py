@@ -36,6 +36,8 @@ __all__ = [
     "bucket_of",
     "choose_variant",
     "load_routes",
+    "pass_through",
+    "unknown_model",
 ]
 
 BUCKETS = 10_000  # sticky resolution: 0.01 % of traffic per bucket
@@ -225,13 +227,34 @@ class Route(_Strict):
 
 
 class RouteTable(_Strict):
-    routes: dict[str, Route]
+    routes: dict[str, Route] = Field(default_factory=dict)  # none: every model Triton serves, under its name
 
     def get(self, name: str) -> Route:
         route = self.routes.get(name)
         if route is None:
-            raise NotFound(f"unknown route {name!r}; routes: {', '.join(sorted(self.routes)) or 'none'}")
+            raise unknown_model(name)
         return route
+
+
+def unknown_model(name: str) -> NotFound:
+    """Triton's words for a name nobody serves; the other names are nobody else's business."""
+    return NotFound(f"Request for unknown model: {name!r} is not found")
+
+
+PASS_THROUGH_TIMEOUT_MS = (
+    3_600_000  # Triton sets no timeout of its own; the gateway's max_deadline_s still caps it
+)
+
+
+def pass_through(model: str) -> Route:
+    """The implicit route for a model Triton serves and no routes file names: its own name, every version
+    Triton serves (a requested version goes to Triton as asked), nothing cached, no fallback, and no timeout
+    shorter than the gateway's ceiling."""
+    return Route(
+        variants=[Variant(name="triton", model=model, weight=100)],
+        cache=CachePolicy(enabled=False),
+        timeout_ms=PASS_THROUGH_TIMEOUT_MS,
+    )
 
 
 def bucket_of(key: str) -> int:
@@ -249,17 +272,23 @@ def choose_variant(
 ) -> Variant:
     """Pick the variant that serves one request.
 
-    A forced variant (override header) or a requested model version wins. Otherwise the point on the weight line
-    comes from the sticky key's bucket, or from the RNG. Variants take consecutive ranges in declaration order,
-    so when weight moves from the first variants to the last (a canary ramp), a sticky key only ever moves
-    towards the canary, never back.
+    A forced variant (override header) or a requested model version wins: the variant pinned to that version,
+    else the route's variant that follows Triton's versions (version "": the requested one goes to Triton as it
+    is). Otherwise the point on the weight line comes from the sticky key's bucket, or from the RNG. Variants take
+    consecutive ranges in declaration order, so when weight moves from the first variants to the last (a canary
+    ramp), a sticky key only ever moves towards the canary, never back.
     """
     if forced:
         return route.variant(forced)
     if version:
+        following = None
         for variant in route.variants:
             if variant.version == version:
                 return variant
+            if not variant.version and following is None:
+                following = variant
+        if following is not None:
+            return following
         served = [v.version for v in route.variants]
         raise NotFound(f"no variant of this route serves version {version!r}; versions: {served}")
     if len(route.variants) == 1:

@@ -18,6 +18,7 @@ from gateway.live import LiveRoutes
 from gateway.metrics import GatewayCollector
 from gateway.predict import PredictHandler
 from gateway.prediction_cache import PredictionCache
+from gateway.repository import ModelRepository
 from gateway.rollout import RolloutController
 from gateway.routes import load_routes
 from gateway.servicers import OpenInferenceServicer, PredictionServicer, add_servicers
@@ -53,7 +54,7 @@ class GatewayService(GrpcService):
         self.routes.invalidate = self.prediction_cache.invalidate
         self.inference = InferenceClient(settings.inference_url, coalescing)
         self.catalog = ModelCatalog(self.inference)
-        self.dispatcher = Dispatcher()
+        self.dispatcher = Dispatcher(max_deadline_s=settings.max_deadline_s)
         policy = settings.admission_policy()
         self.admission = Admission(policy) if policy else Admission.unlimited()
         self.answers: Counter[tuple[str, str]] = Counter()  # (route, tier) -> answers
@@ -79,9 +80,13 @@ class GatewayService(GrpcService):
             feature_timeout_s=settings.feature_timeout_s,
             admission=self.admission,
         )
+        self.repository = ModelRepository(
+            self.inference, self.routes, self.catalog, settings.repository_refresh_s
+        )
+        self._repository_task: asyncio.Task[None] | None = None
         self.api = InferenceApi(
             self.routes, self.catalog, self.inference, self.dispatcher, version("meshserve"),
-            admission=self.admission,
+            admission=self.admission, repository=self.repository,
         )  # fmt: skip
         admin_settings = ServiceSettings(
             host=settings.admin_host, port=settings.admin_port, grace_s=settings.grace_s
@@ -139,6 +144,8 @@ class GatewayService(GrpcService):
         await asyncio.gather(
             self.features.wait_until_serving(timeout), self.inference.wait_until_serving(timeout)
         )
+        await self.repository.refresh()  # every model Triton serves is a name callers can use
+        self._repository_task = asyncio.create_task(self.repository.follow(), name="repository")
         for name, route in self.routes.routes.items():
             for variant in route.variants:
                 try:
@@ -160,6 +167,8 @@ class GatewayService(GrpcService):
         self.ready = False
         await self.rollouts.close()
         self._drift_task.cancel()
+        if self._repository_task is not None:
+            self._repository_task.cancel()
         await self.admin.stop(grace)
         await super().stop(grace)
 

@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator, Callable
 
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from gateway.inference_api import InferenceApi
+from gateway.inference_api import SEQUENCE_ID, InferenceApi
 from gateway.predict import Instance, PredictHandler
+from meshserve import triton_control
 from meshserve.core.context import budget_left, call_headers
 from meshserve.core.errors import ErrorCode, InvalidArgument, MeshError
 from meshserve.core.interceptors import HandlerRegistry
@@ -72,12 +73,14 @@ class PredictionServicer(gateway_pb2_grpc.PredictionServiceServicer):
 
 
 class OpenInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
-    """inference.GRPCInferenceService on top of tritonclient's generated servicer; RPCs not listed here answer
-    UNIMPLEMENTED (see `_unimplemented`)."""
+    """inference.GRPCInferenceService on top of tritonclient's generated servicer: the calls meshserve answers
+    itself, and Triton's own control calls passed through (`PASSED_THROUGH`); anything newer answers
+    UNIMPLEMENTED naming what is served."""
 
+    PASSED_THROUGH = tuple(m for m in triton_control.FORWARDED if m != "ModelStatistics")
     IMPLEMENTED = (
         "ServerLive", "ServerReady", "ServerMetadata", "ModelReady", "ModelMetadata", "ModelConfig",
-        "ModelInfer", "ModelStreamInfer",
+        "ModelInfer", "ModelStreamInfer", "ModelStatistics", *PASSED_THROUGH,
     )  # fmt: skip
 
     def __init__(
@@ -105,37 +108,43 @@ class OpenInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelConfig(self, request, context):
         return await self.api.model_config(request.name, request.version)
 
+    async def ModelStatistics(self, request, context):
+        return await self.api.model_statistics(
+            request.name, request.version, budget_left(context.time_remaining())
+        )
+
     async def ModelInfer(self, request, context):
         reply, served = await self.api.model_infer(
             request, budget_left(context.time_remaining()), call_headers()
         )
+        tier = served.tier.name.lower()
         context.set_trailing_metadata(
             (
                 (VARIANT_HEADER, served.variant),
                 (MODEL_VERSION_HEADER, served.model_version),
-                (TIER_HEADER, served.tier.name.lower()),
+                (TIER_HEADER, tier),
             )
         )
-        self.answers[(reply.model_name, served.tier.name.lower())] += 1
-        annotate(
-            route=reply.model_name,
-            variant=served.variant,
-            model_version=served.model_version,
-            tier=served.tier.name.lower(),
-            cache_hit=False,
-        )
+        self.answers[(reply.model_name, tier)] += 1
+        annotate(route=reply.model_name, variant=served.variant, model_version=served.model_version, tier=tier,
+                 cache_hit=False)  # fmt: skip
         return reply
 
     async def ModelStreamInfer(
         self, request_iterator, context
     ) -> AsyncIterator[service_pb2.ModelStreamInferResponse]:
-        """Requests on a stream run concurrently (so Triton can batch them); a failed one is reported in-band
-        with `error_message`, as Triton does, and the stream goes on."""
+        """Unrelated requests on a stream run concurrently (so Triton can batch them); the requests of one
+        sequence (same `sequence_id`) run one after another, in the order sent, so Triton sees them in order and
+        their answers come back in order. A failed request is reported in-band with `error_message`, as Triton
+        does, and the stream goes on."""
         headers = call_headers()
         results: asyncio.Queue[service_pb2.ModelStreamInferResponse | None] = asyncio.Queue()
         pending: set[asyncio.Task[None]] = set()
+        last_of_sequence: dict[bytes, asyncio.Task[None]] = {}
 
-        async def one(request: service_pb2.ModelInferRequest) -> None:
+        async def one(request: service_pb2.ModelInferRequest, after: asyncio.Task[None] | None) -> None:
+            if after is not None:
+                await asyncio.wait([after])  # its predecessor in the sequence has its answer
             request_id = request.id
             try:
                 reply, _ = await self.api.model_infer(request, budget_left(context.time_remaining()), headers)
@@ -146,11 +155,21 @@ class OpenInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                     service_pb2.ModelStreamInferResponse(error_message=exc.message, infer_response=failed)
                 )
 
+        def forget(sequence: bytes, task: asyncio.Task[None]) -> None:
+            pending.discard(task)
+            if last_of_sequence.get(sequence) is task:
+                del last_of_sequence[sequence]  # nothing of the sequence is in flight: nothing to keep
+
         async def read() -> None:
             async for request in request_iterator:
-                task = asyncio.create_task(one(request))
+                sequence = b""
+                if SEQUENCE_ID in request.parameters:
+                    sequence = request.parameters[SEQUENCE_ID].SerializeToString()
+                task = asyncio.create_task(one(request, last_of_sequence.get(sequence) if sequence else None))
                 pending.add(task)
-                task.add_done_callback(pending.discard)
+                if sequence:
+                    last_of_sequence[sequence] = task
+                task.add_done_callback(lambda done, sequence=sequence: forget(sequence, done))
             await asyncio.gather(*list(pending))
             await results.put(None)
 
@@ -165,6 +184,14 @@ class OpenInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 task.cancel()
 
 
+def _passed_through(name: str):
+    async def method(self, request, context):
+        return await self.api.control(name, request, budget_left(context.time_remaining()))
+
+    method.__name__ = name
+    return method
+
+
 def _unimplemented(name: str):
     async def method(self, request, context):
         raise MeshError(
@@ -177,6 +204,8 @@ def _unimplemented(name: str):
     return method
 
 
+for _name in OpenInferenceServicer.PASSED_THROUGH:
+    setattr(OpenInferenceServicer, _name, _passed_through(_name))
 for _name in dir(service_pb2_grpc.GRPCInferenceServiceServicer):
     if not _name.startswith("_") and _name not in OpenInferenceServicer.IMPLEMENTED:
         setattr(OpenInferenceServicer, _name, _unimplemented(_name))

@@ -30,6 +30,19 @@ class GatewaySettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="MESHSERVE_GATEWAY_", extra="forbid")
 
     port: int = Field(50051, ge=0, le=65535)
+    max_message_bytes: int = Field(
+        2**31 - 1,
+        gt=0,
+        description="largest request accepted (Triton's own limit); larger ones: RESOURCE_EXHAUSTED",
+    )
+    max_deadline_s: float = Field(
+        300.0, gt=0, description="a caller's deadline is honoured up to this; a route's timeout_ms applies to "
+        "calls that set none",
+    )  # fmt: skip
+    repository_refresh_s: float = Field(
+        5.0, gt=0, description="how often the models Triton serves are looked up again (each is served under its "
+        "own name unless a route takes it)",
+    )  # fmt: skip
     routes_path: Path | None = Field(None, description="routes YAML; default: the embedded sample routes")
     registry_path: Path | None = Field(
         None, description="feature registry YAML; default: the embedded sample"

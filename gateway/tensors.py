@@ -1,6 +1,7 @@
 """Checks an Open Inference Protocol request against the model's metadata, without decoding any tensor.
 
-Every message names the input at fault, so a caller can fix the request without reading Triton's logs.
+Every message names the input at fault in the words Triton itself uses, so a caller can fix the request without
+reading Triton's logs, and a client written against Triton sees what it already expects.
 """
 
 from __future__ import annotations
@@ -33,45 +34,67 @@ def _shape_matches(shape: list[int], expected: list[int]) -> bool:
     )
 
 
+def _dims(shape) -> str:
+    return "[" + ",".join(str(d) for d in shape) + "]"  # as Triton prints them
+
+
+def in_shared_memory(tensor) -> bool:
+    return "shared_memory_region" in tensor.parameters
+
+
 def validate_infer_request(
     request: service_pb2.ModelInferRequest,
     metadata: service_pb2.ModelMetadataResponse,
     max_batch_size: int,
-    route: str,
+    model: str,
 ) -> None:
-    """Raise InvalidArgument naming the first input that is missing, unexpected, or of the wrong type/shape/size."""
+    """Raise InvalidArgument for the first input that is missing, unexpected, or of the wrong type/shape/size.
+
+    The wording is Triton's own, so a client written against Triton sees the message it already handles.
+    """
     expected = {t.name: t for t in metadata.inputs}
     seen: set[str] = set()
-    raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
+    raw = list(request.raw_input_contents)
+    in_memory = [in_shared_memory(t) for t in request.inputs]
+    if raw and len(raw) != in_memory.count(False):
         raise InvalidArgument(
-            f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs; send one per input"
+            f"expected {in_memory.count(False)} raw_input_contents but got {len(raw)} for model '{model}'; "
+            "send one per input not in shared memory"
         )
-    for index, tensor in enumerate(request.inputs):
+    data = iter(raw)
+    for tensor, shared in zip(request.inputs, in_memory, strict=True):
         name = tensor.name
         spec = expected.get(name)
         if spec is None:
-            raise InvalidArgument(f"unexpected input {name!r}; route {route!r} takes {sorted(expected)}")
+            raise InvalidArgument(f"unexpected inference input '{name}' for model '{model}'")
         if name in seen:
-            raise InvalidArgument(f"input {name!r} appears more than once")
+            raise InvalidArgument(f"input '{name}' already exists in request")
         seen.add(name)
         if tensor.datatype != spec.datatype:
             raise InvalidArgument(
-                f"input {name!r}: datatype {tensor.datatype} but the model expects {spec.datatype}"
+                f"inference input '{name}' data-type is '{tensor.datatype}', "
+                f"but model '{model}' expects '{spec.datatype}'"
             )
         shape = list(tensor.shape)
         if any(d < 0 for d in shape) or not _shape_matches(shape, list(spec.shape)):
             raise InvalidArgument(
-                f"input {name!r}: shape {shape} does not match the model's {list(spec.shape)}"
+                f"unexpected shape for input '{name}' for model '{model}'. "
+                f"Expected {_dims(spec.shape)}, got {_dims(shape)}"
             )
         if max_batch_size > 0 and shape and shape[0] > max_batch_size:
-            raise InvalidArgument(
-                f"input {name!r}: batch of {shape[0]} exceeds the model's limit of {max_batch_size}"
-            )
-        _check_size(name, tensor, shape, raw[index] if raw else None)
+            raise InvalidArgument(f"inference request batch-size must be <= {max_batch_size} for '{model}'")
+        where = f"input '{name}' for model '{model}'"
+        if shared:
+            _check_shared(where, tensor, shape)
+        else:
+            _check_size(where, tensor, shape, next(data) if raw else None)
     missing = sorted(set(expected) - seen)
     if missing:
-        raise InvalidArgument(f"missing input {missing[0]!r}; route {route!r} takes {sorted(expected)}")
+        raise InvalidArgument(
+            f"expected {len(expected)} inputs but got {len(seen)} inputs for model '{model}'. "
+            f"Got input(s) {sorted(seen)}, but missing required input(s) {missing}. "
+            "Please provide all required input(s)."
+        )
 
 
 def bytes_elements(raw: bytes) -> int | None:
@@ -84,30 +107,47 @@ def bytes_elements(raw: bytes) -> int | None:
     return count if position == len(raw) else None
 
 
-def _check_size(name: str, tensor, shape: list[int], raw: bytes | None) -> None:
+def _size_mismatch(where: str, expected: int, got: int) -> InvalidArgument:
+    return InvalidArgument(f"input byte size mismatch for {where}. Expected {expected}, got {got}")
+
+
+def _check_shared(where: str, tensor, shape: list[int]) -> None:
+    """Data in a shared-memory region is Triton's to read; only the declared size can be checked here."""
+    if tensor.HasField("contents"):
+        raise InvalidArgument(f"contents field must not be specified with shared memory for {where}")
+    size = ELEMENT_BYTES.get(tensor.datatype)
+    declared = tensor.parameters.get("shared_memory_byte_size")
+    if size is not None and declared is not None and declared.int64_param != prod(shape) * size:
+        raise _size_mismatch(where, prod(shape) * size, declared.int64_param)
+
+
+def _check_size(where: str, tensor, shape: list[int], raw: bytes | None) -> None:
     count = prod(shape)
     size = ELEMENT_BYTES.get(tensor.datatype)
     if raw is not None:
-        if size is not None and len(raw) != count * size:
+        if tensor.HasField("contents"):
             raise InvalidArgument(
-                f"input {name!r}: {len(raw)} bytes of data for shape {shape} {tensor.datatype} "
-                f"(expects {count * size})"
+                f"contents field must not be specified when using raw_input_contents for {where}"
             )
+        if size is not None and len(raw) != count * size:
+            raise _size_mismatch(where, count * size, len(raw))
         if tensor.datatype == "BYTES":
             # checked here, per caller: a malformed tensor merged with others would fail them all at Triton
             elements = bytes_elements(raw)
             if elements != count:
                 found = "lengths that do not add up" if elements is None else f"{elements} elements"
-                raise InvalidArgument(f"input {name!r}: BYTES data holds {found} for shape {shape}")
+                raise InvalidArgument(
+                    f"BYTES data of {where} holds {found}; its shape {_dims(shape)} needs {count}"
+                )
         return
     field = CONTENTS_FIELD.get(tensor.datatype)
     values = getattr(tensor.contents, field) if field else ()
     if len(values) != count:
         raise InvalidArgument(
-            f"input {name!r}: {len(values)} values in contents for shape {shape} (expects {count})"
+            f"unexpected number of elements in contents for {where}. Expected {count}, got {len(values)}"
         )
     limits = NARROW_RANGE.get(tensor.datatype)
     if limits is not None and values and not limits[0] <= min(values) <= max(values) <= limits[1]:
         raise InvalidArgument(
-            f"input {name!r}: a value in contents is outside the {tensor.datatype} range {limits}"
+            f"a value in contents of {where} is outside the {tensor.datatype} range {limits}"
         )

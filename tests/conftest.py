@@ -39,6 +39,7 @@ async def mesh(tmp_path_factory, marker_dir, sleepy_dir) -> LocalMesh:
             "MESHSERVE_TEST_SLEEPY_DIR": str(sleepy_dir),
             "MESHSERVE_TEST_SLOW_SECONDS": "1.0",
             "MESHSERVE_GATEWAY_NEAR_CACHE_TTL_S": "0.2",  # bounds how long an invalidation can go unseen
+            "MESHSERVE_GATEWAY_MAX_MESSAGE_BYTES": str(16 * 2**20),  # a limit the tests can reach quickly
         },
     )
     local = LocalMesh(settings)

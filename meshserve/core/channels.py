@@ -26,7 +26,7 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
     ]
 
 
-def open_channel(target: str, max_message_bytes: int = 64 * 1024 * 1024) -> grpc.aio.Channel:
+def open_channel(target: str, max_message_bytes: int = 2**31 - 1) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(target, options=channel_options(max_message_bytes))
 
 
@@ -75,3 +75,13 @@ def error_from_rpc(exc: grpc.aio.AioRpcError, hop: str) -> MeshError:
 
 
 _CODE_FOR = {grpc.StatusCode[code.name]: code for code in ErrorCode if code is not ErrorCode.INTERNAL}
+
+
+def passed_on(exc: grpc.aio.AioRpcError, hop: str) -> MeshError:
+    """A downstream status to pass on as it is, for a call whose caller expects that server's own answer (Triton's
+    control calls): its code and words, addresses removed, with nothing of ours added (except on an
+    unreachable hop, which is ours to name)."""
+    code = _CODE_FOR.get(exc.code(), ErrorCode.INTERNAL)
+    if code is ErrorCode.UNAVAILABLE:
+        return error_from_rpc(exc, hop)
+    return MeshError(scrub_addresses(exc.details() or exc.code().name), code, origin=hop)

@@ -219,13 +219,23 @@ class HandlerRegistry:
             {name: self._wrap(h, f"/{service_name}/{name}") for name, h in method_handlers.items()},
         )
 
-    def add_service(self, service: ServiceDescriptor, servicer: object, raw: Iterable[str] = ()) -> None:
+    def add_service(
+        self,
+        service: ServiceDescriptor,
+        servicer: object,
+        raw: Iterable[str] = (),
+        only: Iterable[str] | None = None,
+    ) -> None:
         """Register `servicer`'s methods as pre-registered handlers built from the service's descriptor (for
         generated code that offers only generic handlers, whose lookup runs on every call). Methods named in
-        `raw` take and return serialised bytes: a forwarder that never looks inside the message."""
+        `raw` take and return serialised bytes: a forwarder that never looks inside the message. `only`: just
+        these methods of the service."""
         handlers = {}
         passthrough = set(raw)
+        chosen = None if only is None else set(only)
         for method in service.methods:
+            if chosen is not None and method.name not in chosen:
+                continue
             kind = _KINDS[method.client_streaming, method.server_streaming]
             as_bytes = method.name in passthrough
             handlers[method.name] = kind(

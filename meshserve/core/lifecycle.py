@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from meshserve.core.interceptors import HandlerRegistry
 from meshserve.core.metrics import ServiceMetrics
@@ -74,8 +74,12 @@ class GrpcService:
         handlers = HandlerRegistry(server, self.metrics)
         self._services = list(self.register(handlers))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, handlers)
-        reflection.enable_server_reflection(
-            [*self._services, health.SERVICE_NAME, reflection.SERVICE_NAME], handlers
+        # the asyncio servicer, named outright: given our registry, enable_server_reflection picks the sync one
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.aio.ReflectionServicer(
+                [*self._services, health.SERVICE_NAME, reflection.SERVICE_NAME]
+            ),
+            handlers,
         )
         for service in ["", *self._services]:
             await self.health.set(service, NOT_SERVING)

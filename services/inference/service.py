@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from meshserve import triton_control
 from meshserve.core.lifecycle import GrpcService
 from meshserve.inference.v1 import inference_pb2
-from services.inference.servicer import InferenceServicer
+from services.inference.servicer import InferenceServicer, TritonForwarder
 from services.inference.settings import InferenceSettings
 from services.inference.triton import TritonBackend
 
@@ -26,11 +27,16 @@ class InferenceService(GrpcService):
             settings.triton_timeout_s,
             settings.max_message_bytes,
             settings.triton_reconnect_max_s,
+            settings.triton_max_call_s,
         )
 
     def register(self, server):
         service = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"]
         server.add_service(service, InferenceServicer(self.triton), raw=["ModelInfer"])
+        forwarded = triton_control.FORWARDED
+        server.add_service(
+            triton_control.SERVICE, TritonForwarder(self.triton), raw=forwarded, only=forwarded
+        )
         return [service.full_name]
 
     async def until_ready(self) -> None:

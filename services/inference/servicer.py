@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from tritonclient.grpc import service_pb2
 
+from meshserve import triton_control
 from meshserve.core.context import budget_left
 from meshserve.core.telemetry import annotate, recording
 from meshserve.inference.v1 import inference_pb2, inference_pb2_grpc
@@ -33,3 +34,22 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             request.model_name, list(request.versions), budget_left(context.time_remaining()) or 120.0
         )
         return inference_pb2.ServeVersionsResponse(ready_versions=ready)
+
+
+class TritonForwarder:
+    """Triton's own control calls (`meshserve.triton_control.FORWARDED`), passed on as bytes both ways."""
+
+    def __init__(self, triton: TritonBackend) -> None:
+        self.triton = triton
+
+
+def _forwarding(method: str):
+    async def forward(self, request: bytes, context) -> bytes:
+        return await self.triton.forward_control(method, request, budget_left(context.time_remaining()))
+
+    forward.__name__ = method
+    return forward
+
+
+for _method in triton_control.FORWARDED:
+    setattr(TritonForwarder, _method, _forwarding(_method))

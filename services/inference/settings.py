@@ -12,13 +12,18 @@ class InferenceSettings(ServiceSettings):
     port: int = Field(50054, ge=0, le=65535, description="port to listen on; 0 lets the OS choose")
     triton_url: str = Field("127.0.0.1:8001", description="Triton's gRPC endpoint (host:port)")
     triton_timeout_s: float = Field(
-        5.0, gt=0, description="longest a Triton call may take, whatever the caller"
+        5.0, gt=0, description="longest Triton's metadata, config and readiness calls may take"
+    )
+    triton_max_call_s: float = Field(
+        300.0, gt=0, description="longest an inference or a forwarded control call (model load...) may take"
     )
     required_models: list[str] = Field(
         default_factory=list,
         description="models (`name` or `name:version`) that must be ready before SERVING",
     )
-    max_message_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    max_message_bytes: int = Field(
+        2**31 - 1, gt=0, description="largest message accepted or sent (Triton's own limit)"
+    )
     triton_check_interval_s: float = Field(
         0.5, gt=0, description="once SERVING, how often Triton's readiness is checked (health follows it)"
     )

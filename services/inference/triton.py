@@ -20,7 +20,8 @@ import grpc
 from tritonclient.grpc import InferenceServerException, service_pb2
 from tritonclient.grpc.aio import InferenceServerClient
 
-from meshserve.core.channels import channel_options, error_from_rpc
+from meshserve import triton_control
+from meshserve.core.channels import channel_options, error_from_rpc, passed_on
 from meshserve.core.context import outgoing_metadata
 from meshserve.core.errors import ErrorCode, MeshError, NotFound
 
@@ -53,15 +54,24 @@ def _reconnect_options(reconnect_max_s: float) -> list[tuple[str, int]]:
 
 class TritonBackend:
     def __init__(
-        self, url: str, timeout_s: float, max_message_bytes: int, reconnect_max_s: float = 1.0
+        self,
+        url: str,
+        timeout_s: float,
+        max_message_bytes: int,
+        reconnect_max_s: float = 1.0,
+        max_call_s: float = 300.0,
     ) -> None:
         self.url = url
-        self.timeout_s = timeout_s
+        self.timeout_s = timeout_s  # metadata, config, readiness
+        self.max_call_s = max_call_s  # the longest an inference or a forwarded control call may take
         options = [*channel_options(max_message_bytes), *_reconnect_options(reconnect_max_s)]
         self.control = InferenceServerClient(url, channel_args=options)
         self._channel = grpc.aio.insecure_channel(url, options=options)
         # bytes in, bytes out: the hot path never parses what it forwards
         self._model_infer = self._channel.unary_unary(MODEL_INFER)
+        self._control_calls = {
+            m: self._channel.unary_unary(triton_control.path(m)) for m in triton_control.FORWARDED
+        }
 
     async def is_ready(self, target: str = "", timeout_s: float = 2.0) -> bool:
         """Whether Triton ("") or the model `name[:version]` is ready; False when Triton does not answer."""
@@ -141,13 +151,24 @@ class TritonBackend:
     async def forward(self, request: bytes, timeout_s: float | None) -> bytes:
         """One serialised ModelInferRequest to Triton and its serialised answer, bounded by the caller's remaining
         time and our own ceiling. The caller sets Triton's per-request `timeout` parameter."""
-        timeout = self.timeout_s if timeout_s is None else min(timeout_s, self.timeout_s)
+        timeout = self.max_call_s if timeout_s is None else min(timeout_s, self.max_call_s)
         if timeout <= 0:
             raise MeshError("no time left for inference", ErrorCode.DEADLINE_EXCEEDED)
         try:
             return await self._model_infer(request, timeout=timeout, metadata=outgoing_metadata())
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc, "triton") from None
+
+    async def forward_control(self, method: str, request: bytes, timeout_s: float | None) -> bytes:
+        """One of Triton's control calls (`triton_control.FORWARDED`), as bytes both ways; Triton's status and
+        message come back as they are (addresses removed)."""
+        timeout = self.max_call_s if timeout_s is None else min(timeout_s, self.max_call_s)
+        if timeout <= 0:
+            raise MeshError(f"no time left for {method}", ErrorCode.DEADLINE_EXCEEDED)
+        try:
+            return await self._control_calls[method](request, timeout=timeout, metadata=outgoing_metadata())
+        except grpc.aio.AioRpcError as exc:
+            raise passed_on(exc, "triton") from None
 
     async def close(self) -> None:
         await self.control.close()

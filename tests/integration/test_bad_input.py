@@ -36,7 +36,7 @@ def good_predict(**features) -> gateway_pb2.PredictRequest:
 
 @pytest.fixture
 def stubs(mesh):
-    options = [("grpc.max_send_message_length", 64 * 1024 * 1024)]
+    options = [("grpc.max_send_message_length", 64 * 2**20), ("grpc.max_receive_message_length", 64 * 2**20)]
     with grpc.insecure_channel(mesh.endpoints.gateway, options=options) as channel:
         yield (
             service_pb2_grpc.GRPCInferenceServiceStub(channel),
@@ -60,7 +60,7 @@ def assert_refused_then_served(stubs, call, code: grpc.StatusCode, *phrases: str
 def test_unknown_route_is_not_found(stubs):
     oip, predict = stubs
     assert_refused_then_served(stubs, lambda: oip.ModelInfer(infer_request(model="nope"), timeout=10),
-                               grpc.StatusCode.NOT_FOUND, "unknown route 'nope'", "fraud")  # fmt: skip
+                               grpc.StatusCode.NOT_FOUND, "Request for unknown model: 'nope' is not found")  # fmt: skip
     request = good_predict()
     request.route = "nope"
     assert_refused_then_served(
@@ -71,11 +71,17 @@ def test_unknown_route_is_not_found(stubs):
 @pytest.mark.parametrize(
     ("request_", "phrase"),
     [
-        (infer_request(datatype="FP64", data=ROW.astype(np.float64).tobytes()), "datatype FP64"),
-        (infer_request(shape=(1, 4), data=ROW[:, :4].tobytes()), "shape [1, 4]"),
-        (infer_request(name="inputs"), "unexpected input 'inputs'"),
-        (service_pb2.ModelInferRequest(model_name="fraud"), "missing input 'features'"),
-        (infer_request(data=ROW.tobytes()[:8]), "8 bytes of data"),
+        (
+            infer_request(datatype="FP64", data=ROW.astype(np.float64).tobytes()),
+            "data-type is 'FP64', but model 'fraud' expects 'FP32'",
+        ),
+        (infer_request(shape=(1, 4), data=ROW[:, :4].tobytes()), "Expected [-1,5], got [1,4]"),
+        (infer_request(name="inputs"), "unexpected inference input 'inputs' for model 'fraud'"),
+        (service_pb2.ModelInferRequest(model_name="fraud"), "missing required input(s) ['features']"),
+        (
+            infer_request(data=ROW.tobytes()[:8]),
+            "byte size mismatch for input 'features' for model 'fraud'. Expected 20, got 8",
+        ),
     ],
 )
 def test_wrong_dtype_shape_or_missing_input_is_invalid_argument_naming_the_input(stubs, request_, phrase):
@@ -107,7 +113,7 @@ def test_bad_predict_features_are_invalid_argument_naming_the_feature(stubs, fea
 def test_oversized_message_is_resource_exhausted_before_any_work(mesh, stubs):
     oip, _ = stubs
     before = triton_counts(mesh.endpoints.triton_grpc, "fraud", "1")
-    big = np.zeros((300_000, 5), dtype=np.float32)  # 6 MB > the gateway's 4 MiB limit
+    big = np.zeros((1_000_000, 5), dtype=np.float32)  # 20 MB > the 16 MiB limit the test mesh sets
     assert_refused_then_served(
         stubs, lambda: oip.ModelInfer(infer_request(shape=big.shape, data=big.tobytes()), timeout=10),
         grpc.StatusCode.RESOURCE_EXHAUSTED, "larger than max",  # refused by the transport, before any handler
@@ -125,3 +131,24 @@ def test_too_many_predict_instances_is_resource_exhausted_before_any_work(mesh, 
                                grpc.StatusCode.RESOURCE_EXHAUSTED, "1025 instances", "limit is 1024")  # fmt: skip
     after = triton_counts(mesh.endpoints.triton_grpc, "fraud", "1")
     assert after[0] - before[0] <= 2
+
+
+def test_a_request_larger_than_grpcs_default_4_mib_is_served_whole(stubs):
+    """Triton takes messages up to 2 GiB; a drop-in gateway must not refuse what Triton would serve."""
+    oip, _ = stubs
+    values = np.arange(1_500_000, dtype=np.int32).reshape(1, -1)  # 6 MB
+    names = np.array([[b"big"]], dtype=np.object_)
+    request = service_pb2.ModelInferRequest(
+        model_name="echo",
+        inputs=[
+            service_pb2.ModelInferRequest.InferInputTensor(
+                name="INPUT0", datatype="INT32", shape=values.shape
+            ),
+            service_pb2.ModelInferRequest.InferInputTensor(name="INPUT1", datatype="BYTES", shape=[1, 1]),
+        ],
+        raw_input_contents=[values.tobytes(), len(names[0, 0]).to_bytes(4, "little") + names[0, 0]],
+    )
+    reply = oip.ModelInfer(request, timeout=30)
+    outputs = {t.name: i for i, t in enumerate(reply.outputs)}
+    echoed = np.frombuffer(reply.raw_output_contents[outputs["OUTPUT0"]], dtype=np.int32)
+    assert np.array_equal(echoed, values.ravel() * 2 + 2)  # what echo version 2 (the route's) makes of it

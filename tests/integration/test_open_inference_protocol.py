@@ -7,11 +7,9 @@ import queue
 
 import grpc
 import numpy as np
-import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.grpc.aio as triton_aio
 from tritonclient.grpc import service_pb2, service_pb2_grpc
-from tritonclient.utils import InferenceServerException
 
 from tests.helpers import feature_vector, score_directly
 
@@ -103,7 +101,7 @@ def test_sync_stream_infer(mesh):
         client.stop_stream()
     expected = score_directly(mesh.endpoints.triton_grpc, ROWS)
     errors = [error for _, error in answers if error is not None]
-    assert len(errors) == 1 and "unknown route 'nope'" in str(errors[0])
+    assert len(errors) == 1 and "unknown model: 'nope'" in str(errors[0])
     scores = {r.get_response().id: r.as_numpy("score")[0, 0] for r, e in answers if e is None}
     assert scores.keys() == {"0", "1", "2"}
     np.testing.assert_allclose([scores[str(n)] for n in range(len(ROWS))], expected)
@@ -145,17 +143,3 @@ async def test_many_concurrent_aio_infers_all_succeed(mesh):
         scores = await asyncio.gather(*(one(n) for n in range(48)))
     expected = score_directly(mesh.endpoints.triton_grpc, ROWS)
     np.testing.assert_allclose(scores, [expected[n % 3] for n in range(48)])
-
-
-@pytest.mark.parametrize("rpc", ["RepositoryIndex", "ModelStatistics", "RepositoryModelLoad"])
-def test_other_rpcs_are_unimplemented_with_a_clear_message(mesh, rpc):
-    client = triton_grpc.InferenceServerClient(mesh.endpoints.gateway)
-    calls = {
-        "RepositoryIndex": client.get_model_repository_index,
-        "ModelStatistics": lambda: client.get_inference_statistics("fraud"),
-        "RepositoryModelLoad": lambda: client.load_model("fraud"),
-    }
-    with pytest.raises(InferenceServerException) as failure:
-        calls[rpc]()
-    assert failure.value.status() == "StatusCode.UNIMPLEMENTED"
-    assert f"does not implement {rpc}" in failure.value.message()

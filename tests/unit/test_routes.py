@@ -48,9 +48,9 @@ def test_routes_without_positive_weight_or_with_duplicate_names_are_refused():
         route(-1)
 
 
-def test_unknown_route_is_not_found_and_names_the_known_ones():
+def test_unknown_route_is_not_found_in_tritons_words_and_names_no_other_route():
     table = RouteTable(routes={"fraud": route(1)})
-    with pytest.raises(NotFound, match="unknown route 'nope'; routes: fraud"):
+    with pytest.raises(NotFound, match="^Request for unknown model: 'nope' is not found$"):
         table.get("nope")
 
 

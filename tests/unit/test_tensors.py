@@ -24,7 +24,7 @@ def raw_request(name="features", datatype="FP32", shape=(1, 5), data=None):
 
 
 def check(request):
-    validate_infer_request(request, METADATA, max_batch_size=64, route="fraud")
+    validate_infer_request(request, METADATA, max_batch_size=64, model="fraud")
 
 
 def test_valid_raw_and_typed_requests_pass():
@@ -43,14 +43,26 @@ def test_valid_raw_and_typed_requests_pass():
     [
         (
             raw_request(datatype="FP64", data=b"\0" * 40),
-            "input 'features': datatype FP64 but the model expects FP32",
+            "inference input 'features' data-type is 'FP64', but model 'fraud' expects 'FP32'",
         ),
-        (raw_request(shape=(1, 4), data=b"\0" * 16), r"input 'features': shape \[1, 4\] does not match"),
-        (raw_request(shape=(5,), data=b"\0" * 20), r"input 'features': shape \[5\] does not match"),
-        (raw_request(name="feats"), "unexpected input 'feats'"),
-        (raw_request(data=b"\0" * 12), "input 'features': 12 bytes of data for shape"),
-        (raw_request(shape=(65, 5)), "input 'features': batch of 65 exceeds the model's limit of 64"),
-        (service_pb2.ModelInferRequest(model_name="fraud"), "missing input 'features'"),
+        (
+            raw_request(shape=(1, 4), data=b"\0" * 16),
+            r"unexpected shape for input 'features' for model 'fraud'. Expected \[-1,5\], got \[1,4\]",
+        ),
+        (
+            raw_request(shape=(5,), data=b"\0" * 20),
+            r"unexpected shape for input 'features' for model 'fraud'. Expected \[-1,5\], got \[5\]",
+        ),
+        (raw_request(name="feats"), "unexpected inference input 'feats' for model 'fraud'"),
+        (
+            raw_request(data=b"\0" * 12),
+            "input byte size mismatch for input 'features' for model 'fraud'. Expected 20, got 12",
+        ),
+        (raw_request(shape=(65, 5)), "inference request batch-size must be <= 64 for 'fraud'"),
+        (
+            service_pb2.ModelInferRequest(model_name="fraud"),
+            r"expected 1 inputs but got 0 inputs for model 'fraud'. .* missing required input\(s\) \['features'\]",
+        ),
     ],
 )
 def test_each_defect_is_refused_naming_the_input(request_, message):
@@ -62,14 +74,17 @@ def test_typed_contents_count_must_match_shape():
     typed = service_pb2.ModelInferRequest(
         inputs=[Tensor(name="features", datatype="FP32", shape=[1, 5], contents={"fp32_contents": [1.0] * 4})]
     )
-    with pytest.raises(InvalidArgument, match="input 'features': 4 values in contents"):
+    with pytest.raises(
+        InvalidArgument,
+        match="elements in contents for input 'features' for model 'fraud'. Expected 5, got 4",
+    ):
         check(typed)
 
 
 def test_raw_contents_must_pair_with_inputs():
     request = raw_request()
     request.raw_input_contents.append(b"")
-    with pytest.raises(InvalidArgument, match="2 raw_input_contents for 1 inputs"):
+    with pytest.raises(InvalidArgument, match="expected 1 raw_input_contents but got 2"):
         check(request)
 
 
@@ -88,9 +103,11 @@ def test_raw_bytes_tensors_must_hold_exactly_their_elements():
 
     element = len(b"ab").to_bytes(4, "little") + b"ab"
     validate_infer_request(raw(element * 2), metadata, 8, "m")
-    with pytest.raises(InvalidArgument, match="'x': BYTES data holds 1 elements"):
+    with pytest.raises(InvalidArgument, match="BYTES data of input 'x' for model 'm' holds 1 elements"):
         validate_infer_request(raw(element), metadata, 8, "m")
-    with pytest.raises(InvalidArgument, match="'x': BYTES data holds lengths that do not add up"):
+    with pytest.raises(
+        InvalidArgument, match="BYTES data of input 'x' for model 'm' holds lengths that do not add up"
+    ):
         validate_infer_request(raw(element + b"\x09\x00\x00\x00abc"), metadata, 8, "m")
 
 
@@ -99,7 +116,47 @@ def test_raw_bytes_tensors_must_hold_exactly_their_elements():
 def test_typed_values_outside_a_narrow_datatype_are_refused(datatype, field, value):
     request = service_pb2.ModelInferRequest(inputs=[Tensor(name="x", datatype=datatype, shape=[1, 2])])
     getattr(request.inputs[0].contents, field).extend([1, value])
-    with pytest.raises(InvalidArgument, match=f"'x': a value in contents is outside the {datatype} range"):
+    with pytest.raises(
+        InvalidArgument,
+        match=f"a value in contents of input 'x' for model 'm' is outside the {datatype} range",
+    ):
         validate_infer_request(request, _one_input(datatype, [2]), 8, "m")
     getattr(request.inputs[0].contents, field)[1] = 2
     validate_infer_request(request, _one_input(datatype, [2]), 8, "m")
+
+
+def test_typed_contents_alongside_raw_contents_are_refused():
+    request = raw_request()
+    request.inputs[0].contents.fp32_contents.extend([0.0] * 5)
+    with pytest.raises(
+        InvalidArgument, match="contents field must not be specified when using raw_input_contents"
+    ):
+        check(request)
+
+
+def _in_shared_memory(tensor: Tensor, byte_size: int) -> Tensor:
+    tensor.parameters["shared_memory_region"].string_param = "inputs"
+    tensor.parameters["shared_memory_byte_size"].int64_param = byte_size
+    return tensor
+
+
+def test_shared_memory_inputs_take_no_raw_contents_and_only_their_declared_size_is_checked():
+    metadata = service_pb2.ModelMetadataResponse(
+        name="m",
+        inputs=[
+            service_pb2.ModelMetadataResponse.TensorMetadata(name=n, datatype="FP32", shape=[-1, 2])
+            for n in "ab"
+        ],
+    )
+    shared = _in_shared_memory(Tensor(name="a", datatype="FP32", shape=[1, 2]), byte_size=8)
+    request = service_pb2.ModelInferRequest(
+        inputs=[shared, Tensor(name="b", datatype="FP32", shape=[1, 2])], raw_input_contents=[b"\0" * 8]
+    )
+    validate_infer_request(
+        request, metadata, 8, "m"
+    )  # the one raw entry belongs to 'b', the input not in shm
+    request.inputs[0].parameters["shared_memory_byte_size"].int64_param = 4
+    with pytest.raises(
+        InvalidArgument, match="byte size mismatch for input 'a' for model 'm'. Expected 8, got 4"
+    ):
+        validate_infer_request(request, metadata, 8, "m")

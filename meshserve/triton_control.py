@@ -1,0 +1,37 @@
+"""The Open Inference Protocol calls that the inference service forwards to Triton as they are (bytes in, bytes
+out), under Triton's own service and method names: the contract between the gateway, which calls them, and the
+inference service, which serves them. Model control, statistics, shared memory, trace and log settings."""
+
+from __future__ import annotations
+
+from google.protobuf.message import Message
+from google.protobuf.message_factory import GetMessageClass
+from tritonclient.grpc import service_pb2
+
+__all__ = ["FORWARDED", "SERVICE", "messages", "path"]
+
+SERVICE = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+FORWARDED = (
+    "ModelStatistics",
+    "RepositoryIndex",
+    "RepositoryModelLoad",
+    "RepositoryModelUnload",
+    "SystemSharedMemoryStatus",
+    "SystemSharedMemoryRegister",
+    "SystemSharedMemoryUnregister",
+    "CudaSharedMemoryStatus",
+    "CudaSharedMemoryRegister",
+    "CudaSharedMemoryUnregister",
+    "TraceSetting",
+    "LogSettings",
+)
+
+
+def path(method: str) -> str:
+    return f"/{SERVICE.full_name}/{method}"
+
+
+def messages(method: str) -> tuple[type[Message], type[Message]]:
+    """The request and response classes of a forwarded method."""
+    descriptor = SERVICE.methods_by_name[method]
+    return GetMessageClass(descriptor.input_type), GetMessageClass(descriptor.output_type)

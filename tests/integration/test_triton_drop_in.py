@@ -1,0 +1,195 @@
+"""The gateway in Triton's place: Triton's own client, unmodified, sees what Triton itself would show. A model no
+route names is served under its own name; model control, statistics, shared memory and sequences work as they do
+against Triton; a long deadline is the caller's to give; errors come in Triton's words."""
+
+from __future__ import annotations
+
+import queue
+import uuid
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+import tritonclient.grpc as triton_grpc
+import tritonclient.utils.shared_memory as system_shm
+from tritonclient.utils import InferenceServerException
+
+from tests.helpers import feature_vector, score_directly
+
+ROWS = np.vstack([feature_vector("acct-00001", amount=25.0, merchant_category=1),
+                  feature_vector("acct-00002", amount=4_000.0, merchant_category=7)])  # fmt: skip
+
+
+@pytest.fixture
+def gateway(mesh):
+    with triton_grpc.InferenceServerClient(mesh.endpoints.gateway) as client:
+        yield client
+
+
+@pytest.fixture
+def triton(mesh):
+    with triton_grpc.InferenceServerClient(mesh.endpoints.triton_grpc) as client:
+        yield client
+
+
+def spare_input(values: np.ndarray) -> triton_grpc.InferInput:
+    tensor = triton_grpc.InferInput("IN", list(values.shape), "FP32")
+    tensor.set_data_from_numpy(values)
+    return tensor
+
+
+def refusal(call) -> InferenceServerException:
+    with pytest.raises(InferenceServerException) as failure:
+        call()
+    return failure.value
+
+
+def test_a_model_no_route_names_is_served_under_its_own_name(gateway):
+    assert gateway.is_model_ready("spare") and gateway.is_model_ready("spare", "1")
+    assert not gateway.is_model_ready("spare", "7")  # a version Triton does not serve: False, never an error
+    metadata = gateway.get_model_metadata("spare")
+    assert (metadata.name, list(metadata.versions)) == ("spare", ["1"])
+    assert gateway.get_model_config("spare").config.max_batch_size == 8
+    values = np.arange(6, dtype=np.float32).reshape(2, 3)
+    result = gateway.infer("spare", [spare_input(values)])
+    np.testing.assert_array_equal(result.as_numpy("OUT"), values + 1)
+    assert result.get_response().model_name == "spare"
+
+
+def test_the_repository_index_is_tritons(gateway, triton):
+    def index(client):
+        return sorted((m.name, m.version, m.state) for m in client.get_model_repository_index().models)
+
+    assert index(gateway) == index(triton)
+
+
+def test_a_model_unloaded_and_loaded_through_the_gateway_goes_and_comes_back_at_once(gateway, triton):
+    values = np.ones((1, 2), dtype=np.float32)
+    try:
+        gateway.unload_model("spare", unload_dependents=True)
+        assert not triton.is_model_ready("spare")  # the call went to Triton
+        assert not gateway.is_model_ready("spare")  # and the gateway stopped serving the name
+        gone = refusal(lambda: gateway.infer("spare", [spare_input(values)]))
+        assert gone.status() == "StatusCode.NOT_FOUND"
+        assert "Request for unknown model: 'spare' is not found" in gone.message()
+    finally:
+        gateway.load_model("spare")
+    assert triton.is_model_ready("spare") and gateway.is_model_ready("spare")
+    np.testing.assert_array_equal(gateway.infer("spare", [spare_input(values)]).as_numpy("OUT"), values + 1)
+
+
+def test_loading_a_model_triton_does_not_have_is_tritons_error(gateway, triton):
+    through, direct = (refusal(lambda c=c: c.load_model("no-such-model")) for c in (gateway, triton))
+    assert (through.status(), through.message()) == (direct.status(), direct.message())
+
+
+def test_statistics_of_a_model_are_tritons_own(gateway, triton):
+    for _ in range(3):
+        gateway.infer("spare", [spare_input(np.zeros((1, 4), dtype=np.float32))])
+    through = gateway.get_inference_statistics("spare", as_json=True)
+    direct = triton.get_inference_statistics("spare", as_json=True)
+    assert through == direct and int(direct["model_stats"][0]["inference_count"]) >= 3
+
+
+def test_statistics_of_a_route_count_every_version_behind_it_under_the_routes_name(gateway, triton):
+    gateway.infer("fraud-v2", [fraud_input(ROWS)])  # the fraud-v2 route is fraud version 2 alone
+    through = gateway.get_inference_statistics("fraud-v2", as_json=True)["model_stats"]
+    direct = triton.get_inference_statistics("fraud", "2", as_json=True)["model_stats"]
+    assert [(s["name"], s["version"]) for s in through] == [("fraud-v2", "2")]
+    assert through[0]["inference_count"] == direct[0]["inference_count"]
+
+
+def fraud_input(matrix: np.ndarray, name: str = "features") -> triton_grpc.InferInput:
+    tensor = triton_grpc.InferInput(name, list(matrix.shape), "FP32")
+    tensor.set_data_from_numpy(matrix)
+    return tensor
+
+
+@contextmanager
+def system_region(client, byte_size: int):
+    """A POSIX shared-memory region registered with `client`, unregistered and removed afterwards."""
+    name = f"meshserve-test-{uuid.uuid4().hex[:8]}"
+    handle = system_shm.create_shared_memory_region(name, f"/{name}", byte_size)
+    try:
+        client.register_system_shared_memory(name, f"/{name}", byte_size)
+        yield name, handle
+    finally:
+        client.unregister_system_shared_memory(name)
+        system_shm.destroy_shared_memory_region(handle)
+
+
+def test_system_shared_memory_inputs_and_outputs_pass_through_the_gateway(gateway, triton, mesh):
+    input_bytes, output_bytes = ROWS.nbytes, ROWS.shape[0] * 4
+    with system_region(gateway, input_bytes) as (inputs, in_handle), \
+         system_region(gateway, output_bytes) as (outputs, out_handle):  # fmt: skip
+        registered = set(gateway.get_system_shared_memory_status().regions)
+        assert {inputs, outputs} <= registered
+        assert registered == set(triton.get_system_shared_memory_status().regions)
+        system_shm.set_shared_memory_region(in_handle, [ROWS])
+        tensor = triton_grpc.InferInput("features", list(ROWS.shape), "FP32")
+        tensor.set_shared_memory(inputs, input_bytes)
+        wanted = triton_grpc.InferRequestedOutput("score")
+        wanted.set_shared_memory(outputs, output_bytes)
+        result = gateway.infer("fraud", [tensor], outputs=[wanted])
+        scores = system_shm.get_contents_as_numpy(out_handle, np.float32, [ROWS.shape[0], 1]).copy()
+        np.testing.assert_allclose(scores[:, 0], score_directly(mesh.endpoints.triton_grpc, ROWS))
+        direct = triton.infer("fraud", [tensor], model_version="1", outputs=[wanted])  # the route serves v1
+        assert result.get_response() == direct.get_response()  # Triton's reply, output in the region and all
+    assert not {inputs, outputs} & set(gateway.get_system_shared_memory_status().regions)
+
+
+def test_a_cuda_shared_memory_call_gets_tritons_own_answer(gateway, triton):
+    """No GPU here: Triton's refusal comes back as Triton gave it, not as a gateway error."""
+    through, direct = (refusal(lambda c=c: c.register_cuda_shared_memory("gpu", b"\0" * 64, 0, 64))
+                       for c in (gateway, triton))  # fmt: skip
+    assert (through.status(), through.message()) == (direct.status(), direct.message())
+
+
+def test_the_requests_of_a_sequence_reach_triton_in_order_on_a_stream(gateway):
+    """Three interleaved sequences, 12 requests each, sent without waiting: each running total is the sum so far,
+    so a request out of order or at another model instance shows as a wrong total."""
+    answers: queue.Queue = queue.Queue()
+    gateway.start_stream(callback=lambda result, error: answers.put((result, error)))
+    sequences, length = (101, 202, 303), 12
+    try:
+        for step in range(length):
+            for sequence in sequences:
+                value = triton_grpc.InferInput("VALUE", [1, 1], "INT32")
+                value.set_data_from_numpy(np.array([[sequence * 1000 + step]], dtype=np.int32))
+                gateway.async_stream_infer("accumulate", [value], request_id=f"{sequence}:{step}",
+                                           sequence_id=sequence, sequence_start=step == 0,
+                                           sequence_end=step == length - 1)  # fmt: skip
+        results = [answers.get(timeout=30) for _ in range(len(sequences) * length)]
+    finally:
+        gateway.stop_stream()
+    totals: dict[str, int] = {}
+    for result, error in results:
+        assert error is None, error
+        totals[result.get_response().id] = int(result.as_numpy("TOTAL")[0, 0])
+    for sequence in sequences:
+        running = np.cumsum([sequence * 1000 + step for step in range(length)])
+        assert [totals[f"{sequence}:{step}"] for step in range(length)] == running.tolist()
+
+
+def test_a_callers_long_deadline_is_honoured_beyond_the_routes_timeout(gateway, mesh):
+    """`slow` runs 1 s per request; the `slow-tight` route times out at 300 ms for callers that set no deadline."""
+    tensor = triton_grpc.InferInput("features", [1, 5], "FP32")
+    tensor.set_data_from_numpy(ROWS[:1])
+    hurried = refusal(lambda: gateway.infer("slow-tight", [tensor]))
+    assert hurried.status() == "StatusCode.DEADLINE_EXCEEDED"
+    result = gateway.infer("slow-tight", [tensor], client_timeout=20)
+    assert result.as_numpy("score").shape == (1, 1)
+
+
+def test_reflection_describes_tritons_service_as_the_gateway_serves_it(mesh):
+    """grpcurl and other reflection clients can call the gateway knowing nothing but its address."""
+    import grpc
+    from google.protobuf.descriptor_pool import DescriptorPool
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    with grpc.insecure_channel(mesh.endpoints.gateway) as channel:
+        database = ProtoReflectionDescriptorDatabase(channel)
+        assert "inference.GRPCInferenceService" in set(database.get_services())
+        service = DescriptorPool(database).FindServiceByName("inference.GRPCInferenceService")
+        method = service.methods_by_name["ModelInfer"]
+        assert method.input_type.full_name == "inference.ModelInferRequest"
