@@ -3,27 +3,68 @@
 `meshserve up` and the integration tests start it the same way, so the tests exercise what users run. Once every
 process is healthy, one that exits without being asked to is restarted with backoff (`Supervisor`); `wait()`
 returns when one keeps crashing.
+
+Triton serves one repository prepared in the run directory from the configured ones (meshserve.repository), so
+ONNX models run on the bundled Triton too. The embedded routes name the sample model; serving other repositories
+without a routes file gives the gateway an empty table, and it serves each model under its own name.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from meshserve.core.channels import open_channel, wait_until_serving
 from meshserve.core.process import ChildProcess, free_ports
 from meshserve.core.restart_policy import RestartPolicy
 from meshserve.core.supervision import ChildExited, SupervisionEvent, Supervisor
 from meshserve.core.telemetry import tracing_enabled
+from meshserve.repository import ServedRepository, prepare_served_repository
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_REPOSITORY = REPO_ROOT / "model_repository"
+SERVED_REPOSITORY = "served_repository"  # in the run directory: what Triton serves (meshserve.repository)
+EMPTY_ROUTES = "routes: {}\n"
+PATH_LIST_EXPECTED = (
+    f"expected a directory, several separated by ',' or {os.pathsep!r}, or a JSON list of directories"
+)
+
+
+def parse_path_list(value: object) -> list[Path]:
+    """Directories from a setting: a path, a ','- or os.pathsep-separated list, a JSON list, or a list.
+    ValueError saying what is expected otherwise."""
+    items: object = value
+    if isinstance(value, Path):
+        items = [value]
+    elif isinstance(value, str):
+        text = value.strip()
+        if text.startswith(("[", "{")):  # JSON (an object is not a list, and says so below)
+            try:
+                items = json.loads(text)
+            except json.JSONDecodeError:
+                raise ValueError(f"{PATH_LIST_EXPECTED}; {value!r} is not valid JSON") from None
+        else:
+            items = [part for chunk in text.split(",") for part in chunk.split(os.pathsep)]
+    if not isinstance(items, list | tuple) or not all(isinstance(item, str | Path) for item in items):
+        raise ValueError(f"{PATH_LIST_EXPECTED}, not {value!r}")
+    paths = [Path(item.strip() if isinstance(item, str) else item) for item in items if str(item).strip()]
+    if not paths:
+        raise ValueError(f"{PATH_LIST_EXPECTED}, not {value!r}")
+    return paths
+
+
+def serves_sample(repositories: Iterable[Path]) -> bool:
+    """Whether the sample `fraud` model is among these repositories: the embedded routes only serve it."""
+    return SAMPLE_REPOSITORY.resolve() in {Path(p).resolve() for p in repositories}
 
 
 class MeshSettings(BaseSettings):
@@ -32,10 +73,21 @@ class MeshSettings(BaseSettings):
     host: str = Field("127.0.0.1", description="address every process listens on")
     gateway_port: int = Field(50051, ge=0, le=65535, description="the gateway's port; 0 = any free port")
     admin_port: int = Field(50055, ge=0, le=65535, description="the gateway's admin port; 0 = any free port")
-    model_repositories: list[Path] = Field(default_factory=lambda: [REPO_ROOT / "model_repository"])
-    routes_path: Path | None = None
+    model_repositories: Annotated[list[Path], NoDecode] = Field(
+        default_factory=lambda: [SAMPLE_REPOSITORY],
+        description="Triton model repositories to serve (`meshserve up --model-repository DIR`): a path, several "
+        "separated by ',' or os.pathsep, or a JSON list; default: the sample `fraud` repository",
+    )
+    routes_path: Path | None = Field(
+        None,
+        description="the gateway's routes YAML; default: the embedded sample routes while the sample repository "
+        "is served, else none (the gateway serves every model under its own name)",
+    )
     registry_path: Path | None = None
-    run_dir: Path = Field(Path(".meshserve"), description="logs and Triton's backend directory")
+    run_dir: Path = Field(
+        Path(".meshserve"),
+        description="logs, Triton's backend directory, the repository Triton serves, the gateway's routes.yaml",
+    )
     grace_s: float = Field(10.0, ge=0, description="drain time for each process on shutdown")
     shutdown_settle_s: float = Field(
         0.5,
@@ -68,11 +120,28 @@ class MeshSettings(BaseSettings):
     )
     extra_env: dict[str, str] = Field(default_factory=dict, description="environment added to every child")
 
+    @field_validator("model_repositories", mode="before")
+    @classmethod
+    def _repositories_from_text(cls, value: object) -> list[Path]:
+        return parse_path_list(value)
+
     @model_validator(mode="after")
     def _backoff_cap_above_start(self) -> MeshSettings:
         if self.restart_backoff_max_s < self.restart_backoff_s:
             raise ValueError("restart_backoff_max_s must be at least restart_backoff_s")
         return self
+
+
+def describe_settings_error(exc: ValidationError, prefix: str = "MESHSERVE_") -> str:
+    """One line for a user: each bad setting by its environment variable, and what is wrong with it."""
+    problems = []
+    for error in exc.errors():
+        name = prefix + "_".join(str(part) for part in error["loc"]).upper() if error["loc"] else "settings"
+        if "error" in error.get("ctx", {}):  # our validators' own ValueError says it all, value included
+            problems.append(f"{name}: {error['ctx']['error']}")
+        else:
+            problems.append(f"{name}: {error['msg']} (got {error['input']!r})")
+    return "; ".join(problems)
 
 
 def triton_trace_args(url: str | None, env: dict[str, str]) -> list[str]:
@@ -122,6 +191,8 @@ class LocalMesh:
     children: dict[str, ChildProcess] = field(default_factory=dict)
     endpoints: Endpoints | None = None
     supervisor: Supervisor | None = None
+    served: ServedRepository | None = None  # what Triton serves, once planned
+    sample_routes: bool = False  # the gateway serves the embedded sample routes
 
     def _python(self, name: str, module: str, env: dict[str, str]) -> ChildProcess:
         return self._child(name, [sys.executable, "-m", module], env)
@@ -131,6 +202,8 @@ class LocalMesh:
         return ChildProcess(name, argv, full_env, self.settings.run_dir / "logs" / f"{name}.log")
 
     def plan(self) -> Endpoints:
+        """Choose the ports, prepare the served repository and the gateway's routes, and build every child's
+        command; nothing starts. RepositoryError when a model repository is not a directory."""
         from services.inference.tritonserver import prepare_backend_dir, triton_command
 
         s = self.settings
@@ -151,9 +224,20 @@ class LocalMesh:
             triton_grpc=f"{host}:{port['grpc']}",
             triton_metrics=f"http://{host}:{port['metrics']}/metrics",
         )
-        backend_dir = prepare_backend_dir(s.run_dir.resolve())
+        run_dir = s.run_dir.resolve()
+        backend_dir = prepare_backend_dir(run_dir)
+        self.served = prepare_served_repository(
+            s.model_repositories,
+            run_dir / SERVED_REPOSITORY,
+            {d.name for d in backend_dir.iterdir() if d.is_dir()},
+        )
+        routes_path = s.routes_path
+        self.sample_routes = routes_path is None and serves_sample(s.model_repositories)
+        if routes_path is None and not self.sample_routes:  # routes only name the sample model
+            routes_path = run_dir / "routes.yaml"
+            routes_path.write_text(EMPTY_ROUTES)
         argv, triton_env = triton_command(
-            [p.resolve() for p in s.model_repositories],
+            [self.served.path],
             port["grpc"],
             port["http"],
             port["metrics"],
@@ -190,7 +274,7 @@ class LocalMesh:
                     feature_url=ep.feature,
                     cache_url=ep.cache,
                     inference_url=ep.inference,
-                    routes_path=s.routes_path,
+                    routes_path=routes_path,
                     registry_path=s.registry_path,
                     admin_port=port["admin"],
                     audit_log=s.run_dir / "audit.jsonl",
@@ -218,8 +302,9 @@ class LocalMesh:
         on_event: Callable[[SupervisionEvent], None] = lambda event: None,
     ) -> Endpoints:
         """Start every process (each once those in START_AFTER are healthy) and wait until each is healthy, then
-        supervise them; on failure, stop them all and raise. `on_event` hears of every exit and recovery."""
-        endpoints = self.plan()
+        supervise them; on failure, stop them all and raise. `on_event` hears of every exit and recovery. Plans
+        first unless plan() has been called."""
+        endpoints = self.endpoints if self.endpoints is not None else self.plan()
         try:
             healthy = {name: asyncio.Event() for name in self.children}
             try:

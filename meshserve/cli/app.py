@@ -45,15 +45,45 @@ def up(
     port: Annotated[int | None, typer.Option(help="gateway port (default 50051)")] = None,
     admin_port: Annotated[int | None, typer.Option(help="gateway admin port (default 50055)")] = None,
     host: Annotated[str | None, typer.Option(help="address to listen on (default 127.0.0.1)")] = None,
-    routes: Annotated[Path | None, typer.Option(help="routes YAML (default: embedded)")] = None,
+    routes: Annotated[
+        Path | None,
+        typer.Option(
+            help="routes YAML (default: the embedded sample routes, or none with --model-repository)"
+        ),
+    ] = None,
+    model_repository: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--model-repository",
+            metavar="DIR",
+            help="a Triton model repository to serve instead of the sample; repeat for several "
+            "(ONNX models run through onnxruntime in the python backend)",
+        ),
+    ] = None,
 ) -> None:
     """Start Triton, the feature, cache and inference services and the gateway; serve until Ctrl-C."""
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+
     from meshserve.cli.up import run_up
     from meshserve.core.logs import configure_logging
-    from meshserve.mesh import MeshSettings
+    from meshserve.mesh import MeshSettings, describe_settings_error
 
-    overrides = {"gateway_port": port, "admin_port": admin_port, "host": host, "routes_path": routes}
-    settings = MeshSettings(**{k: v for k, v in overrides.items() if v is not None})
+    overrides = {
+        "gateway_port": port,
+        "admin_port": admin_port,
+        "host": host,
+        "routes_path": routes,
+        "model_repositories": model_repository or None,
+    }
+    try:
+        settings = MeshSettings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:  # one line naming the setting, never a traceback
+        typer.echo(f"meshserve up: {describe_settings_error(exc)}", err=True)
+        raise typer.Exit(2) from None
+    except SettingsError as exc:
+        typer.echo(f"meshserve up: {exc}", err=True)
+        raise typer.Exit(2) from None
     configure_logging("meshserve-up", "WARNING")
     raise typer.Exit(_run(run_up(settings)))
 

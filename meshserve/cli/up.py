@@ -21,6 +21,7 @@ from rich.text import Text
 
 from meshserve.core.supervision import ChildExited, SupervisionEvent
 from meshserve.mesh import Endpoints, LocalMesh, MeshSettings
+from meshserve.repository import RepositoryError, ServedRepository
 
 console = Console(stderr=True)
 PROCESSES = ["triton", "feature", "cache", "inference", "gateway"]
@@ -52,6 +53,38 @@ def _meshserve() -> str:
     return os.path.relpath(here) if here.is_absolute() else str(here)
 
 
+def _python() -> str:
+    """How to call this interpreter (which has tritonclient) from the user's shell."""
+    found = shutil.which("python")
+    if found and Path(found).absolute() == Path(sys.executable).absolute():
+        return "python"
+    return os.path.relpath(sys.executable)
+
+
+def _report_models(served: ServedRepository) -> None:
+    names = [f"{m.name} (ONNX, run by onnxruntime)" if m.onnx_runner else m.name for m in served.models]
+    console.print(Text(f"models served: {', '.join(names) or 'none'}"), soft_wrap=True)
+    for model in served.models:
+        for note in model.notes:
+            console.print(Text(f"  {model.name}: {note}", style="yellow"), soft_wrap=True)
+    for skipped in served.skipped:
+        line = f"skipped {skipped.name} ({skipped.source}): {skipped.reason}"
+        console.print(Text(line, style="yellow"), soft_wrap=True)
+
+
+def start_hint(mesh: LocalMesh, endpoints: Endpoints) -> str | None:
+    """A first command to try, naming something this mesh serves: the sample Predict on the sample routes,
+    else the metadata (inputs, outputs) of one served model, through the gateway."""
+    if mesh.sample_routes:
+        target = "" if endpoints.gateway == "127.0.0.1:50051" else f" --target {endpoints.gateway}"
+        return f"{_meshserve()} predict fraud acct-00042 amount=250 merchant_category=3{target}"
+    if mesh.served is None or not mesh.served.models:
+        return None
+    model = mesh.served.models[0].name
+    client = f"g.InferenceServerClient({endpoints.gateway!r})"
+    return f'{_python()} -c "import tritonclient.grpc as g; print({client}.get_model_metadata({model!r}, as_json=True))"'
+
+
 def _report(event: SupervisionEvent) -> None:
     if not isinstance(event, ChildExited):
         console.print(Text(f"✓ {event.summary()}", style="green"))
@@ -77,6 +110,16 @@ async def _serve(mesh: LocalMesh, settings: MeshSettings) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: its terminal went away
         loop.add_signal_handler(sig, stop.set)
+    try:
+        mesh.plan()  # prepares the served repository: what it serves and skips is said before Triton starts
+    except RepositoryError as exc:
+        console.print(Text(f"meshserve up: {exc}", style="red"))
+        return 2
+    except Exception as exc:
+        console.print(Text.assemble(("start-up failed: ", "red"), str(exc)))
+        return 1
+    assert mesh.served is not None
+    _report_models(mesh.served)
 
     with Progress(
         SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -107,13 +150,9 @@ async def _serve(mesh: LocalMesh, settings: MeshSettings) -> int:
 
     console.print(_endpoints_table(endpoints))
     console.print(Text(f"logs: {settings.run_dir / 'logs'}"))
-    target = "" if endpoints.gateway == "127.0.0.1:50051" else f" --target {endpoints.gateway}"
-    console.print(
-        Text.assemble(
-            "try: ",
-            (f"{_meshserve()} predict fraud acct-00042 amount=250 merchant_category=3{target}", "bold"),
-        )
-    )
+    hint = start_hint(mesh, endpoints)
+    if hint:
+        console.print(Text.assemble("try: ", (hint, "bold")), soft_wrap=True)  # one line, to copy whole
     console.print("Ctrl-C stops every process.")
     stopped = asyncio.create_task(stop.wait())
     gave_up = asyncio.create_task(mesh.wait())

@@ -1,0 +1,144 @@
+"""`meshserve up`'s settings and plan: which repositories Triton serves, which routes the gateway gets, and the
+first command `up` suggests. Nothing starts: plan() only builds each child's command."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+from typer.testing import CliRunner
+
+from meshserve.cli.app import app
+from meshserve.cli.up import start_hint
+from meshserve.mesh import (
+    EMPTY_ROUTES,
+    SAMPLE_REPOSITORY,
+    LocalMesh,
+    MeshSettings,
+    describe_settings_error,
+    parse_path_list,
+)
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+OWN_REPOSITORY = FIXTURES / "own_repository"
+SEP = os.pathsep
+
+
+@pytest.fixture(autouse=True)
+def _no_outside_settings(monkeypatch):
+    for name in list(os.environ):
+        if name.startswith("MESHSERVE_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.mark.parametrize(
+    ("value", "paths"),
+    [
+        ("/models", ["/models"]),
+        (" /models ", ["/models"]),
+        ("/a,/b", ["/a", "/b"]),
+        (f"/a{SEP}/b, /c", ["/a", "/b", "/c"]),
+        ('["/a", "/b,c"]', ["/a", "/b,c"]),  # JSON keeps what the separators would split
+        ("/a,", ["/a"]),
+    ],
+)
+def test_repositories_read_from_the_environment_as_a_path_a_list_or_json(monkeypatch, value, paths):
+    monkeypatch.setenv("MESHSERVE_MODEL_REPOSITORIES", value)
+    assert MeshSettings().model_repositories == [Path(p) for p in paths]
+
+
+def test_repositories_default_to_the_sample_and_take_lists_of_paths():
+    assert MeshSettings().model_repositories == [SAMPLE_REPOSITORY]
+    assert MeshSettings(model_repositories=[Path("/a"), "/b"]).model_repositories == [Path("/a"), Path("/b")]
+    assert parse_path_list(Path("/a")) == [Path("/a")]
+
+
+@pytest.mark.parametrize("value", ["", " , ", "[]", "[not json", '["/a", 3]', '{"a": 1}'])
+def test_a_bad_repositories_value_says_what_is_expected_in_one_line(monkeypatch, value):
+    monkeypatch.setenv("MESHSERVE_MODEL_REPOSITORIES", value)
+    with pytest.raises(ValidationError) as caught:
+        MeshSettings()
+    line = describe_settings_error(caught.value)
+    assert line.startswith(
+        f"MESHSERVE_MODEL_REPOSITORIES: expected a directory, several separated by ',' or {SEP!r}, "
+        "or a JSON list of directories"
+    )
+    assert repr(value) in line and "\n" not in line
+
+
+def test_other_bad_settings_are_named_by_their_variable_with_the_value(monkeypatch):
+    monkeypatch.setenv("MESHSERVE_GATEWAY_PORT", "lots")
+    with pytest.raises(ValidationError) as caught:
+        MeshSettings()
+    assert describe_settings_error(caught.value) == (
+        "MESHSERVE_GATEWAY_PORT: Input should be a valid integer, unable to parse string as an integer (got 'lots')"
+    )
+
+
+def test_up_prints_one_line_and_exits_2_on_a_bad_setting(monkeypatch):
+    monkeypatch.setenv("MESHSERVE_MODEL_REPOSITORIES", "[oops")
+    result = CliRunner().invoke(app, ["up"])
+    assert result.exit_code == 2
+    assert result.output.startswith("meshserve up: MESHSERVE_MODEL_REPOSITORIES: expected a directory")
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def planned(monkeypatch, tmp_path, **settings) -> LocalMesh:
+    ports = iter(range(41000, 41100))
+    monkeypatch.setattr("meshserve.mesh.free_ports", lambda n, host: [next(ports) for _ in range(n)])
+    mesh = LocalMesh(MeshSettings(gateway_port=0, admin_port=0, run_dir=tmp_path / "run", **settings))
+    mesh.plan()
+    return mesh
+
+
+def triton_repositories(mesh: LocalMesh) -> list[str]:
+    return [a.split("=", 1)[1] for a in mesh.children["triton"].argv if a.startswith("--model-repository=")]
+
+
+def gateway_routes(mesh: LocalMesh) -> str | None:
+    return mesh.children["gateway"].env.get("MESHSERVE_GATEWAY_ROUTES_PATH")
+
+
+def test_the_users_repositories_are_served_alone_and_the_gateway_gets_no_routes(monkeypatch, tmp_path):
+    mesh = planned(monkeypatch, tmp_path, model_repositories=[OWN_REPOSITORY])
+    served = tmp_path / "run" / "served_repository"
+    assert triton_repositories(mesh) == [str(served.resolve())]
+    assert [m.name for m in mesh.served.models] == ["doubler"]  # not the sample `fraud`
+    routes = Path(gateway_routes(mesh))
+    assert routes == (tmp_path / "run" / "routes.yaml").resolve() and routes.read_text() == EMPTY_ROUTES
+    assert not mesh.sample_routes
+
+
+def test_a_routes_file_given_is_the_gateways_whatever_is_served(monkeypatch, tmp_path):
+    routes = tmp_path / "mine.yaml"
+    mesh = planned(monkeypatch, tmp_path, model_repositories=[OWN_REPOSITORY], routes_path=routes)
+    assert gateway_routes(mesh) == str(routes) and not mesh.sample_routes
+
+
+def test_without_repositories_the_sample_is_served_on_the_embedded_routes(monkeypatch, tmp_path):
+    mesh = planned(monkeypatch, tmp_path)
+    assert gateway_routes(mesh) is None and mesh.sample_routes  # the embedded routes
+    assert [m.name for m in mesh.served.models] == ["fraud"]
+    assert not (tmp_path / "run" / "routes.yaml").exists()
+
+
+def test_the_hint_names_what_is_served(monkeypatch, tmp_path):
+    sample = planned(monkeypatch, tmp_path / "sample")
+    hint = start_hint(sample, sample.endpoints)
+    assert "predict fraud acct-00042" in hint and f"--target {sample.endpoints.gateway}" in hint
+
+    own = planned(monkeypatch, tmp_path / "own", model_repositories=[OWN_REPOSITORY])
+    hint = start_hint(own, own.endpoints)
+    assert "predict fraud" not in hint
+    assert "import tritonclient.grpc as g;" in hint
+    assert (
+        f"g.InferenceServerClient('{own.endpoints.gateway}').get_model_metadata('doubler', as_json=True)"
+        in hint
+    )
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    nothing = planned(monkeypatch, tmp_path / "nothing", model_repositories=[empty])
+    assert start_hint(nothing, nothing.endpoints) is None
