@@ -149,6 +149,9 @@ class Coalescer(Generic[K, T, R]):
         if self._forming.get(batch.key) is batch:
             del self._forming[batch.key]
         batch.task = asyncio.get_running_loop().create_task(self._run(batch))
+        # Book-keeping in a done callback, not in _run: a task cancelled before its first step never runs its
+        # coroutine at all (a `finally` there would leak the slot, and the key would never send again).
+        batch.task.add_done_callback(lambda task: self._finished(batch, task))
         self._in_flight.add(batch.task)
         self._busy[batch.key] = self._busy.get(batch.key, 0) + 1
         self.stats.batches += 1
@@ -161,25 +164,24 @@ class Coalescer(Generic[K, T, R]):
             results = await self._send(batch.key, [m.item for m in members])
             if len(results) != len(members):
                 raise RuntimeError(f"batch of {len(members)} answered with {len(results)} results")
-        except asyncio.CancelledError:
-            for member in members:
-                member.future.cancel()
-            raise
         except Exception as exc:  # noqa: BLE001 - every member gets the batch's failure
             for member in members:
                 _settle(member.future, exc)
         else:
             for member, result in zip(members, results, strict=True):
                 _settle(member.future, result)
-        finally:
-            assert batch.task is not None
-            self._in_flight.discard(batch.task)
-            left = self._busy[batch.key] - 1
-            if left:
-                self._busy[batch.key] = left
-            else:
-                del self._busy[batch.key]  # no key is remembered once its traffic stops
-            self._flush(batch.key)  # a slot is free: the batch forming behind this one leaves now
+
+    def _finished(self, batch: _Batch[K, T, R], task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            for member in batch.members:
+                member.future.cancel()
+        self._in_flight.discard(task)
+        left = self._busy[batch.key] - 1
+        if left:
+            self._busy[batch.key] = left
+        else:
+            del self._busy[batch.key]  # no key is remembered once its traffic stops
+        self._flush(batch.key)  # a slot is free: the batch forming behind this one leaves now
 
     def _leave(self, batch: _Batch[K, T, R], member: _Member[T, R]) -> None:
         if batch.task is None:  # still forming: it leaves without this member

@@ -263,6 +263,24 @@ async def test_a_member_out_of_time_while_forming_is_not_sent():
     await blocker
 
 
+async def test_a_batch_abandoned_before_it_ever_ran_gives_its_slot_back():
+    # Under overload a member's time can run out in the very turn its batch leaves: the batch's task is then
+    # cancelled before its first step, and its coroutine never runs. The slot must still come back.
+    timer = FakeTimer()
+    transport = Transport()
+    coalescer = Coalescer(transport.send, max_in_flight=1, timer=timer)
+    doomed = asyncio.ensure_future(coalescer.submit("a", timeout_s=0.01))
+    await asyncio.sleep(0)  # the member joins; its batch is to leave at the end of the turn
+    await asyncio.sleep(0)  # it leaves: its task exists but has not taken a step
+    assert coalescer.in_flight == 1 and not transport.batches
+    timer.fire(0)
+    with pytest.raises(TimeoutError):
+        await doomed
+    await turns()
+    assert coalescer.in_flight == 0 and coalescer.stats.abandoned == 1
+    assert await asyncio.wait_for(coalescer.submit("b"), 1.0) == "B"  # the key sends again
+
+
 async def test_enqueue_and_drain_for_write_behind():
     transport = Transport(hold=True)
     coalescer = Coalescer(transport.send, max_in_flight=1)
