@@ -5,7 +5,8 @@ follows latency in the spirit of Netflix's gradient limiter: while recent latenc
 long-run level the limit may grow (by about its square root per adjustment), and when latency climbs — work is
 queueing somewhere — it shrinks, by at most half per adjustment. The gateway as a whole has a fixed cap besides.
 Work over a limit is refused at once, before anything is spent on it, with a hint of when to retry; so is work
-whose deadline is shorter than the route's recent latency. Latency from batching itself does not shrink a limit:
+whose deadline it would miss: RESOURCE_EXHAUSTED when work queued ahead of it is the reason (later it may fit;
+time spent queueing counts `queue_weight` times over), DEADLINE_EXCEEDED when nothing is (it never would). Latency from batching itself does not shrink a limit:
 only latency rising above its own recent level does.
 """
 
@@ -35,6 +36,9 @@ class AdmissionPolicy:
         2.0  # recent latency may rise this far above its long-run level before the limit shrinks
     )
     smoothing: float = 0.5  # how far one adjustment (one window of completions) moves the limit to its target
+    # Time spent behind queued work counts this many times over against a deadline: estimates of it run low,
+    # and work answered just past its deadline is work wasted that a refusal would have spared.
+    queue_weight: float = 2.0
 
 
 class GradientLimit:
@@ -47,14 +51,27 @@ class GradientLimit:
         self.window_s = window_s
         self.limit = float(min(policy.initial, self.maximum))
         self.short_s: float | None = None  # mean latency of the last window
+        self.short_rate = 0.0  # ...and the completions per second in it
+        self.base_s: float | None = (
+            None  # latency with nothing queued: the lowest window's, creeping up slowly
+        )
+        self._closed_at: float | None = None  # when the last window closed
         self.long_s: float | None = None  # ...smoothed over the last ~20 windows
         self.samples = 0
         self._window: list[float] = [0.0, 0.0, 0.0, 0.0]  # start, latency sum, completions, most in flight
 
-    @property
-    def expected_s(self) -> float | None:
-        """Recent latency, once enough work has completed to go by it."""
-        return self.short_s if self.samples >= 20 else None
+    def expected_s(self, in_flight: int) -> float | None:
+        """How long new work waits for its answer with `in_flight` already ahead of it, once enough work has
+        completed to go by: the recent latency, or, where lower, the work ahead over the rate work recently
+        completed at (Little's law). The second is what sees a queue drain: refused work completes nothing, so a
+        latency measured behind a queue would otherwise stand, and refuse everything, forever."""
+        if self.samples < 20 or self.short_s is None:
+            return None
+        return min(self.short_s, (in_flight + 1) / self.short_rate) if self.short_rate else self.short_s
+
+    def queueing_s(self, expected_s: float) -> float:
+        """The part of `expected_s` that is waiting behind other work, not the work itself."""
+        return max(0.0, expected_s - (self.base_s or 0.0))
 
     def observe(self, latency_s: float, in_flight: int, now: float) -> None:
         self.samples += 1
@@ -67,6 +84,13 @@ class GradientLimit:
         if window[2] < 10 or now - window[0] < self.window_s:
             return
         mean, busiest = window[1] / window[2], window[3]
+        if self._closed_at is None:  # the first window: its first completion starts the clock
+            self.short_rate = (window[2] - 1) / (now - window[0])
+        else:
+            self.short_rate = window[2] / (now - self._closed_at)
+        self._closed_at = now
+        # ~10 % a second upwards: a slow rise of the latency itself (a bigger model, busier GPU) is taken in
+        self.base_s = mean if self.base_s is None or mean < self.base_s else self.base_s * 1.01
         self._window = [0.0, 0.0, 0.0, 0.0]
         self._adjust(mean, busiest)
 
@@ -139,13 +163,25 @@ class Admission:
                 f"{wait_ms} ms",
                 metadata=((RETRY_PUSHBACK_HEADER, str(wait_ms)),),
             )
-        expected = limit.expected_s
-        if time_left_s is not None and expected is not None and time_left_s < expected:
-            self.refused[(route, "deadline")] += 1
-            raise DeadlineExceeded(
-                f"{route!r} answers in about {expected * 1000:.0f} ms now; the call has "
-                f"{max(time_left_s, 0) * 1000:.0f} ms left"
-            )
+        ahead = self.in_flight[route]
+        expected = limit.expected_s(ahead)
+        if time_left_s is not None and expected is not None:
+            wait = expected
+            if time_left_s < wait and ahead == 0:  # nothing queued ahead of it: retrying cannot help
+                self.refused[(route, "deadline")] += 1
+                raise DeadlineExceeded(
+                    f"{route!r} answers in about {wait * 1000:.0f} ms now; the call has "
+                    f"{max(time_left_s, 0) * 1000:.0f} ms left"
+                )
+            judged = wait + limit.queueing_s(expected) * (self.policy.queue_weight - 1)
+            if time_left_s < judged:  # the work queued ahead of it is what would make it late
+                self.refused[(route, "queue")] += 1
+                wait_ms = max(1, round(1000 * (judged - time_left_s)))
+                raise ResourceExhausted(
+                    f"{route!r} has {ahead} requests ahead and answers in about {wait * 1000:.0f} ms now, too "
+                    f"close to the {max(time_left_s, 0) * 1000:.0f} ms the call has left; retry in about {wait_ms} ms",
+                    metadata=((RETRY_PUSHBACK_HEADER, str(wait_ms)),),
+                )
         self.in_flight[route] += 1
         self.in_flight_total += 1
         return Ticket(self, route, self.clock())

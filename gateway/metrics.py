@@ -55,7 +55,7 @@ class GatewayCollector(Collector):
         attempts = CounterMetricFamily(
             f"{prefix}_attempts", "Calls to a variant, by outcome", labels=["route", "variant", "outcome"]
         )
-        for name, route in self.live.routes.items():
+        for name, route in self.live.served.items():  # implicit routes too: every name a caller can use
             for v in route.variants:
                 weight.add_metric([name, v.name], v.weight)
                 ejected.add_metric(

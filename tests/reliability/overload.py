@@ -17,11 +17,12 @@ from benchmarks.report import percentile
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 
-def fraud_request() -> bytes:
+def fraud_request(model: str = "fraud") -> bytes:
+    """One row in fraud's tensors, for `model` (any model that takes them)."""
     row = np.array([[120.0, 3, 80.0, 2, 400]], dtype=np.float32)
     tensor = service_pb2.ModelInferRequest.InferInputTensor(name="features", datatype="FP32", shape=[1, 5])
     return service_pb2.ModelInferRequest(
-        model_name="fraud", inputs=[tensor], raw_input_contents=[row.tobytes()]
+        model_name=model, inputs=[tensor], raw_input_contents=[row.tobytes()]
     ).SerializeToString()
 
 
@@ -45,28 +46,38 @@ class Outcome:
         return percentile(self.refused_latencies_s, 99) * 1000
 
 
-async def closed_loop_capacity(target: str, concurrency: int = 32, seconds: float = 2.0) -> float:
-    """Answers per second with `concurrency` requests always in flight: what the path can do."""
-    request = fraud_request()
-    done = 0
+async def closed_loop_capacity(
+    target: str, concurrency: int = 32, seconds: float = 2.0, warm_up_s: float = 1.0, model: str = "fraud"
+) -> float:
+    """Answers per second with `concurrency` requests always in flight: what the path can do, once warm (a cold
+    mesh measured alone reads far lower, and then twice "capacity" is not overload at all)."""
+    request = fraud_request(model)
     async with grpc.aio.insecure_channel(target) as channel:
         infer = channel.unary_unary(MODEL_INFER)
-        end = time.perf_counter() + seconds
 
-        async def worker() -> None:
-            nonlocal done
-            while time.perf_counter() < end:
-                await infer(request, timeout=5)
-                done += 1
+        async def rate(window_s: float) -> float:
+            done = 0
+            end = time.perf_counter() + window_s
 
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return done / (time.perf_counter() - started)
+            async def worker() -> None:
+                nonlocal done
+                while time.perf_counter() < end:
+                    await infer(request, timeout=5)
+                    done += 1
+
+            started = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            return done / (time.perf_counter() - started)
+
+        await rate(warm_up_s)
+        return await rate(seconds)
 
 
-async def offer(target: str, rate_rps: float, seconds: float, deadline_s: float = 1.0) -> Outcome:
+async def offer(
+    target: str, rate_rps: float, seconds: float, deadline_s: float = 1.0, model: str = "fraud"
+) -> Outcome:
     """Start `rate_rps` requests a second for `seconds`, each with `deadline_s`, whatever comes back."""
-    request = fraud_request()
+    request = fraud_request(model)
     outcome = Outcome(seconds)
     async with grpc.aio.insecure_channel(target) as channel:
         infer = channel.unary_unary(MODEL_INFER)
@@ -100,19 +111,23 @@ async def offer(target: str, rate_rps: float, seconds: float, deadline_s: float 
     return outcome
 
 
-async def seconds_until_clean(target: str, needed: int = 20, timeout_s: float = 30.0) -> float:
+async def seconds_until_clean(
+    target: str, needed: int = 20, timeout_s: float = 30.0, model: str = "fraud"
+) -> float:
     """After a fault or overload: seconds until `needed` requests in a row are answered."""
-    request = fraud_request()
+    request = fraud_request(model)
     start = time.monotonic()
     streak = 0
+    last_error = ""
     async with grpc.aio.insecure_channel(target) as channel:
         infer = channel.unary_unary(MODEL_INFER)
         while streak < needed:
-            assert time.monotonic() - start < timeout_s, f"not clean after {timeout_s} s"
+            assert time.monotonic() - start < timeout_s, f"not clean after {timeout_s} s; last: {last_error}"
             try:
                 await infer(request, timeout=1.0)
                 streak += 1
-            except grpc.aio.AioRpcError:
+            except grpc.aio.AioRpcError as exc:
+                last_error = f"{exc.code().name}: {exc.details()}"
                 streak = 0
                 await asyncio.sleep(0.01)
     return time.monotonic() - start

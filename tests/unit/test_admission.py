@@ -83,6 +83,16 @@ def test_batching_latency_that_holds_steady_does_not_shrink_the_limit():
     assert limit.limit >= 64
 
 
+def test_a_drained_queue_is_seen_by_its_completion_rate_though_the_last_latencies_were_long():
+    limit = GradientLimit(AdmissionPolicy())
+    now = 0.0
+    for k in range(40):  # a queue of 40 draining at 200 a second: each waited longer than the one before
+        now += 0.005
+        limit.observe(0.005 * (k + 1) + 0.5, 40 - k, now)
+    assert limit.short_s > 0.5  # what the last window saw
+    assert limit.expected_s(0) == pytest.approx(0.005)  # what a call arriving now waits
+
+
 def test_a_deadline_shorter_than_the_routes_latency_is_refused_up_front():
     clock = Clock()
     admission = Admission(clock=clock)
@@ -125,3 +135,36 @@ def test_the_gateway_total_bounds_every_route_together():
     for ticket in tickets:
         with ticket:
             pass
+
+
+def feed(limit: GradientLimit, latency_s: float, rate: float, count: int, start: float) -> float:
+    """`count` completions at `rate` a second, each after `latency_s`; returns the time reached."""
+    now = start
+    for _ in range(count):
+        now += 1 / rate
+        limit.observe(latency_s, 1, now)
+    return now
+
+
+def test_work_queued_ahead_refuses_a_deadline_it_would_miss_and_a_drained_queue_admits_again():
+    clock = Clock()
+    admission = Admission(clock=clock)
+    limit = admission.limits["r"] = GradientLimit(admission.policy)
+    now = feed(limit, 0.010, 100, 40, 0.0)  # 10 ms of work at 100 a second
+    feed(limit, 0.500, 100, 40, now)  # then a queue: answers take 500 ms, still at 100 a second
+    queued = [admission.admit("r", None) for _ in range(20)]
+    with admission.admit("r", 0.5):  # 20 ahead at 100 a second: about 210 ms, 200 of them queueing
+        pass
+    with pytest.raises(
+        ResourceExhausted, match="20 requests ahead and answers in about 210 ms now"
+    ) as refused:
+        admission.admit("r", 0.300)  # the queueing counts twice: about 410 ms against 300
+    assert 100 <= int(dict(refused.value.metadata)[RETRY_PUSHBACK_HEADER]) <= 115
+    for ticket in queued:
+        with pytest.raises(asyncio.CancelledError), ticket:  # they leave without completing: no new latency
+            raise asyncio.CancelledError
+    with admission.admit("r", 0.050):  # nothing ahead now: the 500 ms measured behind the queue locks nothing
+        pass
+    with pytest.raises(DeadlineExceeded, match="answers in about 10 ms now; the call has 5 ms left"):
+        admission.admit("r", 0.005)  # not even an empty queue would answer in time
+    assert admission.refused[("r", "queue")] == 1 and admission.refused[("r", "deadline")] == 1
