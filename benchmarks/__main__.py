@@ -128,7 +128,7 @@ def _routes_file(run_dir: Path) -> Path:
 
 async def run_all(config: BenchConfig, run_dir: Path) -> list[Summary]:
     routes_file = _routes_file(run_dir)
-    settings = MeshSettings(gateway_port=0, admin_port=0, run_dir=run_dir, routes_path=routes_file,
+    settings = MeshSettings(gateway_port=0, admin_port=0, gateway_http_port=0, run_dir=run_dir, routes_path=routes_file,
                             model_repositories=[REPO_ROOT / "model_repository", BENCH_MODELS])  # fmt: skip
     mesh = LocalMesh(settings)
     envoy = EnvoyPeer("", run_dir)

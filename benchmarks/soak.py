@@ -47,7 +47,7 @@ def rss_mb(pid: int) -> float:
 
 
 async def soak(minutes: float, load: float, sample_s: float, warmup_s: float, run_dir: Path) -> dict:
-    mesh = LocalMesh(MeshSettings(gateway_port=0, admin_port=0, run_dir=run_dir))
+    mesh = LocalMesh(MeshSettings(gateway_port=0, admin_port=0, gateway_http_port=0, run_dir=run_dir))
     ep = await mesh.start()
     try:
         async with contextlib.AsyncExitStack() as clients:

@@ -23,7 +23,7 @@ from gateway.repository import ModelRepository
 from gateway.routes import Route, StickyKey, Variant, choose_variant
 from gateway.statistics import route_statistics
 from gateway.tensors import validate_infer_request
-from meshserve.core.errors import MeshError
+from meshserve.core.errors import MeshError, NotFound
 
 SERVER_NAME = "meshserve"
 _NO_HEADERS: Mapping[str, str] = {}
@@ -35,6 +35,10 @@ EXTENSIONS = [
     "statistics", "trace", "logging",
 ]  # fmt: skip
 SEQUENCE_ID = "sequence_id"
+# Which variant, model version and tier answered: trailing metadata on gRPC, headers on REST
+VARIANT_HEADER = "x-meshserve-variant"
+MODEL_VERSION_HEADER = "x-meshserve-model-version"
+TIER_HEADER = "x-meshserve-tier"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,16 +74,26 @@ class InferenceApi:
             name=SERVER_NAME, version=self.version, extensions=EXTENSIONS
         )
 
+    async def _route(self, name: str) -> Route:
+        """The route `name`; a name nobody serves is looked up in Triton's repository again first (at most once a
+        second), so a model loaded through another gateway, or Triton itself, is served at once."""
+        try:
+            return self.routes.get(name)
+        except NotFound:
+            if not await self.repository.look_again():
+                raise
+        return self.routes.get(name)
+
     async def _info(self, route_name: str, version: str) -> ModelInfo:
         """What Triton says of the model version a request for (`route_name`, `version`) would reach."""
-        route = self.routes.get(route_name)
+        route = await self._route(route_name)
         variant = choose_variant(route, self.rng, version=version) if version else route.primary
         return await self.catalog.get(variant.model, variant.version or version)
 
     async def model_ready(self, route_name: str, version: str) -> bool:
         """Ready as Triton answers it: False (never an error) for a name, a version or a model nobody serves."""
         try:
-            route = self.routes.get(route_name)
+            route = await self._route(route_name)
             if version:
                 return (await self._info(route_name, version)).ready
             served = [v for v in route.variants if v.weight > 0]
@@ -93,7 +107,7 @@ class InferenceApi:
         reply = service_pb2.ModelMetadataResponse()
         reply.CopyFrom(info.metadata)
         reply.name = route_name
-        route = self.routes.get(route_name)
+        route = await self._route(route_name)
         versions = {v.version for v in route.variants if v.version}
         if any(not v.version for v in route.variants):  # following Triton: its versions are the route's
             versions |= set(info.metadata.versions)
@@ -114,7 +128,7 @@ class InferenceApi:
         names = [route_name] if route_name else sorted(self.routes.served)
         stats = service_pb2.ModelStatisticsResponse()
         for name in names:
-            route = self.routes.get(name)
+            route = await self._route(name)
             targets = {(v.model, v.version or version) for v in route.variants if not version or
                        v.version in ("", version)}  # fmt: skip
             entries = []
@@ -137,7 +151,7 @@ class InferenceApi:
     ) -> tuple[service_pb2.ModelInferResponse, Answered]:
         """Route one request down its route's tiers; tensors are checked against each tier's model, never decoded."""
         route_name = request.model_name
-        route = self.routes.get(route_name)
+        route = await self._route(route_name)
         with self.admission.admit(f"{route_name}:infer", time_left_s):
             return await self._model_infer(request, route_name, route, time_left_s, headers or _NO_HEADERS)
 

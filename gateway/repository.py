@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
+from collections.abc import Callable
 
 from tritonclient.grpc import service_pb2
 
@@ -31,6 +34,8 @@ class ModelRepository:
         catalog: ModelCatalog,
         refresh_s: float = 5.0,
         timeout_s: float = 5.0,
+        look_again_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.inference = inference
         self.routes = routes
@@ -38,11 +43,16 @@ class ModelRepository:
         self.refresh_s = refresh_s
         self.timeout_s = timeout_s
         self.models: set[str] = set()
+        self.look_again_s = look_again_s
+        self.clock = clock
+        self._looked_at = -math.inf
+        self._looking: asyncio.Task[None] | None = None
 
     async def refresh(self) -> None:
         index = await self.inference.control(
             "RepositoryIndex", service_pb2.RepositoryIndexRequest(ready=True), self.timeout_s
         )
+        self._looked_at = self.clock()
         models = ready_models(index)
         for gone in self.models - models:
             self.catalog.forget(gone)  # what the gateway knew of it no longer holds
@@ -50,6 +60,27 @@ class ModelRepository:
             log.info("models served by Triton", extra={"models": sorted(models)})
         self.models = models
         self.routes.follow_repository(models)
+
+    async def look_again(self) -> bool:
+        """Refresh now for a caller that asked for a name nobody serves, unless the index was read less than
+        `look_again_s` ago (a flood of unknown names costs Triton at most one lookup a second; concurrent callers
+        share it). True when a fresh index was read."""
+        if self._looking is None:
+            if self.clock() - self._looked_at < self.look_again_s:
+                return False
+            self._looked_at = self.clock()  # a failing lookup is not retried sooner either
+            self._looking = asyncio.ensure_future(self.refresh())
+            self._looking.add_done_callback(self._looked)
+        try:
+            await asyncio.shield(self._looking)
+        except MeshError:
+            return False
+        return True
+
+    def _looked(self, task: asyncio.Task[None]) -> None:
+        self._looking = None
+        if not task.cancelled():
+            task.exception()  # retrieved here: every caller may have gone
 
     async def follow(self) -> None:
         """Refresh forever (until cancelled); a failed lookup keeps the last known models."""

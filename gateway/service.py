@@ -13,6 +13,7 @@ from gateway.audit import AuditLog
 from gateway.catalog import ModelCatalog
 from gateway.clients import CacheClient, FeatureClient, InferenceClient
 from gateway.dispatch import Dispatcher
+from gateway.http_server import HttpFrontend
 from gateway.inference_api import InferenceApi
 from gateway.live import LiveRoutes
 from gateway.metrics import GatewayCollector
@@ -104,6 +105,15 @@ class GatewayService(GrpcService):
                 self.drift,
             ),
         )
+        self.http = (
+            HttpFrontend(
+                self.api, lambda: self.ready, settings.host, settings.http_port, settings.max_message_bytes,
+                answers=self.answers, metrics=self.metrics, grace_s=settings.grace_s,
+            )
+            if settings.http
+            else None
+        )  # fmt: skip
+        self.http_port: int | None = None
         self.metrics.registry.register(
             GatewayCollector(
                 self.routes,
@@ -129,6 +139,8 @@ class GatewayService(GrpcService):
     async def start(self) -> int:
         port = await super().start()
         self.admin_port = await self.admin.start()
+        if self.http is not None:
+            self.http_port = await self.http.start()
         self.rollouts.run()
         self._drift_task = asyncio.create_task(self._check_drift(), name="drift")
         return port
@@ -169,7 +181,9 @@ class GatewayService(GrpcService):
         self._drift_task.cancel()
         if self._repository_task is not None:
             self._repository_task.cancel()
-        await self.admin.stop(grace)
+        await self.announce_shutdown()  # not ready on every protocol before any of them stops taking calls
+        # REST drains alongside the admin API and before close() shuts the clients its requests use
+        await asyncio.gather(self.admin.stop(grace), *([self.http.stop(grace)] if self.http else []))
         await super().stop(grace)
 
     async def close(self) -> None:

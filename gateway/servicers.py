@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from gateway.inference_api import SEQUENCE_ID, InferenceApi
+from gateway.inference_api import MODEL_VERSION_HEADER, SEQUENCE_ID, TIER_HEADER, VARIANT_HEADER, InferenceApi
 from gateway.predict import Instance, PredictHandler
 from meshserve import triton_control
 from meshserve.core.context import budget_left, call_headers
@@ -16,10 +16,6 @@ from meshserve.core.errors import ErrorCode, InvalidArgument, MeshError
 from meshserve.core.interceptors import HandlerRegistry
 from meshserve.core.telemetry import annotate
 from meshserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
-
-VARIANT_HEADER = "x-meshserve-variant"
-MODEL_VERSION_HEADER = "x-meshserve-model-version"
-TIER_HEADER = "x-meshserve-tier"
 
 
 def _instance(message: gateway_pb2.Instance, n: int) -> Instance:

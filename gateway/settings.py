@@ -103,6 +103,10 @@ class GatewaySettings(ServiceSettings):
     drift_window: int = Field(2000, gt=0, description="rows per model the drift statistics look back over")
     drift_threshold: float = Field(0.2, gt=0, description="PSI above which a feature counts as drifting")
     drift_check_s: float = Field(5.0, gt=0, description="how often drift is checked (and crossings logged)")
+    http: bool = Field(
+        True, description="also serve Triton's REST API (the Open Inference Protocol over HTTP)"
+    )
+    http_port: int = Field(50056, ge=0, le=65535, description="the REST API's port; 0 lets the OS choose")
     admin_host: str = Field("127.0.0.1", description="the admin API's address; keep it off public networks")
     admin_port: int = Field(50055, ge=0, le=65535, description="the admin API's port; 0 lets the OS choose")
     metrics_port: int | None = Field(

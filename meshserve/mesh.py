@@ -73,6 +73,9 @@ class MeshSettings(BaseSettings):
     host: str = Field("127.0.0.1", description="address every process listens on")
     gateway_port: int = Field(50051, ge=0, le=65535, description="the gateway's port; 0 = any free port")
     admin_port: int = Field(50055, ge=0, le=65535, description="the gateway's admin port; 0 = any free port")
+    gateway_http_port: int = Field(
+        50056, ge=0, le=65535, description="the gateway's REST port (Triton's HTTP API); 0 = any free port"
+    )
     model_repositories: Annotated[list[Path], NoDecode] = Field(
         default_factory=lambda: [SAMPLE_REPOSITORY],
         description="Triton model repositories to serve (`meshserve up --model-repository DIR`): a path, several "
@@ -169,6 +172,7 @@ def triton_trace_args(url: str | None, env: dict[str, str]) -> list[str]:
 @dataclass
 class Endpoints:
     gateway: str
+    gateway_http: str  # the Open Inference Protocol over HTTP/REST
     admin: str
     gateway_metrics: str
     service_metrics: dict[str, str]  # Prometheus endpoint of each of our processes
@@ -209,12 +213,22 @@ class LocalMesh:
         s = self.settings
         host = s.host
         services = ("gateway", "feature", "cache", "inference")
-        names = ("admin", "grpc", "http", "metrics", *services, *(f"{name}_metrics" for name in services))
+        names = (
+            "admin",
+            "gateway_http",
+            "grpc",
+            "http",
+            "metrics",
+            *services,
+            *(f"{name}_metrics" for name in services),
+        )
         port = dict(zip(names, free_ports(len(names), host), strict=True))
         gateway_port = s.gateway_port or port["gateway"]
         port["admin"] = s.admin_port or port["admin"]
+        port["gateway_http"] = s.gateway_http_port or port["gateway_http"]
         ep = Endpoints(
             gateway=f"{host}:{gateway_port}",
+            gateway_http=f"{host}:{port['gateway_http']}",
             admin=f"{host}:{port['admin']}",
             gateway_metrics=f"http://{host}:{port['gateway_metrics']}/metrics",
             service_metrics={name: f"http://{host}:{port[name + '_metrics']}/metrics" for name in services},
@@ -277,6 +291,7 @@ class LocalMesh:
                     routes_path=routes_path,
                     registry_path=s.registry_path,
                     admin_port=port["admin"],
+                    http_port=port["gateway_http"],
                     audit_log=s.run_dir / "audit.jsonl",
                 ),
             ),

@@ -29,6 +29,7 @@ async def mesh(tmp_path_factory, marker_dir, sleepy_dir) -> LocalMesh:
     settings = MeshSettings(
         gateway_port=0,
         admin_port=0,
+        gateway_http_port=0,
         model_repositories=[REPO_ROOT / "model_repository", FIXTURES / "model_repository"],
         routes_path=FIXTURES / "routes.yaml",
         run_dir=tmp_path_factory.mktemp("mesh"),

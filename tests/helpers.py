@@ -90,6 +90,7 @@ def gateway_env(mesh, port: int, tmp_path: Path, **extra: str) -> dict[str, str]
         "MESHSERVE_GATEWAY_ROUTES_PATH": str(FIXTURES / "routes.yaml"),
         "MESHSERVE_GATEWAY_GRACE_S": "15",
         "MESHSERVE_GATEWAY_ADMIN_PORT": "0",
+        "MESHSERVE_GATEWAY_HTTP_PORT": "0",
         "MESHSERVE_GATEWAY_AUDIT_LOG": str(tmp_path / "audit.jsonl"),
         **extra,
     }

@@ -44,6 +44,9 @@ def _run(coro) -> int:
 def up(
     port: Annotated[int | None, typer.Option(help="gateway port (default 50051)")] = None,
     admin_port: Annotated[int | None, typer.Option(help="gateway admin port (default 50055)")] = None,
+    http_port: Annotated[
+        int | None, typer.Option(help="gateway REST port, Triton's HTTP API (default 50056)")
+    ] = None,
     host: Annotated[str | None, typer.Option(help="address to listen on (default 127.0.0.1)")] = None,
     routes: Annotated[
         Path | None,
@@ -72,6 +75,7 @@ def up(
     overrides = {
         "gateway_port": port,
         "admin_port": admin_port,
+        "gateway_http_port": http_port,
         "host": host,
         "routes_path": routes,
         "model_repositories": model_repository or None,

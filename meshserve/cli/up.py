@@ -32,7 +32,8 @@ def _endpoints_table(ep: Endpoints) -> Table:
     table.add_column("process")
     table.add_column("endpoint")
     for name, value in [
-        ("gateway (Predict + Open Inference Protocol)", ep.gateway),
+        ("gateway gRPC (Predict + Open Inference Protocol)", ep.gateway),
+        ("gateway REST (Triton's HTTP API)", ep.gateway_http),
         ("gateway admin", ep.admin),
         ("gateway metrics", ep.gateway_metrics),
         ("feature", ep.feature),

@@ -14,7 +14,7 @@ import pytest
 import tritonclient.grpc as triton_grpc
 
 from meshserve.core.channels import wait_until_serving
-from meshserve.core.process import free_port
+from meshserve.core.process import free_ports
 from tests.helpers import alive, descendants
 
 MESHSERVE = str(Path(sys.executable).parent / "meshserve")
@@ -30,10 +30,10 @@ def up_env() -> dict[str, str]:
 @pytest.fixture
 async def up(tmp_path, up_env):
     """`meshserve up` on a free port, waited for through the gateway's health check."""
-    port = free_port()
+    port, admin_port, http_port = free_ports(3)
     env = {**os.environ, "MESHSERVE_RUN_DIR": str(tmp_path / "run"), "MESHSERVE_GRACE_S": "3", **up_env}
     process = await asyncio.create_subprocess_exec(
-        MESHSERVE, "up", "--port", str(port),
+        MESHSERVE, "up", "--port", str(port), "--admin-port", str(admin_port), "--http-port", str(http_port),
         env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     try:

@@ -157,14 +157,14 @@ async def stop(process, family: set[int]) -> tuple[int, str]:
 @pytest.fixture(scope="module")
 async def own_mesh(user_repository, tmp_path_factory):
     """`meshserve up --model-repository DIR` on free ports; its start-up output and Triton's address."""
-    port, admin_port = free_ports(2)
+    port, admin_port, http_port = free_ports(3)
     run_dir = tmp_path_factory.mktemp("own-run")
     before = tree(user_repository)
     env = {**os.environ, "MESHSERVE_RUN_DIR": str(run_dir), "MESHSERVE_GRACE_S": "3", "COLUMNS": "200"}
     started = time.monotonic()
     process = await asyncio.create_subprocess_exec(
         MESHSERVE, "up", "--model-repository", str(user_repository), "--port", str(port),
-        "--admin-port", str(admin_port),
+        "--admin-port", str(admin_port), "--http-port", str(http_port),
         env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     try:

@@ -55,7 +55,7 @@ async def in_process_gateway(
     routes_file = tmp_path / "routes.yaml"
     routes_file.write_text(routes)
     settings = {
-        "port": 0, "admin_port": 0, "metrics_port": 0, "routes_path": routes_file,
+        "port": 0, "admin_port": 0, "http_port": 0, "metrics_port": 0, "routes_path": routes_file,
         "audit_log": tmp_path / "audit.jsonl", "feature_url": mesh.endpoints.feature,
         "cache_url": mesh.endpoints.cache, "inference_url": mesh.endpoints.inference,
     }  # fmt: skip

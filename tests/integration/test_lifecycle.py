@@ -49,6 +49,7 @@ async def test_gateway_turns_serving_only_once_feature_and_inference_are(mesh, t
             inference_url=f"127.0.0.1:{inference_port}",
             routes_path=FIXTURES / "routes.yaml",
             admin_port=0,
+            http_port=0,
             audit_log=tmp_path / "audit.jsonl",
         )
     )

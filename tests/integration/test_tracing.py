@@ -38,7 +38,7 @@ async def traced(tmp_path_factory):
         }
         mesh = LocalMesh(
             MeshSettings(
-                gateway_port=0, admin_port=0, run_dir=tmp_path_factory.mktemp("traced"), extra_env=env,
+                gateway_port=0, admin_port=0, gateway_http_port=0, run_dir=tmp_path_factory.mktemp("traced"), extra_env=env,
                 model_repositories=[REPO_ROOT / "model_repository"],
             )
         )  # fmt: skip

@@ -193,3 +193,16 @@ def test_reflection_describes_tritons_service_as_the_gateway_serves_it(mesh):
         service = DescriptorPool(database).FindServiceByName("inference.GRPCInferenceService")
         method = service.methods_by_name["ModelInfer"]
         assert method.input_type.full_name == "inference.ModelInferRequest"
+
+
+def test_the_mesh_gateway_serves_tritons_rest_api_on_its_own_port(mesh):
+    import tritonclient.http as triton_http
+
+    with triton_http.InferenceServerClient(mesh.endpoints.gateway_http) as client:
+        assert client.is_server_ready() and client.is_model_ready("fraud")
+        tensor = triton_http.InferInput("features", list(ROWS.shape), "FP32")
+        tensor.set_data_from_numpy(ROWS)
+        result = client.infer("fraud", [tensor])
+    np.testing.assert_allclose(
+        result.as_numpy("score")[:, 0], score_directly(mesh.endpoints.triton_grpc, ROWS)
+    )

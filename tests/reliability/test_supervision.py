@@ -96,9 +96,9 @@ class Up:
 
 async def start_up(run_dir: Path, *args: str, **env: str) -> Up:
     """`meshserve up` on free ports, waited for through its own output and the gateway's health check."""
-    port, admin_port = free_ports(2)
+    port, admin_port, http_port = free_ports(3)
     process = await asyncio.create_subprocess_exec(
-        MESHSERVE, "up", "--port", str(port), "--admin-port", str(admin_port), *args,
+        MESHSERVE, "up", "--port", str(port), "--admin-port", str(admin_port), "--http-port", str(http_port), *args,
         env={**os.environ, "MESHSERVE_RUN_DIR": str(run_dir), "MESHSERVE_GRACE_S": "3", **env},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip

@@ -88,7 +88,9 @@ def test_up_prints_one_line_and_exits_2_on_a_bad_setting(monkeypatch):
 def planned(monkeypatch, tmp_path, **settings) -> LocalMesh:
     ports = iter(range(41000, 41100))
     monkeypatch.setattr("meshserve.mesh.free_ports", lambda n, host: [next(ports) for _ in range(n)])
-    mesh = LocalMesh(MeshSettings(gateway_port=0, admin_port=0, run_dir=tmp_path / "run", **settings))
+    mesh = LocalMesh(
+        MeshSettings(gateway_port=0, admin_port=0, gateway_http_port=0, run_dir=tmp_path / "run", **settings)
+    )
     mesh.plan()
     return mesh
 
