@@ -2,6 +2,10 @@
 
 The config is built from envoy-data-plane's typed messages, so a misspelt field or a wrong type fails here, in
 Python, rather than when Envoy starts; it is then written in Envoy's own proto-JSON form (snake_case YAML).
+
+Security at the edge (docs/security.md): the listener may terminate TLS, the hop to the gateway is TLS verified
+against the mesh's CA (with a client certificate when one is given), and `envoy.filters.http.jwt_authn` may
+reject calls without a valid JWT before they reach the gateway, which verifies the token again itself.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 from typing import Any as JSON
+from urllib.parse import urlsplit
 
 import yaml
 from betterproto2 import Casing, Message
@@ -21,6 +26,7 @@ from envoy_data_plane.envoy.config.listener import v3 as listener
 from envoy_data_plane.envoy.config.overload import v3 as overload
 from envoy_data_plane.envoy.config.route import v3 as route
 from envoy_data_plane.envoy.extensions.access_loggers.stream.v3 import StdoutAccessLog
+from envoy_data_plane.envoy.extensions.filters.http.jwt_authn import v3 as jwt_authn
 from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
 from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager import v3 as hcm
 from envoy_data_plane.envoy.extensions.resource_monitors.downstream_connections.v3 import (
@@ -29,6 +35,7 @@ from envoy_data_plane.envoy.extensions.resource_monitors.downstream_connections.
 from envoy_data_plane.envoy.extensions.retry.host.previous_hosts.v3 import PreviousHostsPredicate
 from envoy_data_plane.envoy.extensions.transport_sockets.tls import v3 as tls
 from envoy_data_plane.envoy.extensions.upstreams.http import v3 as upstream_http
+from envoy_data_plane.envoy.type.matcher.v3 import StringMatcher
 from envoy_data_plane.envoy.type.v3 import Percent
 from envoy_data_plane.google.protobuf import Any as AnyMessage
 from envoy_data_plane.google.protobuf import Struct
@@ -48,6 +55,13 @@ __all__ = [
 ]
 
 GATEWAY_CLUSTER = "gateway"
+JWKS_CLUSTER = "jwks"
+JWT_PROVIDER = "meshserve"
+# Where the certificates live in every container: the compose `certs` volume, or a cert-manager Secret mounted
+# with the same file names in Kubernetes (deploy/k8s/base/certificates.yaml).
+CERTS_DIR = Path("/certs")
+# Envoy's own gRPC health check and a Kubernetes probe through the listener carry no token.
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
 DEFAULT_OUT = Path("deploy/envoy/envoy.yaml")
 REGENERATE = f"meshserve deploy envoy --out {DEFAULT_OUT}"
 # The gateway's own per-route budget: each Envoy attempt must outlast it, so the gateway's answer (its fallback
@@ -90,24 +104,57 @@ class EnvoySettings(BaseSettings):
     health_check_timeout_s: float = Field(1.0, gt=0)
     unhealthy_threshold: int = Field(2, ge=1)
     healthy_threshold: int = Field(1, ge=1)
-    tls_cert_path: Path | None = Field(
-        None, description="PEM chain; with tls_key_path, the listener speaks TLS"
+    # Downstream: the listener terminates TLS when both are set (a certificate clients trust for the edge's name).
+    tls_cert_file: Path | None = Field(
+        None, description="PEM chain; with tls_key_file, the listener speaks TLS"
     )
-    tls_key_path: Path | None = None
+    tls_key_file: Path | None = None
+    # Upstream: TLS to the gateway, whose certificate must chain to this CA and name `gateway_tls_name`.
+    gateway_ca_file: Path | None = Field(
+        CERTS_DIR / "ca.pem", description="the mesh's CA; None speaks plaintext to the gateway"
+    )
+    gateway_tls_name: str = Field("gateway", description="SNI and the DNS SAN the gateway must present")
+    # A client certificate makes the hop mTLS. Off by default: the gateway would see every call through the edge
+    # as that identity, so present one only with jwt_authn on or with a gateway that requires client certs.
+    gateway_cert_file: Path | None = None
+    gateway_key_file: Path | None = None
+    # JWTs verified at the edge (envoy.filters.http.jwt_authn), the same tokens the gateway accepts
+    # (MESHSERVE_GATEWAY_AUTH_JWKS, _AUTH_JWT_ISSUER, _AUTH_JWT_AUDIENCE). On when jwt_jwks is set.
+    jwt_jwks: str | None = Field(None, description="a local JWKS file or an http(s) URL serving one")
+    jwt_issuer: str | None = Field(None, description="the `iss` tokens must carry")
+    jwt_audiences: list[str] = Field(default_factory=list, description="`aud` values accepted; [] = any")
+    jwt_clock_skew_s: int = Field(30, ge=0, description="the gateway's auth_jwt_leeway_s")
+    jwt_jwks_cache_s: float = Field(300.0, gt=0, description="how long a fetched remote JWKS is kept")
+    jwt_jwks_ca_file: Path = Field(
+        Path("/etc/ssl/certs/ca-certificates.crt"), description="roots an https JWKS URL is verified with"
+    )
+    jwt_payload_header: str = Field(
+        "x-jwt-payload", description="the verified payload, forwarded for logs (the gateway trusts the token)"
+    )
     access_log: bool = Field(True, description="one JSON line per call on stdout")
 
     @model_validator(mode="after")
     def _consistent(self) -> EnvoySettings:
-        if (self.tls_cert_path is None) != (self.tls_key_path is None):
-            raise ValueError("tls_cert_path and tls_key_path go together")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        if (self.gateway_cert_file is None) != (self.gateway_key_file is None):
+            raise ValueError("gateway_cert_file and gateway_key_file go together")
+        if self.gateway_cert_file is not None and self.gateway_ca_file is None:
+            raise ValueError("a client certificate for the gateway needs gateway_ca_file (TLS) too")
+        if self.jwt_jwks is None and (self.jwt_issuer or self.jwt_audiences):
+            raise ValueError("jwt_issuer and jwt_audiences need jwt_jwks to verify tokens with")
+        if self.jwt_jwks is not None and "://" in self.jwt_jwks:
+            url = urlsplit(self.jwt_jwks)
+            if url.scheme not in ("http", "https") or not url.hostname:
+                raise ValueError(f"jwt_jwks: expected a file or an http(s) URL, got {self.jwt_jwks!r}")
         if self.per_try_timeout_s > self.route_timeout_s:
             raise ValueError("per_try_timeout_s cannot exceed route_timeout_s")
         return self
 
 
 def local_settings(**overrides: object) -> EnvoySettings:
-    """Envoy beside `meshserve up` on one machine: the gateway on 127.0.0.1, nothing exposed."""
-    values = {"listen_host": "127.0.0.1", "gateway_host": "127.0.0.1", **overrides}
+    """Envoy beside `meshserve up` on one machine: the gateway on 127.0.0.1 (plaintext), nothing exposed."""
+    values = {"listen_host": "127.0.0.1", "gateway_host": "127.0.0.1", "gateway_ca_file": None, **overrides}
     return EnvoySettings(**values)
 
 
@@ -137,6 +184,49 @@ _ACCESS_LOG_FIELDS = {
     "attempts": "%UPSTREAM_REQUEST_ATTEMPT_COUNT%",
     "downstream": "%DOWNSTREAM_REMOTE_ADDRESS%",
 }
+
+
+def _jwks_url(s: EnvoySettings) -> tuple[str, int, bool] | None:
+    """(host, port, https) of a remote JWKS; None for a local file or no JWT at all."""
+    if s.jwt_jwks is None or "://" not in s.jwt_jwks:
+        return None
+    url = urlsplit(s.jwt_jwks)
+    https = url.scheme == "https"
+    return str(url.hostname), url.port or (443 if https else 80), https
+
+
+def _jwt_filter(s: EnvoySettings) -> hcm.HttpFilter:
+    """Every call but health checks needs a valid JWT (401 otherwise, 403 for another audience). The token itself
+    is forwarded: the gateway authenticates the caller from it (principal, roles), not from anything Envoy adds."""
+    assert s.jwt_jwks is not None
+    remote = _jwks_url(s)
+    provider = jwt_authn.JwtProvider(
+        issuer=s.jwt_issuer or "",
+        audiences=s.jwt_audiences,
+        forward=True,
+        forward_payload_header=s.jwt_payload_header,
+        clock_skew_seconds=s.jwt_clock_skew_s,
+    )
+    if remote is None:
+        provider.local_jwks = core.DataSource(filename=s.jwt_jwks)
+    else:
+        provider.remote_jwks = jwt_authn.RemoteJwks(
+            http_uri=core.HttpUri(uri=s.jwt_jwks, cluster=JWKS_CLUSTER, timeout=_seconds(5)),
+            cache_duration=_seconds(s.jwt_jwks_cache_s),
+            # fetched at start and refreshed in the background, so no caller waits on the identity provider
+            async_fetch=jwt_authn.JwksAsyncFetch(),
+        )
+    config = jwt_authn.JwtAuthentication(
+        providers={JWT_PROVIDER: provider},
+        rules=[
+            jwt_authn.RequirementRule(match=route.RouteMatch(prefix=HEALTH_PREFIX)),  # no requirement
+            jwt_authn.RequirementRule(
+                match=route.RouteMatch(prefix="/"),
+                requires=jwt_authn.JwtRequirement(provider_name=JWT_PROVIDER),
+            ),
+        ],
+    )
+    return hcm.HttpFilter(name="envoy.filters.http.jwt_authn", typed_config=_typed(config))
 
 
 def _http_connection_manager(s: EnvoySettings) -> hcm.HttpConnectionManager:
@@ -177,7 +267,10 @@ def _http_connection_manager(s: EnvoySettings) -> hcm.HttpConnectionManager:
             name="meshserve",
             virtual_hosts=[route.VirtualHost(name="gateway", domains=["*"], routes=[grpc_route])],
         ),
-        http_filters=[hcm.HttpFilter(name="envoy.filters.http.router", typed_config=_typed(Router()))],
+        http_filters=[
+            *([_jwt_filter(s)] if s.jwt_jwks is not None else []),
+            hcm.HttpFilter(name="envoy.filters.http.router", typed_config=_typed(Router())),
+        ],
         access_log=access_log if s.access_log else [],
         use_remote_address=True,  # this is the edge: the peer address is the client, not a forwarded header
         preserve_external_request_id=True,  # a caller's x-request-id travels on through every hop
@@ -193,24 +286,69 @@ def _listener(s: EnvoySettings) -> listener.Listener:
             )
         ]
     )
-    if s.tls_cert_path is not None and s.tls_key_path is not None:
+    if s.tls_cert_file is not None and s.tls_key_file is not None:
         context = tls.DownstreamTlsContext(
             common_tls_context=tls.CommonTlsContext(
-                tls_certificates=[
-                    tls.TlsCertificate(
-                        certificate_chain=core.DataSource(filename=str(s.tls_cert_path)),
-                        private_key=core.DataSource(filename=str(s.tls_key_path)),
-                    )
-                ],
+                tls_certificates=[_certificate(s.tls_cert_file, s.tls_key_file)],
                 alpn_protocols=["h2"],  # gRPC is HTTP/2 only
             )
         )
-        chain.transport_socket = core.TransportSocket(
-            name="envoy.transport_sockets.tls", typed_config=_typed(context)
-        )
+        chain.transport_socket = _tls_socket(context)
     return listener.Listener(
         name="edge", address=_address(s.listen_host, s.listen_port), filter_chains=[chain]
     )
+
+
+def _certificate(cert: Path, key: Path) -> tls.TlsCertificate:
+    return tls.TlsCertificate(
+        certificate_chain=core.DataSource(filename=str(cert)), private_key=core.DataSource(filename=str(key))
+    )
+
+
+def _tls_socket(context: Message) -> core.TransportSocket:
+    return core.TransportSocket(name="envoy.transport_sockets.tls", typed_config=_typed(context))
+
+
+def _upstream_tls(
+    sni: str, alpn: list[str], ca: Path, cert: Path | None = None, key: Path | None = None
+) -> core.TransportSocket:
+    """TLS to an upstream that must present a certificate for `sni`, chaining to `ca`; with `cert` and `key`,
+    Envoy presents its own certificate too (mTLS)."""
+    validation = tls.CertificateValidationContext(
+        trusted_ca=core.DataSource(filename=str(ca)),
+        match_typed_subject_alt_names=[
+            tls.SubjectAltNameMatcher(
+                san_type=tls.SubjectAltNameMatcherSanType.DNS, matcher=StringMatcher(exact=sni)
+            )
+        ],
+    )
+    common = tls.CommonTlsContext(validation_context=validation, alpn_protocols=alpn)
+    if cert is not None and key is not None:
+        common.tls_certificates = [_certificate(cert, key)]
+    return _tls_socket(tls.UpstreamTlsContext(common_tls_context=common, sni=sni))
+
+
+def _jwks_cluster(s: EnvoySettings, host: str, port: int, https: bool) -> cluster.Cluster:
+    """The identity provider's JWKS endpoint; over https, verified against the public roots."""
+    jwks = cluster.Cluster(
+        name=JWKS_CLUSTER,
+        type=cluster.ClusterDiscoveryType.LOGICAL_DNS,  # one external name, as Envoy advises for such hosts
+        dns_lookup_family=cluster.ClusterDnsLookupFamily.V4_PREFERRED,
+        connect_timeout=_seconds(5),
+        load_assignment=endpoint.ClusterLoadAssignment(
+            cluster_name=JWKS_CLUSTER,
+            endpoints=[
+                endpoint.LocalityLbEndpoints(
+                    lb_endpoints=[
+                        endpoint.LbEndpoint(endpoint=endpoint.Endpoint(address=_address(host, port)))
+                    ]
+                )
+            ],
+        ),
+    )
+    if https:
+        jwks.transport_socket = _upstream_tls(host, ["http/1.1"], s.jwt_jwks_ca_file)
+    return jwks
 
 
 def _gateway_cluster(s: EnvoySettings) -> cluster.Cluster:
@@ -243,7 +381,7 @@ def _gateway_cluster(s: EnvoySettings) -> cluster.Cluster:
         # again while it drains on SIGTERM, so Envoy stops sending it calls before it stops.
         grpc_health_check=core.HealthCheckGrpcHealthCheck(service_name=""),
     )
-    return cluster.Cluster(
+    gateway_cluster = cluster.Cluster(
         name=GATEWAY_CLUSTER,
         type=cluster.ClusterDiscoveryType.STRICT_DNS,  # every address the name resolves to (compose replicas)
         dns_lookup_family=cluster.ClusterDnsLookupFamily.V4_PREFERRED,
@@ -260,6 +398,18 @@ def _gateway_cluster(s: EnvoySettings) -> cluster.Cluster:
         # instead of sending calls to gateways that have said they cannot serve them.
         common_lb_config=cluster.ClusterCommonLbConfig(healthy_panic_threshold=Percent(value=0.0)),
     )
+    if s.gateway_ca_file is not None:
+        # Health checks and calls alike go over it. SNI and the SAN check both name the gateway, so a
+        # certificate of another meshserve process (same CA) is refused.
+        gateway_cluster.transport_socket = _upstream_tls(
+            s.gateway_tls_name, ["h2"], s.gateway_ca_file, s.gateway_cert_file, s.gateway_key_file
+        )
+    return gateway_cluster
+
+
+def _clusters(s: EnvoySettings) -> list[cluster.Cluster]:
+    remote = _jwks_url(s)
+    return [_gateway_cluster(s), *([_jwks_cluster(s, *remote)] if remote is not None else [])]
 
 
 def envoy_config(settings: EnvoySettings) -> dict[str, JSON]:
@@ -267,7 +417,7 @@ def envoy_config(settings: EnvoySettings) -> dict[str, JSON]:
     config = bootstrap.Bootstrap(
         admin=bootstrap.Admin(address=_address(settings.admin_host, settings.admin_port)),
         static_resources=bootstrap.BootstrapStaticResources(
-            listeners=[_listener(settings)], clusters=[_gateway_cluster(settings)]
+            listeners=[_listener(settings)], clusters=_clusters(settings)
         ),
         # an edge without a connection limit can be exhausted by idle clients; Envoy warns at start without one
         overload_manager=overload.OverloadManager(

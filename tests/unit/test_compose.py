@@ -13,7 +13,9 @@ import json
 import os
 import re
 import shlex
+import shutil
 import socket
+import subprocess
 from concurrent import futures
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -61,6 +63,13 @@ IMAGES = {
 # Services whose image has nothing to run a healthcheck with (Jaeger's holds one static binary): the only ones
 # another service may wait on with `service_started` instead of `service_healthy`.
 NO_HEALTHCHECK_TOOL = {"jaeger"}
+# One-shot services: they run to completion before the others start, so others wait for
+# `service_completed_successfully` and they have no healthcheck.
+ONE_SHOT = {"certs"}
+CERTS = Path("/certs")  # where the certs volume is mounted in every container
+# Who may call whom over mTLS (first DNS SAN of the caller's certificate), beyond the process itself (its own
+# healthcheck) and `admin` (tools).
+CALLERS = {"feature": {"gateway"}, "cache": {"gateway"}, "inference": {"gateway"}}
 
 PROMETHEUS_CONFIG = REPO_ROOT / "deploy/prometheus/prometheus.yml"
 GRAFANA = REPO_ROOT / "deploy/grafana"
@@ -314,6 +323,9 @@ def test_dependencies_exist_are_healthchecked_and_awaited_healthy(services):
             depends_on = {target: {"condition": "service_started"} for target in depends_on}
         for target, how in depends_on.items():
             assert target in services, f"{name} depends on a missing service {target}"
+            if target in ONE_SHOT:
+                assert how.get("condition") == "service_completed_successfully", f"{name}: {target}"
+                continue
             if target in NO_HEALTHCHECK_TOOL:
                 assert how.get("condition") == "service_started", f"{name}: {target} can never be healthy"
                 continue
@@ -326,7 +338,11 @@ def test_dependencies_exist_are_healthchecked_and_awaited_healthy(services):
 def test_every_service_has_a_healthcheck_unless_its_image_cannot_run_one(services):
     for name, service in services.items():
         test = service.get("healthcheck", {}).get("test")
-        if name in NO_HEALTHCHECK_TOOL:
+        if name in ONE_SHOT:
+            assert not test and service.get("restart") == "no", (
+                f"{name} runs once: no healthcheck, no restart"
+            )
+        elif name in NO_HEALTHCHECK_TOOL:
             assert not test, f"{name}: its image has no tool to run {test}"
         else:
             assert test and argv(test)[0] in ("CMD", "CMD-SHELL"), f"{name} has no healthcheck"
@@ -667,6 +683,108 @@ def test_envoy_healthcheck_asks_its_admin_api(services, envoy_config):
     assert f"/dev/tcp/{admin['address']}/{admin['port_value']}" in test and "/ready" in test
 
 
+# -- mTLS and authentication on by default ------------------------------------------------------------------
+def certs_mounted(service: dict) -> bool:
+    return any(
+        isinstance(v, str) and v.split(":")[:2] == ["certs", str(CERTS)] for v in service.get("volumes", [])
+    )
+
+
+def test_the_certs_step_writes_the_ca_certificates_and_admin_token_into_the_volume(services):
+    certs = services["certs"]
+    script = " ".join(argv(certs["command"]))
+    assert f"meshserve certs {CERTS}" in script
+    assert f"{CERTS}/admin-token" in script and "secrets.token_hex(32)" in script
+    assert "if [ ! -s /certs/admin-token ]" in script, "a restart must keep the token the gateway reads"
+    assert "chown -R 10001:10001" in script  # the image's user reads the keys (0600)
+    assert f"certs:{CERTS}" in certs["volumes"], "it writes the shared volume, read-write"
+    assert "certs" in yaml.safe_load(COMPOSE_FILE.read_text())["volumes"]
+    # the CA's key is moved to a volume only this service mounts, and put back for the next run
+    assert "mv /certs/ca-key.pem /ca/ca-key.pem" in script and "cp -p /ca/ca-key.pem /certs/" in script
+    assert "certs-ca:/ca" in certs["volumes"]
+    others = [
+        name for name, s in services.items() if name != "certs" and "certs-ca:/ca" in s.get("volumes", [])
+    ]
+    assert not others, f"{others} can read the CA's private key"
+
+
+def test_every_service_that_reads_certificates_mounts_them_read_only_and_waits_for_the_certs_step(services):
+    readers = {name for name, s in services.items() if name != "certs" and certs_mounted(s)}
+    assert {"triton", "envoy", *SETTINGS} <= readers
+    for name in readers:
+        assert f"certs:{CERTS}:ro" in services[name]["volumes"], name
+        condition = services[name]["depends_on"]["certs"]["condition"]
+        assert condition == "service_completed_successfully", name
+
+
+def test_every_process_serves_tls_with_its_own_certificate(services, monkeypatch):
+    for name in SETTINGS:
+        settings = load_settings(name, services, monkeypatch)
+        assert settings.tls_cert_file == CERTS / f"{name}.pem", name
+        assert settings.tls_key_file == CERTS / f"{name}-key.pem", name
+        assert settings.tls_ca_file == CERTS / "ca.pem", name
+
+
+def test_only_the_gateway_and_admin_may_call_the_internal_services(services, monkeypatch):
+    for name, callers in CALLERS.items():
+        settings = load_settings(name, services, monkeypatch)
+        assert settings.tls_client_auth is True, f"{name} must require a client certificate"
+        assert set(settings.tls_allowed_peers) == callers | {"admin", name}, name
+    # the gateway is the mesh's front door: callers authenticate with a token, not necessarily a certificate
+    gateway = load_settings("gateway", services, monkeypatch)
+    assert gateway.tls_client_auth is False and gateway.tls_allowed_peers == []
+    inference = load_settings("inference", services, monkeypatch)
+    assert inference.triton_tls_name == "triton"
+
+
+def test_triton_requires_a_client_certificate_on_grpc(services):
+    args = argv(services["triton"]["command"])
+    assert flag(args, "--grpc-use-ssl") == "true" and flag(args, "--grpc-use-ssl-mutual") == "true"
+    assert flag(args, "--grpc-server-cert") == f"{CERTS}/triton.pem"
+    assert flag(args, "--grpc-server-key") == f"{CERTS}/triton-key.pem"
+    assert flag(args, "--grpc-root-cert") == f"{CERTS}/ca.pem"
+
+
+def test_the_gateway_requires_authentication_and_reads_the_admin_token_the_certs_step_writes(
+    services, monkeypatch
+):
+    settings = load_settings("gateway", services, monkeypatch)
+    assert settings.auth_required is True
+    assert settings.admin_token_file == CERTS / "admin-token"
+    keys = settings.auth_api_keys_file
+    assert keys is not None and keys.is_relative_to("/home/meshserve"), "API keys must outlive the container"
+
+
+def test_healthchecks_present_the_process_own_certificate(services):
+    for name in SETTINGS:
+        test = argv(services[name]["healthcheck"]["test"])
+        assert flag(test, "--ca") == f"{CERTS}/ca.pem", name
+        assert (flag(test, "--cert"), flag(test, "--key")) == (
+            f"{CERTS}/{name}.pem",
+            f"{CERTS}/{name}-key.pem",
+        )
+
+
+def test_envoy_verifies_the_gateway_with_the_mounted_ca(services, envoy_config):
+    (cluster,) = envoy_config["static_resources"]["clusters"]
+    context = cluster["transport_socket"]["typed_config"]
+    assert context["sni"] == "gateway"
+    ca = Path(context["common_tls_context"]["validation_context"]["trusted_ca"]["filename"])
+    assert ca == CERTS / "ca.pem" and certs_mounted(services["envoy"])
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose is not installed")
+def test_docker_compose_itself_accepts_the_file():
+    """Its own schema and interpolation (condition: service_completed_successfully needs 1.29 or newer)."""
+    result = subprocess.run(
+        ["docker-compose", "-f", str(COMPOSE_FILE), "config", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+
+
 # -- meshserve.core.healthcheck -----------------------------------------------------------------------------
 def unused_port() -> int:
     with socket.socket() as sock:
@@ -698,6 +816,38 @@ def test_healthcheck_passes_only_while_serving(health_server):
     servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     assert healthcheck.main([target]) == 1
     assert healthcheck.main([target, "--service", "meshserve.unknown.v1.Nothing"]) == 1  # NOT_FOUND
+
+
+@pytest.fixture
+def tls_health_server(tmp_path):
+    """The same, on an mTLS port whose certificates come from `meshserve certs`."""
+    from meshserve.cli.certs import issue_certificates
+
+    issue_certificates(tmp_path, names=["feature", "other"])
+    read = lambda name: (tmp_path / name).read_bytes()  # noqa: E731
+    credentials = grpc.ssl_server_credentials(
+        [(read("feature-key.pem"), read("feature.pem"))], read("ca.pem"), require_client_auth=True
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_secure_port("127.0.0.1:0", credentials)
+    server.start()
+    servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    yield tmp_path, f"127.0.0.1:{port}"
+    server.stop(None)
+
+
+def test_healthcheck_speaks_mtls_with_the_process_own_certificate(tls_health_server, capsys):
+    certs, target = tls_health_server
+    own = [f"--ca={certs}/ca.pem", f"--cert={certs}/feature.pem", f"--key={certs}/feature-key.pem"]
+    assert healthcheck.main([target, *own]) == 0
+    assert healthcheck.main([target, f"--ca={certs}/ca.pem"]) == 1  # no client certificate: refused
+    assert healthcheck.main([target]) == 1  # plaintext against a TLS port
+    assert healthcheck.main([target, *own]) == 0  # and a good check still passes afterwards
+    with pytest.raises(SystemExit):
+        healthcheck.main([target, f"--cert={certs}/feature.pem"])  # --cert without --key or --ca
+    capsys.readouterr()
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ a socket, so these stay unit tests.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from pydantic import ValidationError
 
 from gateway.routes import Route as GatewayRoute
 from meshserve.deploy.envoy import (
+    CERTS_DIR,
     DEFAULT_OUT,
     EnvoySettings,
     deploy_envoy,
@@ -59,9 +61,10 @@ def route(config: dict) -> dict:
     return hcm["route_config"]["virtual_hosts"][0]["routes"][0]
 
 
-def self_signed(directory: Path) -> tuple[Path, Path]:
-    """A throwaway certificate and key (the openssl CLI: the venv has no `cryptography`)."""
-    cert, key = directory / "edge.crt", directory / "edge.key"
+def self_signed(directory: Path, name: str = "edge") -> tuple[Path, Path]:
+    """A throwaway certificate and key (the openssl CLI). `envoy --mode validate` loads PEM files but checks no
+    chain, so one self-signed certificate serves as CA, server and client certificate alike."""
+    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"]
         + ["-keyout", str(key), "-out", str(cert)],
@@ -70,6 +73,47 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
         timeout=60,
     )
     return cert, key
+
+
+def certs_dir(directory: Path) -> Path:
+    """What the compose `certs` step (or cert-manager) puts in /certs, enough for Envoy to load."""
+    cert, key = self_signed(directory)
+    for name in ("ca", "client", "gateway"):
+        (directory / f"{name}.pem").write_bytes(cert.read_bytes())
+        (directory / f"{name}-key.pem").write_bytes(key.read_bytes())
+    return directory
+
+
+def jwks_file(directory: Path) -> Path:
+    """A JWKS with one ES256 public key, as an identity provider publishes it."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from jwt.algorithms import ECAlgorithm
+
+    jwk = json.loads(ECAlgorithm.to_jwk(ec.generate_private_key(ec.SECP256R1()).public_key()))
+    path = directory / "jwks.json"
+    path.write_text(json.dumps({"keys": [{**jwk, "kid": "k1", "alg": "ES256", "use": "sig"}]}))
+    return path
+
+
+def http_filters(config: dict) -> list[dict]:
+    (listener,) = config["static_resources"]["listeners"]
+    return listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+
+
+def secured(directory: Path, **overrides: object) -> EnvoySettings:
+    """TLS downstream, mTLS to the gateway and JWTs checked at the edge, all on."""
+    certs = certs_dir(directory)
+    values: dict[str, object] = {
+        "tls_cert_file": certs / "gateway.pem",
+        "tls_key_file": certs / "gateway-key.pem",
+        "gateway_ca_file": certs / "ca.pem",
+        "gateway_cert_file": certs / "client.pem",
+        "gateway_key_file": certs / "client-key.pem",
+        "jwt_jwks": str(jwks_file(directory)),
+        "jwt_issuer": "https://idp.example.com/",
+        "jwt_audiences": ["meshserve"],
+    }
+    return EnvoySettings(**{**values, **overrides})
 
 
 def test_committed_file_is_what_the_generator_writes():
@@ -83,14 +127,19 @@ def test_committed_file_says_it_is_generated_and_how():
     assert header[0].startswith("# Generated") and "meshserve deploy envoy" in header[1]
 
 
-def test_envoy_accepts_the_committed_file():
-    result = validate(COMMITTED)
+def test_envoy_accepts_the_committed_file(tmp_path):
+    """With the certificate files it names (/certs in its containers) put in a temporary directory."""
+    text = COMMITTED.read_text()
+    assert f"{CERTS_DIR}/ca.pem" in text, "the committed edge no longer verifies the gateway"
+    config = tmp_path / "envoy.yaml"
+    config.write_text(text.replace(f"{CERTS_DIR}/", f"{certs_dir(tmp_path)}/"))
+    result = validate(config)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_envoy_accepts_the_tls_listener(tmp_path):
     cert, key = self_signed(tmp_path)
-    settings = EnvoySettings(tls_cert_path=cert, tls_key_path=key)
+    settings = EnvoySettings(tls_cert_file=cert, tls_key_file=key, gateway_ca_file=cert)
     (listener,) = envoy_config(settings)["static_resources"]["listeners"]
     tls = listener["filter_chains"][0]["transport_socket"]["typed_config"]
     assert tls["common_tls_context"]["alpn_protocols"] == ["h2"]
@@ -105,8 +154,14 @@ def test_validation_fails_for_a_broken_config(tmp_path):
     broken = tmp_path / "broken.yaml"
     broken.write_text(yaml.safe_dump(config))
     assert validate(broken).returncode != 0
-    missing = EnvoySettings(tls_cert_path=tmp_path / "none.crt", tls_key_path=tmp_path / "none.key")
+    missing = local_settings(tls_cert_file=tmp_path / "none.crt", tls_key_file=tmp_path / "none.key")
     assert validate(deploy_envoy(tmp_path / "no-cert.yaml", missing)).returncode != 0
+    no_ca = EnvoySettings(gateway_ca_file=tmp_path / "none.pem")
+    assert validate(deploy_envoy(tmp_path / "no-ca.yaml", no_ca)).returncode != 0
+    (tmp_path / "empty.json").write_text("{}")
+    no_keys = secured(tmp_path, jwt_jwks=str(tmp_path / "empty.json"))
+    result = validate(deploy_envoy(tmp_path / "no-keys.yaml", no_keys))
+    assert result.returncode != 0 and "jwks" in (result.stdout + result.stderr).lower()
 
 
 def test_settings_change_the_output(monkeypatch):
@@ -146,17 +201,95 @@ def test_an_attempt_outlasts_the_gateways_own_route_budget():
     assert budget_s < settings.per_try_timeout_s <= settings.route_timeout_s
 
 
+def test_by_default_the_hop_to_the_gateway_is_tls_verified_by_name_without_a_client_certificate():
+    """The gateway would take the edge's certificate for the caller: no identity of its own unless asked."""
+    socket = cluster(envoy_config(EnvoySettings()))["transport_socket"]
+    assert socket["name"] == "envoy.transport_sockets.tls"
+    context = socket["typed_config"]
+    assert context["@type"].endswith("tls.v3.UpstreamTlsContext") and context["sni"] == "gateway"
+    common = context["common_tls_context"]
+    assert common["validation_context"]["trusted_ca"] == {"filename": f"{CERTS_DIR}/ca.pem"}
+    assert common["validation_context"]["match_typed_subject_alt_names"] == [
+        {"san_type": "DNS", "matcher": {"exact": "gateway"}}
+    ]
+    assert common["alpn_protocols"] == ["h2"] and "tls_certificates" not in common
+    assert [f["name"] for f in http_filters(envoy_config(EnvoySettings()))] == ["envoy.filters.http.router"]
+
+
+def test_tls_mtls_and_jwt_authn_together_are_accepted_by_envoy(tmp_path):
+    settings = secured(tmp_path)
+    config = envoy_config(settings)
+    (listener,) = config["static_resources"]["listeners"]
+    downstream = listener["filter_chains"][0]["transport_socket"]["typed_config"]["common_tls_context"]
+    assert downstream["tls_certificates"] == [
+        {
+            "certificate_chain": {"filename": str(settings.tls_cert_file)},
+            "private_key": {"filename": str(settings.tls_key_file)},
+        }
+    ]
+    upstream = cluster(config)["transport_socket"]["typed_config"]["common_tls_context"]
+    assert upstream["tls_certificates"][0]["certificate_chain"] == {
+        "filename": str(settings.gateway_cert_file)
+    }
+    jwt, router = http_filters(config)
+    assert (jwt["name"], router["name"]) == ("envoy.filters.http.jwt_authn", "envoy.filters.http.router")
+    (provider,) = jwt["typed_config"]["providers"].values()
+    assert provider["issuer"] == "https://idp.example.com/" and provider["audiences"] == ["meshserve"]
+    assert provider["local_jwks"] == {"filename": settings.jwt_jwks}
+    # the token goes on to the gateway, which authenticates the caller from it; the payload is for logs
+    assert provider["forward"] is True and provider["forward_payload_header"] == "x-jwt-payload"
+    assert provider["clock_skew_seconds"] == 30
+    health, everything = jwt["typed_config"]["rules"]
+    assert health == {"match": {"prefix": "/grpc.health.v1.Health/"}}  # probes carry no token
+    assert everything == {"match": {"prefix": "/"}, "requires": {"provider_name": "meshserve"}}
+    result = validate(deploy_envoy(tmp_path / "envoy.yaml", settings))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_remote_jwks_gets_its_own_verified_cluster(tmp_path):
+    url = "https://idp.example.com/.well-known/jwks.json"
+    settings = secured(tmp_path, jwt_jwks=url, jwt_jwks_ca_file=tmp_path / "ca.pem")
+    config = envoy_config(settings)
+    (provider,) = http_filters(config)[0]["typed_config"]["providers"].values()
+    remote = provider["remote_jwks"]
+    assert remote["http_uri"] == {"uri": url, "cluster": "jwks", "timeout": "5s"}
+    assert remote["cache_duration"] == "300s" and "async_fetch" in remote
+    gateway, jwks = config["static_resources"]["clusters"]
+    assert jwks["name"] == "jwks" and jwks["type"] == "LOGICAL_DNS"
+    (lb,) = jwks["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    assert lb["endpoint"]["address"]["socket_address"] == {"address": "idp.example.com", "port_value": 443}
+    assert jwks["transport_socket"]["typed_config"]["sni"] == "idp.example.com"
+    result = validate(deploy_envoy(tmp_path / "envoy.yaml", settings))
+    assert result.returncode == 0, result.stdout + result.stderr
+    plain = envoy_config(secured(tmp_path, jwt_jwks="http://idp:8080/jwks"))["static_resources"]["clusters"][
+        1
+    ]
+    assert "transport_socket" not in plain
+    assert plain["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"][
+        "socket_address"
+    ] == {"address": "idp", "port_value": 8080}
+
+
 def test_local_variant_stays_on_loopback():
     config = envoy_config(local_settings(gateway_port=6000))
     (listener,) = config["static_resources"]["listeners"]
     assert listener["address"]["socket_address"]["address"] == "127.0.0.1"
     (endpoint,) = cluster(config)["load_assignment"]["endpoints"][0]["lb_endpoints"]
     assert endpoint["endpoint"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 6000}
+    assert "transport_socket" not in cluster(config)  # `meshserve up` without --tls speaks plaintext
 
 
 @pytest.mark.parametrize(
     "values",
-    [{"tls_cert_path": "edge.crt"}, {"per_try_timeout_s": 9.0, "route_timeout_s": 5.0}, {"listen_port": 0}],
+    [
+        {"tls_cert_file": "edge.crt"},
+        {"gateway_cert_file": "client.pem"},
+        {"gateway_cert_file": "c.pem", "gateway_key_file": "k.pem", "gateway_ca_file": None},
+        {"jwt_issuer": "https://idp.example.com/"},
+        {"jwt_jwks": "ftp://idp.example.com/jwks"},
+        {"per_try_timeout_s": 9.0, "route_timeout_s": 5.0},
+        {"listen_port": 0},
+    ],
 )
 def test_inconsistent_settings_are_refused(values):
     with pytest.raises(ValidationError):

@@ -59,6 +59,25 @@ TRITON_DEFAULTS = {
     "--exit-timeout-secs": 30,
 }
 CLUSTER_SCOPED = {"Namespace", "PersistentVolume", "StorageClass", "ClusterRole", "ClusterRoleBinding"}
+# cert-manager's kinds: kubernetes-validate has no schema for CRDs, so test_cert_manager_* check their structure.
+CERT_MANAGER = "cert-manager.io/v1"
+CERTS = Path("/certs")  # where every pod mounts its certificate Secret, as compose mounts the certs volume
+# Who may open a connection to each gRPC port (NetworkPolicies), as Deployments; "*" = any pod in this
+# namespace, "cluster" = any pod in any namespace, "outside" = addresses outside the cluster.
+ANYONE = {"*", "cluster", "outside"}
+REACHES = {
+    ("envoy", 8080): ANYONE,
+    ("gateway", 50051): ANYONE,
+    ("gateway", 50056): ANYONE,
+    ("gateway", 50055): {"*"},  # the admin API: this namespace only
+    ("feature", 50052): {"gateway"},
+    ("cache", 50053): {"gateway"},
+    ("inference", 50054): {"gateway"},
+    ("triton", 8001): {"inference"},
+    ("triton", 8000): set(),  # HTTP without TLS: only the kubelet's probes
+    ("redis", 6379): {"feature", "cache"},
+}
+METRICS_PORTS = {"envoy": None, "triton": 8002}  # others: 9464; Envoy's admin API stays on its loopback
 
 
 # -- a small kustomize ---------------------------------------------------------------------------------------
@@ -313,6 +332,8 @@ def quantity(value: str | int | float) -> float:
 # -- the renders are valid Kubernetes ------------------------------------------------------------------------
 def test_every_object_validates_against_the_kubernetes_schema(render):
     for doc in render.docs:
+        if doc["apiVersion"] == CERT_MANAGER:
+            continue  # a CRD: checked by test_cert_manager_objects_have_the_structure_cert_manager_reads
         kubernetes_validate.validate(doc, desired_version=KUBERNETES_VERSION, strict=True)
 
 
@@ -389,7 +410,9 @@ def test_every_generated_configmap_file_is_a_checked_copy():
 # -- our processes, as docker-compose.yml runs them ----------------------------------------------------------
 # Compose runs Jaeger beside the mesh and publishes the admin API on the host; the cluster has neither, so
 # tracing, the admin address and the audit log's path are the two stacks' own business.
+# The admin token and API keys are files of the compose volumes there and Secrets you create here.
 COMPOSE_ONLY = {"MESHSERVE_GATEWAY_ADMIN_HOST", "MESHSERVE_GATEWAY_ADMIN_PORT", "MESHSERVE_GATEWAY_AUDIT_LOG"}
+COMPOSE_ONLY |= {"MESHSERVE_GATEWAY_ADMIN_TOKEN_FILE", "MESHSERVE_GATEWAY_AUTH_API_KEYS_FILE"}
 
 
 def _without_tracing(command: list[str]) -> list[str]:
@@ -503,16 +526,26 @@ def test_files_our_services_write_are_on_writable_volumes(render):
 
 
 # -- health, probes, shutdown --------------------------------------------------------------------------------
+def probed_port(probe: dict) -> int | str:
+    """The port a probe asks: its handler's, or the HOST:PORT our healthcheck command is given."""
+    for handler in ("grpc", "httpGet", "tcpSocket"):
+        if handler in probe:
+            return probe[handler]["port"]
+    command = probe["exec"]["command"]
+    assert command[:3] == ["python", "-m", "meshserve.core.healthcheck"], command
+    host, _, port = command[3].rpartition(":")
+    assert host in ("127.0.0.1", "localhost"), f"{command[3]}: a probe asks its own pod"
+    return int(port)
+
+
 def test_every_probe_port_is_a_declared_container_port(render):
     probes = 0
     for name in render.of("Deployment"):
         for container in render.deployment(name)["spec"]["template"]["spec"]["containers"]:
             for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
-                probe = container.get(kind)
-                for handler in ("grpc", "httpGet", "tcpSocket"):
-                    if probe and handler in probe:
-                        container_port(container, probe[handler]["port"])
-                        probes += 1
+                if container.get(kind):
+                    container_port(container, probed_port(container[kind]))
+                    probes += 1
     assert probes >= 14
 
 
@@ -520,7 +553,14 @@ def test_our_services_are_probed_through_grpc_health_on_their_port(render):
     for name in SETTINGS:
         container, settings = render.container(name), load_settings(name, render)
         for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert container[kind].get("grpc", {}).get("port") == settings.port, f"{name}: {kind}"
+            assert probed_port(container[kind]) == settings.port, f"{name}: {kind}"
+            if settings.tls_cert_file is not None:
+                # the kubelet's own gRPC probe speaks no TLS: our healthcheck, with the pod's certificate
+                command = container[kind]["exec"]["command"]
+                assert f"--ca={settings.tls_ca_file}" in command, f"{name}: {kind}"
+                assert f"--cert={settings.tls_cert_file}" in command, f"{name}: {kind}"
+                assert f"--key={settings.tls_key_file}" in command, f"{name}: {kind}"
+                assert container[kind].get("timeoutSeconds", 1) >= 3, f"{name}: a Python start takes time"
         # NOT_SERVING until the dependencies are; the process gives up by itself after dependency_timeout_s,
         # and liveness must not kill it sooner.
         startup = container["startupProbe"]
@@ -590,21 +630,9 @@ def test_the_gateway_admin_api_is_closed_to_other_pods(render):
                 assert container_port(container, target) != settings.admin_port, f"Service {name}"
     if settings.admin_host in ("127.0.0.1", "localhost"):  # only `kubectl port-forward` reaches it
         return
-    policies = [
-        p
-        for p in render.of("NetworkPolicy").values()
-        if "Ingress" in p["spec"].get("policyTypes", ["Ingress"])
-        and p["spec"]["podSelector"].get("matchLabels", {}).items()
-        <= render.deployment("gateway")["spec"]["template"]["metadata"]["labels"].items()
-    ]
-    assert policies, f"the admin API listens on {settings.admin_host} and no NetworkPolicy guards it"
-    allowed = set()
-    for policy in policies:
-        for rule in policy["spec"].get("ingress", []):
-            assert rule.get("ports"), f"{policy['metadata']['name']}: a rule without ports admits every port"
-            allowed |= {container_port(container, p["port"]) for p in rule["ports"]}
-    assert settings.admin_port not in allowed
-    assert {settings.port, settings.metrics_port} <= allowed
+    graph = PolicyGraph(render)
+    assert graph.who_reaches("gateway", settings.admin_port) == {"*"}, "only pods of this namespace"
+    assert settings.admin_token_file is not None, "the admin API must require a credential"
 
 
 # -- Services, disruption budgets, the autoscaler ------------------------------------------------------------
@@ -768,3 +796,201 @@ def test_strategic_merge_merges_named_lists_and_replaces_others():
     assert merged["containers"] == [{"name": "a", "resources": {"limits": {"cpu": "1", "nvidia.com/gpu": 1}}}]
     assert merged["tolerations"] == [{"key": "y"}]
     assert strategic_merge({"a": 1, "b": 2}, {"b": None}) == {"a": 1}
+
+
+# -- security: certificates, mTLS and authentication on by default -------------------------------------------
+def test_cert_manager_objects_have_the_structure_cert_manager_reads(render):
+    issuers = {n: d for n, d in render.of("Issuer").items() if d["apiVersion"] == CERT_MANAGER}
+    certificates = render.of("Certificate")
+    assert issuers.keys() == {"meshserve-ca"}
+    assert set(issuers["meshserve-ca"]["spec"]) == {"ca"}  # signs with the CA in a Secret you create
+    assert set(issuers["meshserve-ca"]["spec"]["ca"]) == {"secretName"}
+    known = {"secretName", "commonName", "dnsNames", "ipAddresses", "duration", "renewBefore", "privateKey"}
+    known |= {"usages", "issuerRef"}
+    usages = {"digital signature", "key encipherment", "server auth", "client auth"}  # cert-manager's names
+    for name, certificate in certificates.items():
+        assert certificate["apiVersion"] == CERT_MANAGER, name
+        spec = certificate["spec"]
+        assert set(spec) <= known and {"secretName", "dnsNames", "issuerRef"} <= set(spec), name
+        assert spec["issuerRef"] == {"name": "meshserve-ca", "kind": "Issuer", "group": "cert-manager.io"}
+        assert all(isinstance(n, str) and n for n in spec["dnsNames"]), name
+        assert set(spec["usages"]) <= usages and {"server auth", "client auth"} <= set(spec["usages"]), name
+        assert spec["privateKey"]["algorithm"] in ("ECDSA", "RSA", "Ed25519"), name
+        for field in ("duration", "renewBefore"):
+            assert re.fullmatch(r"\d+h", spec[field]), f"{name}: {field}={spec[field]}"
+        assert int(spec["renewBefore"][:-1]) < int(spec["duration"][:-1]), name
+        assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", spec["secretName"]), name
+
+
+def certs_volume(render: Render, name: str) -> dict:
+    """The Secret volume a Deployment mounts at /certs."""
+    container = render.container(name)
+    (mount,) = [m for m in container.get("volumeMounts", []) if Path(m["mountPath"]) == CERTS]
+    assert mount.get("readOnly") is True and "subPath" not in mount, f"{name}: renewals must reach the pod"
+    volumes = {v["name"]: v for v in render.deployment(name)["spec"]["template"]["spec"]["volumes"]}
+    return volumes[mount["name"]]["secret"]
+
+
+def test_every_process_gets_a_certificate_naming_itself_first_then_its_service(render):
+    certificates = {c["spec"]["secretName"]: c for c in render.of("Certificate").values()}
+    for name in [*SETTINGS, "triton", "envoy"]:
+        secret = certs_volume(render, name)
+        certificate = certificates[secret["secretName"]]
+        dns = certificate["spec"]["dnsNames"]
+        assert dns[0] == name, f"{name}: its identity (first DNS SAN) is {dns[0]}"
+        assert certificate["spec"].get("commonName", name) == name
+        service = f"{name}.{NAMESPACE}.svc"
+        assert {name, f"{name}.{NAMESPACE}", service, f"{service}.cluster.local"} <= set(dns), name
+        assert name in render.of("Service"), f"{name}: the certificate names a Service that does not exist"
+        # its own probes ask 127.0.0.1, and verify the certificate they are answered with
+        assert "127.0.0.1" in certificate["spec"].get("ipAddresses", []), name
+        items = {i["key"]: i["path"] for i in secret["items"]}
+        assert items == {"tls.crt": f"{name}.pem", "tls.key": f"{name}-key.pem", "ca.crt": "ca.pem"}, name
+        pod = render.deployment(name)["spec"]["template"]["spec"]
+        user = {**pod.get("securityContext", {}), **render.container(name).get("securityContext", {})}
+        if user.get("runAsUser", 0) != 0:  # the key (0440) must be readable through the pod's group
+            assert secret["defaultMode"] & 0o040 and pod["securityContext"].get("fsGroup"), name
+
+
+def test_tls_settings_name_files_of_the_mounted_certificate(render):
+    for name in SETTINGS:
+        settings = load_settings(name, render)
+        mounted = {CERTS / i["path"] for i in certs_volume(render, name)["items"]}
+        for field in ("tls_cert_file", "tls_key_file", "tls_ca_file"):
+            assert getattr(settings, field) in mounted, f"{name}: {field}={getattr(settings, field)}"
+    triton = argv(render.container("triton"))
+    mounted = {str(CERTS / i["path"]) for i in certs_volume(render, "triton")["items"]}
+    for option in ("--grpc-server-cert", "--grpc-server-key", "--grpc-root-cert"):
+        (value,) = [a.split("=", 1)[1] for a in triton if a.startswith(f"{option}=")]
+        assert value in mounted, f"triton: {option}={value}"
+    assert "--grpc-use-ssl-mutual=true" in triton
+
+
+def test_mtls_and_authentication_are_on_by_default(render):
+    for name in ("feature", "cache", "inference"):
+        settings = load_settings(name, render)
+        assert settings.tls_client_auth is True, name
+        assert set(settings.tls_allowed_peers) == {"gateway", "admin", name}, name
+    assert load_settings("inference", render).triton_tls_name == "triton"
+    gateway = load_settings("gateway", render)
+    assert gateway.auth_required is True and gateway.tls_cert_file is not None
+    for path in (gateway.admin_token_file, gateway.auth_api_keys_file):
+        assert path is not None
+        (mount,) = [
+            m for m in render.container("gateway")["volumeMounts"] if Path(m["mountPath"]) == path.parent
+        ]
+        volumes = {v["name"]: v for v in render.deployment("gateway")["spec"]["template"]["spec"]["volumes"]}
+        assert "secret" in volumes[mount["name"]] and mount.get("readOnly") is True, path
+    volumes = {v["name"]: v for v in render.deployment("gateway")["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["admin-token"]["secret"].get("optional") is not True, "no gateway without an admin token"
+
+
+def test_envoy_verifies_the_gateway_with_the_ca_it_mounts():
+    (gateway,) = envoy_config()["static_resources"]["clusters"]
+    context = gateway["transport_socket"]["typed_config"]
+    assert context["sni"] == "gateway"
+    assert context["common_tls_context"]["validation_context"]["trusted_ca"]["filename"] == str(
+        CERTS / "ca.pem"
+    )
+
+
+class PolicyGraph:
+    """Who may open a connection to a pod's port, from the NetworkPolicies alone (Kubernetes' semantics: a pod
+    selected by no Ingress policy admits everyone; once selected, the union of its policies' rules)."""
+
+    SOURCES = ("*", "cluster", "outside")
+
+    def __init__(self, render: Render) -> None:
+        self.render = render
+        self.policies = [
+            p
+            for p in render.of("NetworkPolicy").values()
+            if "Ingress" in p["spec"].get("policyTypes", ["Ingress"])
+        ]
+        self.labels = {
+            name: d["spec"]["template"]["metadata"]["labels"] for name, d in render.of("Deployment").items()
+        }
+        self.labels.setdefault("redis", {"app.kubernetes.io/name": "redis"})  # a Redis you may add
+
+    @staticmethod
+    def _selects(selector: dict, labels: dict[str, str]) -> bool:
+        assert set(selector) <= {"matchLabels"}, f"selector {selector}: only matchLabels here"
+        return selector.get("matchLabels", {}).items() <= labels.items()
+
+    def _admits(self, peer: dict, source: str) -> bool:
+        """Whether one `from` entry admits `source` (a Deployment of this namespace, or a SOURCES name)."""
+        assert set(peer) <= {"podSelector", "namespaceSelector"}, f"peer {peer}: no ipBlock expected"
+        if "namespaceSelector" in peer:
+            # only an empty one is used: every namespace (this one included), but no address outside
+            assert peer["namespaceSelector"] == {} and "podSelector" not in peer, peer
+            return source != "outside"
+        if source in ("cluster", "outside"):
+            return False
+        selector = peer["podSelector"]
+        return selector == {} or (source != "*" and self._selects(selector, self.labels[source]))
+
+    def who_reaches(self, target: str, port: int) -> set[str]:
+        selecting = [p for p in self.policies if self._selects(p["spec"]["podSelector"], self.labels[target])]
+        sources = [*self.labels, *self.SOURCES]
+        if not selecting:
+            return set(sources)
+        admitted = set()
+        for policy in selecting:
+            for rule in policy["spec"].get("ingress", []):
+                assert rule.get("ports"), (
+                    f"{policy['metadata']['name']}: a rule without ports admits every port"
+                )
+                if not any(p["port"] == port and p.get("protocol", "TCP") == "TCP" for p in rule["ports"]):
+                    continue
+                peers = rule.get("from")
+                admitted |= (
+                    set(sources)
+                    if peers is None
+                    else {s for s in sources if any(self._admits(peer, s) for peer in peers)}
+                )
+        # a rule admitting any pod of this namespace admits each Deployment: report it once, as "*"
+        if "*" in admitted:
+            admitted -= set(self.labels)
+        return admitted
+
+
+def test_network_policies_admit_exactly_the_mesh_hops(render):
+    graph = PolicyGraph(render)
+    for (target, port), expected in REACHES.items():
+        assert graph.who_reaches(target, port) == expected, f"{target}:{port}"
+    # and no other port of our pods is open: each declared container port is either a hop above or metrics
+    for name in render.of("Deployment"):
+        for declared in render.container(name).get("ports", []):
+            port = declared["containerPort"]
+            if (name, port) in REACHES:
+                continue
+            metrics = METRICS_PORTS.get(name, 9464)
+            assert port == metrics, f"{name}:{port} is declared but no hop of the mesh"
+            assert graph.who_reaches(name, port) == {"*", "cluster"}, f"{name}:{port}: metrics, in-cluster"
+
+
+def test_every_pod_is_under_a_default_deny(render):
+    (deny,) = [
+        p
+        for p in render.of("NetworkPolicy").values()
+        if p["spec"]["podSelector"] == {} and not p["spec"].get("ingress")
+    ]
+    assert deny["spec"]["policyTypes"] == ["Ingress"]
+    graph = PolicyGraph(render)
+    assert graph.who_reaches("feature", 12345) == set(), "a port no policy names must be closed"
+
+
+def test_the_urls_each_process_calls_are_hops_the_policies_admit(render):
+    """The policy graph and the settings agree: every _URL a process is given is a connection it may open."""
+    graph = PolicyGraph(render)
+    for name in SETTINGS:
+        for variable, value in environment(render.container(name)).items():
+            if variable.endswith("_URL") and not variable.endswith("REDIS_URL"):
+                host, _, port = value.rpartition(":")
+                target, target_port = service_backend(render, host, int(port))
+                admitted = graph.who_reaches(target, target_port)
+                assert name in admitted or "*" in admitted, f"{name} -> {target}:{target_port} is blocked"
+    (gateway,) = envoy_config()["static_resources"]["clusters"]
+    address = next(socket_addresses(gateway))
+    target, port = service_backend(render, address["address"], address["port_value"])
+    assert "*" in PolicyGraph(render).who_reaches(target, port)  # Envoy reaches the gateway
