@@ -8,6 +8,7 @@ request are those of the window's requests alone. Then an open loop at 0.7x the 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import sys
@@ -54,6 +55,7 @@ from benchmarks.scenarios import (
     SPLIT_ROUTE,
     SPLIT_ROUTE_SPEC,
     Targets,
+    tls_options,
     triton_counts,
 )
 from meshserve.defaults import load_yaml
@@ -126,30 +128,60 @@ def _routes_file(run_dir: Path) -> Path:
     return path
 
 
-async def run_all(config: BenchConfig, run_dir: Path) -> list[Summary]:
-    routes_file = _routes_file(run_dir)
-    settings = MeshSettings(gateway_port=0, admin_port=0, gateway_http_port=0, run_dir=run_dir, routes_path=routes_file,
+def _mesh(run_dir: Path, tls: bool = False) -> LocalMesh:
+    settings = MeshSettings(gateway_port=0, admin_port=0, gateway_http_port=0, run_dir=run_dir, tls=tls,
+                            routes_path=_routes_file(run_dir),
                             model_repositories=[REPO_ROOT / "model_repository", BENCH_MODELS])  # fmt: skip
-    mesh = LocalMesh(settings)
+    return LocalMesh(settings)
+
+
+def _cpu_groups(mesh: LocalMesh, envoy: EnvoyPeer | None) -> dict:
+    pids = {name: child.pid for name, child in mesh.children.items()}
+    groups = {name: (lambda pid=pid: {pid}) for name, pid in pids.items()}
+    groups |= {"client": lambda: {os.getpid()}, "stub": lambda: descendants(pids["triton"])}
+    if envoy is not None:
+        groups["envoy"] = lambda: {envoy.pid}
+    return groups
+
+
+def _stats_client(mesh: LocalMesh) -> triton_aio.InferenceServerClient:
+    """Triton's statistics, over mTLS (the inference service's certificate) on a TLS mesh."""
+    assert mesh.endpoints is not None
+    tls = mesh.client_tls("inference")
+    return triton_aio.InferenceServerClient(mesh.endpoints.triton_grpc, **tls_options(tls))
+
+
+async def run_all(config: BenchConfig, run_dir: Path) -> list[Summary]:
+    mesh = _mesh(run_dir)
+    # a second mesh, every hop on mTLS, only when a scenario needs it; measured alone like the first
+    wants_tls = any(SCENARIOS[name].tls for name in config.scenarios)
+    tls_mesh = _mesh(run_dir / "tls", tls=True) if wants_tls else None
     envoy = EnvoyPeer("", run_dir)
     with console.status("starting the mesh (Triton, feature, cache, inference, gateway) and Envoy..."):
         ep = await mesh.start()
         envoy.upstream = ep.triton_grpc
         try:
             await envoy.start()
+            tls_ep = await tls_mesh.start() if tls_mesh is not None else None
         except BaseException:
+            await envoy.stop()
             await mesh.stop()
             raise
     console.print(f"mesh up: gateway {ep.gateway}, Triton {ep.triton_grpc}, Envoy {envoy.address}; "
                   f"logs in {run_dir / 'logs'}")  # fmt: skip
-    pids = {name: child.pid for name, child in mesh.children.items()}
-    groups = {name: (lambda pid=pid: {pid}) for name, pid in pids.items()}
-    groups |= {"client": lambda: {os.getpid()}, "stub": lambda: descendants(pids["triton"]),
-               "envoy": lambda: {envoy.pid}}  # fmt: skip
-    stats = triton_aio.InferenceServerClient(ep.triton_grpc)
-    bench = Bench(
-        Targets(ep.gateway, ep.triton_grpc, envoy.address), stats, CpuMeter(groups), config, itertools.count()
-    )  # fmt: skip (one sequence for the run: gateway-predict never repeats an input)
+    if tls_ep is not None:
+        console.print(f"TLS mesh up: gateway {tls_ep.gateway}, Triton {tls_ep.triton_grpc}")
+    sequence = itertools.count()  # one sequence for the run: gateway-predict never repeats an input
+    targets = Targets(ep.gateway, ep.triton_grpc, envoy.address)
+    if tls_mesh is not None and tls_ep is not None:
+        targets = dataclasses.replace(targets, gateway_tls=tls_ep.gateway, tls=tls_mesh.client_tls("client"))
+    stats = _stats_client(mesh)
+    bench = Bench(targets, stats, CpuMeter(_cpu_groups(mesh, envoy)), config, sequence)
+    tls_bench = None
+    if tls_mesh is not None:
+        tls_cpu = CpuMeter(_cpu_groups(tls_mesh, None))
+        tls_bench = Bench(targets, _stats_client(tls_mesh), tls_cpu, config, sequence)
+    benches = {False: bench, True: tls_bench}
     results: list[Summary] = []
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())  # fmt: skip
@@ -160,10 +192,12 @@ async def run_all(config: BenchConfig, run_dir: Path) -> list[Summary]:
             opened = opened if config.open_loop and OPEN_LOOP in config.scenarios else []
             task = progress.add_task("scenarios", total=len(plan) + len(opened))
             for name, concurrency in plan:
-                results.append(
-                    await bench.measure(name, concurrency, _say(progress, task, name, concurrency))
-                )
+                on = benches[SCENARIOS[name].tls]
+                assert on is not None
+                results.append(await on.measure(name, concurrency, _say(progress, task, name, concurrency)))
                 _check(mesh)
+                if tls_mesh is not None:
+                    _check(tls_mesh)
                 progress.advance(task)
             if opened:
                 rate = OPEN_LOOP_LOAD * max(r.throughput_rps for r in results if r.scenario == OPEN_LOOP)
@@ -174,9 +208,13 @@ async def run_all(config: BenchConfig, run_dir: Path) -> list[Summary]:
                 progress.advance(task)
     finally:
         await stats.close()
+        if tls_bench is not None:
+            await tls_bench.stats.close()
         with console.status("stopping the mesh and Envoy..."):
             await envoy.stop()
             await mesh.stop()
+            if tls_mesh is not None:
+                await tls_mesh.stop()
     return results
 
 

@@ -207,6 +207,8 @@ TARGETS: list[tuple[str, Callable[[_Run], float | None], str, float]] = [
      "max", 3.0),
     ("Predict all-miss, cache on vs off, c=16",
      lambda r: r.throughput_ratio("gateway-predict", "gateway-predict-nocache", 16), "min", 0.95),
+    ("gateway ModelInfer, mTLS on every hop / plaintext, c=16",
+     lambda r: r.throughput_ratio("gateway-infer-tls", "gateway-infer", 16), "min", 0.8),
 ]
 # fmt: on
 

@@ -23,6 +23,7 @@ import tritonclient.grpc.aio as triton_aio
 from tritonclient.grpc import InferInput, InferRequestedOutput
 
 from benchmarks.load import Send
+from meshserve.core.tls import ClientTls
 from meshserve.feature.v1 import feature_pb2
 from meshserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from meshserve.registry import load_registry
@@ -41,6 +42,8 @@ class Targets:
     gateway: str
     triton: str
     envoy: str  # Envoy as a plain proxy in front of Triton
+    gateway_tls: str = ""  # the gateway of a second mesh running with mTLS on every hop (`up --tls`)
+    tls: ClientTls | None = None  # the CA and the `client` certificate for it
 
 
 async def triton_counts(client: triton_aio.InferenceServerClient, model: str) -> tuple[int, int]:
@@ -86,13 +89,24 @@ def _infer_payloads(rows: list[np.ndarray], name: str) -> list[list[InferInput]]
     return payloads
 
 
+def tls_options(tls: ClientTls | None) -> dict[str, object]:
+    """tritonclient's own TLS options: the CA to verify with, and the client certificate for mTLS."""
+    if tls is None:
+        return {}
+    return {"ssl": True, "root_certificates": str(tls.ca_file), "private_key": str(tls.key_file),
+            "certificate_chain": str(tls.cert_file)}  # fmt: skip
+
+
 @asynccontextmanager
-async def open_infer(target: str, version: str, timeout_s: float, model: str = MODEL) -> AsyncIterator[Send]:
-    """One tritonclient.grpc.aio client sending single-row ModelInfer for `model` (a route, at the gateway)."""
+async def open_infer(
+    target: str, version: str, timeout_s: float, model: str = MODEL, tls: ClientTls | None = None
+) -> AsyncIterator[Send]:
+    """One tritonclient.grpc.aio client sending single-row ModelInfer for `model` (a route, at the gateway);
+    over mTLS with `tls`."""
     dense = model == DENSE
     payloads = _infer_payloads(dense_rows() if dense else feature_rows(), "x" if dense else "features")
     outputs = [InferRequestedOutput("y" if dense else "score")]
-    client = triton_aio.InferenceServerClient(target)
+    client = triton_aio.InferenceServerClient(target, **tls_options(tls))
     try:
 
         async def send(n: int) -> bool:
@@ -192,6 +206,7 @@ class Scenario:
     open: Callable[[Targets, float], AbstractAsyncContextManager[Send]]
     baseline: str = "direct"  # ratios are taken against this scenario at the same concurrency
     model: str = MODEL  # whose Triton statistics give the average batch
+    tls: bool = False  # runs against the mesh with mTLS on every hop (its own processes, Triton and CPU)
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -211,6 +226,13 @@ SCENARIOS: dict[str, Scenario] = {
             "gateway-infer",
             "tritonclient.grpc.aio -> gateway ModelInfer route fraud -> inference service -> Triton",
             lambda t, timeout_s: open_infer(t.gateway, "", timeout_s),
+        ),
+        Scenario(
+            "gateway-infer-tls",
+            "as gateway-infer, with mTLS on every hop (client, gateway, inference, Triton): its ratio is TLS on/off",
+            lambda t, timeout_s: open_infer(t.gateway_tls, "", timeout_s, tls=t.tls),
+            baseline="gateway-infer",
+            tls=True,
         ),
         Scenario(
             "gateway-infer-split",

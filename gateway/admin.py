@@ -1,9 +1,16 @@
-"""The gateway's admin API on its own port: live routes, weights, promotion, rollback, rollouts, reload, audit."""
+"""The gateway's admin API on its own port: live routes, weights, promotion, rollback, rollouts, reload, audit.
+
+Every RPC needs role admin: the admin token, an API key or JWT with the role, or the `admin` client certificate.
+Only where nothing asks for a credential (no admin token file, authentication not required: a local mesh of
+one's own, on loopback) is an anonymous caller let in. The audit log's `who` is the caller's principal, and
+every refused request is audited too (action `denied`, the method, the reason, the peer address).
+"""
 
 from __future__ import annotations
 
 import json
 
+from gateway.audit import AuditEntry, AuditLog
 from gateway.bluegreen import ModelLifecycle
 from gateway.catalog import ModelCatalog
 from gateway.clients import InferenceClient
@@ -13,16 +20,27 @@ from gateway.prediction_cache import PredictionCache
 from gateway.rollout import RolloutController
 from gateway.shadow import ShadowRunner
 from meshserve.admin.v1 import admin_pb2, admin_pb2_grpc
-from meshserve.core.errors import InvalidArgument
+from meshserve.core import tls
+from meshserve.core.auth import ADMIN_ROLE, ANONYMOUS, AuthConfig, Authenticator, Principal, require_role
+from meshserve.core.context import call_headers, current_principal, set_peer
+from meshserve.core.errors import InvalidArgument, MeshError
 from meshserve.core.lifecycle import GrpcService
 from meshserve.core.settings import ServiceSettings
 from meshserve.drift import DriftMonitor
 
-WHO_HEADER = "x-meshserve-user"
+UNGUARDED_PREFIXES = ("/grpc.health.v1.Health/",)
 
 
-def _who(context) -> str:
-    return dict(context.invocation_metadata() or ()).get(WHO_HEADER, "admin")
+def _who() -> str:
+    """The authenticated caller's name (the call guard set it), for the audit log."""
+    return current_principal().name
+
+
+def _reason(entry: AuditEntry) -> str:
+    """The entry's reason; for a refused request also what and from where (the message has no fields for them)."""
+    if entry.action != "denied":
+        return entry.reason
+    return f"{entry.method}: {entry.reason} (peer {entry.peer or 'unknown'})"
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
@@ -86,21 +104,21 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def SetWeights(self, request, context):
         if not request.weights:
             raise InvalidArgument("no weights given")
-        self.live.set_weights(request.route, dict(request.weights), _who(context))
+        self.live.set_weights(request.route, dict(request.weights), _who())
         return self._status(request.route)
 
     async def Promote(self, request, context):
-        await self.live.promote(request.route, request.variant, _who(context))
+        await self.live.promote(request.route, request.variant, _who())
         return self._status(request.route)
 
     async def Rollback(self, request, context):
-        await self.live.rollback(request.route, _who(context), request.reason)
+        await self.live.rollback(request.route, _who(), request.reason)
         return self._status(request.route)
 
     async def SetRollout(self, request, context):
         action = admin_pb2.SetRolloutRequest
         if request.action == action.START:
-            self.rollouts.start(request.route, _who(context))
+            self.rollouts.start(request.route, _who())
         elif request.action == action.PAUSE:
             self.rollouts.pause(request.route)
         elif request.action == action.RESUME:
@@ -110,7 +128,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return self._status(request.route)
 
     async def Reload(self, request, context):
-        applied, error = await self.lifecycle.reload(_who(context))
+        applied, error = await self.lifecycle.reload(_who())
         return admin_pb2.ReloadResponse(applied=applied, error=error, routes=sorted(self.live.routes))
 
     async def GetAuditLog(self, request, context):
@@ -118,7 +136,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.GetAuditLogResponse(
             entries=[
                 admin_pb2.AuditEntry(
-                    time=e.time, who=e.who, action=e.action, route=e.route, reason=e.reason,
+                    time=e.time, who=e.who, action=e.action, route=e.route, reason=_reason(e),
                     before=json.dumps(e.before), after=json.dumps(e.after),
                 )
                 for e in entries
@@ -127,7 +145,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     async def SwitchVersion(self, request, context):
         await self.lifecycle.switch(
-            request.route, request.variant, request.version, _who(context), request.warmup_requests or 8,
+            request.route, request.variant, request.version, _who(), request.warmup_requests or 8,
             context.time_remaining(),
         )  # fmt: skip
         return self._status(request.route)
@@ -151,7 +169,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def InvalidateCache(self, request, context):
         self.live.get(request.route)
         generations = await self.cache.invalidate([f"route:{request.route}"])
-        self.live.audit.append(_who(context), "invalidate_cache", request.route, None, generations)
+        self.live.audit.append(_who(), "invalidate_cache", request.route, None, generations)
         return admin_pb2.InvalidateCacheResponse(generation=generations.get(f"route:{request.route}", 0))
 
     async def GetDrift(self, request, context):
@@ -173,9 +191,45 @@ class AdminServer(GrpcService):
 
     name = "admin"
 
-    def __init__(self, settings: ServiceSettings, servicer: AdminServicer) -> None:
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        servicer: AdminServicer,
+        authenticator: Authenticator | None = None,
+        audit: AuditLog | None = None,
+        credential_required: bool = False,
+    ) -> None:
         super().__init__(settings)
         self.servicer = servicer
+        self.authenticator = authenticator or Authenticator(AuthConfig())
+        self.audit = audit or servicer.live.audit
+        self.credential_required = credential_required  # else an anonymous caller is let in (see the module)
+
+    def guard(self):
+        peer_check = super().guard()  # the TLS peer check, when tls_allowed_peers is set
+        identify = self.settings.tls_cert_file is not None
+
+        async def guard(context, method: str) -> Principal | None:
+            if method.startswith(UNGUARDED_PREFIXES):
+                return None
+            peer = context.peer() or ""
+            set_peer(peer)
+            principal = ANONYMOUS
+            try:
+                if peer_check is not None:
+                    peer_check(context, method)
+                identity = tls.peer_identity(context.auth_context()) if identify else None
+                principal = await self.authenticator.authenticate(
+                    call_headers(), identity, required=self.credential_required
+                )
+                if not (principal.anonymous and not self.credential_required):
+                    require_role(principal, ADMIN_ROLE, "the admin API")
+            except MeshError as exc:
+                self.audit.denied(principal.name, method, exc.message, peer)
+                raise
+            return principal
+
+        return guard
 
     def register(self, server):
         admin_pb2_grpc.add_AdminServiceServicer_to_server(self.servicer, server)

@@ -34,6 +34,7 @@ from meshserve.core.coalesce import Coalescer
 from meshserve.core.context import outgoing_metadata
 from meshserve.core.errors import DeadlineExceeded, ErrorCode, MeshError
 from meshserve.core.logs import Throttle
+from meshserve.core.tls import ClientTls
 from meshserve.feature.v1 import feature_pb2, feature_pb2_grpc
 from meshserve.inference.v1 import inference_pb2, inference_pb2_grpc
 
@@ -67,11 +68,12 @@ def _longest(members: Sequence[_Pending]) -> float:
 
 class _Client:
     hop = "dependency"
+    tls_name = ""  # the name the service's certificate must carry (its identity)
 
-    def __init__(self, target: str, coalescing: Coalescing) -> None:
+    def __init__(self, target: str, coalescing: Coalescing, tls: ClientTls | None = None) -> None:
         self.target = target
         self.coalescing = coalescing
-        self.channel = open_channel(target)
+        self.channel = open_channel(target, tls=tls, server_name=self.tls_name)
 
     async def wait_until_serving(self, timeout_s: float) -> None:
         await wait_until_serving(self.channel, timeout_s=timeout_s)
@@ -93,9 +95,12 @@ class _Client:
 
 class FeatureClient(_Client):
     hop = "feature service"
+    tls_name = "feature"
 
-    def __init__(self, target: str, coalescing: Coalescing = DEFAULT_COALESCING) -> None:
-        super().__init__(target, coalescing)
+    def __init__(
+        self, target: str, coalescing: Coalescing = DEFAULT_COALESCING, tls: ClientTls | None = None
+    ) -> None:
+        super().__init__(target, coalescing, tls)
         self.stub = feature_pb2_grpc.FeatureServiceStub(self.channel)
         self.lane = self._coalescer(self._send, coalescing.max_keys)
 
@@ -139,9 +144,12 @@ class CacheClient(_Client):
     because of it."""
 
     hop = "cache service"
+    tls_name = "cache"
 
-    def __init__(self, target: str, coalescing: Coalescing = DEFAULT_COALESCING) -> None:
-        super().__init__(target, coalescing)
+    def __init__(
+        self, target: str, coalescing: Coalescing = DEFAULT_COALESCING, tls: ClientTls | None = None
+    ) -> None:
+        super().__init__(target, coalescing, tls)
         self.stub = cache_pb2_grpc.CacheServiceStub(self.channel)
         self.reads = self._coalescer(self._send_get, coalescing.max_keys)
         self._throttle = Throttle()  # a cache that is down fails every write: say so once in a while
@@ -212,9 +220,12 @@ class CacheClient(_Client):
 
 class InferenceClient(_Client):
     hop = "inference service"
+    tls_name = "inference"
 
-    def __init__(self, target: str, coalescing: Coalescing = DEFAULT_COALESCING) -> None:
-        super().__init__(target, coalescing)
+    def __init__(
+        self, target: str, coalescing: Coalescing = DEFAULT_COALESCING, tls: ClientTls | None = None
+    ) -> None:
+        super().__init__(target, coalescing, tls)
         self.stub = inference_pb2_grpc.InferenceServiceStub(self.channel)
         # The hot path sends bytes serialised when the call leaves, so a caller's request can never change under
         # a call in flight (grpc.aio would serialise it later, in its own task).

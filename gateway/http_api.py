@@ -3,6 +3,10 @@ each route reads its request, awaits one `InferenceApi` call and writes the repl
 `gateway.http_codec`; domain errors become HTTP statuses in one map, `HTTP_STATUS_FOR`, with Triton's error body
 `{"error": "<message>"}`.
 
+Callers authenticate from their headers (`authorization: Bearer <token>`) before any route runs, health excepted,
+with the gateway's own Authenticator (set by the gateway: `authenticator`); an unknown caller is 401 with
+`WWW-Authenticate: Bearer`, a known one without the right 403.
+
 Only transport-level refusals answer without it: an unknown path (404) or method (405), a body over the limit
 (413) or in an encoding we do not read (415).
 """
@@ -27,7 +31,8 @@ from tritonclient.grpc import service_pb2
 
 from gateway import http_codec as codec
 from gateway.inference_api import MODEL_VERSION_HEADER, TIER_HEADER, VARIANT_HEADER, InferenceApi
-from meshserve.core.context import adopt_call
+from meshserve.core.auth import Authenticator
+from meshserve.core.context import adopt_call, set_principal
 from meshserve.core.errors import ErrorCode, InvalidArgument, MeshError
 from meshserve.core.metrics import ServiceMetrics
 
@@ -41,6 +46,8 @@ Handler = Callable[[Request], Awaitable[Response]]
 HTTP_STATUS_FOR: dict[ErrorCode, int] = {
     ErrorCode.INVALID_ARGUMENT: 400,
     ErrorCode.FAILED_PRECONDITION: 400,
+    ErrorCode.UNAUTHENTICATED: 401,
+    ErrorCode.PERMISSION_DENIED: 403,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.RESOURCE_EXHAUSTED: 429,
     ErrorCode.CANCELLED: 499,  # the caller closed the connection (nginx's code; Triton has none)
@@ -53,6 +60,7 @@ RETRY_PUSHBACK = "grpc-retry-pushback-ms"  # the admission controller's hint, in
 HEADER_LENGTH = "inference-header-content-length"  # Triton's binary tensor extension
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}  # deflate means zlib-wrapped, as in HTTP
 _JSON = "application/json"
+_UNGUARDED = frozenset({"GET /v2/health/live", "GET /v2/health/ready"})  # probes ask them; they tell nothing
 
 
 def _json(document: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -66,6 +74,8 @@ def error_response(exc: MeshError) -> Response:
     pushback = headers.get(RETRY_PUSHBACK, "")
     if pushback.isdigit():
         headers["retry-after"] = str(max(1, math.ceil(int(pushback) / 1000)))
+    if exc.code is ErrorCode.UNAUTHENTICATED:
+        headers["www-authenticate"] = "Bearer"  # RFC 6750: how to authenticate
     return _json({"error": exc.message}, HTTP_STATUS_FOR[exc.code], headers)
 
 
@@ -184,6 +194,7 @@ class OpenInferenceRest:
         self.max_body_bytes = max_body_bytes
         self.answers = answers if answers is not None else Counter()  # (route, tier) -> answers, for metrics
         self.metrics = metrics
+        self.authenticator: Authenticator | None = None  # the gateway's; None: every caller is anonymous
 
     def app(self) -> Starlette:
         return Starlette(routes=self.routes(), exception_handlers={HTTPException: _no_such_endpoint})
@@ -231,8 +242,9 @@ class OpenInferenceRest:
 
     # -- what every route goes through ------------------------------------------------------------------------
     def _endpoint(self, label: str, handler: Handler) -> Handler:
-        """`handler` with the caller's headers adopted (request id), one clean error reply for any failure, and
+        """`handler` with the caller's headers adopted (request id) and the caller authenticated, one clean error reply for any failure, and
         the call recorded (metrics; the access log at DEBUG)."""
+        guarded = label not in _UNGUARDED
 
         async def endpoint(request: Request) -> Response:
             started = time.perf_counter()
@@ -242,6 +254,8 @@ class OpenInferenceRest:
                 in_flight.inc()
             outcome, response = "CANCELLED", None
             try:
+                if guarded and self.authenticator is not None:
+                    set_principal(await self.authenticator.authenticate(request.headers))
                 response = await handler(request)
                 outcome = "OK"
             except MeshError as exc:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 from collections import Counter
 from collections.abc import Callable, Iterator
 
@@ -19,6 +20,7 @@ import uvicorn
 from gateway.http_api import OpenInferenceRest
 from gateway.inference_api import InferenceApi
 from meshserve.core.metrics import ServiceMetrics
+from meshserve.core.tls import TlsSettings, requires_client_certificate, server_ssl_context
 
 __all__ = ["HttpFrontend"]
 
@@ -73,12 +75,15 @@ class HttpFrontend:
         metrics: ServiceMetrics | None = None,
         keep_alive_s: int = 75,
         grace_s: float = 10.0,
+        tls: TlsSettings | None = None,
     ) -> None:
         self.rest = OpenInferenceRest(api, is_ready, max_body_bytes, answers, metrics)
         self.host = host
         self.requested_port = port
         self.keep_alive_s = keep_alive_s  # longer than the idle timeout of the balancers usually in front
         self.grace_s = grace_s
+        # HTTPS once there is a certificate
+        self.tls = tls if tls is not None and tls.tls_cert_file is not None else None
         self.port: int | None = None
         self._server: _EmbeddedServer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -95,7 +100,11 @@ class HttpFrontend:
             proxy_headers=False,
             server_header=False,
             timeout_keep_alive=self.keep_alive_s,
+            **self._ssl_options(),
         )
+        if self.tls is not None:  # uvicorn's context, replaced by one that follows the files on disk
+            config.load()
+            config.ssl = server_ssl_context(self.tls)
         server = _EmbeddedServer(config)
         task = asyncio.create_task(server.serve(sockets=[sock]), name="http-frontend")
         listening = asyncio.create_task(server.listening.wait())
@@ -109,6 +118,16 @@ class HttpFrontend:
         self.port = sock.getsockname()[1]
         log.info("listening", extra={"port": self.port, "address": self.host, "protocol": "http"})
         return self.port
+
+    def _ssl_options(self) -> dict[str, object]:
+        if self.tls is None:
+            return {}
+        return {
+            "ssl_certfile": self.tls.tls_cert_file,
+            "ssl_keyfile": self.tls.tls_key_file,
+            "ssl_ca_certs": self.tls.tls_ca_file,
+            "ssl_cert_reqs": ssl.CERT_REQUIRED if requires_client_certificate(self.tls) else ssl.CERT_NONE,
+        }
 
     async def stop(self, grace: float | None = None) -> None:
         """Refuse new connections, close idle ones, and let requests already received finish for up to `grace`

@@ -4,10 +4,15 @@ model Triton serves under its own name). No gRPC here.
 ModelInfer requests are checked against the model's metadata and forwarded with only the model name and
 version rewritten. A variant that follows Triton's versions (version "") passes a requested version on as it
 is. Triton's own control calls (model control, statistics, shared memory, trace and log settings) pass through.
+
+Every call naming a route is authorized against the route's rule once the route is known (the caller is the
+context's `current_principal()`); model control and changes to trace or log settings need role admin wherever
+the gateway requires authentication.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,7 +28,9 @@ from gateway.repository import ModelRepository
 from gateway.routes import Route, StickyKey, Variant, choose_variant
 from gateway.statistics import route_statistics
 from gateway.tensors import validate_infer_request
-from meshserve.core.errors import MeshError, NotFound
+from meshserve.core.auth import ADMIN_ROLE, require_role
+from meshserve.core.context import current_principal
+from meshserve.core.errors import MeshError, NotFound, PermissionDenied, Unauthenticated
 
 SERVER_NAME = "meshserve"
 _NO_HEADERS: Mapping[str, str] = {}
@@ -39,6 +46,10 @@ SEQUENCE_ID = "sequence_id"
 VARIANT_HEADER = "x-meshserve-variant"
 MODEL_VERSION_HEADER = "x-meshserve-model-version"
 TIER_HEADER = "x-meshserve-tier"
+# Control calls that change what Triton serves or how it traces and logs: role admin (settings only when set)
+MODEL_CONTROL = frozenset({"RepositoryModelLoad", "RepositoryModelUnload"})
+SETTINGS_CONTROL = frozenset({"TraceSetting", "LogSettings"})
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +70,9 @@ class InferenceApi:
         rng: random.Random | None = None,
         admission: Admission | None = None,
         repository: ModelRepository | None = None,
+        auth_required: bool = False,
     ) -> None:
+        self.auth_required = auth_required  # off: anonymous callers may also use model control
         self.repository = repository or ModelRepository(inference, routes, catalog)
         self.dispatcher = dispatcher
         self.admission = admission or Admission.unlimited()
@@ -78,11 +91,20 @@ class InferenceApi:
         """The route `name`; a name nobody serves is looked up in Triton's repository again first (at most once a
         second), so a model loaded through another gateway, or Triton itself, is served at once."""
         try:
-            return self.routes.get(name)
+            route = self.routes.get(name)
         except NotFound:
             if not await self.repository.look_again():
                 raise
-        return self.routes.get(name)
+            route = self.routes.get(name)
+        self.routes.authorize(name, current_principal())
+        return route
+
+    def _may_call(self, name: str) -> bool:
+        try:
+            self.routes.authorize(name, current_principal())
+        except (Unauthenticated, PermissionDenied):
+            return False
+        return True
 
     async def _info(self, route_name: str, version: str) -> ModelInfo:
         """What Triton says of the model version a request for (`route_name`, `version`) would reach."""
@@ -98,6 +120,8 @@ class InferenceApi:
                 return (await self._info(route_name, version)).ready
             served = [v for v in route.variants if v.weight > 0]
             infos = [await self.catalog.get(v.model, v.version) for v in served]
+        except (Unauthenticated, PermissionDenied):
+            raise  # a caller who may not call the route is told so, not that it is not ready
         except MeshError:
             return False
         return all(info.ready for info in infos)
@@ -125,7 +149,7 @@ class InferenceApi:
     async def model_statistics(self, route_name: str, version: str, time_left_s: float | None = None):
         """Triton's statistics of the model versions behind a route, under the route's name ("" = every name
         served)."""
-        names = [route_name] if route_name else sorted(self.routes.served)
+        names = [route_name] if route_name else [n for n in sorted(self.routes.served) if self._may_call(n)]
         stats = service_pb2.ModelStatisticsResponse()
         for name in names:
             route = await self._route(name)
@@ -141,6 +165,16 @@ class InferenceApi:
 
     async def control(self, method: str, request, time_left_s: float | None = None):
         """One of Triton's control calls, passed through (a load or unload updates the names served at once)."""
+        if method in MODEL_CONTROL or (method in SETTINGS_CONTROL and request.settings):
+            principal = current_principal()
+            if self.auth_required or not principal.anonymous:
+                try:
+                    require_role(principal, ADMIN_ROLE, method)
+                except MeshError as exc:
+                    log.warning(
+                        "denied", extra={"method": method, "who": principal.name, "reason": exc.message}
+                    )
+                    raise
         return await self.repository.control(method, request, time_left_s)
 
     async def model_infer(

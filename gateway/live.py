@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from gateway.audit import AuditLog
 from gateway.routes import Route, RoutesFileError, RouteTable, load_routes, pass_through, unknown_model
+from meshserve.core.auth import Principal, authorize
 from meshserve.core.errors import InvalidArgument, MeshError
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,12 @@ class LiveRoutes:
             raise unknown_model(name)
         return route
 
+    def authorize(self, name: str, principal: Principal) -> None:
+        """PermissionDenied (Unauthenticated for an anonymous caller) unless `principal` may call route `name`:
+        by the declared route's `auth`, or the table's `default_auth` for a model served under its own name. Read
+        from the table in force, so a reload changes routes and their rules in one swap."""
+        authorize(principal, self.table.access_rule(name), f"route {name!r}")
+
     @property
     def routes(self) -> dict[str, Route]:
         """The declared routes (what admin actions change)."""
@@ -94,7 +101,9 @@ class LiveRoutes:
 
     def _swap(self, name: str, route: Route) -> None:
         # One assignment: a request in flight keeps the table it started with, the next one sees the new one.
-        self.table = RouteTable(routes={**self.table.routes, name: route})
+        self.table = RouteTable(
+            routes={**self.table.routes, name: route}, default_auth=self.table.default_auth
+        )
 
     def set_weights(
         self, name: str, weights: dict[str, float], who: str, action: str = "set_weights", reason: str = ""

@@ -26,6 +26,7 @@ from gateway.prediction_cache import PredictionCache, prediction_scopes
 from gateway.resilience import try_elsewhere
 from gateway.routes import FeatureAction, FeaturePolicy, Route, StickyKey, Variant, choose_variant
 from gateway.shadow import ShadowRunner
+from meshserve.core.context import current_principal
 from meshserve.core.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -119,6 +120,7 @@ class PredictHandler:
                 f"{len(instances)} instances in one Predict; the limit is {self.max_instances}"
             )
         route = self.routes.get(route_name)
+        self.routes.authorize(route_name, current_principal())  # once the route is known, before any work
         self._validate(route, instances)
         with self.admission.admit(f"{route_name}:predict", time_left_s):
             return await self._predict(route_name, route, instances, time_left_s, headers or {})

@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from meshserve.core.auth import AccessRule
 from meshserve.core.errors import InvalidArgument, NotFound
 from meshserve.defaults import load_yaml
 
@@ -27,6 +28,7 @@ __all__ = [
     "Fault",
     "RetryPolicy",
     "Route",
+    "RouteAuth",
     "RouteTable",
     "Rollout",
     "RoutesFileError",
@@ -142,6 +144,25 @@ class Rollout(_Strict):
         return self
 
 
+class RouteAuth(_Strict):
+    """Who may call a route: a caller holding any of `roles`, or named in `principals`. Both empty: any
+    authenticated caller (anyone, where the gateway does not require authentication)."""
+
+    roles: list[str] = Field(default_factory=list)
+    principals: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _names(self) -> RouteAuth:
+        for name in [*self.roles, *self.principals]:
+            if not name.strip():
+                raise ValueError("role and principal names must not be empty")
+        return self
+
+    @cached_property
+    def rule(self) -> AccessRule:
+        return AccessRule(frozenset(self.roles), frozenset(self.principals))
+
+
 class Route(_Strict):
     variants: list[Variant] = Field(min_length=1)
     timeout_ms: int = Field(1000, gt=0)
@@ -157,6 +178,7 @@ class Route(_Strict):
     faults: list[Fault] = Field(default_factory=list)
     shadows: list[Shadow] = Field(default_factory=list)
     rollout: Rollout | None = None
+    auth: RouteAuth | None = None  # who may call it; absent: any authenticated caller
 
     @model_validator(mode="after")
     def _consistent(self) -> Route:
@@ -228,6 +250,13 @@ class Route(_Strict):
 
 class RouteTable(_Strict):
     routes: dict[str, Route] = Field(default_factory=dict)  # none: every model Triton serves, under its name
+    default_auth: RouteAuth | None = None  # who may call the models served under their own name
+
+    def access_rule(self, name: str) -> AccessRule | None:
+        """The rule for calls to `name`: the declared route's own, else (an implicit route) the table's default."""
+        route = self.routes.get(name)
+        auth = self.default_auth if route is None else route.auth
+        return None if auth is None else auth.rule
 
     def get(self, name: str) -> Route:
         route = self.routes.get(name)

@@ -1,4 +1,6 @@
-"""The gateway process: SERVING once its feature and inference dependencies are; admin API on its own port."""
+"""The gateway process: SERVING once its feature and inference dependencies are; admin API on its own port.
+Callers are authenticated where each call is adopted (the call guard; REST from its headers) and authorized by
+route in the handlers."""
 
 from __future__ import annotations
 
@@ -25,14 +27,23 @@ from gateway.routes import load_routes
 from gateway.servicers import OpenInferenceServicer, PredictionServicer, add_servicers
 from gateway.settings import GatewaySettings
 from gateway.shadow import ShadowRunner
+from meshserve.core.auth import Authenticator, Principal
+from meshserve.core.context import call_headers
 from meshserve.core.errors import ErrorCode, MeshError
 from meshserve.core.lifecycle import GrpcService
 from meshserve.core.settings import ServiceSettings
+from meshserve.core.tls import ClientTls, peer_identity
 from meshserve.drift import DriftMonitor, load_profile
 from meshserve.lru import LruTtlCache
 from meshserve.registry import load_registry
 
 log = logging.getLogger(__name__)
+# Answered to anyone: health checkers and liveness probes ask them, and they tell nothing
+UNGUARDED_PREFIXES = (
+    "/grpc.health.v1.Health/",
+    "/inference.GRPCInferenceService/ServerLive",
+    "/inference.GRPCInferenceService/ServerReady",
+)
 
 
 class GatewayService(GrpcService):
@@ -41,19 +52,23 @@ class GatewayService(GrpcService):
     def __init__(self, settings: GatewaySettings) -> None:
         super().__init__(settings)
         self.settings: GatewaySettings = settings
-        self.routes = LiveRoutes(
-            load_routes(settings.routes_path), settings.routes_path, AuditLog(settings.audit_log)
-        )
+        self.authenticator = Authenticator(settings.auth_config())
+        if settings.auth_required and not self.authenticator.configured:
+            log.warning("authentication is required but no credential can be verified: set auth_api_keys_file, "
+                        "auth_jwks or client certificates")  # fmt: skip
+        audit = AuditLog(settings.audit_log)
+        self.routes = LiveRoutes(load_routes(settings.routes_path), settings.routes_path, audit)
         self.registry = load_registry(settings.registry_path)
         coalescing = settings.coalescing()
-        self.features = FeatureClient(settings.feature_url, coalescing)
-        self.cache = CacheClient(settings.cache_url, coalescing)
+        tls = ClientTls.from_settings(settings)  # TLS to the services once a CA is set
+        self.features = FeatureClient(settings.feature_url, coalescing, tls)
+        self.cache = CacheClient(settings.cache_url, coalescing, tls)
         near = None
         if settings.near_cache_max_bytes:
             near = LruTtlCache(settings.near_cache_max_bytes, 4096, settings.near_cache_ttl_s)
         self.prediction_cache = PredictionCache(self.cache, settings.cache_timeout_s, near)
         self.routes.invalidate = self.prediction_cache.invalidate
-        self.inference = InferenceClient(settings.inference_url, coalescing)
+        self.inference = InferenceClient(settings.inference_url, coalescing, tls)
         self.catalog = ModelCatalog(self.inference)
         self.dispatcher = Dispatcher(max_deadline_s=settings.max_deadline_s)
         policy = settings.admission_policy()
@@ -87,10 +102,13 @@ class GatewayService(GrpcService):
         self._repository_task: asyncio.Task[None] | None = None
         self.api = InferenceApi(
             self.routes, self.catalog, self.inference, self.dispatcher, version("meshserve"),
-            admission=self.admission, repository=self.repository,
+            admission=self.admission, repository=self.repository, auth_required=settings.auth_required,
         )  # fmt: skip
         admin_settings = ServiceSettings(
-            host=settings.admin_host, port=settings.admin_port, grace_s=settings.grace_s
+            host=settings.admin_host,
+            port=settings.admin_port,
+            grace_s=settings.grace_s,
+            **settings.tls_fields(),
         )
         self.admin = AdminServer(
             admin_settings,
@@ -104,15 +122,20 @@ class GatewayService(GrpcService):
                 self.prediction_cache,
                 self.drift,
             ),
+            self.authenticator,
+            audit,
+            credential_required=settings.auth_required or settings.admin_token_file is not None,
         )
         self.http = (
             HttpFrontend(
                 self.api, lambda: self.ready, settings.host, settings.http_port, settings.max_message_bytes,
-                answers=self.answers, metrics=self.metrics, grace_s=settings.grace_s,
+                answers=self.answers, metrics=self.metrics, grace_s=settings.grace_s, tls=settings,
             )
             if settings.http
             else None
         )  # fmt: skip
+        if self.http is not None:
+            self.http.rest.authenticator = self.authenticator
         self.http_port: int | None = None
         self.metrics.registry.register(
             GatewayCollector(
@@ -131,6 +154,22 @@ class GatewayService(GrpcService):
 
     def _coalescers(self) -> dict:
         return {**self.features.coalescers(), **self.cache.coalescers(), **self.inference.coalescers()}
+
+    def guard(self):
+        """The peer check (TLS), then the caller's credential: its principal is the call's from then on."""
+        peer_check = super().guard()
+        authenticator = self.authenticator
+        identify = self.settings.tls_cert_file is not None
+
+        async def guard(context, method: str) -> Principal | None:
+            if peer_check is not None:
+                peer_check(context, method)
+            if method.startswith(UNGUARDED_PREFIXES):
+                return None
+            identity = peer_identity(context.auth_context()) if identify else None
+            return await authenticator.authenticate(call_headers(), identity)
+
+        return guard
 
     def register(self, server):
         oip = OpenInferenceServicer(self.api, lambda: self.ready, self.answers)

@@ -7,6 +7,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from gateway.admission import AdmissionPolicy
+from meshserve.core.auth import MAX_LEEWAY_S, AuthConfig
 from meshserve.core.settings import ServiceSettings
 
 
@@ -115,6 +116,42 @@ class GatewaySettings(ServiceSettings):
     audit_log: Path = Field(
         Path(".meshserve/audit.jsonl"), description="append-only log of every route change"
     )
+
+    auth_required: bool = Field(
+        False, description="callers must authenticate (API key, JWT or client certificate); off: anonymous callers "
+        "are served, and a credential that is sent is still checked",
+    )  # fmt: skip
+    auth_api_keys_file: Path | None = Field(
+        None, description="API keys (`meshserve keys`): hashes and roles, JSON, reread when it changes"
+    )
+    auth_jwks: str | None = Field(
+        None, description="the JWKS that JWTs are verified against: a file (reread when it changes) or an "
+        "https:// URL; unset: JWTs are refused",
+    )  # fmt: skip
+    auth_jwt_issuer: str | None = Field(None, description="the `iss` a JWT must carry; unset: not checked")
+    auth_jwt_audience: str | None = Field(None, description="the `aud` a JWT must carry; unset: not checked")
+    auth_jwt_leeway_s: float = Field(
+        30.0, ge=0, le=MAX_LEEWAY_S, description="clock skew allowed on a JWT's exp and nbf"
+    )
+    auth_jwt_roles_claim: str = Field(
+        "roles", min_length=1, description="the claim holding a JWT's roles (dots for a nested one)"
+    )
+    auth_mtls_roles: dict[str, list[str]] = Field(
+        default_factory=lambda: {"admin": ["admin"]},
+        description="roles of callers known by their client certificate's identity (JSON)",
+    )
+    admin_token_file: Path | None = Field(
+        None, description="a file holding the admin token (role admin); set: the admin API requires a credential "
+        "(`meshserve up` writes run_dir/admin-token)",
+    )  # fmt: skip
+
+    def auth_config(self) -> AuthConfig:
+        return AuthConfig(
+            required=self.auth_required, api_keys_file=self.auth_api_keys_file, jwks=self.auth_jwks,
+            jwt_issuer=self.auth_jwt_issuer, jwt_audience=self.auth_jwt_audience,
+            jwt_leeway_s=self.auth_jwt_leeway_s, jwt_roles_claim=self.auth_jwt_roles_claim,
+            mtls_roles=self.auth_mtls_roles, admin_token_file=self.admin_token_file,
+        )  # fmt: skip
 
     def admission_policy(self) -> AdmissionPolicy | None:
         if not self.admission:

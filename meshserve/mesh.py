@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
+import grpc
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -28,6 +29,7 @@ from meshserve.core.process import ChildProcess, free_ports
 from meshserve.core.restart_policy import RestartPolicy
 from meshserve.core.supervision import ChildExited, SupervisionEvent, Supervisor
 from meshserve.core.telemetry import tracing_enabled
+from meshserve.core.tls import ClientTls
 from meshserve.repository import ServedRepository, prepare_served_repository
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -122,6 +124,16 @@ class MeshSettings(BaseSettings):
         "when those select http/protobuf",
     )
     extra_env: dict[str, str] = Field(default_factory=dict, description="environment added to every child")
+    tls: bool = Field(
+        False,
+        description="mTLS on every hop (Triton's, the gateway's REST and admin ports included), with the "
+        "certificates in certs_dir, created once; CLI commands then dial the mesh with the `admin` certificate",
+    )
+
+    @property
+    def certs_dir(self) -> Path:
+        """Where `up --tls` keeps the CA and every process's certificate (`meshserve certs`)."""
+        return self.run_dir / "certs"
 
     @field_validator("model_repositories", mode="before")
     @classmethod
@@ -133,6 +145,19 @@ class MeshSettings(BaseSettings):
         if self.restart_backoff_max_s < self.restart_backoff_s:
             raise ValueError("restart_backoff_max_s must be at least restart_backoff_s")
         return self
+
+
+ADMIN_TOKEN_FILE = "admin-token"  # in the run directory
+API_KEYS_FILE = "api-keys.json"  # in the run directory
+
+
+def admin_token_file(run_dir: Path) -> Path:
+    """run_dir/admin-token, created (32 random bytes, 0600) on the first run and kept."""
+    from meshserve.core.auth import ensure_admin_token
+
+    path = run_dir / ADMIN_TOKEN_FILE
+    ensure_admin_token(path)
+    return path
 
 
 def describe_settings_error(exc: ValidationError, prefix: str = "MESHSERVE_") -> str:
@@ -169,6 +194,29 @@ def triton_trace_args(url: str | None, env: dict[str, str]) -> list[str]:
     ]
 
 
+# Who may call whom when the mesh runs with TLS (the identity is a certificate's first DNS SAN). `admin` is the
+# certificate of `meshserve up` itself (health checks) and of the CLI's tools; Triton checks only that a client
+# certificate comes from the CA, and only the inference service holds one besides them.
+ALLOWED_PEERS: dict[str, list[str]] = {
+    "feature": ["gateway", "admin"],
+    "cache": ["gateway", "feature", "admin"],  # the feature service invalidates cached answers
+    "inference": ["gateway", "admin"],
+    "gateway": [],  # any certificate from the mesh's CA (`client`, `admin`...); callers are part B's concern
+}
+
+
+def client_tls(settings: MeshSettings, name: str = "admin") -> ClientTls | None:
+    """How a tool dials this mesh (`name`'s certificate from certs_dir), or None when it runs without TLS."""
+    return ClientTls.from_dir(settings.certs_dir.resolve(), name) if settings.tls else None
+
+
+def cli_channel(target: str, server_name: str = "gateway", tls: bool | None = None) -> grpc.aio.Channel:
+    """A channel for CLI commands to `target`: with TLS when MESHSERVE_TLS (or `tls`) says the mesh runs with
+    it, presenting the `admin` certificate from MESHSERVE_RUN_DIR/certs and checking `server_name`."""
+    settings = MeshSettings() if tls is None else MeshSettings(tls=tls)
+    return open_channel(target, tls=client_tls(settings), server_name=server_name)
+
+
 @dataclass
 class Endpoints:
     gateway: str
@@ -181,6 +229,27 @@ class Endpoints:
     inference: str
     triton_grpc: str
     triton_metrics: str
+
+
+@dataclass(frozen=True)
+class _MeshCertificates:
+    """The files of `meshserve certs` in one directory, as each process's settings name them."""
+
+    directory: Path
+
+    def files(self, name: str) -> tuple[Path, Path, Path]:
+        d = self.directory
+        return d / f"{name}.pem", d / f"{name}-key.pem", d / "ca.pem"
+
+    def settings(self, process: str) -> dict[str, object]:
+        cert, key, ca = self.files(process)
+        return {
+            "tls_cert_file": cert,
+            "tls_key_file": key,
+            "tls_ca_file": ca,
+            "tls_client_auth": "true",
+            "tls_allowed_peers": json.dumps(ALLOWED_PEERS[process]),
+        }
 
 
 # Started only once these are SERVING. The feature service seeds its store at start-up and tells the cache to
@@ -208,7 +277,7 @@ class LocalMesh:
     def plan(self) -> Endpoints:
         """Choose the ports, prepare the served repository and the gateway's routes, and build every child's
         command; nothing starts. RepositoryError when a model repository is not a directory."""
-        from services.inference.tritonserver import prepare_backend_dir, triton_command
+        from services.inference.tritonserver import prepare_backend_dir, triton_command, triton_tls_args
 
         s = self.settings
         host = s.host
@@ -250,19 +319,27 @@ class LocalMesh:
         if routes_path is None and not self.sample_routes:  # routes only name the sample model
             routes_path = run_dir / "routes.yaml"
             routes_path.write_text(EMPTY_ROUTES)
+        certs = self._certificates(run_dir)
+        triton_tls = triton_tls_args(*certs.files("triton")) if certs else []
         argv, triton_env = triton_command(
             [self.served.path],
             port["grpc"],
             port["http"],
             port["metrics"],
             backend_dir,
-            [*s.triton_args, *triton_trace_args(s.triton_trace_url, {**os.environ, **s.extra_env})],
+            [
+                *triton_tls,
+                *s.triton_args,
+                *triton_trace_args(s.triton_trace_url, {**os.environ, **s.extra_env}),
+            ],
         )
         common = {"LOG_LEVEL": s.log_level, "HOST": host, "GRACE_S": str(s.grace_s),
                   "SHUTDOWN_SETTLE_S": str(s.shutdown_settle_s)}  # fmt: skip
 
         def env(prefix: str, **values: object) -> dict[str, str]:
             values.setdefault("metrics_port", port[f"{prefix.lower()}_metrics"])
+            if certs is not None:
+                values |= certs.settings(prefix.lower())
             items = {**common, **{k.upper(): v for k, v in values.items() if v is not None}}
             return {f"MESHSERVE_{prefix}_{k}": str(v) for k, v in items.items()}
 
@@ -293,11 +370,30 @@ class LocalMesh:
                     admin_port=port["admin"],
                     http_port=port["gateway_http"],
                     audit_log=s.run_dir / "audit.jsonl",
+                    # the admin API's credential (kept between runs; the CLI sends it) and `meshserve keys`' file
+                    admin_token_file=admin_token_file(run_dir),
+                    auth_api_keys_file=run_dir / API_KEYS_FILE,
                 ),
             ),
         }
         self.endpoints = ep
         return ep
+
+    def _certificates(self, run_dir: Path) -> _MeshCertificates | None:
+        """With TLS: the mesh's certificates, issued into certs_dir the first time (kept afterwards)."""
+        if not self.settings.tls:
+            return None
+        from meshserve.cli.certs import DEFAULT_NAMES, issue_certificates
+
+        directory = run_dir / "certs"
+        # clients check a process's name (`feature`...), not its address; another host serves outside callers
+        local = self.settings.host in ("127.0.0.1", "localhost", "0.0.0.0", "::")
+        issue_certificates(directory, DEFAULT_NAMES, [] if local else [self.settings.host])
+        return _MeshCertificates(directory)
+
+    def client_tls(self, name: str = "admin") -> ClientTls | None:
+        """How a client dials this mesh's processes: `name`'s certificate, or None without TLS."""
+        return client_tls(self.settings, name)
 
     def targets(self) -> dict[str, str]:
         """The grpc.health.v1 endpoint of each child (Triton serves it too)."""
@@ -355,7 +451,7 @@ class LocalMesh:
         """Until `name` answers SERVING; TimeoutError after startup_timeout_s; during start-up, RuntimeError (with
         its log) as soon as it exits."""
         child, timeout = self.children[name], self.settings.startup_timeout_s
-        async with open_channel(self.targets()[name]) as channel:
+        async with open_channel(self.targets()[name], tls=self.client_tls(), server_name=name) as channel:
             check = asyncio.ensure_future(wait_until_serving(channel, timeout_s=timeout))
             exited = asyncio.ensure_future(child.wait())
             try:

@@ -1,9 +1,15 @@
-"""`meshserve routes ...` and `meshserve canary ...`: the gateway's admin API from the shell."""
+"""`meshserve routes ...` and `meshserve canary ...`: the gateway's admin API from the shell.
+
+Every call carries `authorization: Bearer <admin token>`, read from MESHSERVE_ADMIN_TOKEN_FILE, else from the
+run directory `meshserve up` wrote it to (`<MESHSERVE_RUN_DIR>/admin-token`); no file, no credential (a gateway
+that asks for none).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import getpass
+import os
+from pathlib import Path
 from typing import Annotated
 
 import grpc
@@ -22,13 +28,34 @@ Target = Annotated[str, typer.Option("--admin", help="the gateway's admin addres
 DEFAULT_ADMIN = "127.0.0.1:50055"
 
 
+def admin_token_path() -> Path:
+    """Where the admin token is: MESHSERVE_ADMIN_TOKEN_FILE, else the run directory's (as `meshserve up` knows it)."""
+    explicit = os.environ.get("MESHSERVE_ADMIN_TOKEN_FILE")
+    if explicit:
+        return Path(explicit)
+    from meshserve.mesh import ADMIN_TOKEN_FILE, MeshSettings
+
+    return MeshSettings().run_dir / ADMIN_TOKEN_FILE
+
+
+def credentials() -> tuple[tuple[str, str], ...]:
+    """The admin call's metadata: the admin token as a bearer credential, when there is one."""
+    try:
+        token = admin_token_path().read_text().strip()
+    except OSError:
+        return ()
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
 def _call(target: str, method: str, request, timeout_s: float = 10.0):
+    metadata = credentials()
+
     async def go():
-        async with grpc.aio.insecure_channel(target) as channel:
+        from meshserve.mesh import cli_channel  # TLS with the `admin` certificate when the mesh runs with it
+
+        async with cli_channel(target) as channel:
             stub = admin_pb2_grpc.AdminServiceStub(channel)
-            return await getattr(stub, method)(
-                request, timeout=timeout_s, metadata=(("x-meshserve-user", getpass.getuser()),)
-            )
+            return await getattr(stub, method)(request, timeout=timeout_s, metadata=metadata)
 
     try:
         return asyncio.run(go())

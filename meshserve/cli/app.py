@@ -19,7 +19,9 @@ def _register_admin_commands() -> None:
     from meshserve.cli.admin import cache_app, canary_app, drift, routes_app
     from meshserve.cli.deploy import deploy_app
     from meshserve.cli.features import features_app
+    from meshserve.cli.keys import keys_app
 
+    app.add_typer(keys_app, name="keys")
     app.add_typer(routes_app, name="routes")
     app.add_typer(canary_app, name="canary")
     app.add_typer(cache_app, name="cache")
@@ -63,6 +65,12 @@ def up(
             "(ONNX models run through onnxruntime in the python backend)",
         ),
     ] = None,
+    tls: Annotated[
+        bool,
+        typer.Option(
+            "--tls", help="mTLS on every hop, certificates in <run_dir>/certs (created once, then kept)"
+        ),
+    ] = False,
 ) -> None:
     """Start Triton, the feature, cache and inference services and the gateway; serve until Ctrl-C."""
     from pydantic import ValidationError
@@ -79,6 +87,7 @@ def up(
         "host": host,
         "routes_path": routes,
         "model_repositories": model_repository or None,
+        "tls": tls or None,
     }
     try:
         settings = MeshSettings(**{k: v for k, v in overrides.items() if v is not None})
@@ -99,11 +108,41 @@ def predict(
     features: Annotated[list[str], typer.Argument(help="request features as name=value")] = None,
     target: Annotated[str, typer.Option(help="gateway address")] = "127.0.0.1:50051",
     timeout: Annotated[float, typer.Option(help="deadline in seconds")] = 5.0,
+    tls: Annotated[
+        bool,
+        typer.Option(
+            "--tls", help="dial over TLS with the CA and admin certificate of `up --tls` (or MESHSERVE_TLS)"
+        ),
+    ] = False,
 ) -> None:
     """Send one Predict to the gateway and print the answer."""
     from meshserve.cli.predict import run_predict
 
-    raise typer.Exit(_run(run_predict(target, route, entity_key, features or [], timeout)))
+    raise typer.Exit(_run(run_predict(target, route, entity_key, features or [], timeout, tls or None)))
+
+
+@app.command()
+def certs(
+    directory: Annotated[Path, typer.Argument(help="where to write ca.pem and <name>.pem / <name>-key.pem")],
+    name: Annotated[
+        list[str] | None,
+        typer.Option("--name", help="a certificate to issue (repeat); default: every meshserve process"),
+    ] = None,
+    host: Annotated[
+        list[str] | None,
+        typer.Option("--host", help="an extra DNS name or IP for every certificate (repeat)"),
+    ] = None,
+    days: Annotated[int, typer.Option(min=1, help="validity in days")] = 825,
+    force: Annotated[bool, typer.Option("--force", help="replace existing files, the CA included")] = False,
+) -> None:
+    """Write a private CA and one certificate per process (EC P-256, keys 0600), for `up --tls` and mTLS."""
+    from meshserve.cli.certs import DEFAULT_NAMES, issue_certificates
+
+    issued = issue_certificates(directory, name or DEFAULT_NAMES, host or (), days, force)
+    for path in issued.written:
+        typer.echo(f"wrote {path}")
+    for path in issued.kept:
+        typer.echo(f"kept {path} (--force replaces it)")
 
 
 @models_app.command("build")

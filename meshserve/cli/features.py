@@ -63,7 +63,9 @@ async def _load(target: str, path: Path, entity: str, batch_size: int) -> int:
                 yield batch
                 progress.advance(task, len(batch.rows))
 
-        async with grpc.aio.insecure_channel(target) as channel:
+        from meshserve.mesh import cli_channel  # TLS when the mesh runs with it (MESHSERVE_TLS)
+
+        async with cli_channel(target, server_name="feature") as channel:
             stub = feature_pb2_grpc.FeatureServiceStub(channel)
             try:
                 reply = await stub.PushFeatures(requests(), timeout=600)
@@ -92,7 +94,9 @@ def freshness(target: Target = DEFAULT_TARGET) -> None:
     """How often each feature was served present, missing, or older than its max age."""
 
     async def fetch():
-        async with grpc.aio.insecure_channel(target) as channel:
+        from meshserve.mesh import cli_channel  # TLS when the mesh runs with it (MESHSERVE_TLS)
+
+        async with cli_channel(target, server_name="feature") as channel:
             return await feature_pb2_grpc.FeatureServiceStub(channel).GetFreshness(
                 feature_pb2.GetFreshnessRequest(), timeout=10
             )

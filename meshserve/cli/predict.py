@@ -6,9 +6,9 @@ import grpc
 from rich.console import Console
 from rich.table import Table
 
-from meshserve.core.channels import open_channel
 from meshserve.feature.v1 import feature_pb2
 from meshserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from meshserve.mesh import cli_channel
 
 console = Console()
 
@@ -23,7 +23,9 @@ def parse_feature(text: str) -> tuple[str, feature_pb2.Value]:
         return name, feature_pb2.Value(double_value=float(raw))
 
 
-async def run_predict(target: str, route: str, entity_key: str, features: list[str], timeout_s: float) -> int:
+async def run_predict(
+    target: str, route: str, entity_key: str, features: list[str], timeout_s: float, tls: bool | None = None
+) -> int:
     try:
         parsed = dict(parse_feature(f) for f in features)
     except ValueError as exc:
@@ -32,7 +34,7 @@ async def run_predict(target: str, route: str, entity_key: str, features: list[s
     request = gateway_pb2.PredictRequest(
         route=route, instances=[gateway_pb2.Instance(entity_key=entity_key, features=parsed)]
     )
-    async with open_channel(target) as channel:
+    async with cli_channel(target, tls=tls) as channel:  # TLS when the mesh runs with it (MESHSERVE_TLS)
         try:
             reply = await gateway_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=timeout_s)
         except grpc.aio.AioRpcError as exc:

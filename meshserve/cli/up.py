@@ -76,14 +76,27 @@ def _report_models(served: ServedRepository) -> None:
 def start_hint(mesh: LocalMesh, endpoints: Endpoints) -> str | None:
     """A first command to try, naming something this mesh serves: the sample Predict on the sample routes,
     else the metadata (inputs, outputs) of one served model, through the gateway."""
+    tls = mesh.settings.tls
     if mesh.sample_routes:
         target = "" if endpoints.gateway == "127.0.0.1:50051" else f" --target {endpoints.gateway}"
-        return f"{_meshserve()} predict fraud acct-00042 amount=250 merchant_category=3{target}"
+        flags = f"{target} --tls" if tls else target
+        return f"{_meshserve()} predict fraud acct-00042 amount=250 merchant_category=3{flags}"
     if mesh.served is None or not mesh.served.models:
         return None
     model = mesh.served.models[0].name
-    client = f"g.InferenceServerClient({endpoints.gateway!r})"
+    client = f"g.InferenceServerClient({endpoints.gateway!r}{_tls_arguments(mesh) if tls else ''})"
     return f'{_python()} -c "import tritonclient.grpc as g; print({client}.get_model_metadata({model!r}, as_json=True))"'
+
+
+def _tls_arguments(mesh: LocalMesh) -> str:
+    """tritonclient's own TLS options, with the CA and the `client` certificate `up --tls` issued."""
+    certs = os.path.relpath(mesh.settings.certs_dir)
+    files = {
+        "root_certificates": "ca.pem",
+        "private_key": "client-key.pem",
+        "certificate_chain": "client.pem",
+    }
+    return ", ssl=True" + "".join(f", {k}={os.path.join(certs, v)!r}" for k, v in files.items())
 
 
 def _report(event: SupervisionEvent) -> None:
@@ -151,6 +164,9 @@ async def _serve(mesh: LocalMesh, settings: MeshSettings) -> int:
 
     console.print(_endpoints_table(endpoints))
     console.print(Text(f"logs: {settings.run_dir / 'logs'}"))
+    if settings.tls:  # every port is mTLS: callers need the CA and a certificate from it
+        line = f"TLS: CA and certificates in {settings.certs_dir} (clients: client.pem / admin.pem)"
+        console.print(Text(line), soft_wrap=True)
     hint = start_hint(mesh, endpoints)
     if hint:
         console.print(Text.assemble("try: ", (hint, "bold")), soft_wrap=True)  # one line, to copy whole

@@ -9,11 +9,14 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from meshserve.core.errors import ErrorCode, MeshError
+from meshserve.core.tls import ClientTls
+from meshserve.core.tls import channel_options as tls_channel_options
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -26,8 +29,21 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
     ]
 
 
-def open_channel(target: str, max_message_bytes: int = 2**31 - 1) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(target, options=channel_options(max_message_bytes))
+def open_channel(
+    target: str,
+    max_message_bytes: int = 2**31 - 1,
+    tls: ClientTls | None = None,
+    server_name: str | None = None,
+    options: Sequence[tuple[str, object]] = (),
+) -> grpc.aio.Channel:
+    """A channel to `target`: plaintext, or with `tls` verified against its CA, the server's certificate naming
+    `server_name` (`feature`, `cache`...) whatever address is dialled."""
+    all_options = [*channel_options(max_message_bytes), *options]
+    if tls is None:
+        return grpc.aio.insecure_channel(target, options=all_options)
+    return grpc.aio.secure_channel(
+        target, tls.credentials(), options=[*all_options, *tls_channel_options(server_name)]
+    )
 
 
 async def wait_until_serving(channel: grpc.aio.Channel, service: str = "", timeout_s: float = 60.0) -> None:

@@ -1,5 +1,6 @@
 """What a call carries across hops: the request id (gRPC metadata `x-request-id`) and the caller's headers, read
-once per call into context variables."""
+once per call into context variables; and who the caller is (its Principal, set where the call is adopted once
+it is authenticated), so handlers authorize without any gRPC import."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from types import MappingProxyType
 
+from meshserve.core.auth import ANONYMOUS, Principal
 from meshserve.core.telemetry import annotate
 
 REQUEST_ID_HEADER = "x-request-id"
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 _request_id: ContextVar[str | None] = ContextVar("meshserve_request_id", default=None)
 _headers: ContextVar[Mapping[str, str]] = ContextVar("meshserve_call_headers", default=_NO_HEADERS)
+_principal: ContextVar[Principal] = ContextVar("meshserve_principal", default=ANONYMOUS)
+_peer: ContextVar[str] = ContextVar("meshserve_peer", default="")
 
 
 def current_request_id() -> str | None:
@@ -31,6 +35,7 @@ def adopt_call(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
     """Read an incoming call's metadata once: its text headers (for `call_headers`) and its request id."""
     headers = {key: value for key, value in metadata or () if isinstance(value, str)}
     _headers.set(headers)
+    _principal.set(ANONYMOUS)  # until this call's own credential says otherwise
     request_id = set_request_id(headers.get(REQUEST_ID_HEADER))
     annotate(request_id=request_id)
     return request_id
@@ -39,6 +44,24 @@ def adopt_call(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
 def call_headers() -> Mapping[str, str]:
     """The text metadata of the call being handled (binary `-bin` values left out)."""
     return _headers.get()
+
+
+def current_principal() -> Principal:
+    """Who makes the call being handled (ANONYMOUS until authenticated, or where authentication is off)."""
+    return _principal.get()
+
+
+def set_principal(principal: Principal) -> None:
+    _principal.set(principal)
+
+
+def current_peer() -> str:
+    """The caller's address as the transport gave it ("ipv4:127.0.0.1:5123"), where the call's guard noted it."""
+    return _peer.get()
+
+
+def set_peer(peer: str) -> None:
+    _peer.set(peer)
 
 
 def outgoing_metadata() -> tuple[tuple[str, str], ...]:

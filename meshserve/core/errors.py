@@ -11,7 +11,9 @@ __all__ = [
     "InvalidArgument",
     "MeshError",
     "NotFound",
+    "PermissionDenied",
     "ResourceExhausted",
+    "Unauthenticated",
     "Unavailable",
 ]
 
@@ -25,6 +27,8 @@ class ErrorCode(Enum):
     DEADLINE_EXCEEDED = "deadline_exceeded"
     CANCELLED = "cancelled"
     UNIMPLEMENTED = "unimplemented"
+    UNAUTHENTICATED = "unauthenticated"  # no credential, or one that does not verify
+    PERMISSION_DENIED = "permission_denied"  # a known caller without the right to this call
     INTERNAL = "internal"
 
 
@@ -76,3 +80,15 @@ class Unavailable(MeshError):
 
 class DeadlineExceeded(MeshError):
     code = ErrorCode.DEADLINE_EXCEEDED
+
+
+class Unauthenticated(MeshError):
+    """The caller is not known: the message says what was wrong with its credential, never the credential."""
+
+    code = ErrorCode.UNAUTHENTICATED
+
+
+class PermissionDenied(MeshError):
+    """The caller is known but may not do this: the message names what is missing."""
+
+    code = ErrorCode.PERMISSION_DENIED

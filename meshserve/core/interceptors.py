@@ -1,6 +1,6 @@
 """What every RPC a meshserve server handles goes through, assembled in one place and in a fixed order: the
-caller's metadata read once (request id, headers), metrics and the access log, then one clean status for any
-failure.
+caller's metadata read once (request id, headers), metrics and the access log, the call guard (who may call:
+peer check, caller authentication; before the request is even decoded), then one clean status for any failure.
 
 These are interceptors applied when handlers are registered, not grpc.aio ServerInterceptors: each method's
 handler is wrapped once, so a call pays for a coroutine of ours and nothing else (a grpc.aio interceptor runs an
@@ -13,18 +13,23 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message_factory import GetMessageClass
 
-from meshserve.core.context import REQUEST_ID_HEADER, adopt_call
+from meshserve.core.auth import Principal
+from meshserve.core.context import REQUEST_ID_HEADER, adopt_call, set_principal
 from meshserve.core.errors import ErrorCode, InvalidArgument, MeshError
 from meshserve.core.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("meshserve.access")
+
+# A call guard: runs where each call is adopted, before the handler; raises Unauthenticated / PermissionDenied
+# (answered with its status like any MeshError), or returns the caller's Principal (the call's from then on).
+Guard = Callable[[grpc.aio.ServicerContext, str], "Principal | None | Awaitable[Principal | None]"]
 
 STATUS_FOR: dict[ErrorCode, grpc.StatusCode] = {code: grpc.StatusCode[code.name] for code in ErrorCode}
 # Downstream codes that keep their meaning for our caller; anything else becomes INTERNAL.
@@ -105,11 +110,19 @@ def _decoder(deserialize: Callable[[bytes], object] | None) -> Callable[[bytes],
     return decode
 
 
+async def _admit(guard: Guard, context: grpc.aio.ServicerContext, method: str) -> None:
+    outcome = guard(context, method)
+    if inspect.isawaitable(outcome):
+        outcome = await outcome
+    if isinstance(outcome, Principal):
+        set_principal(outcome)
+
+
 def wrap_handler(
-    handler: grpc.RpcMethodHandler, method: str, metrics: ServiceMetrics | None
+    handler: grpc.RpcMethodHandler, method: str, metrics: ServiceMetrics | None, guard: Guard | None = None
 ) -> grpc.RpcMethodHandler:
-    """`handler` adopting the caller's metadata, decoding its request (a bad one is INVALID_ARGUMENT), recording
-    the call and mapping any exception to one clean status, for any RPC shape."""
+    """`handler` adopting the caller's metadata, passing its guard, decoding its request (a bad one is
+    INVALID_ARGUMENT), recording the call and mapping any exception to one clean status, for any RPC shape."""
     record = _Recorder(method, metrics)
     decode = _decoder(handler.request_deserializer)
 
@@ -126,6 +139,8 @@ def wrap_handler(
         async def call(request, context):
             started = record.begin(context)
             try:
+                if guard is not None:
+                    await _admit(guard, context, method)
                 reply = await inner(arguments(request), context)
             except BaseException as exc:  # every failure gets exactly one clean status
                 record.end(context, started, exc)
@@ -142,6 +157,8 @@ def wrap_handler(
             async def gen(request, context):
                 started = record.begin(context)
                 try:
+                    if guard is not None:
+                        await _admit(guard, context, method)
                     async for item in inner(arguments(request), context):
                         yield item
                 except BaseException as exc:
@@ -201,12 +218,15 @@ class HandlerRegistry:
     """What servicers register on instead of the server itself: it wraps every handler on its way in. It offers
     the two registration methods generated `add_*_to_server` functions, health and reflection use."""
 
-    def __init__(self, server: grpc.aio.Server, metrics: ServiceMetrics | None = None) -> None:
+    def __init__(
+        self, server: grpc.aio.Server, metrics: ServiceMetrics | None = None, guard: Guard | None = None
+    ) -> None:
         self.server = server
         self.metrics = metrics
+        self.guard = guard  # every call passes it first (GrpcService.guard())
 
     def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-        return wrap_handler(handler, method, self.metrics)
+        return wrap_handler(handler, method, self.metrics, self.guard)
 
     def add_generic_rpc_handlers(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
         self.server.add_generic_rpc_handlers(tuple(_WrappedGeneric(h, self._wrap) for h in handlers))
@@ -256,4 +276,4 @@ _KINDS = {
 }
 
 
-__all__ = ["REQUEST_ID_HEADER", "STATUS_FOR", "HandlerRegistry", "wrap_handler"]
+__all__ = ["REQUEST_ID_HEADER", "STATUS_FOR", "Guard", "HandlerRegistry", "wrap_handler"]

@@ -18,6 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
+from meshserve.core import tls
 from meshserve.core.interceptors import HandlerRegistry
 from meshserve.core.metrics import ServiceMetrics
 from meshserve.core.settings import ServiceSettings
@@ -62,6 +63,13 @@ class GrpcService:
     async def close(self) -> None:
         """Release clients and stores after the server has stopped."""
 
+    def guard(self) -> tls.PeerGuard | None:
+        """What every call passes before its handler (HandlerRegistry's guard): with tls_allowed_peers set, the
+        caller's verified certificate must name one of them (PERMISSION_DENIED otherwise)."""
+        if self.settings.tls_allowed_peers:
+            return tls.peer_guard(self.settings.tls_allowed_peers, self.name)
+        return None
+
     # -- lifecycle ------------------------------------------------------------------------------------
     async def start(self) -> int:
         server = grpc.aio.server(
@@ -71,7 +79,7 @@ class GrpcService:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        handlers = HandlerRegistry(server, self.metrics)
+        handlers = HandlerRegistry(server, self.metrics, self.guard())
         self._services = list(self.register(handlers))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, handlers)
         # the asyncio servicer, named outright: given our registry, enable_server_reflection picks the sync one
@@ -83,7 +91,12 @@ class GrpcService:
         )
         for service in ["", *self._services]:
             await self.health.set(service, NOT_SERVING)
-        self.port = server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        address = f"{self.settings.host}:{self.settings.port}"
+        credentials = tls.server_credentials(self.settings)  # follows the certificate files on disk
+        if credentials is None:
+            self.port = server.add_insecure_port(address)
+        else:
+            self.port = server.add_secure_port(address, credentials)
         if self.port == 0:
             raise OSError(f"{self.name}: cannot listen on {self.settings.host}:{self.settings.port}")
         await server.start()

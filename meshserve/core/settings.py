@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pathlib import Path
+
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+TLS_FIELDS = ("tls_cert_file", "tls_key_file", "tls_ca_file", "tls_client_auth", "tls_allowed_peers")
 
 
 class ServiceSettings(BaseSettings):
@@ -32,3 +36,36 @@ class ServiceSettings(BaseSettings):
     dependency_timeout_s: float = Field(
         120.0, gt=0, description="how long to wait for dependencies before giving up at start-up"
     )
+    tls_cert_file: Path | None = Field(
+        None,
+        description="this process's certificate (PEM): its ports serve TLS, and it is presented on its own "
+        "outgoing hops; reread when it changes on disk",
+    )
+    tls_key_file: Path | None = Field(None, description="the private key of tls_cert_file (PEM)")
+    tls_ca_file: Path | None = Field(
+        None,
+        description="the CA peers' certificates must chain to: set, outgoing hops use TLS and verify the server "
+        "with it, and servers verify client certificates with it",
+    )
+    tls_client_auth: bool = Field(False, description="require a client certificate from the CA (mTLS)")
+    tls_allowed_peers: list[str] = Field(
+        default_factory=list,
+        description="identities (first DNS SAN of the client certificate) allowed to call; empty: any "
+        "certificate from the CA. Set, client certificates are required",
+    )
+
+    @model_validator(mode="after")
+    def _tls_consistent(self) -> ServiceSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        if (self.tls_client_auth or self.tls_allowed_peers) and (
+            self.tls_cert_file is None or self.tls_ca_file is None
+        ):
+            raise ValueError(
+                "tls_client_auth and tls_allowed_peers need tls_cert_file, tls_key_file and tls_ca_file"
+            )
+        return self
+
+    def tls_fields(self) -> dict[str, object]:
+        """The TLS settings, to give a second server in the same process (the gateway's admin port) the same."""
+        return {name: getattr(self, name) for name in TLS_FIELDS}

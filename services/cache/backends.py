@@ -24,6 +24,7 @@ from typing import Protocol
 
 import redis.asyncio as aioredis
 
+from meshserve.core.tls import ClientTls, redis_options
 from meshserve.lru import LruTtlCache
 
 Lookup = tuple[str, Sequence[str]]  # (key, scopes)
@@ -269,8 +270,9 @@ class RedisBackend:
         default_ttl_s: float,
         prefix: str = "meshserve:cache:",
         max_ttl_s: float = DEFAULT_MAX_TTL_S,
+        tls: ClientTls | None = None,
     ) -> None:
-        self.client = aioredis.Redis.from_url(url)
+        self.client = aioredis.Redis.from_url(url, **redis_options(url, tls))
         self.max_entry_bytes = max_entry_bytes
         self.default_ttl_s = default_ttl_s
         self.max_ttl_s = max_ttl_s

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from meshserve.cache.v1 import cache_pb2, cache_pb2_grpc
 from meshserve.core.lifecycle import GrpcService
+from meshserve.core.tls import ClientTls
 from services.cache.backends import CacheBackend, MemoryBackend, RedisBackend
 from services.cache.servicer import CacheServicer
 from services.cache.settings import CacheSettings
@@ -21,6 +22,7 @@ class CacheService(GrpcService):
                 settings.max_entry_bytes,
                 settings.default_ttl_s,
                 max_ttl_s=settings.max_ttl_s,
+                tls=ClientTls.from_settings(settings),
             )
         else:
             self.backend = MemoryBackend(

@@ -9,13 +9,14 @@ import grpc
 from meshserve.cache.v1 import cache_pb2, cache_pb2_grpc
 from meshserve.core.channels import open_channel
 from meshserve.core.context import outgoing_metadata
+from meshserve.core.tls import ClientTls
 
 log = logging.getLogger(__name__)
 
 
 class CacheInvalidator:
-    def __init__(self, target: str, timeout_s: float = 2.0) -> None:
-        self.channel = open_channel(target)
+    def __init__(self, target: str, timeout_s: float = 2.0, tls: ClientTls | None = None) -> None:
+        self.channel = open_channel(target, tls=tls, server_name="cache")
         self.stub = cache_pb2_grpc.CacheServiceStub(self.channel)
         self.timeout_s = timeout_s
         self.failures = 0

@@ -10,6 +10,7 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from meshserve.core.lifecycle import GrpcService
+from meshserve.core.tls import ClientTls
 from meshserve.feature.v1 import feature_pb2, feature_pb2_grpc
 from meshserve.registry import load_registry
 from services.feature.files import read_rows
@@ -29,10 +30,11 @@ class FeatureService(GrpcService):
         super().__init__(settings)
         self.settings: FeatureSettings = settings
         self.registry = load_registry(settings.registry_path)
+        tls = ClientTls.from_settings(settings)
         self.store: OnlineStore = (
-            RedisStore(settings.redis_url) if settings.redis_url else SqliteStore(settings.db_path)
+            RedisStore(settings.redis_url, tls=tls) if settings.redis_url else SqliteStore(settings.db_path)
         )
-        self.invalidator = CacheInvalidator(settings.cache_url) if settings.cache_url else None
+        self.invalidator = CacheInvalidator(settings.cache_url, tls=tls) if settings.cache_url else None
         self.handler = FeatureHandler(
             self.registry, self.store, settings.max_keys_per_request, on_update=self.invalidator
         )

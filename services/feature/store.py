@@ -12,6 +12,8 @@ from typing import Protocol
 
 import redis.asyncio as aioredis
 
+from meshserve.core.tls import ClientTls, redis_options
+
 Row = tuple[str, str, float, float]  # entity_key, feature, value, event_ts (seconds since the epoch)
 
 
@@ -87,8 +89,8 @@ class RedisStore:
 
     name = "redis"
 
-    def __init__(self, url: str, prefix: str = "meshserve:features:") -> None:
-        self.client = aioredis.Redis.from_url(url)
+    def __init__(self, url: str, prefix: str = "meshserve:features:", tls: ClientTls | None = None) -> None:
+        self.client = aioredis.Redis.from_url(url, **redis_options(url, tls))
         self.prefix = prefix
 
     def _key(self, entity: str, key: str) -> str:

@@ -8,6 +8,7 @@ import logging
 
 from meshserve import triton_control
 from meshserve.core.lifecycle import GrpcService
+from meshserve.core.tls import ClientTls
 from meshserve.inference.v1 import inference_pb2
 from services.inference.servicer import InferenceServicer, TritonForwarder
 from services.inference.settings import InferenceSettings
@@ -28,6 +29,8 @@ class InferenceService(GrpcService):
             settings.max_message_bytes,
             settings.triton_reconnect_max_s,
             settings.triton_max_call_s,
+            tls=ClientTls.from_settings(settings),
+            tls_name=settings.triton_tls_name,
         )
 
     def register(self, server):

@@ -11,6 +11,9 @@ class InferenceSettings(ServiceSettings):
 
     port: int = Field(50054, ge=0, le=65535, description="port to listen on; 0 lets the OS choose")
     triton_url: str = Field("127.0.0.1:8001", description="Triton's gRPC endpoint (host:port)")
+    triton_tls_name: str = Field(
+        "triton", description="the name Triton's certificate must carry (with tls_ca_file set: TLS to Triton)"
+    )
     triton_timeout_s: float = Field(
         5.0, gt=0, description="longest Triton's metadata, config and readiness calls may take"
     )

@@ -24,6 +24,8 @@ from meshserve import triton_control
 from meshserve.core.channels import channel_options, error_from_rpc, passed_on
 from meshserve.core.context import outgoing_metadata
 from meshserve.core.errors import ErrorCode, MeshError, NotFound
+from meshserve.core.tls import ClientTls
+from meshserve.core.tls import channel_options as tls_channel_options
 
 log = logging.getLogger(__name__)
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -60,13 +62,20 @@ class TritonBackend:
         max_message_bytes: int,
         reconnect_max_s: float = 1.0,
         max_call_s: float = 300.0,
+        tls: ClientTls | None = None,
+        tls_name: str = "triton",
     ) -> None:
         self.url = url
         self.timeout_s = timeout_s  # metadata, config, readiness
         self.max_call_s = max_call_s  # the longest an inference or a forwarded control call may take
         options = [*channel_options(max_message_bytes), *_reconnect_options(reconnect_max_s)]
-        self.control = InferenceServerClient(url, channel_args=options)
-        self._channel = grpc.aio.insecure_channel(url, options=options)
+        if tls is None:
+            self.control = InferenceServerClient(url, channel_args=options)
+            self._channel = grpc.aio.insecure_channel(url, options=options)
+        else:  # Triton's certificate must name `tls_name`; ours is presented for its mutual TLS
+            options += tls_channel_options(tls_name)
+            self.control = InferenceServerClient(url, creds=tls.credentials(), channel_args=options)
+            self._channel = grpc.aio.secure_channel(url, tls.credentials(), options=options)
         # bytes in, bytes out: the hot path never parses what it forwards
         self._model_infer = self._channel.unary_unary(MODEL_INFER)
         self._control_calls = {

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
 
-__all__ = ["BundledTriton", "find_bundled_triton", "prepare_backend_dir", "triton_command"]
+__all__ = ["BundledTriton", "find_bundled_triton", "prepare_backend_dir", "triton_command", "triton_tls_args"]
 
 BIND_ADDRESS = "127.0.0.1"  # the inference service is Triton's only client; never expose it further
 
@@ -133,3 +133,17 @@ def triton_command(
     argv += list(extra_args)
     env = {"LD_LIBRARY_PATH": _library_path(triton), "PATH": _search_path()}
     return argv, env
+
+
+def triton_tls_args(cert: Path, key: Path, ca: Path) -> list[str]:
+    """Triton's gRPC port with mutual TLS: its certificate and key, and the CA client certificates must chain to
+    (only the inference service, and the mesh's own health checks, hold one). Triton's HTTP API cannot serve TLS,
+    so it is off: plaintext inference beside an mTLS port would make the mTLS pointless. Metrics stay on."""
+    return [
+        "--allow-http=false",
+        "--grpc-use-ssl=true",
+        "--grpc-use-ssl-mutual=true",
+        f"--grpc-server-cert={cert}",
+        f"--grpc-server-key={key}",
+        f"--grpc-root-cert={ca}",
+    ]

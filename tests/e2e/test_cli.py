@@ -144,24 +144,30 @@ async def test_predict_reports_a_clear_error_for_an_unknown_route(mesh):
     assert "NOT_FOUND" in output and "unknown model: 'nope'" in output
 
 
-async def run_cli(*args: str) -> tuple[int, str]:
+async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
     process = await asyncio.create_subprocess_exec(
         MESHSERVE, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "COLUMNS": "200"},
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
     )  # fmt: skip
     return await wait_for_exit(process)
 
 
 async def test_canary_verbs_change_live_weights_and_land_in_the_audit_log(mesh):
     admin = ("--admin", mesh.endpoints.admin)
-    code, output = await run_cli("canary", "weights", "cli-canary", "stable=90", "canary=10", *admin)
+    code, output = await run_cli("routes", "audit", *admin, env={"MESHSERVE_RUN_DIR": "/nonexistent"})
+    assert code == 1 and "UNAUTHENTICATED" in output, output  # the mesh's admin API asks for its token
+    env = {"MESHSERVE_RUN_DIR": str(mesh.settings.run_dir)}  # where `up` wrote the admin token
+    code, output = await run_cli("canary", "weights", "cli-canary", "stable=90", "canary=10", *admin, env=env)
     assert code == 0, output
     assert "│ stable  │ fraud │ 1       │ 90" in output and "│ canary  │ fraud │ 2       │ 10" in output
-    code, output = await run_cli("canary", "rollback", "cli-canary", "--reason", "smoke test", *admin)
+    code, output = await run_cli(
+        "canary", "rollback", "cli-canary", "--reason", "smoke test", *admin, env=env
+    )
     assert code == 0 and "│ canary  │ fraud │ 2       │ 0 " in output, output
-    code, output = await run_cli("routes", "audit", *admin)
+    code, output = await run_cli("routes", "audit", *admin, env=env)
     assert code == 0 and "set_weights" in output and "smoke test" in output, output
-    code, output = await run_cli("canary", "weights", "cli-canary", "ghost=5", *admin)
+    assert "admin-token" in output and "denied" in output, output  # who did it, and the refusal above
+    code, output = await run_cli("canary", "weights", "cli-canary", "ghost=5", *admin, env=env)
     assert code == 1 and "INVALID_ARGUMENT" in output and "no variant 'ghost'" in output, output
-    code, output = await run_cli("canary", "start", "cli-canary", *admin)
+    code, output = await run_cli("canary", "start", "cli-canary", *admin, env=env)
     assert code == 1 and "FAILED_PRECONDITION" in output and "no rollout plan" in output, output

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from meshserve.admin.v1 import admin_pb2
+from meshserve.core.auth import ApiKeyStore
 from meshserve.gateway.v1 import gateway_pb2
 from tests.helpers import feature_vector, score_directly, scrape
 from tests.integration.gateways import in_process_gateway
@@ -69,12 +70,17 @@ routes:
 
 @pytest.fixture
 async def gateway(mesh, tmp_path):
-    async with in_process_gateway(mesh, tmp_path, ROUTES) as gw:
+    """A gateway whose admin API knows alice and bob by API key (role admin); a call without a credential is the
+    anonymous caller's (this gateway requires none)."""
+    store = ApiKeyStore(tmp_path / "api-keys.json")
+    keys = {name: store.create(name, ["admin"]) for name in ("alice", "bob")}
+    async with in_process_gateway(mesh, tmp_path, ROUTES, auth_api_keys_file=store.path) as gw:
+        gw.as_user = {name: (("authorization", f"Bearer {key}"),) for name, key in keys.items()}
         yield gw
 
 
 async def test_weights_promote_and_rollback_change_traffic_and_are_audited(gateway):
-    who = (("x-meshserve-user", "alice"),)
+    who = gateway.as_user["alice"]
     await gateway.admin.SetWeights(
         admin_pb2.SetWeightsRequest(route="fraud", weights={"stable": 50, "canary": 50}),
         metadata=who,
@@ -93,7 +99,7 @@ async def test_weights_promote_and_rollback_change_traffic_and_are_audited(gatew
     audit = (await gateway.admin.GetAuditLog(admin_pb2.GetAuditLogRequest(), timeout=5)).entries
     assert [(e.who, e.action) for e in audit] == [
         ("alice", "set_weights"),
-        ("admin", "promote"),
+        ("anonymous", "promote"),
         ("alice", "rollback"),
     ]
     assert json.loads(audit[0].before) == {"stable": 100, "canary": 0}
@@ -258,7 +264,7 @@ async def test_retry_budget_and_ejection_stop_a_dead_canary_costing_attempts_the
 
 
 async def test_weights_set_by_hand_stop_a_running_rollout_so_its_next_step_cannot_overwrite_them(gateway):
-    who = (("x-meshserve-user", "alice"),)
+    who = gateway.as_user["alice"]
     await gateway.admin.SetRollout(
         admin_pb2.SetRolloutRequest(route="healthy-rollout", action=admin_pb2.SetRolloutRequest.START),
         timeout=5,
@@ -280,7 +286,7 @@ async def test_weights_set_by_hand_stop_a_running_rollout_so_its_next_step_canno
     assert status.rollout.state == "stopped"
     audit = (await gateway.admin.GetAuditLog(admin_pb2.GetAuditLogRequest(), timeout=5)).entries
     assert [(e.who, e.action) for e in audit] == [
-        ("admin", "rollout_step"),
+        ("anonymous", "rollout_step"),
         ("alice", "set_weights"),
         ("alice", "rollout_stopped"),
     ]
@@ -295,9 +301,7 @@ async def test_a_reload_that_removes_a_running_rollouts_plan_stops_it_once(gatew
     assert plan in ROUTES
     gateway.routes_file.write_text(ROUTES.replace(plan, ""))
     caplog.set_level(logging.INFO, logger="gateway.rollout")
-    reply = await gateway.admin.Reload(
-        admin_pb2.ReloadRequest(), metadata=(("x-meshserve-user", "bob"),), timeout=5
-    )
+    reply = await gateway.admin.Reload(admin_pb2.ReloadRequest(), metadata=gateway.as_user["bob"], timeout=5)
     assert reply.applied
     await asyncio.sleep(1.0)  # four ticks of the controller
     status = await gateway.status("rollout")

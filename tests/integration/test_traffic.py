@@ -172,9 +172,11 @@ async def test_blue_green_switch_under_load_fails_no_request(mesh):
         loaders = [asyncio.create_task(load(mine)) for mine in served]
         await asyncio.sleep(0.3)
         admin = admin_pb2_grpc.AdminServiceStub(admin_channel)
+        token = (mesh.settings.run_dir / "admin-token").read_text().strip()  # `up` wrote it; the CLI sends it
         status = await admin.SwitchVersion(
-            admin_pb2.SwitchVersionRequest(route="bluegreen", variant="live", version="2"), timeout=120
-        )
+            admin_pb2.SwitchVersionRequest(route="bluegreen", variant="live", version="2"), timeout=120,
+            metadata=(("authorization", f"Bearer {token}"),),
+        )  # fmt: skip
         await asyncio.sleep(0.3)
         stop.set()
         await asyncio.gather(*loaders)
