@@ -124,6 +124,11 @@ class MeshSettings(BaseSettings):
         "when those select http/protobuf",
     )
     extra_env: dict[str, str] = Field(default_factory=dict, description="environment added to every child")
+    auth: bool = Field(
+        False,
+        description="callers must authenticate at the gateway (API keys of `meshserve keys`, JWTs, or with tls "
+        "the client certificates); the admin API needs its token either way",
+    )
     tls: bool = Field(
         False,
         description="mTLS on every hop (Triton's, the gateway's REST and admin ports included), with the "
@@ -295,12 +300,15 @@ class LocalMesh:
         gateway_port = s.gateway_port or port["gateway"]
         port["admin"] = s.admin_port or port["admin"]
         port["gateway_http"] = s.gateway_http_port or port["gateway_http"]
+        scheme = "https" if s.tls else "http"  # our /metrics serve TLS with each process's certificate
         ep = Endpoints(
             gateway=f"{host}:{gateway_port}",
             gateway_http=f"{host}:{port['gateway_http']}",
             admin=f"{host}:{port['admin']}",
-            gateway_metrics=f"http://{host}:{port['gateway_metrics']}/metrics",
-            service_metrics={name: f"http://{host}:{port[name + '_metrics']}/metrics" for name in services},
+            gateway_metrics=f"{scheme}://{host}:{port['gateway_metrics']}/metrics",
+            service_metrics={
+                name: f"{scheme}://{host}:{port[name + '_metrics']}/metrics" for name in services
+            },
             feature=f"{host}:{port['feature']}",
             cache=f"{host}:{port['cache']}",
             inference=f"{host}:{port['inference']}",
@@ -373,6 +381,7 @@ class LocalMesh:
                     # the admin API's credential (kept between runs; the CLI sends it) and `meshserve keys`' file
                     admin_token_file=admin_token_file(run_dir),
                     auth_api_keys_file=run_dir / API_KEYS_FILE,
+                    auth_required=s.auth,
                 ),
             ),
         }

@@ -71,6 +71,14 @@ def up(
             "--tls", help="mTLS on every hop, certificates in <run_dir>/certs (created once, then kept)"
         ),
     ] = False,
+    auth: Annotated[
+        bool,
+        typer.Option(
+            "--auth",
+            help="callers must authenticate: API keys from `meshserve keys create` (or, with --tls, client "
+            "certificates); the admin API always needs its token",
+        ),
+    ] = False,
 ) -> None:
     """Start Triton, the feature, cache and inference services and the gateway; serve until Ctrl-C."""
     from pydantic import ValidationError
@@ -88,6 +96,7 @@ def up(
         "routes_path": routes,
         "model_repositories": model_repository or None,
         "tls": tls or None,
+        "auth": auth or None,
     }
     try:
         settings = MeshSettings(**{k: v for k, v in overrides.items() if v is not None})
@@ -108,6 +117,12 @@ def predict(
     features: Annotated[list[str], typer.Argument(help="request features as name=value")] = None,
     target: Annotated[str, typer.Option(help="gateway address")] = "127.0.0.1:50051",
     timeout: Annotated[float, typer.Option(help="deadline in seconds")] = 5.0,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MESHSERVE_API_KEY", help="an API key, for a gateway that requires callers to authenticate"
+        ),
+    ] = None,
     tls: Annotated[
         bool,
         typer.Option(
@@ -118,7 +133,9 @@ def predict(
     """Send one Predict to the gateway and print the answer."""
     from meshserve.cli.predict import run_predict
 
-    raise typer.Exit(_run(run_predict(target, route, entity_key, features or [], timeout, tls or None)))
+    raise typer.Exit(
+        _run(run_predict(target, route, entity_key, features or [], timeout, tls or None, api_key))
+    )
 
 
 @app.command()

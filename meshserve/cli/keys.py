@@ -14,6 +14,9 @@ from rich.table import Table
 from meshserve.core.auth import ApiKeyStore
 
 console = Console()
+notes = Console(
+    stderr=True
+)  # what `create` says besides the key, so `$(meshserve keys create ...)` is the key
 keys_app = typer.Typer(help="API keys for the gateway's callers: create, list, revoke.", no_args_is_help=True)
 KeysFile = Annotated[
     Path | None,
@@ -50,7 +53,7 @@ def keys_create(
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from None
     roles = ", ".join(sorted(set(role or []))) or "no roles"
-    console.print(
+    notes.print(
         f"key for [bold]{name}[/] ({roles}) in {store.path}; shown once, keep it now:", highlight=False
     )
     typer.echo(token)

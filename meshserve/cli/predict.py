@@ -24,7 +24,13 @@ def parse_feature(text: str) -> tuple[str, feature_pb2.Value]:
 
 
 async def run_predict(
-    target: str, route: str, entity_key: str, features: list[str], timeout_s: float, tls: bool | None = None
+    target: str,
+    route: str,
+    entity_key: str,
+    features: list[str],
+    timeout_s: float,
+    tls: bool | None = None,
+    api_key: str | None = None,
 ) -> int:
     try:
         parsed = dict(parse_feature(f) for f in features)
@@ -36,7 +42,10 @@ async def run_predict(
     )
     async with cli_channel(target, tls=tls) as channel:  # TLS when the mesh runs with it (MESHSERVE_TLS)
         try:
-            reply = await gateway_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=timeout_s)
+            metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
+            reply = await gateway_pb2_grpc.PredictionServiceStub(channel).Predict(
+                request, timeout=timeout_s, metadata=metadata
+            )
         except grpc.aio.AioRpcError as exc:
             console.print(f"[red]{exc.code().name}[/]: {exc.details()}")
             return 1

@@ -80,7 +80,10 @@ def start_hint(mesh: LocalMesh, endpoints: Endpoints) -> str | None:
     if mesh.sample_routes:
         target = "" if endpoints.gateway == "127.0.0.1:50051" else f" --target {endpoints.gateway}"
         flags = f"{target} --tls" if tls else target
-        return f"{_meshserve()} predict fraud acct-00042 amount=250 merchant_category=3{flags}"
+        command = f"{_meshserve()} predict fraud acct-00042 amount=250 merchant_category=3{flags}"
+        if mesh.settings.auth and not tls:  # callers need a credential: an API key, shown once
+            return f"export MESHSERVE_API_KEY=$({_meshserve()} keys create me --role scorer); {command}"
+        return command
     if mesh.served is None or not mesh.served.models:
         return None
     model = mesh.served.models[0].name

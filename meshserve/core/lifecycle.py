@@ -102,7 +102,8 @@ class GrpcService:
         await server.start()
         self._server = server
         if self.settings.metrics_port is not None:
-            self.metrics.serve(self.settings.host, self.settings.metrics_port)
+            s = self.settings
+            self.metrics.serve(s.host, s.metrics_port, s.tls_cert_file, s.tls_key_file)
         self._ready_task = asyncio.create_task(self._become_ready(), name=f"{self.name}-ready")
         log.info("listening", extra={"port": self.port, "address": self.settings.host})
         return self.port

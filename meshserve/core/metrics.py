@@ -4,6 +4,8 @@ service's `metrics_port` when it is set."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -31,8 +33,11 @@ class ServiceMetrics:
         self.requests.labels(method, code).inc()
         self.latency.labels(method).observe(seconds)
 
-    def serve(self, host: str, port: int) -> int:
-        self._server, _ = start_http_server(port, host, registry=self.registry)
+    def serve(self, host: str, port: int, certfile: Path | None = None, keyfile: Path | None = None) -> int:
+        """Serve /metrics on `port`: over HTTPS with this certificate when given (read-only data, so scrapers
+        need only the CA, not a client certificate)."""
+        tls = {"certfile": str(certfile), "keyfile": str(keyfile)} if certfile and keyfile else {}
+        self._server, _ = start_http_server(port, host, registry=self.registry, **tls)
         self.port = self._server.server_port
         return self.port
 

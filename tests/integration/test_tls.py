@@ -277,6 +277,24 @@ async def test_the_rest_port_serves_https_and_requires_a_client_certificate(tls_
         await asyncio.to_thread(_https_get, address, "/v2/health/ready", ClientTls(certs / "ca.pem"))
 
 
+async def test_every_metrics_port_of_ours_serves_https_only(tls_mesh):
+    ca_only = ClientTls(
+        tls_mesh.settings.certs_dir / "ca.pem"
+    )  # read-only data: the CA is all a scraper needs
+    urls = [tls_mesh.endpoints.gateway_metrics, *tls_mesh.endpoints.service_metrics.values()]
+    for url in urls:
+        assert url.startswith("https://"), url
+        address = url.removeprefix("https://").removesuffix("/metrics")
+        assert await asyncio.to_thread(_https_get, address, "/metrics", ca_only) == 200, url
+        with pytest.raises((ConnectionError, OSError, http.client.HTTPException)):
+            plain = http.client.HTTPConnection(*address.rsplit(":", 1), timeout=5)
+            try:
+                plain.request("GET", "/metrics")
+                plain.getresponse().read()
+            finally:
+                plain.close()
+
+
 # -- Redis over TLS ---------------------------------------------------------------------------------------------
 @pytest_asyncio.fixture(scope="module")
 async def tls_redis(tmp_path_factory, certs) -> str:

@@ -169,3 +169,16 @@ def test_a_plain_mesh_has_no_tls_anywhere(tmp_path):
         "TLS" in key for child in mesh.children.values() for key in child.env if key.startswith("MESHSERVE_")
     )
     assert not any("ssl" in arg for arg in mesh.children["triton"].argv)
+
+
+def test_an_auth_mesh_requires_callers_to_authenticate_at_the_gateway_only(tmp_path):
+    from gateway.settings import GatewaySettings
+
+    env = _planned(tmp_path, auth=True).children["gateway"].env
+    prefix = "MESHSERVE_GATEWAY_"
+    settings = GatewaySettings(
+        **{k.removeprefix(prefix).lower(): v for k, v in env.items() if k.startswith(prefix)}
+    )
+    assert settings.auth_required is True and settings.auth_api_keys_file == tmp_path / "api-keys.json"
+    plain = _planned(tmp_path / "plain").children["gateway"].env
+    assert GatewaySettings(auth_required=plain[prefix + "AUTH_REQUIRED"]).auth_required is False
