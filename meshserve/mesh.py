@@ -215,6 +215,9 @@ def client_tls(settings: MeshSettings, name: str = "admin") -> ClientTls | None:
     return ClientTls.from_dir(settings.certs_dir.resolve(), name) if settings.tls else None
 
 
+TRITON_EXIT_TIMEOUT_S = 30.0  # Triton's own default --exit-timeout-secs
+
+
 def cli_channel(target: str, server_name: str = "gateway", tls: bool | None = None) -> grpc.aio.Channel:
     """A channel for CLI commands to `target`: with TLS when MESHSERVE_TLS (or `tls`) says the mesh runs with
     it, presenting the `admin` certificate from MESHSERVE_RUN_DIR/certs and checking `server_name`."""
@@ -496,4 +499,9 @@ class LocalMesh:
         order = ["gateway", "inference", "feature", "cache", "triton"]
         for name in order:
             if name in self.children:
-                await self.children[name].stop(grace + self.settings.shutdown_settle_s + 2.0)
+                bound = grace + self.settings.shutdown_settle_s + 2.0
+                if (
+                    name == "triton"
+                ):  # it unloads every model (a python stub each) on the way out: slow on a busy box
+                    bound = max(bound, TRITON_EXIT_TIMEOUT_S)
+                await self.children[name].stop(bound)
