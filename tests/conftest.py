@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
 from meshserve.mesh import REPO_ROOT, LocalMesh, MeshSettings
-from tests.helpers import FIXTURES
+from tests.helpers import FIXTURES, running_redis
 
 
 @pytest.fixture(scope="session")
@@ -56,43 +55,10 @@ async def mesh(tmp_path_factory, marker_dir, sleepy_dir) -> LocalMesh:
 @pytest_asyncio.fixture(scope="session")
 async def redis_url(tmp_path_factory) -> str:
     """A real redis-server (Debian's; `.ci/run` installs it) on a free port, for this test session."""
-    import shutil
+    from meshserve.core.process import free_port
 
-    import redis.asyncio as aioredis
-
-    from meshserve.core.process import ChildProcess, free_port
-
-    binary = shutil.which("redis-server")
-    assert binary, "redis-server is not installed: `apt-get install -y redis-server` (.ci/run does)"
     port = free_port()
-    run_dir = tmp_path_factory.mktemp("redis")
-    argv = [
-        binary,
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        str(run_dir),
-    ]
-    server = ChildProcess("redis", argv, {}, run_dir / "redis.log")
-    await server.start()
-    url = f"redis://127.0.0.1:{port}/0"
-    client = aioredis.Redis.from_url(url)
-    try:
-        for _ in range(200):  # until it answers PING (bounded)
-            try:
-                if await client.ping():
-                    break
-            except (ConnectionError, OSError, aioredis.ConnectionError):
-                await asyncio.sleep(0.025)
-        else:
-            raise RuntimeError(f"redis-server never answered:\n{server.log_tail()}")
+    async with running_redis(
+        tmp_path_factory.mktemp("redis"), ["--port", str(port)], f"redis://127.0.0.1:{port}/0"
+    ) as url:
         yield url
-    finally:
-        await client.aclose()
-        await server.stop(5)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import os
+import shutil
 import urllib.request
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import numpy as np
@@ -94,3 +98,34 @@ def gateway_env(mesh, port: int, tmp_path: Path, **extra: str) -> dict[str, str]
         "MESHSERVE_GATEWAY_AUDIT_LOG": str(tmp_path / "audit.jsonl"),
         **extra,
     }
+
+
+@asynccontextmanager
+async def running_redis(
+    run_dir: Path, args: Sequence[str], url: str, client_options: dict | None = None
+) -> AsyncIterator[str]:
+    """Debian's redis-server (`.ci/run` installs it) with `args` (its port among them), until it answers PING at
+    `url`; yields `url` and stops the server afterwards."""
+    import redis.asyncio as aioredis
+
+    from meshserve.core.process import ChildProcess
+
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server is not installed: `apt-get install -y redis-server` (.ci/run does)"
+    argv = [binary, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(run_dir), *args]
+    server = ChildProcess("redis", argv, {}, run_dir / "redis.log")
+    await server.start()
+    client = aioredis.Redis.from_url(url, **(client_options or {}))
+    try:
+        for _ in range(200):  # until it answers PING (bounded)
+            try:
+                if await client.ping():
+                    break
+            except (ConnectionError, OSError, aioredis.ConnectionError):
+                await asyncio.sleep(0.025)
+        else:
+            raise RuntimeError(f"redis-server never answered:\n{server.log_tail()}")
+        yield url
+    finally:
+        await client.aclose()
+        await server.stop(5)

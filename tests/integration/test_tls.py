@@ -27,7 +27,7 @@ from meshserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from meshserve.mesh import REPO_ROOT, LocalMesh, MeshSettings
 from services.cache.service import CacheService
 from services.cache.settings import CacheSettings
-from tests.helpers import scrape
+from tests.helpers import running_redis, scrape
 
 ROWS = np.array([[250.0, 3, 80.0, 2, 400], [4800.0, 7, 35.0, 19, 3]], dtype=np.float32)
 
@@ -299,36 +299,18 @@ async def test_every_metrics_port_of_ours_serves_https_only(tls_mesh):
 @pytest_asyncio.fixture(scope="module")
 async def tls_redis(tmp_path_factory, certs) -> str:
     """Debian's redis-server on a TLS-only port, requiring client certificates from our CA."""
-    import redis.asyncio as aioredis
-
-    from meshserve.core.process import ChildProcess, free_port
+    from meshserve.core.process import free_port
     from meshserve.core.tls import redis_options
 
-    binary = shutil.which("redis-server")
-    assert binary, "redis-server is not installed: `apt-get install -y redis-server`"
     issue_certificates(certs, ["redis"])
-    port, run_dir = free_port(), tmp_path_factory.mktemp("redis-tls")
-    argv = [binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--dir", str(run_dir), "--tls-cert-file", str(certs / "redis.pem"),
+    port = free_port()
+    args = ["--port", "0", "--tls-port", str(port), "--tls-cert-file", str(certs / "redis.pem"),
             "--tls-key-file", str(certs / "redis-key.pem"), "--tls-ca-cert-file", str(certs / "ca.pem"),
             "--tls-auth-clients", "yes"]  # fmt: skip
-    server = ChildProcess("redis", argv, {}, run_dir / "redis.log")
-    await server.start()
     url = f"rediss://127.0.0.1:{port}/0"
-    client = aioredis.Redis.from_url(url, **redis_options(url, ClientTls.from_dir(certs, "admin")))
-    try:
-        for _ in range(200):  # until it answers PING over TLS (bounded)
-            try:
-                if await client.ping():
-                    break
-            except (ConnectionError, OSError, aioredis.ConnectionError):
-                await asyncio.sleep(0.025)
-        else:
-            raise RuntimeError(f"redis-server never answered:\n{server.log_tail()}")
+    options = redis_options(url, ClientTls.from_dir(certs, "admin"))
+    async with running_redis(tmp_path_factory.mktemp("redis-tls"), args, url, options) as url:
         yield url
-    finally:
-        await client.aclose()
-        await server.stop(5)
 
 
 async def test_the_cache_service_uses_redis_over_mtls(tls_redis, certs):
