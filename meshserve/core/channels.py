@@ -7,6 +7,8 @@ Clients pass `meshserve.core.context.outgoing_metadata()` (the request id) thems
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import json
 import re
 import time
 from collections.abc import Sequence
@@ -37,13 +39,72 @@ def open_channel(
     options: Sequence[tuple[str, object]] = (),
 ) -> grpc.aio.Channel:
     """A channel to `target`: plaintext, or with `tls` verified against its CA, the server's certificate naming
-    `server_name` (`feature`, `cache`...) whatever address is dialled."""
+    `server_name` (`feature`, `cache`...) whatever address is dialled.
+
+    A target of several replicas (`dns:///name:port`, e.g. a headless Kubernetes Service, or a list
+    `ipv4:10.0.0.1:50054,10.0.0.2:50054`, or `10.0.0.1:50054,10.0.0.2:50054`) spreads calls round robin over every
+    address it resolves to; a plain `host:port` is dialled as before."""
+    target, balanced = balanced_target(target)
     all_options = [*channel_options(max_message_bytes), *options]
+    if balanced:
+        all_options = with_round_robin(all_options)
     if tls is None:
         return grpc.aio.insecure_channel(target, options=all_options)
     return grpc.aio.secure_channel(
         target, tls.credentials(), options=[*all_options, *tls_channel_options(server_name)]
     )
+
+
+def balanced_target(target: str) -> tuple[str, bool]:
+    """`target` in gRPC's notation, and whether it names several replicas to balance over: a `dns:` name (whose
+    every address counts), an `ipv4:`/`ipv6:` list, or a bare comma-separated list of IP literals."""
+    if target.startswith("dns:"):
+        return target, True
+    if target.startswith(("ipv4:", "ipv6:")):
+        return target, "," in target
+    if "," in target:
+        parts = [p.strip() for p in target.split(",")]
+        if all(_is_ipv4_address(p) for p in parts):
+            return "ipv4:" + ",".join(parts), True
+        if all(_is_ipv6_address(p) for p in parts):
+            return "ipv6:" + ",".join(parts), True
+    return target, False
+
+
+def _is_ipv4_address(part: str) -> bool:
+    host, _, port = part.rpartition(":")
+    try:
+        return isinstance(ipaddress.ip_address(host), ipaddress.IPv4Address) and port.isdigit()
+    except ValueError:
+        return False
+
+
+def _is_ipv6_address(part: str) -> bool:
+    host, _, port = part.rpartition(":")
+    try:
+        return (
+            host.startswith("[")
+            and host.endswith("]")
+            and bool(ipaddress.IPv6Address(host[1:-1]))
+            and port.isdigit()
+        )
+    except ValueError:
+        return False
+
+
+def with_round_robin(options: Sequence[tuple[str, object]]) -> list[tuple[str, object]]:
+    """`options` with gRPC's round_robin load balancing in the channel's service config (one subchannel per
+    resolved address, each call on the next ready one), keeping whatever else a caller's service config says
+    (retries); a caller that chose its own balancing keeps it."""
+    rest = [(k, v) for k, v in options if k not in ("grpc.service_config", "grpc.lb_policy_name")]
+    given = dict(options)
+    if "grpc.lb_policy_name" in given:
+        return list(options)
+    config = json.loads(str(given.get("grpc.service_config") or "{}"))
+    if "loadBalancingConfig" in config or "loadBalancingPolicy" in config:
+        return list(options)
+    config["loadBalancingConfig"] = [{"round_robin": {}}]
+    return [*rest, ("grpc.service_config", json.dumps(config))]
 
 
 async def wait_until_serving(channel: grpc.aio.Channel, service: str = "", timeout_s: float = 60.0) -> None:

@@ -10,6 +10,7 @@ from meshserve import triton_control
 from meshserve.core.lifecycle import GrpcService
 from meshserve.core.tls import ClientTls
 from meshserve.inference.v1 import inference_pb2
+from services.inference.replicas import TritonReplicas
 from services.inference.servicer import InferenceServicer, TritonForwarder
 from services.inference.settings import InferenceSettings
 from services.inference.triton import TritonBackend
@@ -23,15 +24,23 @@ class InferenceService(GrpcService):
     def __init__(self, settings: InferenceSettings) -> None:
         super().__init__(settings)
         self.settings: InferenceSettings = settings
-        self.triton = TritonBackend(
-            settings.triton_url,
-            settings.triton_timeout_s,
-            settings.max_message_bytes,
-            settings.triton_reconnect_max_s,
-            settings.triton_max_call_s,
-            tls=ClientTls.from_settings(settings),
-            tls_name=settings.triton_tls_name,
-        )
+        args = (settings.triton_timeout_s, settings.max_message_bytes, settings.triton_reconnect_max_s)
+        tls, tls_name = ClientTls.from_settings(settings), settings.triton_tls_name
+        urls = settings.triton_urls or [settings.triton_url]
+        self.triton: TritonBackend | TritonReplicas
+        if len(urls) == 1:  # one Triton: no picking on the hot path
+            self.triton = TritonBackend(
+                urls[0], *args, settings.triton_max_call_s, tls=tls, tls_name=tls_name
+            )
+        else:
+            self.triton = TritonReplicas(
+                urls,
+                *args,
+                settings.triton_max_call_s,
+                tls,
+                tls_name,
+                failed_checks=settings.triton_failed_checks,
+            )
 
     def register(self, server):
         service = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"]
@@ -48,7 +57,8 @@ class InferenceService(GrpcService):
     async def follow_dependencies(self) -> None:
         """Triton's readiness, checked every `triton_check_interval_s`: health says whether a call can succeed.
         It takes `triton_failed_checks` failed checks in a row to say NOT_SERVING (one slow answer from a busy
-        Triton must not take the service out of every balancer), and one good one to say SERVING again."""
+        Triton must not take the service out of every balancer), and one good one to say SERVING again. With
+        several replicas, each is checked (and picked from) on its own, and the service is SERVING while one is."""
         s, ready, failed = self.settings, True, 0
         while True:
             await asyncio.sleep(s.triton_check_interval_s)
@@ -60,9 +70,9 @@ class InferenceService(GrpcService):
             ready = now
             await self.set_serving(ready)
             if ready:
-                log.info("triton ready again; serving", extra={"url": s.triton_url})
+                log.info("triton ready again; serving", extra={"url": self.triton.url})
             else:
-                log.warning("triton not ready; not serving until it is", extra={"url": s.triton_url})
+                log.warning("triton not ready; not serving until it is", extra={"url": self.triton.url})
 
     async def close(self) -> None:
         await self.triton.close()

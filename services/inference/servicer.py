@@ -10,11 +10,12 @@ from meshserve import triton_control
 from meshserve.core.context import budget_left
 from meshserve.core.telemetry import annotate, recording
 from meshserve.inference.v1 import inference_pb2, inference_pb2_grpc
+from services.inference.replicas import TritonReplicas
 from services.inference.triton import TritonBackend
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
-    def __init__(self, triton: TritonBackend) -> None:
+    def __init__(self, triton: TritonBackend | TritonReplicas) -> None:
         self.triton = triton
 
     async def ModelInfer(self, request: bytes, context) -> bytes:
@@ -39,7 +40,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 class TritonForwarder:
     """Triton's own control calls (`meshserve.triton_control.FORWARDED`), passed on as bytes both ways."""
 
-    def __init__(self, triton: TritonBackend) -> None:
+    def __init__(self, triton: TritonBackend | TritonReplicas) -> None:
         self.triton = triton
 
 

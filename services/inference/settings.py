@@ -11,6 +11,11 @@ class InferenceSettings(ServiceSettings):
 
     port: int = Field(50054, ge=0, le=65535, description="port to listen on; 0 lets the OS choose")
     triton_url: str = Field("127.0.0.1:8001", description="Triton's gRPC endpoint (host:port)")
+    triton_urls: list[str] = Field(
+        default_factory=list,
+        description="several Triton replicas (JSON list of host:port): each inference goes to the least loaded "
+        "one that serves the model, model control to all; empty = `triton_url` alone",
+    )
     triton_tls_name: str = Field(
         "triton", description="the name Triton's certificate must carry (with tls_ca_file set: TLS to Triton)"
     )
