@@ -79,6 +79,7 @@ class BenchConfig:
     warmup_s: float
     timeout_s: float
     open_loop: bool = True
+    gateways: int = 2  # gateway processes of the mesh gateway-infer-gateways runs against
 
     def plan(self) -> list[tuple[str, int]]:
         """Concurrency by concurrency, baselines first, so each ratio compares runs close in time."""
@@ -128,8 +129,9 @@ def _routes_file(run_dir: Path) -> Path:
     return path
 
 
-def _mesh(run_dir: Path, tls: bool = False) -> LocalMesh:
+def _mesh(run_dir: Path, tls: bool = False, gateways: int = 1) -> LocalMesh:
     settings = MeshSettings(gateway_port=0, admin_port=0, gateway_http_port=0, run_dir=run_dir, tls=tls,
+                            gateways=gateways,
                             routes_path=_routes_file(run_dir),
                             model_repositories=[REPO_ROOT / "model_repository", BENCH_MODELS])  # fmt: skip
     return LocalMesh(settings)
@@ -137,7 +139,9 @@ def _mesh(run_dir: Path, tls: bool = False) -> LocalMesh:
 
 def _cpu_groups(mesh: LocalMesh, envoy: EnvoyPeer | None) -> dict:
     pids = {name: child.pid for name, child in mesh.children.items()}
-    groups = {name: (lambda pid=pid: {pid}) for name, pid in pids.items()}
+    groups = {name: (lambda pid=pid: {pid}) for name, pid in pids.items() if not name.startswith("gateway")}
+    # every gateway process counts as the gateway (`--gateways N`: gateway, gateway-2, ...)
+    groups["gateway"] = lambda: {pid for name, pid in pids.items() if name.startswith("gateway")}
     groups |= {"client": lambda: {os.getpid()}, "stub": lambda: descendants(pids["triton"])}
     if envoy is not None:
         groups["envoy"] = lambda: {envoy.pid}
@@ -156,6 +160,9 @@ async def run_all(config: BenchConfig, run_dir: Path) -> list[Summary]:
     # a second mesh, every hop on mTLS, only when a scenario needs it; measured alone like the first
     wants_tls = any(SCENARIOS[name].tls for name in config.scenarios)
     tls_mesh = _mesh(run_dir / "tls", tls=True) if wants_tls else None
+    # and a third, of several gateway processes on one port, only when a scenario needs it
+    wants_many = any(SCENARIOS[name].gateways for name in config.scenarios)
+    many_mesh = _mesh(run_dir / "gateways", gateways=config.gateways) if wants_many else None
     envoy = EnvoyPeer("", run_dir)
     with console.status("starting the mesh (Triton, feature, cache, inference, gateway) and Envoy..."):
         ep = await mesh.start()
@@ -163,25 +170,38 @@ async def run_all(config: BenchConfig, run_dir: Path) -> list[Summary]:
         try:
             await envoy.start()
             tls_ep = await tls_mesh.start() if tls_mesh is not None else None
+            many_ep = await many_mesh.start() if many_mesh is not None else None
         except BaseException:
             await envoy.stop()
             await mesh.stop()
+            if tls_mesh is not None:
+                await tls_mesh.stop()
             raise
     console.print(f"mesh up: gateway {ep.gateway}, Triton {ep.triton_grpc}, Envoy {envoy.address}; "
                   f"logs in {run_dir / 'logs'}")  # fmt: skip
     if tls_ep is not None:
         console.print(f"TLS mesh up: gateway {tls_ep.gateway}, Triton {tls_ep.triton_grpc}")
+    if many_ep is not None:
+        console.print(
+            f"mesh of {config.gateways} gateways up: gateway {many_ep.gateway}, Triton {many_ep.triton_grpc}"
+        )
     sequence = itertools.count()  # one sequence for the run: gateway-predict never repeats an input
     targets = Targets(ep.gateway, ep.triton_grpc, envoy.address)
     if tls_mesh is not None and tls_ep is not None:
         targets = dataclasses.replace(targets, gateway_tls=tls_ep.gateway, tls=tls_mesh.client_tls("client"))
+    if many_ep is not None:
+        targets = dataclasses.replace(targets, gateway_many=many_ep.gateway)
     stats = _stats_client(mesh)
     bench = Bench(targets, stats, CpuMeter(_cpu_groups(mesh, envoy)), config, sequence)
     tls_bench = None
     if tls_mesh is not None:
         tls_cpu = CpuMeter(_cpu_groups(tls_mesh, None))
         tls_bench = Bench(targets, _stats_client(tls_mesh), tls_cpu, config, sequence)
-    benches = {False: bench, True: tls_bench}
+    many_bench = None
+    if many_mesh is not None:
+        many_cpu = CpuMeter(_cpu_groups(many_mesh, None))
+        many_bench = Bench(targets, _stats_client(many_mesh), many_cpu, config, sequence)
+    benches = {"plain": bench, "tls": tls_bench, "gateways": many_bench}
     results: list[Summary] = []
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())  # fmt: skip
@@ -192,12 +212,12 @@ async def run_all(config: BenchConfig, run_dir: Path) -> list[Summary]:
             opened = opened if config.open_loop and OPEN_LOOP in config.scenarios else []
             task = progress.add_task("scenarios", total=len(plan) + len(opened))
             for name, concurrency in plan:
-                on = benches[SCENARIOS[name].tls]
+                on = benches[_mesh_of(SCENARIOS[name])]
                 assert on is not None
                 results.append(await on.measure(name, concurrency, _say(progress, task, name, concurrency)))
-                _check(mesh)
-                if tls_mesh is not None:
-                    _check(tls_mesh)
+                for each in (mesh, tls_mesh, many_mesh):
+                    if each is not None:
+                        _check(each)
                 progress.advance(task)
             if opened:
                 rate = OPEN_LOOP_LOAD * max(r.throughput_rps for r in results if r.scenario == OPEN_LOOP)
@@ -208,14 +228,20 @@ async def run_all(config: BenchConfig, run_dir: Path) -> list[Summary]:
                 progress.advance(task)
     finally:
         await stats.close()
-        if tls_bench is not None:
-            await tls_bench.stats.close()
+        for other in (tls_bench, many_bench):
+            if other is not None:
+                await other.stats.close()
         with console.status("stopping the mesh and Envoy..."):
             await envoy.stop()
             await mesh.stop()
-            if tls_mesh is not None:
-                await tls_mesh.stop()
+            for other_mesh in (tls_mesh, many_mesh):
+                if other_mesh is not None:
+                    await other_mesh.stop()
     return results
+
+
+def _mesh_of(scenario) -> str:
+    return "tls" if scenario.tls else "gateways" if scenario.gateways else "plain"
 
 
 def _say(progress: Progress, task, name: str, at: object):
@@ -249,12 +275,15 @@ def main(
         bool,
         typer.Option(help="also run gateway-infer open-loop at 0.7x its capacity, and direct at that rate"),
     ] = True,
+    gateways: Annotated[
+        int, typer.Option(min=2, help="gateway processes for gateway-infer-gateways (one port, SO_REUSEPORT)")
+    ] = 2,
 ) -> None:
     """Throughput, p50/p99 latency, errors and Triton's average batch size: direct Triton vs the mesh."""
     names = scenario or list(SCENARIOS)
     if unknown := sorted(set(names) - set(SCENARIOS)):
         raise typer.BadParameter(f"unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}")
-    config = BenchConfig(names, concurrency or [1, 16, 64], duration, warmup, timeout, open_loop)
+    config = BenchConfig(names, concurrency or [1, 16, 64], duration, warmup, timeout, open_loop, gateways)
     for name in names:
         console.print(f"[bold]{name}[/]: {SCENARIOS[name].description}")
 
@@ -277,7 +306,7 @@ def main(
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     path = out or Path("bench-results") / f"bench-{stamp}.json"
     settings = {"scenarios": names, "concurrency": config.concurrency, "duration_s": duration,
-                "warmup_s": warmup, "timeout_s": timeout, "open_loop_load": OPEN_LOOP_LOAD if open_loop else None}  # fmt: skip
+                "warmup_s": warmup, "timeout_s": timeout, "gateways": gateways, "open_loop_load": OPEN_LOOP_LOAD if open_loop else None}  # fmt: skip
     write_json(path, run_info(REPO_ROOT), settings, results)
     console.print(f"wrote {path}")
 

@@ -209,6 +209,9 @@ TARGETS: list[tuple[str, Callable[[_Run], float | None], str, float]] = [
      lambda r: r.throughput_ratio("gateway-predict", "gateway-predict-nocache", 16), "min", 0.95),
     ("gateway ModelInfer, mTLS on every hop / plaintext, c=16",
      lambda r: r.throughput_ratio("gateway-infer-tls", "gateway-infer", 16), "min", 0.8),
+    # scale-out on one machine: N gateway processes on one port against one, the same 8 connections (issue 12)
+    ("gateway ModelInfer, N gateway processes / 1, c=64",
+     lambda r: r.throughput_ratio("gateway-infer-gateways", "gateway-infer-spread", 64), "min", 1.0),
 ]
 # fmt: on
 

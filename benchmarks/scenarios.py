@@ -44,6 +44,9 @@ class Targets:
     envoy: str  # Envoy as a plain proxy in front of Triton
     gateway_tls: str = ""  # the gateway of a second mesh running with mTLS on every hop (`up --tls`)
     tls: ClientTls | None = None  # the CA and the `client` certificate for it
+    gateway_many: str = (
+        ""  # the gateway port of a third mesh, served by several processes (`up --gateways N`)
+    )
 
 
 async def triton_counts(client: triton_aio.InferenceServerClient, model: str) -> tuple[int, int]:
@@ -116,6 +119,33 @@ async def open_infer(
         yield send
     finally:
         await client.close()
+
+
+SPREAD_CONNECTIONS = 8  # enough TCP connections that SO_REUSEPORT spreads them over every gateway process
+
+
+@asynccontextmanager
+async def open_infer_spread(
+    target: str, timeout_s: float, connections: int = SPREAD_CONNECTIONS
+) -> AsyncIterator[Send]:
+    """As open_infer (route fraud), over `connections` clients each with its own TCP connection, requests
+    dealt round robin: the kernel spreads connections, not requests, across processes sharing a port."""
+    payloads = _infer_payloads(feature_rows(), "features")
+    outputs = [InferRequestedOutput("score")]
+    # a local subchannel pool: else grpc shares one connection among channels with the same target and args
+    args = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_receive_message_length", 64 * 2**20)]
+    clients = [triton_aio.InferenceServerClient(target, channel_args=args) for _ in range(connections)]
+    try:
+
+        async def send(n: int) -> bool:
+            client = clients[n % connections]
+            await client.infer(MODEL, payloads[n % len(payloads)], "", outputs, client_timeout=timeout_s)
+            return False
+
+        yield send
+    finally:
+        for client in clients:
+            await client.close()
 
 
 def _instance(account: str, amount: float, category: int) -> gateway_pb2.Instance:
@@ -207,6 +237,9 @@ class Scenario:
     baseline: str = "direct"  # ratios are taken against this scenario at the same concurrency
     model: str = MODEL  # whose Triton statistics give the average batch
     tls: bool = False  # runs against the mesh with mTLS on every hop (its own processes, Triton and CPU)
+    gateways: bool = (
+        False  # runs against the mesh of `--gateways N` gateway processes (its own, measured alone)
+    )
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -233,6 +266,21 @@ SCENARIOS: dict[str, Scenario] = {
             lambda t, timeout_s: open_infer(t.gateway_tls, "", timeout_s, tls=t.tls),
             baseline="gateway-infer",
             tls=True,
+        ),
+        Scenario(
+            "gateway-infer-spread",
+            f"as gateway-infer, over {SPREAD_CONNECTIONS} connections to the one gateway process: the baseline of "
+            "gateway-infer-gateways",
+            lambda t, timeout_s: open_infer_spread(t.gateway, timeout_s),
+            baseline="gateway-infer",
+        ),
+        Scenario(
+            "gateway-infer-gateways",
+            "as gateway-infer-spread, against N gateway processes on one port (`up --gateways N`, bench "
+            "--gateways): its ratio is N gateways vs 1",
+            lambda t, timeout_s: open_infer_spread(t.gateway_many, timeout_s),
+            baseline="gateway-infer-spread",
+            gateways=True,
         ),
         Scenario(
             "gateway-infer-split",

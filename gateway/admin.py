@@ -104,7 +104,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def SetWeights(self, request, context):
         if not request.weights:
             raise InvalidArgument("no weights given")
-        self.live.set_weights(request.route, dict(request.weights), _who())
+        await self.live.change_weights(request.route, dict(request.weights), _who())
         return self._status(request.route)
 
     async def Promote(self, request, context):
@@ -118,11 +118,11 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def SetRollout(self, request, context):
         action = admin_pb2.SetRolloutRequest
         if request.action == action.START:
-            self.rollouts.start(request.route, _who())
+            await self.rollouts.begin(request.route, _who())
         elif request.action == action.PAUSE:
-            self.rollouts.pause(request.route)
+            await self.rollouts.set_paused(request.route, True)
         elif request.action == action.RESUME:
-            self.rollouts.resume(request.route)
+            await self.rollouts.set_paused(request.route, False)
         else:
             raise InvalidArgument("action must be START, PAUSE or RESUME")
         return self._status(request.route)
@@ -132,7 +132,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.ReloadResponse(applied=applied, error=error, routes=sorted(self.live.routes))
 
     async def GetAuditLog(self, request, context):
-        entries = self.live.audit.tail(request.limit or 100)
+        entries = await self.live.audit.recent(request.limit or 100)
         return admin_pb2.GetAuditLogResponse(
             entries=[
                 admin_pb2.AuditEntry(

@@ -44,14 +44,17 @@ class _EmbeddedServer(uvicorn.Server):
         self.listening.set()
 
 
-def _listening_socket(host: str, port: int) -> socket.socket:
+def _listening_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     """A TCP socket listening on (host, port). Its protocol is IPPROTO_TCP, not 0, so asyncio sets TCP_NODELAY on
     every connection it accepts: without it a reply written as headers, then body, waits for the client's
-    delayed ACK (40 ms)."""
+    delayed ACK (40 ms). With `reuse_port` several processes bind the same port (SO_REUSEPORT) and the kernel
+    spreads new connections across them."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         sock.listen(2048)
     except OSError:
@@ -76,12 +79,14 @@ class HttpFrontend:
         keep_alive_s: int = 75,
         grace_s: float = 10.0,
         tls: TlsSettings | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self.rest = OpenInferenceRest(api, is_ready, max_body_bytes, answers, metrics)
         self.host = host
         self.requested_port = port
         self.keep_alive_s = keep_alive_s  # longer than the idle timeout of the balancers usually in front
         self.grace_s = grace_s
+        self.reuse_port = reuse_port  # share the port with the mesh's other gateway processes
         # HTTPS once there is a certificate
         self.tls = tls if tls is not None and tls.tls_cert_file is not None else None
         self.port: int | None = None
@@ -90,7 +95,7 @@ class HttpFrontend:
 
     async def start(self) -> int:
         """Listen, and return the port (the one the OS chose when asked for 0)."""
-        sock = _listening_socket(self.host, self.requested_port)
+        sock = _listening_socket(self.host, self.requested_port, self.reuse_port)
         config = uvicorn.Config(
             self.rest.app(),
             log_config=None,  # the gateway configured logging; uvicorn's own loggers propagate to it

@@ -5,6 +5,11 @@ The controller owns rollout state. Each state is immutable and replaced whole, s
 metrics scrape) gets a consistent snapshot and never creates an entry. A manual change to a route (weights,
 promote, rollback, reload, version switch), announced by LiveRoutes, stops that route's rollout: otherwise its next
 step would overwrite the change.
+
+With a control store, rollout state lives in the store's document beside the table (every replica shows it, and
+changes to it are compare-and-set like the table's), a manual change stops a rollout in the same write, and only
+the replica holding the judge's lease in the store evaluates rollouts (on its own share of the traffic); when it
+dies its lease expires and another replica takes over.
 """
 
 from __future__ import annotations
@@ -12,17 +17,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 from gateway.live import LiveRoutes, RouteChange
 from gateway.routes import Rollout, Route
 from gateway.stats import VariantStats, WindowSummary
-from meshserve.core.errors import FailedPrecondition
+from meshserve.core.errors import FailedPrecondition, MeshError
+from meshserve.core.logs import Throttle
 
 log = logging.getLogger(__name__)
 WHO = "rollout"
+JUDGE_LEASE = "rollout-judge"
 
 
 ACTIVE = ("running", "paused")
@@ -62,15 +72,60 @@ class RolloutController:
         stats: VariantStats,
         tick_s: float = 0.25,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        lease_s: float = 2.0,
     ) -> None:
         self.live = live
         self.stats = stats
         self.tick_s = tick_s
         self.clock = clock
-        self._states: dict[str, RolloutState] = {}
+        self.wall = (
+            wall  # shared state carries wall-clock times: another replica's monotonic clock means nothing
+        )
+        self.lease_s = lease_s
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.leading = False
+        self._local: dict[str, RolloutState] = {}
         self._changing: set[str] = set()  # routes this controller is changing right now: not manual changes
         self._task: asyncio.Task[None] | None = None
+        self._throttle = Throttle(30.0)
         live.subscribe(self._on_route_change)
+        live.rollout_hook = self._stop_for
+
+    @property
+    def _shared(self) -> bool:
+        return self.live.store is not None
+
+    @property
+    def _states(self) -> dict[str, RolloutState]:
+        """This process's states, or (with a control store) those the store holds: read-only there."""
+        if not self._shared:
+            return self._local
+        return {name: self._decode(d) for name, d in self.live.rollouts.items()}
+
+    def _encode(self, state: RolloutState) -> dict:
+        started_at = self.wall() - (self.clock() - state.step_started)
+        return {
+            "state": state.state,
+            "step": state.step,
+            "started_at": started_at,
+            "last_reason": state.last_reason,
+        }
+
+    def _decode(self, d: dict) -> RolloutState:
+        step_started = self.clock() - (self.wall() - d["started_at"])
+        return RolloutState(d["state"], d["step"], step_started, d.get("last_reason", ""))
+
+    def _put(self, name: str, state: RolloutState, expect: str | None = None) -> Callable[[dict], dict]:
+        """The shared rollouts with `name` set to `state` (re-applied on a conflict: `expect` is checked again)."""
+
+        def put(rollouts: dict) -> dict:
+            current = rollouts.get(name, {}).get("state", "none")
+            if expect is not None and current != expect:
+                raise FailedPrecondition(f"route {name!r} has no {expect} rollout (state: {current})")
+            return {**rollouts, name: self._encode(state)}
+
+        return put
 
     @property
     def states(self) -> dict[str, RolloutState]:
@@ -87,11 +142,38 @@ class RolloutController:
         return route, route.rollout
 
     def start(self, name: str, who: str) -> None:
+        """Start a rollout on this process's own table (no control store; else `begin`)."""
         route, plan = self._plan(name)
         self._states[name] = RolloutState("running", 0, self.clock())
         self._set_step(name, route, plan, 0, who)
 
+    async def begin(self, name: str, who: str) -> None:
+        """Start a rollout; its first step is written to the control store when there is one, and a failed write
+        (UNAVAILABLE) leaves no rollout behind."""
+        if not self._shared:
+            self.start(name, who)
+            return
+        route, plan = self._plan(name)
+        await self._step(name, route, plan, 0, who, RolloutState("running", 0, self.clock()))
+
+    async def set_paused(self, name: str, paused: bool) -> None:
+        """Pause or resume, in the control store when there is one."""
+        if not self._shared:
+            self.pause(name) if paused else self.resume(name)
+            return
+        self._plan(name)
+        state = self.state(name)
+        if paused:
+            new, expect = replace(state, state="paused"), "running"
+        else:
+            new, expect = replace(state, state="running", step_started=self.clock()), "paused"
+        if state.state != expect:
+            raise FailedPrecondition(f"route {name!r} has no {expect} rollout (state: {state.state})")
+        await self.live.change_rollouts(self._put(name, new, expect), [])
+
     def pause(self, name: str) -> None:
+        if self._shared:
+            raise RuntimeError("with a control store, rollouts pause and resume through set_paused")
         self._plan(name)
         state = self.state(name)
         if state.state != "running":
@@ -99,6 +181,8 @@ class RolloutController:
         self._states[name] = replace(state, state="paused")
 
     def resume(self, name: str) -> None:
+        if self._shared:
+            raise RuntimeError("with a control store, rollouts pause and resume through set_paused")
         self._plan(name)
         state = self.state(name)
         if state.state != "paused":
@@ -116,8 +200,23 @@ class RolloutController:
         log.warning("rollout stopped", extra={"route": name, "who": who, "reason": reason})
         return True
 
+    def _stop_for(self, rollouts: dict, changes: list[RouteChange]) -> tuple[dict, list]:
+        """With a control store: the rollouts a change stops, and their audit entries, in the change's own write."""
+        out, records = dict(rollouts), []
+        for change in changes:
+            current = out.get(change.route)
+            if change.route in self._changing or current is None or current["state"] not in ACTIVE:
+                continue
+            why = f"{change.action} by {change.who}" + (f": {change.reason}" if change.reason else "")
+            outcome = "rolled_back" if change.action == "rollback" else "stopped"
+            out[change.route] = {**current, "state": outcome, "last_reason": why}
+            before = {"state": current["state"], "step": current["step"]}
+            records.append((change.who, "rollout_stopped", change.route, before, {"state": outcome}, why))
+            log.warning("rollout stopped", extra={"route": change.route, "who": change.who, "reason": why})
+        return out, records
+
     def _on_route_change(self, change: RouteChange) -> None:
-        if change.route in self._changing:
+        if change.route in self._changing or self._shared:  # shared: stopped in the change's write
             return
         why = f"{change.action} by {change.who}" + (f": {change.reason}" if change.reason else "")
         # A manual rollback is what the controller would do on a breach; anything else merely ends it.
@@ -132,23 +231,86 @@ class RolloutController:
         finally:
             self._changing.discard(name)
 
-    def _set_step(self, name: str, route: Route, plan: Rollout, step: int, who: str) -> None:
+    @staticmethod
+    def _step_weights(route: Route, plan: Rollout, step: int) -> tuple[dict[str, float], str]:
         weight = plan.steps[step]
         weights = {v.name: 0.0 for v in route.variants}
         weights[plan.canary], weights[route.baseline.name] = weight, 100.0 - weight
+        return weights, f"step {step + 1}/{len(plan.steps)}: canary at {weight}%"
+
+    def _set_step(self, name: str, route: Route, plan: Rollout, step: int, who: str) -> None:
+        weights, reason = self._step_weights(route, plan, step)
         with self._own_change(name):
-            self.live.set_weights(
-                name, weights, who, "rollout_step", f"step {step + 1}/{len(plan.steps)}: canary at {weight}%"
-            )
+            self.live.set_weights(name, weights, who, "rollout_step", reason)
+        self.stats.forget(name, plan.canary)
+        self.stats.forget(name, route.baseline.name)
+
+    async def _step(
+        self, name: str, route: Route, plan: Rollout, step: int, who: str, state: RolloutState | None = None
+    ) -> None:
+        weights, reason = self._step_weights(route, plan, step)
+        rollouts = None if state is None else self._put(name, state)
+        with self._own_change(name):
+            await self.live.change_weights(name, weights, who, "rollout_step", reason, rollouts)
         self.stats.forget(name, plan.canary)
         self.stats.forget(name, route.baseline.name)
 
     async def evaluate(self) -> None:
         """One pass over running rollouts: roll back a breach, advance a healthy step whose interval is over."""
+        if self._shared:
+            if not await self._lead():
+                return
+            for name in list(self._states):
+                await self._evaluate_shared(name)
+            return
         for name in list(self._states):
             await self._evaluate_one(name)
 
-    async def _evaluate_one(self, name: str) -> None:
+    async def _lead(self) -> bool:
+        """Take or renew the judge's lease; only its holder judges."""
+        assert self.live.store is not None
+        try:
+            leading = await self.live.store.lease(JUDGE_LEASE, self.holder, self.lease_s)
+        except MeshError:  # the store is down: nobody judges (a step could not be written anyway)
+            self.leading = False
+            raise
+        if leading != self.leading:
+            log.info("rollout judge " + ("here" if leading else "elsewhere"), extra={"holder": self.holder})
+        self.leading = leading
+        return leading
+
+    async def _evaluate_shared(self, name: str) -> None:
+        state = self.state(name)
+        if state.state != "running":
+            return
+        route = self.live.routes.get(name)
+        if route is None or route.rollout is None:
+            reason = "the route or its rollout plan is gone"
+            record = (WHO, "rollout_stopped", name, {"state": state.state, "step": state.step}, {"state": "stopped"},
+                      reason)  # fmt: skip
+            await self.live.change_rollouts(
+                self._put(name, replace(state, state="stopped", last_reason=reason), "running"), [record]
+            )
+            return
+        plan = route.rollout
+        canary = self.stats.summary(name, plan.canary, since=state.step_started)
+        baseline = self.stats.summary(name, route.baseline.name, since=state.step_started)
+        if canary.requests >= plan.min_requests and (reason := judge(plan, canary, baseline)):
+            rolled_back = replace(state, state="rolled_back", last_reason=reason)
+            with self._own_change(name):
+                await self.live.rollback(name, WHO, reason, self._put(name, rolled_back, "running"))
+            log.warning("canary rolled back", extra={"route": name, "reason": reason})
+            return
+        if self.clock() - state.step_started < plan.interval_s or canary.requests < plan.min_requests:
+            return
+        if state.step + 1 == len(plan.steps):
+            done = replace(state, state="completed", last_reason=f"canary healthy at {plan.steps[-1]}%")
+            await self.live.change_rollouts(self._put(name, done, "running"), [])
+            return
+        step = state.step + 1
+        await self._step(name, route, plan, step, WHO, replace(state, step=step, step_started=self.clock()))
+
+    async def _evaluate_one(self, name: str) -> None:  # this process's own rollouts (no control store)
         # Read the state now, not from a snapshot taken before an earlier route's rollback was awaited.
         state = self._states.get(name)
         if state is None or state.state != "running":
@@ -182,6 +344,9 @@ class RolloutController:
         while True:
             try:
                 await self.evaluate()
+            except MeshError as exc:  # e.g. the control store is down: say so once in a while, not every tick
+                if self._throttle("mesh") is not None:
+                    log.warning("rollout evaluation failed", extra={"error": exc.message})
             except Exception:  # noqa: BLE001 - the controller must outlive a bad tick
                 log.exception("rollout evaluation failed")
             await asyncio.sleep(self.tick_s)

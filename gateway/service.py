@@ -14,6 +14,7 @@ from gateway.admission import Admission
 from gateway.audit import AuditLog
 from gateway.catalog import ModelCatalog
 from gateway.clients import CacheClient, FeatureClient, InferenceClient
+from gateway.control_plane import ControlStoreUnavailable, RouteWatcher, WatcherCollector, open_store
 from gateway.dispatch import Dispatcher
 from gateway.http_server import HttpFrontend
 from gateway.inference_api import InferenceApi
@@ -58,6 +59,15 @@ class GatewayService(GrpcService):
                         "auth_jwks or client certificates")  # fmt: skip
         audit = AuditLog(settings.audit_log)
         self.routes = LiveRoutes(load_routes(settings.routes_path), settings.routes_path, audit)
+        self.audit = audit
+        self.watcher: RouteWatcher | None = None
+        # several replicas, one route table: the routes file only seeds an empty store
+        if settings.control_store:
+            store = open_store(settings.control_store)
+            self.routes.store = audit.shared = store
+            self.watcher = RouteWatcher(
+                store, lambda: self.routes.revision, self.routes.sync, settings.control_poll_s
+            )
         self.registry = load_registry(settings.registry_path)
         coalescing = settings.coalescing()
         tls = ClientTls.from_settings(settings)  # TLS to the services once a CA is set
@@ -76,6 +86,8 @@ class GatewayService(GrpcService):
         self.answers: Counter[tuple[str, str]] = Counter()  # (route, tier) -> answers
         self.shadow = ShadowRunner()
         self.rollouts = RolloutController(self.routes, self.dispatcher.stats)
+        if self.watcher is not None:
+            self.metrics.registry.register(WatcherCollector(self.watcher, lambda: self.rollouts.leading))
         profile = load_profile(settings.drift_profile)
         profile.check_registry(self.registry)
         self.drift = DriftMonitor(
@@ -108,6 +120,7 @@ class GatewayService(GrpcService):
             host=settings.admin_host,
             port=settings.admin_port,
             grace_s=settings.grace_s,
+            reuse_port=settings.reuse_port,  # shared with the other gateway processes, as the client port
             **settings.tls_fields(),
         )
         self.admin = AdminServer(
@@ -130,6 +143,7 @@ class GatewayService(GrpcService):
             HttpFrontend(
                 self.api, lambda: self.ready, settings.host, settings.http_port, settings.max_message_bytes,
                 answers=self.answers, metrics=self.metrics, grace_s=settings.grace_s, tls=settings,
+                reuse_port=settings.reuse_port,
             )
             if settings.http
             else None
@@ -176,13 +190,28 @@ class GatewayService(GrpcService):
         return add_servicers(server, PredictionServicer(self.predict, self.answers), oip)
 
     async def start(self) -> int:
+        if self.watcher is not None:
+            await self._first_sync()
         port = await super().start()
         self.admin_port = await self.admin.start()
         if self.http is not None:
             self.http_port = await self.http.start()
         self.rollouts.run()
+        if self.watcher is not None:
+            self.watcher.run()
+            self.audit.run(self.settings.control_poll_s)
         self._drift_task = asyncio.create_task(self._check_drift(), name="drift")
         return port
+
+    async def _first_sync(self) -> None:
+        """Serve the store's table from the first call on; an unreachable store leaves the routes file serving,
+        adopted over as soon as the watcher reaches the store."""
+        try:
+            await asyncio.wait_for(self.routes.sync(), timeout=max(2.0, 10 * self.settings.control_poll_s))
+            self.watcher.up = True
+        except (ControlStoreUnavailable, TimeoutError) as exc:
+            log.warning("control store unreachable at start; serving the routes file until it answers",
+                        extra={"store": self.watcher.store.name, "error": getattr(exc, "message", "timeout")})  # fmt: skip
 
     async def _check_drift(self) -> None:
         while True:
@@ -217,6 +246,8 @@ class GatewayService(GrpcService):
     async def stop(self, grace: float | None = None) -> None:
         self.ready = False
         await self.rollouts.close()
+        if self.watcher is not None:
+            await self.watcher.close()
         self._drift_task.cancel()
         if self._repository_task is not None:
             self._repository_task.cancel()
@@ -230,3 +261,6 @@ class GatewayService(GrpcService):
         await self.shadow.drain()
         for client in (self.features, self.cache, self.inference):
             await client.close()
+        if self.watcher is not None:
+            await self.audit.close()
+            await self.watcher.store.close()

@@ -144,6 +144,17 @@ class GatewaySettings(ServiceSettings):
         None, description="a file holding the admin token (role admin); set: the admin API requires a credential "
         "(`meshserve up` writes run_dir/admin-token)",
     )  # fmt: skip
+    control_store: str | None = Field(
+        None, pattern=r"^(sqlite:///.+|rediss?://.+|unix://.+)$",
+        description="the live route table and audit log shared by several gateways: sqlite:///ABS/PATH (one "
+        "machine) or redis://HOST:PORT/DB; unset: this process's own table, as a single gateway",
+    )  # fmt: skip
+    control_poll_s: float = Field(
+        0.2,
+        gt=0,
+        le=5,
+        description="how often the control store's revision is read: replicas converge within it",
+    )
 
     def auth_config(self) -> AuthConfig:
         return AuthConfig(

@@ -78,6 +78,14 @@ class MeshSettings(BaseSettings):
     gateway_http_port: int = Field(
         50056, ge=0, le=65535, description="the gateway's REST port (Triton's HTTP API); 0 = any free port"
     )
+    gateways: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="gateway processes (`meshserve up --gateways N`): more than one share the client, admin and "
+        "REST ports (SO_REUSEPORT), each supervised on its own, and share their control state through "
+        "run_dir/control.db; 1: one process, as always",
+    )
     model_repositories: Annotated[list[Path], NoDecode] = Field(
         default_factory=lambda: [SAMPLE_REPOSITORY],
         description="Triton model repositories to serve (`meshserve up --model-repository DIR`): a path, several "
@@ -225,6 +233,14 @@ def cli_channel(target: str, server_name: str = "gateway", tls: bool | None = No
     return open_channel(target, tls=client_tls(settings), server_name=server_name)
 
 
+CONTROL_STORE_FILE = "control.db"  # in the run directory: what several gateway processes share
+
+
+def gateway_names(count: int) -> list[str]:
+    """The gateway processes' child names: the first is `gateway` whatever the count, then gateway-2, ..."""
+    return ["gateway", *(f"gateway-{i}" for i in range(2, count + 1))]
+
+
 @dataclass
 class Endpoints:
     gateway: str
@@ -290,6 +306,7 @@ class LocalMesh:
         s = self.settings
         host = s.host
         services = ("gateway", "feature", "cache", "inference")
+        gateways = gateway_names(s.gateways)
         names = (
             "admin",
             "gateway_http",
@@ -297,7 +314,7 @@ class LocalMesh:
             "http",
             "metrics",
             *services,
-            *(f"{name}_metrics" for name in services),
+            *(f"{name}_metrics" for name in (*services, *gateways[1:])),
         )
         port = dict(zip(names, free_ports(len(names), host), strict=True))
         gateway_port = s.gateway_port or port["gateway"]
@@ -310,7 +327,8 @@ class LocalMesh:
             admin=f"{host}:{port['admin']}",
             gateway_metrics=f"{scheme}://{host}:{port['gateway_metrics']}/metrics",
             service_metrics={
-                name: f"{scheme}://{host}:{port[name + '_metrics']}/metrics" for name in services
+                name: f"{scheme}://{host}:{port[name + '_metrics']}/metrics"
+                for name in (*services, *gateways[1:])
             },
             feature=f"{host}:{port['feature']}",
             cache=f"{host}:{port['cache']}",
@@ -354,6 +372,23 @@ class LocalMesh:
             items = {**common, **{k.upper(): v for k, v in values.items() if v is not None}}
             return {f"MESHSERVE_{prefix}_{k}": str(v) for k, v in items.items()}
 
+        gateway = dict(
+            port=gateway_port,
+            feature_url=ep.feature,
+            cache_url=ep.cache,
+            inference_url=ep.inference,
+            routes_path=routes_path,
+            registry_path=s.registry_path,
+            admin_port=port["admin"],
+            http_port=port["gateway_http"],
+            audit_log=s.run_dir / "audit.jsonl",
+            # the admin API's credential (kept between runs; the CLI sends it) and `meshserve keys`' file
+            admin_token_file=admin_token_file(run_dir),
+            auth_api_keys_file=run_dir / API_KEYS_FILE,
+            auth_required=s.auth,
+        )
+        if s.gateways > 1:  # one port set, shared; live routes, rollouts and audit agreed through one store
+            gateway |= {"reuse_port": "true", "control_store": f"sqlite:///{run_dir / CONTROL_STORE_FILE}"}
         self.children = {
             "triton": self._child("triton", argv, {**triton_env}),
             "feature": self._python(
@@ -367,26 +402,13 @@ class LocalMesh:
                 "services.inference",
                 env("INFERENCE", port=port["inference"], triton_url=ep.triton_grpc),
             ),
-            "gateway": self._python(
-                "gateway",
-                "gateway",
-                env(
-                    "GATEWAY",
-                    port=gateway_port,
-                    feature_url=ep.feature,
-                    cache_url=ep.cache,
-                    inference_url=ep.inference,
-                    routes_path=routes_path,
-                    registry_path=s.registry_path,
-                    admin_port=port["admin"],
-                    http_port=port["gateway_http"],
-                    audit_log=s.run_dir / "audit.jsonl",
-                    # the admin API's credential (kept between runs; the CLI sends it) and `meshserve keys`' file
-                    admin_token_file=admin_token_file(run_dir),
-                    auth_api_keys_file=run_dir / API_KEYS_FILE,
-                    auth_required=s.auth,
-                ),
-            ),
+            # the first keeps its name (tools and tests address mesh.children["gateway"]); each has its metrics
+            **{
+                name: self._python(
+                    name, "gateway", env("GATEWAY", **gateway, metrics_port=port[f"{name}_metrics"])
+                )
+                for name in gateways
+            },
         }
         self.endpoints = ep
         return ep
@@ -416,7 +438,8 @@ class LocalMesh:
             "feature": ep.feature,
             "cache": ep.cache,
             "inference": ep.inference,
-            "gateway": ep.gateway,
+            # gateways sharing the port: whichever answers; _until_healthy also awaits each one's own port
+            **{name: ep.gateway for name in gateway_names(self.settings.gateways)},
         }
 
     async def start(
@@ -477,10 +500,32 @@ class LocalMesh:
                     raise RuntimeError(f"{name} exited during start-up:\n{child.log_tail()}")
                 else:  # it exited again: not healthy, and the supervisor reports the exit
                     raise TimeoutError(f"{name} exited before it was healthy")
+                if self.settings.gateways > 1 and name.startswith("gateway"):
+                    try:
+                        async with asyncio.timeout(timeout):
+                            await self._until_listening(name, exited)
+                    except TimeoutError:
+                        raise TimeoutError(f"{name} not listening after {timeout:.0f}s") from None
             finally:
                 for task in (check, exited):  # never leave one polling a closed channel
                     task.cancel()
                 await asyncio.gather(check, exited, return_exceptions=True)
+
+    async def _until_listening(self, name: str, exited: asyncio.Future) -> None:
+        """A gateway sharing its port: SERVING on that port may be another process's answer, so also wait for
+        this one's own metrics port, which it opens once its gRPC server is listening. Bound by the caller."""
+        assert self.endpoints is not None
+        url = self.endpoints.service_metrics[name]
+        host, port = url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
+        while not exited.done():
+            try:
+                _, writer = await asyncio.open_connection(host, int(port))
+            except OSError:
+                await asyncio.sleep(0.05)  # a port opening has no event to await
+                continue
+            writer.close()
+            return
+        raise TimeoutError(f"{name} exited before it was healthy")
 
     async def wait(self) -> ChildExited:
         """Until a process keeps crashing; its last exit. The mesh is still running: stop() it."""
@@ -496,12 +541,13 @@ class LocalMesh:
         if self.supervisor is not None:
             await self.supervisor.stop()
         grace = self.settings.grace_s if grace is None else grace
-        order = ["gateway", "inference", "feature", "cache", "triton"]
-        for name in order:
+        bound = grace + self.settings.shutdown_settle_s + 2.0
+        # every gateway process at once: they drain side by side, as one gateway would
+        gateways = [n for n in gateway_names(self.settings.gateways) if n in self.children]
+        await asyncio.gather(*(self.children[name].stop(bound) for name in gateways))
+        for name in ["inference", "feature", "cache", "triton"]:
             if name in self.children:
-                bound = grace + self.settings.shutdown_settle_s + 2.0
-                if (
-                    name == "triton"
-                ):  # it unloads every model (a python stub each) on the way out: slow on a busy box
-                    bound = max(bound, TRITON_EXIT_TIMEOUT_S)
-                await self.children[name].stop(bound)
+                # Triton unloads every model (a python stub each) on the way out: slow on a busy box
+                await self.children[name].stop(
+                    max(bound, TRITON_EXIT_TIMEOUT_S) if name == "triton" else bound
+                )

@@ -79,6 +79,14 @@ def up(
             "certificates); the admin API always needs its token",
         ),
     ] = False,
+    gateways: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="gateway processes sharing the gateway's ports (SO_REUSEPORT), each supervised, control state "
+            "shared through <run_dir>/control.db (default 1)",
+        ),
+    ] = None,
 ) -> None:
     """Start Triton, the feature, cache and inference services and the gateway; serve until Ctrl-C."""
     from pydantic import ValidationError
@@ -97,6 +105,7 @@ def up(
         "model_repositories": model_repository or None,
         "tls": tls or None,
         "auth": auth or None,
+        "gateways": gateways,
     }
     try:
         settings = MeshSettings(**{k: v for k, v in overrides.items() if v is not None})

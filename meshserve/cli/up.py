@@ -36,6 +36,11 @@ def _endpoints_table(ep: Endpoints) -> Table:
         ("gateway REST (Triton's HTTP API)", ep.gateway_http),
         ("gateway admin", ep.admin),
         ("gateway metrics", ep.gateway_metrics),
+        *(
+            (f"{name} metrics", url)
+            for name, url in ep.service_metrics.items()
+            if name.startswith("gateway-")
+        ),
         ("feature", ep.feature),
         ("cache", ep.cache),
         ("inference", ep.inference),
@@ -142,7 +147,10 @@ async def _serve(mesh: LocalMesh, settings: MeshSettings) -> int:
         SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
         TimeElapsedColumn(), console=console, transient=True,
     ) as progress:  # fmt: skip
-        task = progress.add_task("starting triton, feature, cache, inference, gateway", total=len(PROCESSES))
+        gateways = "gateway" if settings.gateways == 1 else f"{settings.gateways} gateways"
+        task = progress.add_task(
+            f"starting triton, feature, cache, inference, {gateways}", total=len(mesh.children)
+        )
 
         def ready(name: str) -> None:
             progress.advance(task)

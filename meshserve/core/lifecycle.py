@@ -76,7 +76,8 @@ class GrpcService:
             options=[
                 ("grpc.max_receive_message_length", self.settings.max_message_bytes),
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
-                ("grpc.so_reuseport", 0),
+                # off by default: a second process on a taken port must fail, not silently share it
+                ("grpc.so_reuseport", int(self.settings.reuse_port)),
             ],
         )
         handlers = HandlerRegistry(server, self.metrics, self.guard())

@@ -17,6 +17,11 @@ class ServiceSettings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(0, ge=0, le=65535, description="port to listen on; 0 lets the OS choose")
+    reuse_port: bool = Field(
+        False,
+        description="bind with SO_REUSEPORT, so several processes of one service share its ports and the kernel "
+        "spreads new connections across them (`meshserve up --gateways N`); off: a port taken is an error",
+    )
     grace_s: float = Field(10.0, ge=0, description="how long in-flight calls may finish on shutdown")
     shutdown_settle_s: float = Field(
         0.5,

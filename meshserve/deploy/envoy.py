@@ -104,6 +104,22 @@ class EnvoySettings(BaseSettings):
     health_check_timeout_s: float = Field(1.0, gt=0)
     unhealthy_threshold: int = Field(2, ge=1)
     healthy_threshold: int = Field(1, ge=1)
+    # Balancing across gateway pods: the least busy of two picked at random (in-flight requests), so a pod that
+    # slows down (a noisy neighbour, a GC pause) gets less, rather than every pod the same share.
+    least_request_choices: int = Field(2, ge=2, description="pods compared per pick (LEAST_REQUEST)")
+    # Outlier detection: a pod whose own connections keep failing (refused, reset, timed out) is ejected, for
+    # longer each time, never more than max_ejection_percent of the pods: a failure of Triton behind every
+    # gateway must not empty the pool.
+    outlier_consecutive_failures: int = Field(
+        5, ge=1, description="consecutive failures of a pod's own connections before it is ejected"
+    )
+    outlier_consecutive_gateway_failures: int = Field(
+        5, ge=1, description="consecutive UNAVAILABLE / DEADLINE_EXCEEDED answers (502-504) from one pod"
+    )
+    outlier_interval_s: float = Field(5.0, gt=0, description="how often ejections are decided")
+    outlier_base_ejection_s: float = Field(10.0, gt=0, description="first ejection; longer each time again")
+    outlier_max_ejection_s: float = Field(120.0, gt=0)
+    outlier_max_ejection_percent: int = Field(50, ge=0, le=100)
     # Downstream: the listener terminates TLS when both are set (a certificate clients trust for the edge's name).
     tls_cert_file: Path | None = Field(
         None, description="PEM chain; with tls_key_file, the listener speaks TLS"
@@ -394,6 +410,9 @@ def _gateway_cluster(s: EnvoySettings) -> cluster.Cluster:
         },
         circuit_breakers=cluster.CircuitBreakers(thresholds=[limits]),
         health_checks=[health_check],
+        lb_policy=cluster.ClusterLbPolicy.LEAST_REQUEST,
+        least_request_lb_config=cluster.ClusterLeastRequestLbConfig(choice_count=s.least_request_choices),
+        outlier_detection=_outlier_detection(s),
         # No panic routing: when every gateway is unhealthy (starting, draining), say UNAVAILABLE at the edge
         # instead of sending calls to gateways that have said they cannot serve them.
         common_lb_config=cluster.ClusterCommonLbConfig(healthy_panic_threshold=Percent(value=0.0)),
@@ -405,6 +424,29 @@ def _gateway_cluster(s: EnvoySettings) -> cluster.Cluster:
             s.gateway_tls_name, ["h2"], s.gateway_ca_file, s.gateway_cert_file, s.gateway_key_file
         )
     return gateway_cluster
+
+
+def _outlier_detection(s: EnvoySettings) -> cluster.OutlierDetection:
+    """Eject a gateway pod for its own failures only. Local-origin errors (connect failure, reset, timeout) are
+    counted apart from answers (split_external_local_origin_errors); among answers only 502-504, which for gRPC
+    are UNAVAILABLE and DEADLINE_EXCEEDED, count, never a caller's bad request or an INTERNAL about one input.
+    Statistical ejection (success rate, failure percentage) is off: a handful of pods is too few for it."""
+    return cluster.OutlierDetection(
+        split_external_local_origin_errors=True,
+        consecutive_local_origin_failure=s.outlier_consecutive_failures,
+        enforcing_consecutive_local_origin_failure=100,
+        consecutive_gateway_failure=s.outlier_consecutive_gateway_failures,
+        enforcing_consecutive_gateway_failure=100,
+        enforcing_consecutive_5xx=0,
+        enforcing_success_rate=0,
+        enforcing_local_origin_success_rate=0,
+        interval=_seconds(s.outlier_interval_s),
+        base_ejection_time=_seconds(s.outlier_base_ejection_s),
+        max_ejection_time=_seconds(s.outlier_max_ejection_s),
+        max_ejection_percent=s.outlier_max_ejection_percent,
+        # a pod that passes its active health check again takes traffic again at once
+        successful_active_health_check_uneject_host=True,
+    )
 
 
 def _clusters(s: EnvoySettings) -> list[cluster.Cluster]:
@@ -433,7 +475,17 @@ def envoy_config(settings: EnvoySettings) -> dict[str, JSON]:
             ]
         ),
     )
-    return config.to_dict(casing=Casing.SNAKE)
+    return _proto_names(config.to_dict(casing=Casing.SNAKE))
+
+
+def _proto_names(value: JSON) -> JSON:
+    """betterproto's snake case splits digits from letters (`consecutive_5xx` comes out `consecutive_5_xx`), a
+    name Envoy does not know: give such keys back their proto names."""
+    if isinstance(value, dict):
+        return {key.replace("_5_xx", "_5xx"): _proto_names(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_proto_names(item) for item in value]
+    return value
 
 
 def grpc_proxy_config(
@@ -501,7 +553,7 @@ def grpc_proxy_config(
             ],
         ),
     )
-    return config.to_dict(casing=Casing.SNAKE)
+    return _proto_names(config.to_dict(casing=Casing.SNAKE))
 
 
 def render_envoy_yaml(settings: EnvoySettings) -> str:

@@ -194,6 +194,39 @@ def test_defaults_proxy_grpc_over_http2_with_health_checks_retries_and_limits():
     assert "resource-exhausted" not in action["retry_policy"]["retry_on"]  # the gateway's "request too big"
 
 
+def test_gateway_pods_are_balanced_by_least_request_over_every_address_dns_gives():
+    gateway = cluster(envoy_config(EnvoySettings()))
+    assert gateway["type"] == "STRICT_DNS"  # every pod behind the headless Service
+    assert gateway["lb_policy"] == "LEAST_REQUEST"
+    assert gateway["least_request_lb_config"]["choice_count"] == 2
+    assert gateway["health_checks"], "active health checks take a draining pod out first"
+
+
+def test_outlier_detection_ejects_a_pod_for_its_own_failures_and_never_empties_the_pool():
+    detection = cluster(envoy_config(EnvoySettings()))["outlier_detection"]
+    assert detection["split_external_local_origin_errors"] is True
+    assert detection["consecutive_local_origin_failure"] == 5
+    assert detection["enforcing_consecutive_local_origin_failure"] == 100
+    assert detection["consecutive_gateway_failure"] == 5  # 502-504: UNAVAILABLE, DEADLINE_EXCEEDED
+    # a caller's errors (any other 5xx) and success-rate statistics eject nobody; Envoy's own field names
+    assert detection["enforcing_consecutive_5xx"] == 0 and detection["enforcing_success_rate"] == 0
+    assert not any("_5_xx" in key for key in detection)
+    assert 0 < detection["max_ejection_percent"] <= 50
+    assert detection["successful_active_health_check_uneject_host"] is True
+
+
+def test_outlier_settings_reach_envoy_and_envoy_accepts_them(tmp_path):
+    settings = local_settings(
+        outlier_max_ejection_percent=34, outlier_base_ejection_s=3, least_request_choices=3
+    )
+    gateway = cluster(envoy_config(settings))
+    assert gateway["outlier_detection"]["max_ejection_percent"] == 34
+    assert gateway["outlier_detection"]["base_ejection_time"] == "3s"
+    assert gateway["least_request_lb_config"]["choice_count"] == 3
+    result = validate(deploy_envoy(tmp_path / "envoy.yaml", settings))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_an_attempt_outlasts_the_gateways_own_route_budget():
     """Else Envoy would cut off the gateway's fallback or default answer and retry a call already answered."""
     budget_s = GatewayRoute.model_fields["timeout_ms"].default / 1000

@@ -715,6 +715,44 @@ def test_triton_autoscales_on_the_metric_the_adapter_rule_provides(render):
     assert scraped == flag(argv(render.container("triton")), "--metrics-port")
 
 
+def test_gateway_pods_scale_on_cpu_and_spread_over_nodes(render):
+    gateway = render.deployment("gateway")
+    if render.name == "local":  # one node, maybe no metrics-server: one pod, no autoscaler
+        assert "gateway" not in render.of("HorizontalPodAutoscaler") and gateway["spec"]["replicas"] == 1
+        return
+    autoscaler = render.of("HorizontalPodAutoscaler")["gateway"]
+    spec = autoscaler["spec"]
+    assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "gateway"}
+    assert "replicas" not in gateway["spec"], "the autoscaler owns the replicas"
+    assert 2 <= spec["minReplicas"] < spec["maxReplicas"]  # one pod can always be drained
+    (metric,) = spec["metrics"]
+    assert metric["type"] == "Resource" and metric["resource"]["name"] == "cpu"
+    assert 0 < metric["resource"]["target"]["averageUtilization"] <= 90
+    # utilisation is of the request: the container must ask for CPU
+    assert render.container("gateway")["resources"]["requests"]["cpu"]
+    (budget,) = [
+        b for b in render.of("PodDisruptionBudget").values()
+        if render.selected(b["spec"]["selector"]["matchLabels"]) == ["gateway"]
+    ]  # fmt: skip
+    assert (
+        budget["spec"].get("maxUnavailable", 0) >= 1 or budget["spec"]["minAvailable"] < spec["minReplicas"]
+    )
+    (term,) = gateway["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    labels = gateway["spec"]["template"]["metadata"]["labels"]
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"].items() <= labels.items()
+
+
+def test_envoy_sees_every_gateway_pod_through_a_headless_service(render):
+    service = render.of("Service")["gateway"]
+    assert service["spec"]["clusterIP"] == "None"
+    (gateway,) = [c for c in envoy_config()["static_resources"]["clusters"] if c["name"] == "gateway"]
+    assert gateway["type"] == "STRICT_DNS" and gateway["lb_policy"] == "LEAST_REQUEST"
+    assert gateway["outlier_detection"]["max_ejection_percent"] <= 50 and gateway["health_checks"]
+
+
 # -- the Envoy edge ------------------------------------------------------------------------------------------
 def test_envoy_mounts_its_config_and_declares_its_listeners(render):
     config, container = envoy_config(), render.container("envoy")
@@ -760,8 +798,8 @@ def test_the_gpu_overlay_puts_triton_on_a_gpu_and_doubles_the_edge(overlays):
     assert int(gpu.container("triton")["resources"]["limits"]["nvidia.com/gpu"]) >= 1
     assert triton.get("nodeSelector") or triton.get("affinity"), "Triton may land on a node without a GPU"
     assert any(t.get("key") == "nvidia.com/gpu" for t in triton.get("tolerations", []))
-    for name in ("gateway", "envoy"):
-        assert gpu.deployment(name)["spec"]["replicas"] >= 2, name
+    assert gpu.deployment("envoy")["spec"]["replicas"] >= 2
+    assert gpu.of("HorizontalPodAutoscaler")["gateway"]["spec"]["minReplicas"] >= 2
     assert gpu.of("HorizontalPodAutoscaler")["triton"]["spec"]["minReplicas"] >= 2
     assert gpu.of("Service")["envoy"]["spec"].get("type") == "LoadBalancer"
 

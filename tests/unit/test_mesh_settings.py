@@ -144,3 +144,31 @@ def test_the_hint_names_what_is_served(monkeypatch, tmp_path):
     empty.mkdir()
     nothing = planned(monkeypatch, tmp_path / "nothing", model_repositories=[empty])
     assert start_hint(nothing, nothing.endpoints) is None
+
+
+def test_one_gateway_is_todays_single_process_on_its_own_ports(monkeypatch, tmp_path):
+    mesh = planned(monkeypatch, tmp_path)
+    assert [name for name in mesh.children if name.startswith("gateway")] == ["gateway"]
+    env = mesh.children["gateway"].env
+    assert "MESHSERVE_GATEWAY_REUSE_PORT" not in env and "MESHSERVE_GATEWAY_CONTROL_STORE" not in env
+
+
+def test_several_gateways_share_one_port_set_and_a_control_store(monkeypatch, tmp_path):
+    mesh = planned(monkeypatch, tmp_path, gateways=3)
+    names = [name for name in mesh.children if name.startswith("gateway")]
+    assert names == ["gateway", "gateway-2", "gateway-3"]  # the first keeps its name
+    envs = [mesh.children[name].env for name in names]
+    store = f"sqlite:///{(tmp_path / 'run' / 'control.db').resolve()}"
+    for key in ("PORT", "ADMIN_PORT", "HTTP_PORT"):
+        assert len({env[f"MESHSERVE_GATEWAY_{key}"] for env in envs}) == 1  # one port set
+    assert all(env["MESHSERVE_GATEWAY_REUSE_PORT"] == "true" for env in envs)
+    assert all(env["MESHSERVE_GATEWAY_CONTROL_STORE"] == store for env in envs)
+    assert len({env["MESHSERVE_GATEWAY_METRICS_PORT"] for env in envs}) == 3  # but each its own metrics
+    assert {mesh.children[name].log_path.name for name in names} == {f"{name}.log" for name in names}
+    assert set(mesh.targets()) >= set(names)
+
+
+def test_the_gateways_count_is_at_least_one(monkeypatch):
+    monkeypatch.setenv("MESHSERVE_GATEWAYS", "0")
+    with pytest.raises(ValidationError):
+        MeshSettings()
