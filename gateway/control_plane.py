@@ -32,6 +32,7 @@ __all__ = ["ControlStore", "ControlStoreUnavailable", "RedisStore", "RevisionCon
 
 log = logging.getLogger(__name__)
 AUDIT_MAX = 100_000  # audit entries kept in the store; the oldest go first
+STATS_EXPIRE_S = 60  # Redis drops the published outcome buckets this long after the last gateway published
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +95,16 @@ class ControlStore(ABC):
     @abstractmethod
     async def audit_tail(self, limit: int) -> list[dict]: ...
 
+    @abstractmethod
+    async def publish_stats(self, gateway: str, at: float, stats: list) -> None:
+        """Store gateway `gateway`'s outcome buckets (VariantStats.export), published at wall time `at`, replacing
+        its previous ones."""
+
+    @abstractmethod
+    async def read_stats(self, now: float, max_age_s: float) -> dict[str, tuple[float, list]]:
+        """Every gateway's buckets published within `max_age_s` of wall time `now`: gateway -> (at, stats). Older
+        entries (gateways that died or lost the store) are left out, and dropped from the store."""
+
     async def close(self) -> None:
         return None
 
@@ -124,6 +135,9 @@ class SqliteStore(ControlStore):
             )
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires REAL NOT NULL)"
+            )
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS variant_stats (gateway TEXT PRIMARY KEY, at REAL NOT NULL, stats TEXT NOT NULL)"
             )
             self._conn = conn
         return self._conn
@@ -206,6 +220,23 @@ class SqliteStore(ControlStore):
             lambda c: c.execute("SELECT entry FROM audit ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
         )
         return [json.loads(entry) for (entry,) in reversed(rows)]
+
+    async def publish_stats(self, gateway: str, at: float, stats: list) -> None:
+        text = json.dumps(stats)
+        await self._call(
+            lambda c: c.execute(
+                "INSERT INTO variant_stats (gateway, at, stats) VALUES (?, ?, ?) ON CONFLICT (gateway) DO UPDATE "
+                "SET at = excluded.at, stats = excluded.stats",
+                (gateway, at, text),
+            )
+        )
+
+    async def read_stats(self, now: float, max_age_s: float) -> dict[str, tuple[float, list]]:
+        def read(c):
+            c.execute("DELETE FROM variant_stats WHERE at < ?", (now - max_age_s,))
+            return c.execute("SELECT gateway, at, stats FROM variant_stats").fetchall()
+
+        return {gateway: (at, json.loads(text)) for gateway, at, text in await self._call(read)}
 
     async def close(self) -> None:
         with self._lock:
@@ -291,6 +322,27 @@ class RedisStore(ControlStore):
 
     async def audit_tail(self, limit: int) -> list[dict]:
         return [json.loads(e) for e in await self._call(self._redis.lrange(self._audit, -limit, -1))]
+
+    async def publish_stats(self, gateway: str, at: float, stats: list) -> None:
+        # One hash, a field per gateway; the hash expires once every gateway has stopped publishing.
+        key = f"{self._prefix}:stats"
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, gateway, json.dumps({"at": at, "stats": stats}))
+            pipe.expire(key, STATS_EXPIRE_S)
+            await self._call(pipe.execute())
+
+    async def read_stats(self, now: float, max_age_s: float) -> dict[str, tuple[float, list]]:
+        key = f"{self._prefix}:stats"
+        fresh, stale = {}, []
+        for gateway, text in (await self._call(self._redis.hgetall(key))).items():
+            entry = json.loads(text)
+            if entry["at"] < now - max_age_s:
+                stale.append(gateway)
+            else:
+                fresh[gateway.decode()] = (entry["at"], entry["stats"])
+        if stale:
+            await self._call(self._redis.hdel(key, *stale))
+        return fresh
 
     async def close(self) -> None:
         await self._redis.aclose()

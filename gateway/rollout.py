@@ -8,8 +8,9 @@ step would overwrite the change.
 
 With a control store, rollout state lives in the store's document beside the table (every replica shows it, and
 changes to it are compare-and-set like the table's), a manual change stops a rollout in the same write, and only
-the replica holding the judge's lease in the store evaluates rollouts (on its own share of the traffic); when it
-dies its lease expires and another replica takes over.
+the replica holding the judge's lease in the store evaluates rollouts; when it dies its lease expires and another
+replica takes over. It judges every replica's traffic: each publishes its outcome buckets to the store
+(StatsPublisher) and the judge merges the fresh ones with its own.
 """
 
 from __future__ import annotations
@@ -21,18 +22,20 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 from gateway.live import LiveRoutes, RouteChange
 from gateway.routes import Rollout, Route
-from gateway.stats import VariantStats, WindowSummary
+from gateway.stats import VariantStats, WindowSummary, exported_buckets
 from meshserve.core.errors import FailedPrecondition, MeshError
 from meshserve.core.logs import Throttle
 
 log = logging.getLogger(__name__)
 WHO = "rollout"
 JUDGE_LEASE = "rollout-judge"
+PUBLISH_S = 0.5  # how often each gateway publishes its outcome buckets to the control store
+STALE_S = 4 * PUBLISH_S  # older published buckets are from a gateway that died (or lost the store): ignored
 
 
 ACTIVE = ("running", "paused")
@@ -260,8 +263,10 @@ class RolloutController:
         if self._shared:
             if not await self._lead():
                 return
-            for name in list(self._states):
-                await self._evaluate_shared(name)
+            names = [name for name, state in self._states.items() if state.state == "running"]
+            remote = await self._remote_stats() if names else []
+            for name in names:
+                await self._evaluate_shared(name, remote)
             return
         for name in list(self._states):
             await self._evaluate_one(name)
@@ -279,7 +284,18 @@ class RolloutController:
         self.leading = leading
         return leading
 
-    async def _evaluate_shared(self, name: str) -> None:
+    async def _remote_stats(self) -> list[list[dict]]:
+        """The other gateways' fresh published buckets (this one's own are read directly: they are newer)."""
+        assert self.live.store is not None
+        published = await self.live.store.read_stats(self.wall(), STALE_S)
+        return [stats for gateway, (_, stats) in published.items() if gateway != self.holder]
+
+    def _summary(self, name: str, variant: str, since: float, remote: Sequence[list[dict]]) -> WindowSummary:
+        """This gateway's outcomes and the other gateways' published ones, merged (their starts are wall times)."""
+        extra = exported_buckets(remote, name, variant, self.clock() - self.wall())
+        return self.stats.summary(name, variant, since=since, extra=extra)
+
+    async def _evaluate_shared(self, name: str, remote: Sequence[list[dict]] = ()) -> None:
         state = self.state(name)
         if state.state != "running":
             return
@@ -293,8 +309,8 @@ class RolloutController:
             )
             return
         plan = route.rollout
-        canary = self.stats.summary(name, plan.canary, since=state.step_started)
-        baseline = self.stats.summary(name, route.baseline.name, since=state.step_started)
+        canary = self._summary(name, plan.canary, state.step_started, remote)
+        baseline = self._summary(name, route.baseline.name, state.step_started, remote)
         if canary.requests >= plan.min_requests and (reason := judge(plan, canary, baseline)):
             rolled_back = replace(state, state="rolled_back", last_reason=reason)
             with self._own_change(name):
@@ -353,6 +369,63 @@ class RolloutController:
 
     def run(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="rollouts")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+class StatsPublisher:
+    """Publishes this gateway's outcome buckets of running rollouts to the control store every `interval_s`, under
+    its own id, so that the judge (wherever the lease is) decides on every gateway's traffic. Off the request
+    path: it copies the stats between requests, and a store that is down only delays the next publish."""
+
+    def __init__(
+        self,
+        live: LiveRoutes,
+        stats: VariantStats,
+        gateway: str,
+        interval_s: float = PUBLISH_S,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        assert live.store is not None
+        self.live, self.stats, self.gateway, self.interval_s, self.wall = (
+            live,
+            stats,
+            gateway,
+            interval_s,
+            wall,
+        )
+        self._task: asyncio.Task[None] | None = None
+        self._throttle = Throttle(30.0)
+
+    async def publish(self) -> bool:
+        """One publish, if a rollout is running (none: nothing is judged, nothing written)."""
+        running = [name for name, d in self.live.rollouts.items() if d.get("state") == "running"]
+        if not running:
+            return False
+        now = self.wall()
+        export = self.stats.export(now - self.stats.clock(), running)  # bucket starts as wall times
+        assert self.live.store is not None
+        await self.live.store.publish_stats(self.gateway, now, export)
+        return True
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.publish()
+            except MeshError as exc:
+                if self._throttle("mesh") is not None:
+                    log.warning("publishing variant stats failed", extra={"error": exc.message})
+            except Exception:  # noqa: BLE001 - the publisher must outlive a bad tick
+                if self._throttle("error") is not None:
+                    log.exception("publishing variant stats failed")
+            await asyncio.sleep(self.interval_s)
+
+    def run(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="stats-publisher")
 
     async def close(self) -> None:
         if self._task is not None:

@@ -23,7 +23,7 @@ from gateway.metrics import GatewayCollector
 from gateway.predict import PredictHandler
 from gateway.prediction_cache import PredictionCache
 from gateway.repository import ModelRepository
-from gateway.rollout import RolloutController
+from gateway.rollout import RolloutController, StatsPublisher
 from gateway.routes import load_routes
 from gateway.servicers import OpenInferenceServicer, PredictionServicer, add_servicers
 from gateway.settings import GatewaySettings
@@ -86,6 +86,12 @@ class GatewayService(GrpcService):
         self.answers: Counter[tuple[str, str]] = Counter()  # (route, tier) -> answers
         self.shadow = ShadowRunner()
         self.rollouts = RolloutController(self.routes, self.dispatcher.stats)
+        # several replicas: each publishes its outcomes for the judge, wherever its lease is; none without a store
+        self.stats_publisher = (
+            StatsPublisher(self.routes, self.dispatcher.stats, self.rollouts.holder)
+            if self.watcher is not None
+            else None
+        )
         if self.watcher is not None:
             self.metrics.registry.register(WatcherCollector(self.watcher, lambda: self.rollouts.leading))
         profile = load_profile(settings.drift_profile)
@@ -200,6 +206,8 @@ class GatewayService(GrpcService):
         if self.watcher is not None:
             self.watcher.run()
             self.audit.run(self.settings.control_poll_s)
+        if self.stats_publisher is not None:
+            self.stats_publisher.run()
         self._drift_task = asyncio.create_task(self._check_drift(), name="drift")
         return port
 
@@ -246,6 +254,8 @@ class GatewayService(GrpcService):
     async def stop(self, grace: float | None = None) -> None:
         self.ready = False
         await self.rollouts.close()
+        if self.stats_publisher is not None:
+            await self.stats_publisher.close()
         if self.watcher is not None:
             await self.watcher.close()
         self._drift_task.cancel()

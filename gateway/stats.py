@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 # Latency histogram: bin i holds latencies in (FLOOR_S * RATIO**(i-1), FLOOR_S * RATIO**i]; bin 0 everything up to
@@ -101,8 +101,11 @@ class VariantStats:
         """The first bucket that overlaps [start, now]."""
         return math.floor(start / self.bucket_s)
 
-    def summary(self, route: str, variant: str, since: float | None = None) -> WindowSummary:
-        """Outcomes in the window (or since `since`, if later), to the bucket."""
+    def summary(
+        self, route: str, variant: str, since: float | None = None, extra: Iterable[ExportedBucket] = ()
+    ) -> WindowSummary:
+        """Outcomes in the window (or since `since`, if later), to the bucket; with `extra` (other gateways'
+        buckets of this route and variant, their starts on this clock) merged in by adding counts."""
         start = self.clock() - self.window_s
         if since is not None:
             start = max(start, since)
@@ -116,7 +119,39 @@ class VariantStats:
             errors += bucket.errors
             for latency, count in bucket.latencies.items():
                 histogram[latency] = histogram.get(latency, 0) + count
+        for bucket_start, bucket_requests, bucket_errors, latencies in extra:
+            # the same test as for our own buckets: index >= floor(start / bucket_s), i.e. it overlaps [start, now]
+            if bucket_start + self.bucket_s <= start:
+                continue
+            requests += bucket_requests
+            errors += bucket_errors
+            for latency, count in latencies.items():
+                histogram[int(latency)] = histogram.get(int(latency), 0) + count
         return WindowSummary(requests, errors, _p99(histogram, requests))
+
+    def export(self, offset: float = 0.0, routes: Iterable[str] | None = None) -> list[dict]:
+        """The buckets in the window, JSON-ready, for other gateways to merge: per (route, variant), rows of
+        [start, requests, errors, {bin: count}], starts moved onto another clock by `offset` (theirs - ours).
+        Only `routes`, if given. A copy: reading it never changes anything, and `record` keeps going while it is sent."""
+        oldest = self._oldest_index(self.clock() - self.window_s)
+        wanted = None if routes is None else set(routes)
+        out = []
+        for (route, variant), buckets in list(self._buckets.items()):
+            if wanted is not None and route not in wanted:
+                continue
+            rows = [
+                [
+                    b.index * self.bucket_s + offset,
+                    b.requests,
+                    b.errors,
+                    {str(k): v for k, v in b.latencies.items()},
+                ]
+                for b in list(buckets)
+                if b.index >= oldest
+            ]
+            if rows:
+                out.append({"route": route, "variant": variant, "buckets": rows})
+        return out
 
     def forget(self, route: str, variant: str) -> None:
         """Start the window afresh (a new rollout step); totals are kept."""
@@ -125,6 +160,23 @@ class VariantStats:
     def held_buckets(self) -> int:
         """Buckets held over all variants: what memory is proportional to."""
         return sum(len(buckets) for buckets in self._buckets.values())
+
+
+# One exported bucket: (start, requests, errors, {histogram bin: count}); bins are strings once through JSON.
+ExportedBucket = tuple[float, int, int, dict]
+
+
+def exported_buckets(
+    exports: Iterable[list[dict]], route: str, variant: str, offset: float = 0.0
+) -> list[list]:
+    """Every export's buckets of (route, variant), their starts moved by `offset` (ours - theirs): what
+    `summary(extra=...)` merges. Pure."""
+    out = []
+    for export in exports:
+        for entry in export:
+            if entry["route"] == route and entry["variant"] == variant:
+                out.extend([start + offset, r, e, h] for start, r, e, h in entry["buckets"])
+    return out
 
 
 def _p99(histogram: dict[int, int], requests: int) -> float:

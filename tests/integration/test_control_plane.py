@@ -30,6 +30,8 @@ routes:
     variants:
       - {name: stable, model: fraud, version: "1", weight: 100}
       - {name: canary, model: fraud, version: "2", weight: 0}
+    # judged on errors only (a generous p99 ratio: real latencies are noisy)
+    rollout: {canary: canary, steps: [50, 90], interval_s: 0.5, min_requests: 5, max_p99_ratio: 100}
 """
 CONVERGE_S = 1.0
 
@@ -200,6 +202,34 @@ async def test_one_gateway_judges_rollouts_and_another_takes_over_when_it_dies(c
     print(f"judge taken over in {took:.2f} s")
     await holder.start()
     assert len(judges(replicas)) == 1
+
+
+async def rollout_state(replica: Replica) -> str:
+    reply = await replica.admin.ListRoutes(admin_pb2.ListRoutesRequest(), timeout=5)
+    return next(r for r in reply.routes if r.route == "fraud").rollout.state
+
+
+async def _completed(replica: Replica) -> bool:
+    return await rollout_state(replica) == "completed"
+
+
+async def test_the_judge_decides_on_the_traffic_of_every_gateway(cluster):
+    # Traffic only through the gateways that do not judge: the judge sees none of its own, so the rollout can
+    # only advance (and complete) on the outcomes the others publish to the store.
+    replicas, _, _ = cluster
+    await until(lambda: len(judges(replicas)) == 1, 5, "one rollout judge")
+    (judge,) = judges(replicas)
+    others = [r for r in replicas if r is not judge]
+    start = admin_pb2.SetRolloutRequest(route="fraud", action=admin_pb2.SetRolloutRequest.START)
+    await judge.admin.SetRollout(start, timeout=5)
+    deadline = time.monotonic() + 30
+    while (state := await rollout_state(judge)) == "running" and time.monotonic() < deadline:
+        await asyncio.gather(*(r.variants_served(10) for r in others))
+    assert state == "completed", state
+    for replica in replicas:  # every gateway shows it, and serves the canary's last step
+        await until(lambda r=replica: _completed(r), 5, f"gateway {replica.port} shows the rollout completed")
+    await converged(replicas, {"stable": 10.0, "canary": 90.0})
+    assert not judge.process.exited and judges(replicas) == [judge]  # judged where it started, not elsewhere
 
 
 async def test_without_the_store_gateways_keep_serving_and_refuse_changes_until_it_is_back(cluster):

@@ -32,7 +32,8 @@ async def store(request, tmp_path, redis_url):
 
         url = redis_url
         client = aioredis.Redis.from_url(url)
-        await client.delete("meshserve:control:routes", "meshserve:control:audit")
+        await client.delete("meshserve:control:routes", "meshserve:control:audit", "meshserve:control:stats",
+                           "meshserve:control:lease:rollout-judge")  # fmt: skip
         await client.aclose()
     store = open_store(url)
     yield store
@@ -235,6 +236,90 @@ async def test_rollouts_are_shared_judged_by_the_lease_holder_and_stopped_by_a_c
         ("bob", "rollback"),
         ("bob", "rollout_stopped"),
     ]
+
+
+async def test_published_stats_are_per_gateway_and_stale_ones_are_left_out(store):
+    assert await store.read_stats(1000.0, 2.0) == {}
+    await store.publish_stats(
+        "a", 1000.0, [{"route": "fraud", "variant": "canary", "buckets": [[999.0, 1, 0, {}]]}]
+    )
+    await store.publish_stats("b", 999.5, [])
+    await store.publish_stats("a", 1001.0, [])  # replaces a's previous entry
+    assert await store.read_stats(1001.0, 2.0) == {"a": (1001.0, []), "b": (999.5, [])}
+    assert await store.read_stats(1001.0, 1.0) == {"a": (1001.0, [])}  # b stopped publishing: it died
+    assert await store.read_stats(1001.0, 60.0) == {"a": (1001.0, [])}  # and was dropped from the store
+
+
+async def test_the_judge_rolls_back_a_canary_failing_only_on_another_gateway(store, tmp_path):
+    from gateway.rollout import RolloutController, StatsPublisher
+    from gateway.stats import VariantStats
+
+    plan = {"canary": "canary", "steps": [10, 50], "interval_s": 5, "min_requests": 5}
+    routes = {"routes": {"fraud": {**ROUTES["routes"]["fraud"], "rollout": plan}}}
+    now = [1000.0]
+    replicas = []
+    for name in ("a", "b"):
+        live = LiveRoutes(parse_routes(routes, "test"), None, AuditLog(tmp_path / f"{name}.jsonl"))
+        live.store = live.audit.shared = store
+        await live.sync()
+        stats = VariantStats(clock=lambda: now[0])
+        judge = RolloutController(live, stats, clock=lambda: now[0], wall=lambda: now[0] + 5000)
+        publisher = StatsPublisher(live, stats, judge.holder, wall=lambda: now[0] + 5000)
+        replicas.append((live, stats, judge, publisher))
+    (a, a_stats, a_judge, a_pub), (b, b_stats, b_judge, b_pub) = replicas
+    await a_judge.evaluate()
+    assert a_judge.leading
+    assert not await b_pub.publish()  # no rollout running: nothing to publish
+    await a_judge.begin("fraud", "alice")
+    await b.sync()
+    now[0] += 1
+    for _ in range(10):  # healthy on the judge; the canary fails on b only
+        a_stats.record("fraud", "stable", True, 0.01)
+        a_stats.record("fraud", "canary", True, 0.01)
+        b_stats.record("fraud", "stable", True, 0.01)
+        b_stats.record("fraud", "canary", False, 0.01)
+    await a_judge.evaluate()
+    assert a_judge.state("fraud").state == "running"  # b has not published yet: the judge saw only its own
+    assert await a_pub.publish() and await b_pub.publish()
+    await a_judge.evaluate()
+    state = a_judge.state("fraud")
+    assert state.state == "rolled_back" and "canary error rate 50.0%" in state.last_reason
+    await b.sync()
+    assert b_judge.state("fraud").state == "rolled_back" and b.get("fraud").variant("canary").weight == 0
+
+
+async def test_a_dead_gateways_stats_and_those_from_before_the_step_are_not_judged(store, tmp_path):
+    from gateway.rollout import STALE_S, RolloutController, StatsPublisher
+    from gateway.stats import VariantStats
+
+    plan = {"canary": "canary", "steps": [10, 50], "interval_s": 5, "min_requests": 5}
+    routes = {"routes": {"fraud": {**ROUTES["routes"]["fraud"], "rollout": plan}}}
+    now = [1000.0]
+    lives, stats = [], []
+    for name in ("a", "b"):
+        live = LiveRoutes(parse_routes(routes, "test"), None, AuditLog(tmp_path / f"{name}.jsonl"))
+        live.store = live.audit.shared = store
+        await live.sync()
+        lives.append(live)
+        stats.append(VariantStats(clock=lambda: now[0]))
+    a_judge = RolloutController(lives[0], stats[0], clock=lambda: now[0], wall=lambda: now[0])
+    b_pub = StatsPublisher(lives[1], stats[1], "b", wall=lambda: now[0])
+    await a_judge.evaluate()
+    for _ in range(10):  # failures before the rollout's step started do not count
+        stats[1].record("fraud", "canary", False, 0.01)
+    now[0] += 2
+    await a_judge.begin("fraud", "alice")
+    await lives[1].sync()
+    assert await b_pub.publish()
+    await a_judge.evaluate()
+    assert a_judge.state("fraud").state == "running"
+    now[0] += 1
+    for _ in range(10):
+        stats[1].record("fraud", "canary", False, 0.01)
+    assert await b_pub.publish()
+    now[0] += STALE_S + 0.5  # b died right after publishing
+    await a_judge.evaluate()
+    assert a_judge.state("fraud").state == "running"
 
 
 def test_store_urls_are_checked():
