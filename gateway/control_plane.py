@@ -26,6 +26,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from meshserve.core.errors import Unavailable
 from meshserve.core.logs import Throttle
+from meshserve.core.tls import ClientTls, redis_options
 
 __all__ = ["ControlStore", "ControlStoreUnavailable", "RedisStore", "RevisionConflict", "RouteWatcher", "Snapshot",
            "SqliteStore", "WatcherCollector", "describe", "open_store"]  # fmt: skip
@@ -275,12 +276,14 @@ return 1
 class RedisStore(ControlStore):
     """Redis: the revision and the document in one hash, the audit log in a list."""
 
-    def __init__(self, url: str, prefix: str = "meshserve:control") -> None:
+    def __init__(self, url: str, prefix: str = "meshserve:control", tls: ClientTls | None = None) -> None:
         import redis.asyncio as aioredis
 
         super().__init__(url)
         self._errors = (aioredis.RedisError, OSError)
-        self._redis = aioredis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        self._redis = aioredis.Redis.from_url(  # rediss://: our CA and this process's certificate (mTLS)
+            url, socket_timeout=1.0, socket_connect_timeout=1.0, **redis_options(url, tls)
+        )
         self._state, self._audit = f"{prefix}:routes", f"{prefix}:audit"
         self._cas = self._redis.register_script(_CAS)
         self._lease = self._redis.register_script(_LEASE)
@@ -348,7 +351,7 @@ class RedisStore(ControlStore):
         await self._redis.aclose()
 
 
-def open_store(url: str) -> ControlStore:
+def open_store(url: str, tls: ClientTls | None = None) -> ControlStore:
     parts = urlsplit(url)
     if parts.scheme == "sqlite":
         if not url.startswith("sqlite:///") or len(url) <= len("sqlite:///"):
@@ -356,7 +359,7 @@ def open_store(url: str) -> ControlStore:
         # sqlite:///abs/path and sqlite:////abs/path (SQLAlchemy's spelling) name the same absolute path
         return SqliteStore(url, Path("/" + url[len("sqlite:///") :].lstrip("/")))
     if parts.scheme in ("redis", "rediss", "unix"):
-        return RedisStore(url)
+        return RedisStore(url, tls=tls)
     raise ValueError(f"control store {describe(url)!r}: expected sqlite:///PATH or redis://HOST:PORT/DB")
 
 

@@ -63,7 +63,7 @@ class GatewayService(GrpcService):
         self.watcher: RouteWatcher | None = None
         # several replicas, one route table: the routes file only seeds an empty store
         if settings.control_store:
-            store = open_store(settings.control_store)
+            store = open_store(settings.control_store, ClientTls.from_settings(settings))
             self.routes.store = audit.shared = store
             self.watcher = RouteWatcher(
                 store, lambda: self.routes.revision, self.routes.sync, settings.control_poll_s

@@ -407,3 +407,20 @@ async def test_a_rest_certificate_rotated_on_disk_is_served_to_the_next_connecti
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_the_control_store_speaks_mtls_to_redis(tls_redis, certs):
+    from gateway.control_plane import ControlStoreUnavailable, open_store
+
+    store = open_store(tls_redis, ClientTls.from_dir(certs, "gateway"))
+    try:
+        revision = await store.write(await store.revision(), {"table": {"routes": {}}}, [{"action": "tls"}])
+        assert (await store.read()).revision == revision
+    finally:
+        await store.close()
+    no_certificate = open_store(tls_redis, ClientTls(certs / "ca.pem"))  # Redis asks for a client certificate
+    try:
+        with pytest.raises(ControlStoreUnavailable):
+            await no_certificate.revision()
+    finally:
+        await no_certificate.close()

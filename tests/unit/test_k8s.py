@@ -75,7 +75,7 @@ REACHES = {
     ("inference", 50054): {"gateway"},
     ("triton", 8001): {"inference"},
     ("triton", 8000): set(),  # HTTP without TLS: only the kubelet's probes
-    ("redis", 6379): {"feature", "cache"},
+    ("redis", 6379): {"gateway", "feature", "cache"},  # the control store, and the services once they use it
 }
 METRICS_PORTS = {"envoy": None, "triton": 8002}  # others: 9464; Envoy's admin API stays on its loopback
 
@@ -345,8 +345,8 @@ def test_every_namespaced_object_lands_in_the_meshserve_namespace(render):
 
 
 def test_the_mesh_is_all_there(render):
-    assert render.of("Deployment").keys() == {"envoy", "triton", *SETTINGS}
-    assert render.of("Service").keys() == {"envoy", "triton", *SETTINGS}
+    assert render.of("Deployment").keys() == {"envoy", "triton", "redis", *SETTINGS}
+    assert render.of("Service").keys() == {"envoy", "triton", "redis", *SETTINGS}
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with its kustomize) is not installed")
@@ -902,6 +902,14 @@ def test_tls_settings_name_files_of_the_mounted_certificate(render):
         (value,) = [a.split("=", 1)[1] for a in triton if a.startswith(f"{option}=")]
         assert value in mounted, f"triton: {option}={value}"
     assert "--grpc-use-ssl-mutual=true" in triton
+
+
+def test_every_gateway_pod_shares_one_control_store_over_mtls(render):
+    assert load_settings("gateway", render).control_store == "rediss://redis:6379/0"
+    args = render.container("redis")["args"]
+    flags = dict(zip(args[::2], args[1::2], strict=True))
+    assert flags["--port"] == "0" and flags["--tls-port"] == "6379"  # no plaintext port at all
+    assert flags["--tls-auth-clients"] == "yes" and flags["--tls-ca-cert-file"] == str(CERTS / "ca.pem")
 
 
 def test_mtls_and_authentication_are_on_by_default(render):
