@@ -24,8 +24,15 @@ routes_app = typer.Typer(help="Live routes: list, reload, audit log.", no_args_i
 canary_app = typer.Typer(
     help="Canaries: weights, promote, rollback, automated rollouts.", no_args_is_help=True
 )
-Target = Annotated[str, typer.Option("--admin", help="the gateway's admin address")]
-DEFAULT_ADMIN = "127.0.0.1:50055"
+Target = Annotated[
+    str | None,
+    typer.Option(
+        "--admin",
+        help="the gateway's admin address (default: MESHSERVE_TARGET_ADMIN, else the running mesh's "
+        "<run_dir>/endpoints.json, else 127.0.0.1:50055)",
+    ),
+]
+DEFAULT_ADMIN = None  # found by meshserve.endpoints_file.locate
 
 
 def admin_token_path() -> Path:
@@ -47,13 +54,16 @@ def credentials() -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),) if token else ()
 
 
-def _call(target: str, method: str, request, timeout_s: float = 10.0):
+def _call(target: str | None, method: str, request, timeout_s: float = 10.0):
+    from meshserve.endpoints_file import locate
+
     metadata = credentials()
+    found = locate("admin", target)
 
     async def go():
         from meshserve.mesh import cli_channel  # TLS with the `admin` certificate when the mesh runs with it
 
-        async with cli_channel(target) as channel:
+        async with cli_channel(found.address, tls=found.tls) as channel:
             stub = admin_pb2_grpc.AdminServiceStub(channel)
             return await getattr(stub, method)(request, timeout=timeout_s, metadata=metadata)
 
@@ -177,7 +187,7 @@ def canary_switch(
     show_route(_call(admin, "SwitchVersion", request, timeout))
 
 
-def _rollout(route: str, action: int, admin: str) -> None:
+def _rollout(route: str, action: int, admin: str | None) -> None:
     show_route(_call(admin, "SetRollout", admin_pb2.SetRolloutRequest(route=route, action=action)))
 
 

@@ -20,6 +20,7 @@ def _register_admin_commands() -> None:
     from meshserve.cli.deploy import deploy_app
     from meshserve.cli.features import features_app
     from meshserve.cli.keys import keys_app
+    from meshserve.cli.status import status
 
     app.add_typer(keys_app, name="keys")
     app.add_typer(routes_app, name="routes")
@@ -28,6 +29,7 @@ def _register_admin_commands() -> None:
     app.command("drift")(drift)
     app.add_typer(deploy_app, name="deploy")
     app.add_typer(features_app, name="features")
+    app.command("status")(status)
 
 
 _register_admin_commands()
@@ -124,7 +126,13 @@ def predict(
     route: Annotated[str, typer.Argument(help="route name, e.g. fraud")],
     entity_key: Annotated[str, typer.Argument(help="entity key, e.g. acct-00042")],
     features: Annotated[list[str], typer.Argument(help="request features as name=value")] = None,
-    target: Annotated[str, typer.Option(help="gateway address")] = "127.0.0.1:50051",
+    target: Annotated[
+        str | None,
+        typer.Option(
+            help="gateway address (default: MESHSERVE_TARGET_GATEWAY, else the running mesh's "
+            "<run_dir>/endpoints.json, else 127.0.0.1:50051)"
+        ),
+    ] = None,
     timeout: Annotated[float, typer.Option(help="deadline in seconds")] = 5.0,
     api_key: Annotated[
         str | None,
@@ -145,6 +153,60 @@ def predict(
     raise typer.Exit(
         _run(run_predict(target, route, entity_key, features or [], timeout, tls or None, api_key))
     )
+
+
+@app.command()
+def score(
+    file: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, help="CSV or Parquet: key + request features")
+    ],
+    route: Annotated[str, typer.Option(help="route name, e.g. fraud")],
+    out: Annotated[
+        Path | None, typer.Option(help="output, Parquet or CSV by suffix (default FILE.scored.parquet)")
+    ] = None,
+    target: Annotated[
+        str | None, typer.Option(help="gateway address (default: the running mesh's, else 127.0.0.1:50051)")
+    ] = None,
+    batch: Annotated[
+        int, typer.Option(min=1, max=1024, help="instances per Predict (gateway limit 1024)")
+    ] = 512,
+    in_flight: Annotated[int, typer.Option(min=1, help="Predicts in flight at once")] = 8,
+    model: Annotated[
+        str | None, typer.Option(help="registry model the route serves (default: the route name)")
+    ] = None,
+    key_column: Annotated[
+        str | None, typer.Option(help="entity key column (default: the entity's join key)")
+    ] = None,
+    api_key: Annotated[str | None, typer.Option(envvar="MESHSERVE_API_KEY", help="an API key")] = None,
+    tls: Annotated[bool, typer.Option("--tls", help="dial over TLS (or MESHSERVE_TLS)")] = False,
+) -> None:
+    """Score a file through the gateway's Predict in large batches; rerun after Ctrl-C to resume."""
+    from meshserve.cli.score import run_score
+
+    try:
+        _run(
+            run_score(
+                file,
+                route,
+                out,
+                target,
+                batch,
+                in_flight,
+                model=model,
+                key_column=key_column,
+                tls=tls or None,
+                api_key=api_key,
+            )
+        )
+    except KeyError as exc:
+        typer.echo(f"meshserve score: {exc.args[0]}", err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        typer.echo(
+            "meshserve score: interrupted; finished batches are saved, rerun the same command to resume",
+            err=True,
+        )
+        raise typer.Exit(130) from None
 
 
 @app.command()

@@ -18,8 +18,15 @@ from meshserve.registry import load_registry
 
 console = Console()
 features_app = typer.Typer(help="Online features: load files, freshness.", no_args_is_help=True)
-Target = Annotated[str, typer.Option("--target", help="the feature service's address")]
-DEFAULT_TARGET = "127.0.0.1:50052"
+Target = Annotated[
+    str | None,
+    typer.Option(
+        "--target",
+        help="the feature service's address (default: MESHSERVE_TARGET_FEATURE, else the running mesh's "
+        "<run_dir>/endpoints.json, else 127.0.0.1:50052)",
+    ),
+]
+DEFAULT_TARGET = None  # found by meshserve.endpoints_file.locate
 
 
 def _value(raw: object) -> feature_pb2.Value:
@@ -49,8 +56,11 @@ def _batches(path: Path, entity: str, join_key: str, size: int):
         yield batch
 
 
-async def _load(target: str, path: Path, entity: str, batch_size: int) -> int:
+async def _load(target: str | None, path: Path, entity: str, batch_size: int) -> int:
+    from meshserve.endpoints_file import locate
     from services.feature.files import count_rows
+
+    found = locate("feature", target)
 
     join_key = load_registry().entities[entity].join_key
     total = count_rows(path)
@@ -65,7 +75,7 @@ async def _load(target: str, path: Path, entity: str, batch_size: int) -> int:
 
         from meshserve.mesh import cli_channel  # TLS when the mesh runs with it (MESHSERVE_TLS)
 
-        async with cli_channel(target, server_name="feature") as channel:
+        async with cli_channel(found.address, server_name="feature", tls=found.tls) as channel:
             stub = feature_pb2_grpc.FeatureServiceStub(channel)
             try:
                 reply = await stub.PushFeatures(requests(), timeout=600)
@@ -93,10 +103,14 @@ def load(
 def freshness(target: Target = DEFAULT_TARGET) -> None:
     """How often each feature was served present, missing, or older than its max age."""
 
+    from meshserve.endpoints_file import locate
+
+    found = locate("feature", target)
+
     async def fetch():
         from meshserve.mesh import cli_channel  # TLS when the mesh runs with it (MESHSERVE_TLS)
 
-        async with cli_channel(target, server_name="feature") as channel:
+        async with cli_channel(found.address, server_name="feature", tls=found.tls) as channel:
             return await feature_pb2_grpc.FeatureServiceStub(channel).GetFreshness(
                 feature_pb2.GetFreshnessRequest(), timeout=10
             )

@@ -6,6 +6,7 @@ import grpc
 from rich.console import Console
 from rich.table import Table
 
+from meshserve.endpoints_file import locate
 from meshserve.feature.v1 import feature_pb2
 from meshserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from meshserve.mesh import cli_channel
@@ -24,7 +25,7 @@ def parse_feature(text: str) -> tuple[str, feature_pb2.Value]:
 
 
 async def run_predict(
-    target: str,
+    target: str | None,
     route: str,
     entity_key: str,
     features: list[str],
@@ -40,7 +41,11 @@ async def run_predict(
     request = gateway_pb2.PredictRequest(
         route=route, instances=[gateway_pb2.Instance(entity_key=entity_key, features=parsed)]
     )
-    async with cli_channel(target, tls=tls) as channel:  # TLS when the mesh runs with it (MESHSERVE_TLS)
+    found = locate("gateway", target)  # the flag, MESHSERVE_TARGET_GATEWAY, the running mesh, the default
+    tls = found.tls if tls is None else tls
+    async with cli_channel(
+        found.address, tls=tls
+    ) as channel:  # TLS when the mesh runs with it (MESHSERVE_TLS)
         try:
             metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
             reply = await gateway_pb2_grpc.PredictionServiceStub(channel).Predict(

@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from meshserve.core.supervision import ChildExited, SupervisionEvent
+from meshserve.endpoints_file import MeshEndpoints, ProcessEndpoint, remove_endpoints, write_endpoints
 from meshserve.mesh import Endpoints, LocalMesh, MeshSettings
 from meshserve.repository import RepositoryError, ServedRepository
 
@@ -107,6 +108,29 @@ def _tls_arguments(mesh: LocalMesh) -> str:
     return ", ssl=True" + "".join(f", {k}={os.path.join(certs, v)!r}" for k, v in files.items())
 
 
+def mesh_endpoints(mesh: LocalMesh, ep: Endpoints) -> MeshEndpoints:
+    """What `<run_dir>/endpoints.json` says of this running mesh (meshserve.endpoints_file)."""
+    health = mesh.targets()
+    metrics = {"triton": ep.triton_metrics, "gateway": ep.gateway_metrics, **ep.service_metrics}
+    extra = {"triton": {"grpc": ep.triton_grpc}}
+    gateway = {"grpc": ep.gateway, "http": ep.gateway_http, "admin": ep.admin}
+    processes = [
+        ProcessEndpoint(
+            name=name,
+            pid=child.pid,
+            address=health[name],
+            metrics=metrics.get(name),
+            addresses=gateway if name.startswith("gateway") else extra.get(name, {"grpc": health[name]}),
+        )
+        for name, child in mesh.children.items()
+    ]
+    return MeshEndpoints(
+        up_pid=os.getpid(), tls=mesh.settings.tls, gateway=ep.gateway, gateway_http=ep.gateway_http,
+        admin=ep.admin, feature=ep.feature, cache=ep.cache, inference=ep.inference,
+        triton_grpc=ep.triton_grpc, processes=processes,
+    )  # fmt: skip
+
+
 def _report(event: SupervisionEvent) -> None:
     if not isinstance(event, ChildExited):
         console.print(Text(f"✓ {event.summary()}", style="green"))
@@ -125,6 +149,8 @@ async def run_up(settings: MeshSettings) -> int:
     except BaseException:
         await mesh.stop()  # whatever went wrong in here, never leave a process behind
         raise
+    finally:  # the mesh is stopped: no CLI command may find it any more (only ever our own file)
+        remove_endpoints(settings.run_dir, up_pid=os.getpid())
 
 
 async def _serve(mesh: LocalMesh, settings: MeshSettings) -> int:
@@ -156,7 +182,14 @@ async def _serve(mesh: LocalMesh, settings: MeshSettings) -> int:
             progress.advance(task)
             progress.console.print(Text.assemble(("✓", "green"), f" {name} healthy"))
 
-        starting = asyncio.create_task(mesh.start(on_ready=ready, on_event=_report))
+        published = False
+
+        def on_event(event: SupervisionEvent) -> None:
+            _report(event)
+            if published and mesh.endpoints is not None:  # a restarted process has a new pid
+                write_endpoints(settings.run_dir, mesh_endpoints(mesh, mesh.endpoints))
+
+        starting = asyncio.create_task(mesh.start(on_ready=ready, on_event=on_event))
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
         if not starting.done():  # asked to stop during start-up: a clean stop all the same
@@ -173,6 +206,8 @@ async def _serve(mesh: LocalMesh, settings: MeshSettings) -> int:
             console.print(Text(f"logs: {settings.run_dir / 'logs'}"))
             return 1
 
+    write_endpoints(settings.run_dir, mesh_endpoints(mesh, endpoints))  # every process is up: findable now
+    published = True
     console.print(_endpoints_table(endpoints))
     console.print(Text(f"logs: {settings.run_dir / 'logs'}"))
     if settings.tls:  # every port is mTLS: callers need the CA and a certificate from it
