@@ -52,15 +52,17 @@ async def test_requests_of_callers_who_gave_up_are_not_run(mesh, sleepy_dir):
         await infer(sleepy_request(), timeout=10)  # warm: the gateway knows the model, its stub is running
         seen = set(os.listdir(sleepy_dir))
         started = time.time()
-        results = await asyncio.gather(*(infer(sleepy_request(), timeout=0.25) for _ in range(24)),
+        # 400 ms: two 150 ms executions fit, with room for a loaded machine's overheads (at 250 ms a slow first
+        # execution on a busy CI box answered nobody)
+        results = await asyncio.gather(*(infer(sleepy_request(), timeout=0.4) for _ in range(24)),
                                        return_exceptions=True)  # fmt: skip
     await settled(mesh)
     ran = executions(sleepy_dir, seen)
-    wasted = [start for start, _ in ran if start > started + 0.25]
+    wasted = [start for start, _ in ran if start > started + 0.4]
     print(f"\n{len(ran)} executions for 24 callers, {len(wasted)} of them after every caller had left")
     assert len(wasted) <= 2, f"{len(wasted)} of {len(ran)} executions started after every caller had left"
     ok = [r for r in results if not isinstance(r, BaseException)]
-    assert 1 <= len(ok) <= 2  # one request fits in 250 ms, perhaps two
+    assert 1 <= len(ok) <= 2  # one or two requests fit in 400 ms
     assert all(r.code() == grpc.StatusCode.DEADLINE_EXCEEDED for r in results if isinstance(r, BaseException))
 
 
