@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 from pathlib import Path
 
 import grpc
@@ -14,10 +13,9 @@ import pytest
 import tritonclient.grpc as triton_grpc
 
 from meshserve.core.channels import wait_until_serving
-from meshserve.core.process import free_ports
+from tests.e2e.meshserve_up import MESHSERVE, meshserve_up
 from tests.helpers import alive, descendants
 
-MESHSERVE = str(Path(sys.executable).parent / "meshserve")
 PROCESSES = {"triton", "feature", "cache", "inference", "gateway"}
 
 
@@ -30,30 +28,10 @@ def up_env() -> dict[str, str]:
 @pytest.fixture
 async def up(tmp_path, up_env):
     """`meshserve up` on a free port, waited for through the gateway's health check."""
-    port, admin_port, http_port = free_ports(3)
-    env = {**os.environ, "MESHSERVE_RUN_DIR": str(tmp_path / "run"), "MESHSERVE_GRACE_S": "3", **up_env}
-    process = await asyncio.create_subprocess_exec(
-        MESHSERVE, "up", "--port", str(port), "--admin-port", str(admin_port), "--http-port", str(http_port),
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        # `up` prints its endpoints once it has seen every process healthy; it exits if start-up fails
-        async with asyncio.timeout(120):
-            while b"Ctrl-C stops every process" not in (line := await process.stdout.readline()):
-                assert line, "meshserve up exited during start-up"
+    async with meshserve_up(tmp_path / "run", up_env) as (process, port):
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             await wait_until_serving(channel, timeout_s=10)
         yield process, port, tmp_path / "run"
-    finally:
-        if process.returncode is None:  # a failed test: stop it the way a user would, then make sure
-            family = children_of(process.pid)
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), 30)
-            finally:
-                for pid in alive(family | {process.pid}):
-                    os.kill(pid, signal.SIGKILL)
-                await process.wait()
 
 
 def children_of(pid: int) -> set[int]:

@@ -7,12 +7,11 @@ import asyncio
 import json
 import os
 import signal
-import sys
 from pathlib import Path
 
 import pytest
 
-from meshserve.core.process import free_port, free_ports
+from meshserve.core.process import free_port
 from meshserve.endpoints_file import (
     MeshEndpoints,
     ProcessEndpoint,
@@ -20,9 +19,9 @@ from meshserve.endpoints_file import (
     read_endpoints,
     write_endpoints,
 )
-from tests.helpers import alive, descendants
+from tests.e2e.meshserve_up import MESHSERVE, meshserve_up
+from tests.helpers import alive
 
-MESHSERVE = str(Path(sys.executable).parent / "meshserve")
 PROCESSES = {"triton", "feature", "cache", "inference", "gateway"}
 
 
@@ -43,28 +42,8 @@ def cli_env(run_dir: Path) -> dict[str, str]:
 @pytest.fixture
 async def up(tmp_path):
     """`meshserve up` on free ports (the gateway's too), until it says every process is up."""
-    port, admin_port, http_port = free_ports(3)
-    run_dir = tmp_path / "run"
-    env = {**os.environ, "MESHSERVE_RUN_DIR": str(run_dir), "MESHSERVE_GRACE_S": "3"}
-    process = await asyncio.create_subprocess_exec(
-        MESHSERVE, "up", "--port", str(port), "--admin-port", str(admin_port), "--http-port", str(http_port),
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        async with asyncio.timeout(120):
-            while b"Ctrl-C stops every process" not in (line := await process.stdout.readline()):
-                assert line, "meshserve up exited during start-up"
-        yield process, port, run_dir
-    finally:
-        if process.returncode is None:  # a failed test: stop it as a user would, then make sure
-            family = alive(descendants(process.pid))
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), 30)
-            finally:
-                for pid in alive(family | {process.pid}):
-                    os.kill(pid, signal.SIGKILL)
-                await process.wait()
+    async with meshserve_up(tmp_path / "run") as (process, port):
+        yield process, port, tmp_path / "run"
 
 
 async def test_status_and_commands_find_the_running_mesh_and_the_file_goes_with_it(up):

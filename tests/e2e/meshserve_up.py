@@ -1,0 +1,46 @@
+"""`meshserve up` as a user runs it, for the end-to-end tests: on free ports, until it says every process is up,
+and stopped the way a user would (then made sure of) whatever the test did."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from meshserve.core.process import free_ports
+from tests.helpers import alive, descendants
+
+MESHSERVE = str(Path(sys.executable).parent / "meshserve")
+
+
+@asynccontextmanager
+async def meshserve_up(
+    run_dir: Path, env: Mapping[str, str] | None = None
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
+    """The `up` process and its gateway port, once `up` has printed that every process is healthy."""
+    port, admin_port, http_port = free_ports(3)
+    full_env = {**os.environ, "MESHSERVE_RUN_DIR": str(run_dir), "MESHSERVE_GRACE_S": "3", **(env or {})}
+    process = await asyncio.create_subprocess_exec(
+        MESHSERVE, "up", "--port", str(port), "--admin-port", str(admin_port), "--http-port", str(http_port),
+        env=full_env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        # `up` prints its endpoints once it has seen every process healthy; it exits if start-up fails
+        async with asyncio.timeout(120):
+            while b"Ctrl-C stops every process" not in (line := await process.stdout.readline()):
+                assert line, "meshserve up exited during start-up"
+        yield process, port
+    finally:
+        if process.returncode is None:  # a failed test: stop it the way a user would, then make sure
+            family = alive(descendants(process.pid))
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), 30)
+            finally:
+                for pid in alive(family | {process.pid}):
+                    os.kill(pid, signal.SIGKILL)
+                await process.wait()
