@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import random
+import signal
+import sys
+from pathlib import Path
 
 import grpc
 import pyarrow.parquet as pq
@@ -15,6 +19,7 @@ from meshserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from meshserve.scoring.runner import ScoringInterrupted
 
 HEADER = ["account_id", "amount", "merchant_category"]
+MESHSERVE = str(Path(sys.executable).parent / "meshserve")
 
 
 def write_input(path, n: int, seed: int = 7) -> list[list[str]]:
@@ -103,3 +108,32 @@ async def test_a_request_that_fails_after_retries_sends_its_rows_to_rejects(tmp_
     with (tmp_path / "out.csv.rejects.csv").open() as f:
         reasons = {r["reason"] for r in csv.DictReader(f)}
     assert len(reasons) == 1 and reasons.pop().startswith("request failed after 3 attempt(s): UNAVAILABLE")
+
+
+async def test_ctrl_c_keeps_finished_batches_and_the_same_command_resumes(mesh, tmp_path):
+    """The real CLI, interrupted the way a terminal does it (SIGINT), then run again to the end."""
+    src = tmp_path / "in.csv"
+    rows = write_input(src, 40_000, seed=11)
+    out = tmp_path / "out.parquet"
+    command = [MESHSERVE, "score", str(src), "--route", "fraud", "--out", str(out),
+               "--target", mesh.endpoints.gateway, "--batch", "128", "--in-flight", "2"]  # fmt: skip
+    parts = tmp_path / "out.parquet.parts"
+    first = await asyncio.create_subprocess_exec(*command, stderr=asyncio.subprocess.PIPE)
+    async with asyncio.timeout(60):  # a finished part is a file appearing: nothing to await but the directory
+        while len(list(parts.glob("part-*.json"))) < 5:
+            assert first.returncode is None, "the run ended before it could be interrupted"
+            await asyncio.sleep(0.02)
+    first.send_signal(signal.SIGINT)
+    _, err = await asyncio.wait_for(first.communicate(), 30)
+    assert first.returncode == 130, err.decode()
+    assert "interrupted" in err.decode() and "Traceback" not in err.decode()
+    saved = len(list(parts.glob("part-*.json")))
+    assert 5 <= saved < len(rows) // 128 and not out.exists()
+
+    second = await asyncio.create_subprocess_exec(*command, stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(second.communicate(), 120)
+    assert second.returncode == 0, err.decode()
+    assert f"resumed: {saved} batch(es)" in " ".join(err.decode().split())
+    table = pq.read_table(out).to_pylist()
+    assert [r["entity_key"] for r in table] == [r[0] for r in rows]  # every row once, in input order
+    assert not parts.exists()
