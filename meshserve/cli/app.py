@@ -8,10 +8,15 @@ from typing import Annotated
 
 import typer
 
+from meshserve.cli.errors import GuardedGroup
+from meshserve.cli.output import Output, OutputOption
+
 app = typer.Typer(
-    help="meshserve: a gRPC model-serving mesh in front of NVIDIA Triton.", no_args_is_help=True
+    cls=GuardedGroup,  # every error one line on stderr, never a traceback (MESHSERVE_DEBUG=1 shows it)
+    help="meshserve: a gRPC model-serving mesh in front of NVIDIA Triton.",
+    no_args_is_help=True,
 )
-models_app = typer.Typer(help="The sample models.", no_args_is_help=True)
+models_app = typer.Typer(cls=GuardedGroup, help="The sample models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
 
@@ -22,17 +27,42 @@ def _register_admin_commands() -> None:
     from meshserve.cli.keys import keys_app
     from meshserve.cli.status import status
 
-    app.add_typer(keys_app, name="keys")
-    app.add_typer(routes_app, name="routes")
-    app.add_typer(canary_app, name="canary")
-    app.add_typer(cache_app, name="cache")
+    for group, name in ((keys_app, "keys"), (routes_app, "routes"), (canary_app, "canary"),
+                        (cache_app, "cache"), (deploy_app, "deploy"), (features_app, "features")):  # fmt: skip
+        app.add_typer(group, name=name, cls=GuardedGroup)  # errors name the whole command
     app.command("drift")(drift)
-    app.add_typer(deploy_app, name="deploy")
-    app.add_typer(features_app, name="features")
     app.command("status")(status)
 
 
 _register_admin_commands()
+
+
+def _version(value: bool) -> None:
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(package: str) -> str:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return "not installed"
+
+    typer.echo(
+        f"meshserve {of('meshserve')} (tritonclient {of('tritonclient')}, "
+        f"nvidia-pytriton {of('nvidia-pytriton')} bundling tritonserver)"
+    )
+    raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="show the versions and exit"),
+    ] = False,
+) -> None:
+    """meshserve: a gRPC model-serving mesh in front of NVIDIA Triton."""
 
 
 def _run(coro) -> int:
@@ -146,13 +176,12 @@ def predict(
             "--tls", help="dial over TLS with the CA and admin certificate of `up --tls` (or MESHSERVE_TLS)"
         ),
     ] = False,
+    output: OutputOption = Output.TABLE,
 ) -> None:
-    """Send one Predict to the gateway and print the answer."""
+    """Send one Predict to the gateway and print the answer: score, variant, version and tier per entity."""
     from meshserve.cli.predict import run_predict
 
-    raise typer.Exit(
-        _run(run_predict(target, route, entity_key, features or [], timeout, tls or None, api_key))
-    )
+    _run(run_predict(target, route, entity_key, features or [], timeout, tls or None, api_key, output))
 
 
 @app.command()
@@ -196,6 +225,7 @@ def score(
                 key_column=key_column,
                 tls=tls or None,
                 api_key=api_key,
+                require_mesh=True,
             )
         )
     except KeyError as exc:

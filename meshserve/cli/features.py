@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -13,6 +14,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from meshserve.cli.errors import EXIT_USAGE, CliError, describe_rpc_error, dial, reached, require_reachable
+from meshserve.cli.output import Output, OutputOption, print_json
+from meshserve.endpoints_file import locate
 from meshserve.feature.v1 import feature_pb2, feature_pb2_grpc
 from meshserve.registry import load_registry
 
@@ -37,7 +41,9 @@ def _value(raw: object) -> feature_pb2.Value:
     return feature_pb2.Value(string_value=str(raw))  # the service parses and validates it
 
 
-def _batches(path: Path, entity: str, join_key: str, size: int):
+def _batches(path: Path, entity: str, join_key: str, size: int) -> Iterator[feature_pb2.PushFeaturesRequest]:
+    """The file as PushFeatures messages of `size` rows; a line that cannot be read raises FileReadError, and
+    the rows of its batch read before it are never sent."""
     from services.feature.files import read_rows
 
     batch = feature_pb2.PushFeaturesRequest(entity=entity)
@@ -56,69 +62,102 @@ def _batches(path: Path, entity: str, join_key: str, size: int):
         yield batch
 
 
-async def _load(target: str | None, path: Path, entity: str, batch_size: int) -> int:
-    from meshserve.endpoints_file import locate
-    from services.feature.files import count_rows
+def _written(rows: int, batches: int) -> str:
+    if not rows:
+        return "nothing was written"
+    return f"the {rows} row(s) of the {batches} batch(es) before its batch were written, nothing after"
 
+
+async def _load(target: str | None, path: Path, entity: str, batch_size: int) -> None:
+    from services.feature.files import FileReadError, count_rows
+
+    registry = load_registry()
+    if entity not in registry.entities:
+        known = ", ".join(sorted(registry.entities))
+        raise CliError(f"unknown entity {entity!r} (known: {known})", EXIT_USAGE)
+    join_key = registry.entities[entity].join_key
+    batches = _batches(path, entity, join_key, batch_size)
+    try:  # a file that fails in its first batch fails here, before anything is dialled
+        total = count_rows(path)
+        first = next(batches, None)
+    except FileReadError as exc:
+        raise CliError(str(exc) if exc.line is None else f"{exc}; nothing was written", EXIT_USAGE) from None
+
+    read_error: FileReadError | None = None
+    sent = 0  # batches handed to gRPC: an upper bound on what the service saw
     found = locate("feature", target)
-
-    join_key = load_registry().entities[entity].join_key
-    total = count_rows(path)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console) as progress:
-        task = progress.add_task(f"loading {path.name}", total=total)
+    async with dial(found, "feature", server_name="feature") as channel:
+        await require_reachable(channel, found, "feature")  # no progress bar for a mesh that is not there
+        with Progress(*columns, console=console) as progress:
+            task = progress.add_task(f"loading {path.name}", total=total)
 
-        async def requests():
-            for batch in _batches(path, entity, join_key, batch_size):
-                yield batch
-                progress.advance(task, len(batch.rows))
+            async def requests():
+                nonlocal read_error, sent
+                batch = first
+                while batch is not None:
+                    sent += 1
+                    yield batch
+                    progress.advance(task, len(batch.rows))
+                    try:
+                        batch = next(batches, None)
+                    except FileReadError as exc:  # end the stream: what was sent is written, the rest is not
+                        read_error = exc
+                        return
 
-        from meshserve.mesh import cli_channel  # TLS when the mesh runs with it (MESHSERVE_TLS)
-
-        async with cli_channel(found.address, server_name="feature", tls=found.tls) as channel:
             stub = feature_pb2_grpc.FeatureServiceStub(channel)
             try:
                 reply = await stub.PushFeatures(requests(), timeout=600)
             except grpc.aio.AioRpcError as exc:
                 progress.stop()
-                console.print(f"[red]{exc.code().name}[/]: {exc.details()}")
-                console.print("batches before the failing one were written; the failing batch was not.")
-                return 1
+                line = describe_rpc_error(exc, found, "feature", reached=reached(channel))
+                if reached(channel):  # the service refused a batch: each one is all or nothing
+                    line += (
+                        "; nothing was written"
+                        if sent <= 1
+                        else f"; each batch of {batch_size} rows is all or nothing: the ones before the "
+                        "failing one were written, it and the rest of the file were not"
+                    )
+                raise CliError(line) from None
+    if read_error is not None:
+        raise CliError(f"{read_error}; {_written(reply.rows, reply.batches)}", EXIT_USAGE)
     console.print(f"[green]loaded[/] {reply.rows} rows ({reply.values} values) in {reply.batches} batches")
-    return 0
 
 
 @features_app.command("load")
 def load(
     path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="a .csv or .parquet file")],
-    entity: str = "account",
+    entity: Annotated[str, typer.Option(help="the registry entity the rows describe")] = "account",
     batch_size: Annotated[int, typer.Option(min=1, help="rows per all-or-nothing batch")] = 500,
     target: Target = DEFAULT_TARGET,
 ) -> None:
     """Validate and write a file's rows (join key, optional event_time, stored features), batch by batch."""
-    raise typer.Exit(asyncio.run(_load(target, path, entity, batch_size)))
+    asyncio.run(_load(target, path, entity, batch_size))
 
 
 @features_app.command("freshness")
-def freshness(target: Target = DEFAULT_TARGET) -> None:
+def freshness(target: Target = DEFAULT_TARGET, output: OutputOption = Output.TABLE) -> None:
     """How often each feature was served present, missing, or older than its max age."""
-
-    from meshserve.endpoints_file import locate
-
     found = locate("feature", target)
 
     async def fetch():
-        from meshserve.mesh import cli_channel  # TLS when the mesh runs with it (MESHSERVE_TLS)
-
-        async with cli_channel(found.address, server_name="feature", tls=found.tls) as channel:
+        async with dial(found, "feature", server_name="feature") as channel:
             return await feature_pb2_grpc.FeatureServiceStub(channel).GetFreshness(
                 feature_pb2.GetFreshnessRequest(), timeout=10
             )
 
     reply = asyncio.run(fetch())
+    rows = [
+        {"feature": f.feature, "present": f.present, "not_found": f.not_found,
+         "outside_max_age": f.outside_max_age}
+        for f in reply.features
+    ]  # fmt: skip
+    if output is Output.JSON:
+        print_json({"features": rows})
+        return
     table = Table(title="features served")
     for column in ("feature", "present", "not found", "outside max age"):
         table.add_column(column)
-    for f in reply.features:
-        table.add_row(f.feature, str(f.present), str(f.not_found), str(f.outside_max_age))
+    for r in rows:
+        table.add_row(r["feature"], str(r["present"]), str(r["not_found"]), str(r["outside_max_age"]))
     console.print(table)

@@ -11,6 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from meshserve.cli.errors import CliError
+from meshserve.cli.output import Output, OutputOption, print_json
 from meshserve.core.auth import ApiKeyStore
 
 console = Console()
@@ -60,13 +62,23 @@ def keys_create(
 
 
 @keys_app.command("list")
-def keys_list(file: KeysFile = None) -> None:
+def keys_list(file: KeysFile = None, output: OutputOption = Output.TABLE) -> None:
     """Every key's name, roles, and when it was created or revoked (never the keys)."""
     store = ApiKeyStore(keys_path(file))
+    try:
+        keys = sorted(store.keys().values(), key=lambda k: k.name)
+    except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
+        raise CliError(f"{store.path} is not an API key file: {exc}") from None
+    if output is Output.JSON:
+        print_json({"file": str(store.path), "keys": [
+            {"name": k.name, "roles": list(k.roles), "created": k.created, "revoked": k.revoked or None}
+            for k in keys
+        ]})  # fmt: skip
+        return
     table = Table(title=f"API keys ({store.path})")
     for column in ("name", "roles", "created", "revoked"):
         table.add_column(column)
-    for key in sorted(store.keys().values(), key=lambda k: k.name):
+    for key in keys:
         table.add_row(key.name, ", ".join(key.roles) or "-", key.created, key.revoked or "")
     console.print(table)
 

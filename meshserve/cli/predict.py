@@ -2,26 +2,89 @@
 
 from __future__ import annotations
 
-import grpc
+from collections.abc import Mapping
+
 from rich.console import Console
 from rich.table import Table
 
+from meshserve.cli.errors import EXIT_USAGE, CliError, dial
+from meshserve.cli.output import Output, print_json
 from meshserve.endpoints_file import locate
 from meshserve.feature.v1 import feature_pb2
 from meshserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from meshserve.mesh import cli_channel
+from meshserve.registry import FeatureRegistry, load_registry
 
 console = Console()
 
 
-def parse_feature(text: str) -> tuple[str, feature_pb2.Value]:
+def _number(text: str) -> int | float | None:
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return None
+
+
+def parse_feature(
+    text: str, registry: FeatureRegistry | None = None, route: str | None = None
+) -> tuple[str, feature_pb2.Value]:
+    """`name=value` as a request feature, typed by the registry when it declares the name (INT* features take
+    whole numbers); ValueError names the feature, the type it takes and what was given."""
     name, sep, raw = text.partition("=")
     if not sep or not name:
         raise ValueError(f"expected name=value, got {text!r}")
-    try:
-        return name, feature_pb2.Value(int64_value=int(raw))
-    except ValueError:
-        return name, feature_pb2.Value(double_value=float(raw))
+    spec = registry.features.get(name) if registry is not None else None
+    value = _number(raw.strip())
+    if spec is not None and spec.integral:
+        if value is None or value != int(value):
+            raise ValueError(f"feature {name!r} takes a whole number ({spec.dtype}), got {raw!r}")
+        return name, feature_pb2.Value(int64_value=int(value))
+    if value is None:
+        kind = f"a number ({spec.dtype})" if spec is not None else "a number"
+        raise ValueError(f"feature {name!r} takes {kind}, got {raw!r}{_takes(registry, route, name)}")
+    if isinstance(value, int) and spec is None:
+        return name, feature_pb2.Value(int64_value=value)
+    return name, feature_pb2.Value(double_value=float(value))
+
+
+def _takes(registry: FeatureRegistry | None, route: str | None, name: str) -> str:
+    """What the route's model takes, for a name the registry does not declare as one of its request features."""
+    if registry is None or route not in registry.models:
+        return ""
+    wanted = registry.request_features(route)
+    if name in wanted:
+        return ""
+    listed = ", ".join(f"{f} ({registry.features[f].dtype})" for f in wanted)
+    return f"; {route} takes {listed}"
+
+
+def _to_dict(reply: gateway_pb2.PredictResponse) -> dict[str, object]:
+    return {
+        "route": reply.route,
+        "variant": reply.variant,
+        "model_name": reply.model_name,
+        "model_version": reply.model_version,
+        "predictions": [
+            {"entity_key": p.entity_key, "score": p.score, "variant": p.variant,
+             "model_version": p.model_version, "tier": gateway_pb2.Tier.Name(p.tier), "from_cache": p.from_cache}
+            for p in reply.predictions
+        ],
+    }  # fmt: skip
+
+
+def _show(answer: Mapping[str, object]) -> None:
+    table = Table(
+        title=f"route {answer['route']}: variant {answer['variant']}, "
+        f"{answer['model_name']} v{answer['model_version']}"
+    )
+    for column in ("entity", "score", "variant", "version", "tier", "from cache"):
+        table.add_column(column)
+    for p in answer["predictions"]:  # type: ignore[attr-defined]
+        table.add_row(p["entity_key"], f"{p['score']:.6f}", p["variant"], p["model_version"] or "-", p["tier"],
+                      "yes" if p["from_cache"] else "no")  # fmt: skip
+    console.print(table)
 
 
 async def run_predict(
@@ -32,34 +95,24 @@ async def run_predict(
     timeout_s: float,
     tls: bool | None = None,
     api_key: str | None = None,
-) -> int:
+    output: Output = Output.TABLE,
+) -> None:
+    registry = load_registry()  # types the values; the gateway validates them anyway
     try:
-        parsed = dict(parse_feature(f) for f in features)
+        parsed = dict(parse_feature(f, registry, route) for f in features)
     except ValueError as exc:
-        console.print(f"[red]{exc}[/]")
-        return 2
+        raise CliError(str(exc), EXIT_USAGE) from None
     request = gateway_pb2.PredictRequest(
         route=route, instances=[gateway_pb2.Instance(entity_key=entity_key, features=parsed)]
     )
     found = locate("gateway", target)  # the flag, MESHSERVE_TARGET_GATEWAY, the running mesh, the default
-    tls = found.tls if tls is None else tls
-    async with cli_channel(
-        found.address, tls=tls
-    ) as channel:  # TLS when the mesh runs with it (MESHSERVE_TLS)
-        try:
-            metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
-            reply = await gateway_pb2_grpc.PredictionServiceStub(channel).Predict(
-                request, timeout=timeout_s, metadata=metadata
-            )
-        except grpc.aio.AioRpcError as exc:
-            console.print(f"[red]{exc.code().name}[/]: {exc.details()}")
-            return 1
-    table = Table(
-        title=f"route {reply.route}: variant {reply.variant}, {reply.model_name} v{reply.model_version}"
-    )
-    for column in ("entity", "score", "from cache"):
-        table.add_column(column)
-    for p in reply.predictions:
-        table.add_row(p.entity_key, f"{p.score:.6f}", "yes" if p.from_cache else "no")
-    console.print(table)
-    return 0
+    async with dial(found, "gateway", tls=tls) as channel:  # TLS when the mesh runs with it
+        metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
+        reply = await gateway_pb2_grpc.PredictionServiceStub(channel).Predict(
+            request, timeout=timeout_s, metadata=metadata
+        )
+    answer = _to_dict(reply)
+    if output is Output.JSON:
+        print_json(answer)
+    else:
+        _show(answer)

@@ -9,6 +9,7 @@ import grpc
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from meshserve.cli.errors import require_reachable
 from meshserve.endpoints_file import locate
 from meshserve.feature.v1 import feature_pb2
 from meshserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
@@ -67,6 +68,7 @@ async def run_score(
     api_key: str | None = None,
     stop_after: int | None = None,
     quiet: bool = False,
+    require_mesh: bool = False,
 ) -> ScoringSummary:
     out = out or path.with_name(path.stem + ".scored.parquet")
     schema = RowSchema.for_model(load_registry(registry_path), model or route, key_column)
@@ -75,6 +77,8 @@ async def run_score(
     started = time.perf_counter()
     found = locate("gateway", target)  # the flag, MESHSERVE_TARGET_GATEWAY, the running mesh, the default
     async with cli_channel(found.address, tls=found.tls if tls is None else tls) as channel:
+        if require_mesh:  # `meshserve score`: one line, not a file of rejects, when nothing answers there
+            await require_reachable(channel, found, "gateway")
         stub = gateway_pb2_grpc.PredictionServiceStub(channel)
 
         async def predict(rows: list[ValidRow]) -> list[ScoredRow]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 from pathlib import Path
@@ -120,6 +121,29 @@ async def test_predict_reports_a_clear_error_for_an_unknown_route(mesh):
     code, output = await wait_for_exit(predict)
     assert code == 1
     assert "NOT_FOUND" in output and "unknown model: 'nope'" in output
+
+
+async def test_predict_shows_variant_version_and_tier_and_json(mesh):
+    args = (
+        "predict",
+        "fraud",
+        "acct-00042",
+        "amount=250",
+        "merchant_category=3",
+        "--target",
+        mesh.endpoints.gateway,
+    )
+    code, output = await run_cli(*args)
+    assert code == 0, output
+    assert "variant stable" in output and "│ acct-00042 │" in output and "│ PRIMARY │" in output, output
+    code, output = await run_cli(*args, "-o", "json")
+    assert code == 0, output
+    answer = json.loads(output)
+    assert (answer["route"], answer["variant"], answer["model_name"]) == ("fraud", "stable", "fraud")
+    (prediction,) = answer["predictions"]
+    assert prediction["entity_key"] == "acct-00042" and 0.0 <= prediction["score"] <= 1.0
+    assert (prediction["variant"], prediction["tier"]) == ("stable", "PRIMARY")
+    assert prediction["model_version"] == answer["model_version"] != ""
 
 
 async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:

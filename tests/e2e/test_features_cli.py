@@ -4,6 +4,7 @@ feature update makes the entity's cached predictions unreachable."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import grpc
@@ -40,7 +41,8 @@ async def test_csv_load_refuses_a_bad_batch_with_line_numbers_and_writes_good_on
         "new-3,1.0,1,1\nnew-4,2.0,1,1\nnew-5,-4,1,1\n,3.0,1,1\n"
     )
     code, output = await run_cli("features", "load", str(bad), "--target", mesh.endpoints.feature)
-    assert code == 1 and "INVALID_ARGUMENT" in output, output
+    assert code == 1 and "INVALID_ARGUMENT" in output and "Traceback" not in output, output
+    assert output.strip().endswith("; nothing was written"), output  # the file's one batch was refused
     assert (
         "line 4: avg_amount_30d=" in output
         and "is outside" in output
@@ -90,3 +92,52 @@ async def test_a_feature_update_makes_the_entitys_cached_predictions_unreachable
             assert time.monotonic() < deadline, "a stale cached answer outlived the feature update"
             await asyncio.sleep(0.02)
     assert after.score != before.score  # scored with the new features
+
+
+async def test_a_line_that_cannot_be_read_ends_the_load_and_says_what_was_written(mesh, tmp_path):
+    path = tmp_path / "late.csv"
+    path.write_text(
+        "account_id,avg_amount_30d,txn_count_24h,account_age_days,event_time\n"
+        f"rd-1,1.0,1,1,{time.time():.0f}\nrd-2,2.0,1,1,\nrd-3,3.0,1,1,\nrd-4,4.0,1,1,next week\n"
+    )
+    code, output = await run_cli(
+        "features", "load", str(path), "--target", mesh.endpoints.feature, "--batch-size", "2"
+    )
+    assert code == 2 and "Traceback" not in output, output
+    assert output.strip().splitlines()[-1] == (
+        "meshserve features load: line 5: event_time 'next week' is neither seconds since the epoch nor an "
+        "ISO 8601 time; the 2 row(s) of the 1 batch(es) before its batch were written, nothing after"
+    )
+    rows = await online(mesh, "rd-1", "rd-2", "rd-3")
+    assert rows["rd-1"][0] == (feature_pb2.PRESENT, 1.0) and rows["rd-2"][0] == (feature_pb2.PRESENT, 2.0)
+    assert all(status == feature_pb2.NOT_FOUND for status, _ in rows["rd-3"])  # the failing line's batch
+
+
+async def test_a_refused_batch_after_others_says_the_earlier_ones_were_written(mesh, tmp_path):
+    path = tmp_path / "refused.csv"
+    path.write_text(
+        "account_id,avg_amount_30d,txn_count_24h,account_age_days\nrf-1,1.0,1,1\nrf-2,1.0,1,1\nrf-3,-1,1,1\n"
+    )
+    code, output = await run_cli(
+        "features", "load", str(path), "--target", mesh.endpoints.feature, "--batch-size", "2"
+    )
+    assert code == 1 and "INVALID_ARGUMENT" in output and "line 4: avg_amount_30d=" in output, output
+    assert output.strip().endswith(
+        "; each batch of 2 rows is all or nothing: the ones before the failing one were written, it and the rest "
+        "of the file were not"
+    ), output
+    rows = await online(mesh, "rf-1", "rf-3")
+    assert rows["rf-1"][0] == (feature_pb2.PRESENT, 1.0)
+    assert all(status == feature_pb2.NOT_FOUND for status, _ in rows["rf-3"])
+
+
+async def test_freshness_as_json(mesh):
+    async with grpc.aio.insecure_channel(mesh.endpoints.feature) as channel:  # something served
+        await feature_pb2_grpc.FeatureServiceStub(channel).GetOnlineFeatures(
+            feature_pb2.GetOnlineFeaturesRequest(entity="account", entity_keys=["acct-00001"]), timeout=5
+        )
+    code, output = await run_cli("features", "freshness", "-o", "json", "--target", mesh.endpoints.feature)
+    assert code == 0, output
+    served = {f["feature"]: f for f in json.loads(output)["features"]}
+    assert set(served["avg_amount_30d"]) == {"feature", "present", "not_found", "outside_max_age"}
+    assert served["avg_amount_30d"]["present"] >= 1

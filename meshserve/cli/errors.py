@@ -1,0 +1,148 @@
+"""How a CLI command fails: one line naming what went wrong, and an exit status (2: bad input, 1: a failed call).
+
+Commands raise `CliError`; the root command group (`GuardedGroup`, meshserve.cli.app) prints it as
+`meshserve <command>: <line>` on stderr. It also turns a gRPC, OS or meshserve error that escaped a command into
+the same one line (a safety net, not the main path); `MESHSERVE_DEBUG=1` lets the traceback through instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import grpc
+import typer
+from typer.core import TyperGroup
+
+from meshserve.endpoints_file import EndpointsFileError, Located, endpoints_path, env_name, run_dir_from
+
+EXIT_FAILED = 1  # a call failed, or the mesh refused
+EXIT_USAGE = 2  # the command's input is wrong: arguments, options, the file it was given
+READY_TIMEOUT_S = 3.0
+
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_USAGE",
+    "CliError",
+    "GuardedGroup",
+    "describe_rpc_error",
+    "dial",
+    "found_where",
+    "no_mesh",
+    "reached",
+    "require_reachable",
+]
+
+
+class CliError(Exception):
+    """A failure the user can act on: `str(exc)` is the whole message, `exit_code` the process's status."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def found_where(found: Located, kind: str, flag: str = "--target") -> str:
+    """Where an address came from, in the words a user would look for it."""
+    if found.source == "flag":
+        return flag
+    if found.source == "env":
+        return env_name(kind)
+    path = endpoints_path(run_dir_from())
+    if found.source == "file":
+        return str(path)
+    return f"the default address; no running mesh's {path}"
+
+
+def no_mesh(found: Located, kind: str, flag: str = "--target") -> str:
+    return (
+        f"no mesh at {found.address} (from {found_where(found, kind, flag)}): is `meshserve up` running? "
+        "(`meshserve status`)"
+    )
+
+
+def describe_rpc_error(
+    exc: grpc.aio.AioRpcError, found: Located, kind: str, flag: str = "--target", reached: bool = True
+) -> str:
+    """One line for a failed call. UNAVAILABLE from a channel that never connected means nothing listens there
+    (a server answering UNAVAILABLE itself leaves the channel READY: that one is shown as the server said it)."""
+    if exc.code() is grpc.StatusCode.UNAVAILABLE and not reached:
+        return no_mesh(found, kind, flag)
+    return f"{exc.code().name}: {' '.join((exc.details() or '').split())}"
+
+
+def reached(channel: grpc.aio.Channel) -> bool:
+    """Whether the channel is connected: after a failed call, False means nothing answered at the address."""
+    return channel.get_state(try_to_connect=False) is grpc.ChannelConnectivity.READY
+
+
+@asynccontextmanager
+async def dial(
+    found: Located,
+    kind: str,
+    *,
+    flag: str = "--target",
+    server_name: str = "gateway",
+    tls: bool | None = None,
+) -> AsyncIterator[grpc.aio.Channel]:
+    """A CLI channel to `found` (from `locate(kind, flag value)`); a call failing inside the block becomes a
+    CliError naming the address and where it came from. TLS as the mesh runs it unless `tls` says."""
+    from meshserve.mesh import cli_channel
+
+    async with cli_channel(
+        found.address, server_name=server_name, tls=found.tls if tls is None else tls
+    ) as channel:
+        try:
+            yield channel
+        except grpc.aio.AioRpcError as exc:
+            line = describe_rpc_error(exc, found, kind, flag, reached=reached(channel))
+            raise CliError(line, EXIT_FAILED) from None
+
+
+async def require_reachable(
+    channel: grpc.aio.Channel, found: Located, kind: str, flag: str = "--target"
+) -> None:
+    """Fail at once when nothing answers at the address (the first failed connection attempt, or none within
+    READY_TIMEOUT_S), before work that would otherwise fail row by row."""
+    state = channel.get_state(try_to_connect=True)
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_S):
+            while state is not grpc.ChannelConnectivity.READY:
+                if state is grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+                    raise TimeoutError
+                await channel.wait_for_state_change(state)
+                state = channel.get_state(try_to_connect=True)
+    except TimeoutError:
+        raise CliError(no_mesh(found, kind, flag), EXIT_FAILED) from None
+
+
+def _safety_net_line(exc: BaseException) -> str | None:
+    """The one line for an error a command let escape, or None for one that is a bug (its traceback shows)."""
+    from meshserve.core.errors import MeshError
+
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {' '.join((exc.details() or '').split())}"
+    if isinstance(exc, OSError | MeshError | EndpointsFileError):
+        return str(exc)
+    return None
+
+
+class GuardedGroup(TyperGroup):
+    """A command group whose commands end in one line on stderr and a non-zero status when they raise a
+    CliError, or let a gRPC, OS or meshserve error escape; MESHSERVE_DEBUG=1 shows the traceback instead. The
+    root and every sub-group use it, so the line names the command, e.g. `meshserve features load: ...`."""
+
+    def invoke(self, ctx: typer.Context):
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            line = str(exc) if isinstance(exc, CliError) else _safety_net_line(exc)
+            if line is None or os.environ.get("MESHSERVE_DEBUG"):
+                raise  # typer.Exit and usage errors included: click prints those itself
+            if not isinstance(exc, CliError):
+                line += " (MESHSERVE_DEBUG=1 shows the traceback)"
+            command = " ".join(filter(None, (ctx.command_path, ctx.invoked_subcommand)))
+            typer.echo(f"{command}: {line}", err=True)
+            raise typer.Exit(exc.exit_code if isinstance(exc, CliError) else EXIT_FAILED) from None
