@@ -17,8 +17,9 @@ from gateway.clients import InferenceClient
 from gateway.dispatch import Dispatcher
 from gateway.live import LiveRoutes
 from gateway.prediction_cache import PredictionCache
-from gateway.rollout import RolloutController
+from gateway.rollout import Judgement, RolloutController, Window
 from gateway.shadow import ShadowRunner
+from gateway.weights import normalised_weights
 from meshserve.admin.v1 import admin_pb2, admin_pb2_grpc
 from meshserve.core import tls
 from meshserve.core.auth import ADMIN_ROLE, ANONYMOUS, AuthConfig, Authenticator, Principal, require_role
@@ -34,6 +35,20 @@ UNGUARDED_PREFIXES = ("/grpc.health.v1.Health/",)
 def _who() -> str:
     """The authenticated caller's name (the call guard set it), for the audit log."""
     return current_principal().name
+
+
+def _window(w: Window) -> admin_pb2.JudgedWindow:
+    return admin_pb2.JudgedWindow(
+        variant=w.variant, requests=w.requests, errors=w.errors, error_rate=w.error_rate, p99_seconds=w.p99_s
+    )
+
+
+def to_judgement(j: Judgement) -> admin_pb2.Judgement:
+    return admin_pb2.Judgement(
+        time=j.at, step=j.step, verdict=j.verdict, canary=_window(j.canary), baseline=_window(j.baseline),
+        max_error_rate_increase=j.max_error_rate_increase, max_p99_ratio=j.max_p99_ratio,
+        min_requests=j.min_requests, reason=j.reason,
+    )  # fmt: skip
 
 
 def _reason(entry: AuditEntry) -> str:
@@ -87,6 +102,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             )  # fmt: skip
         state = self.rollouts.state(name)
         rollout = admin_pb2.RolloutStatus(state=state.state, step=state.step, last_reason=state.last_reason)
+        if state.judgement is not None:
+            rollout.last_judgement.CopyFrom(to_judgement(state.judgement))
         if route.rollout is not None:
             rollout.canary = route.rollout.canary
             rollout.steps.extend(route.rollout.steps)
@@ -102,9 +119,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         )
 
     async def SetWeights(self, request, context):
-        if not request.weights:
-            raise InvalidArgument("no weights given")
-        await self.live.change_weights(request.route, dict(request.weights), _who())
+        weights = normalised_weights(request.route, self.live.get(request.route), dict(request.weights))
+        await self.live.change_weights(request.route, weights, _who())
         return self._status(request.route)
 
     async def Promote(self, request, context):

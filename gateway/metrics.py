@@ -1,24 +1,26 @@
 """Prometheus metrics of the gateway, read from its live state at scrape time: nothing is added to the request
-path. Served on the gateway's metrics port (`MESHSERVE_GATEWAY_METRICS_PORT`)."""
+path (the per-route latency histogram is VariantStats' own since-start counts, which its `record` keeps beside the
+judge's window). Served on the gateway's metrics port (`MESHSERVE_GATEWAY_METRICS_PORT`)."""
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from gateway.admission import Admission
 from gateway.dispatch import Dispatcher
 from gateway.live import LiveRoutes
 from gateway.prediction_cache import PredictionCache
-from gateway.rollout import RolloutController
+from gateway.rollout import Judgement, RolloutController
 from gateway.shadow import ShadowRunner
 from meshserve.core.coalesce import Coalescer
 from meshserve.drift import DriftMonitor
 
 ROLLOUT_STATES = ("none", "running", "paused", "completed", "rolled_back", "stopped")
+VERDICTS = ("waiting", "healthy", "breach")
 
 
 class GatewayCollector(Collector):
@@ -65,6 +67,7 @@ class GatewayCollector(Collector):
                 attempts.add_metric([name, v.name, "ok"], requests - errors)
                 attempts.add_metric([name, v.name, "error"], errors)
         yield from (weight, ejected, attempts)
+        yield from self._route_requests(prefix)
         yield CounterMetricFamily(
             f"{prefix}_retries", "Retries granted by the retry budgets", value=self.dispatcher.retries
         )
@@ -104,11 +107,13 @@ class GatewayCollector(Collector):
         step = GaugeMetricFamily(
             f"{prefix}_rollout_step", "Index of the rollout's current step", labels=["route"]
         )
+        judged = [(route, rollout.judgement) for route, rollout in self.rollouts.states.items()]
         for route, rollout in self.rollouts.states.items():
             for name in ROLLOUT_STATES:
                 state.add_metric([route, name], float(rollout.state == name))
             step.add_metric([route], rollout.step)
         yield from (state, step)
+        yield from self._judgements(prefix, [(route, j) for route, j in judged if j is not None])
 
         lookups = CounterMetricFamily(
             f"{prefix}_cache_lookups", "Prediction cache lookups by result", labels=["route", "result"]
@@ -141,6 +146,69 @@ class GatewayCollector(Collector):
                 for feature, value in self.drift.scores(model).items():
                     psi.add_metric([model, feature], value)
             yield psi
+
+    def _route_requests(self, prefix: str) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+        """Per route and variant, what the judge counts (VariantStats: every call that answered, and every failure
+        that is the variant's own), for a Flagger or Argo Rollouts analysis to query."""
+        labels = ["route", "variant"]
+        duration = HistogramMetricFamily(
+            f"{prefix}_route_request_duration_seconds",
+            "Time of each call to a variant that the canary judge counts",
+            labels=labels,
+        )
+        requests = CounterMetricFamily(
+            f"{prefix}_route_requests",
+            "Calls to a variant that the canary judge counts, by outcome",
+            labels=[*labels, "outcome"],
+        )
+        stats = self.dispatcher.stats
+        for (route, variant), (total, errors) in list(stats.totals.items()):
+            requests.add_metric([route, variant, "ok"], total - errors)
+            requests.add_metric([route, variant, "error"], errors)
+        for (route, variant), latencies in list(stats.latency_totals.items()):
+            duration.add_metric([route, variant], latencies.cumulative(), latencies.sum_s)
+        yield from (duration, requests)
+
+    def _judgements(self, prefix: str, judged: list[tuple[str, Judgement]]) -> Iterator[GaugeMetricFamily]:
+        """The judge's last evaluation per rollout: measured error rates, p99s and requests of canary and baseline
+        (label `role`), and the plan's thresholds it compared them with."""
+        labels = ["route", "variant", "role"]
+        error_rate = GaugeMetricFamily(
+            f"{prefix}_rollout_judged_error_rate", "Error rate the canary judge measured", labels=labels
+        )
+        p99 = GaugeMetricFamily(
+            f"{prefix}_rollout_judged_p99_seconds", "p99 latency the canary judge measured", labels=labels
+        )
+        requests = GaugeMetricFamily(
+            f"{prefix}_rollout_judged_requests",
+            "Calls in the window the canary judge measured",
+            labels=labels,
+        )
+        threshold = GaugeMetricFamily(
+            f"{prefix}_rollout_threshold",
+            "The rollout plan's thresholds: max_error_rate_increase, max_p99_ratio, min_requests",
+            labels=["route", "threshold"],
+        )
+        verdict = GaugeMetricFamily(
+            f"{prefix}_rollout_verdict", "1 for the last judgement's verdict", labels=["route", "verdict"]
+        )
+        judged_at = GaugeMetricFamily(
+            f"{prefix}_rollout_judged_timestamp_seconds",
+            "When the canary judge last judged",
+            labels=["route"],
+        )
+        for route, j in judged:
+            for role, window in (("canary", j.canary), ("baseline", j.baseline)):
+                error_rate.add_metric([route, window.variant, role], window.error_rate)
+                p99.add_metric([route, window.variant, role], window.p99_s)
+                requests.add_metric([route, window.variant, role], window.requests)
+            threshold.add_metric([route, "max_error_rate_increase"], j.max_error_rate_increase)
+            threshold.add_metric([route, "max_p99_ratio"], j.max_p99_ratio)
+            threshold.add_metric([route, "min_requests"], j.min_requests)
+            for name in VERDICTS:
+                verdict.add_metric([route, name], float(j.verdict == name))
+            judged_at.add_metric([route], j.at)
+        yield from (error_rate, p99, requests, threshold, verdict, judged_at)
 
     def _coalescing(self, prefix: str) -> Iterator[CounterMetricFamily]:
         """Calls the gateway made to each target and the callers they carried: members / calls is the merge."""

@@ -35,10 +35,79 @@ log = logging.getLogger(__name__)
 WHO = "rollout"
 JUDGE_LEASE = "rollout-judge"
 PUBLISH_S = 0.5  # how often each gateway publishes its outcome buckets to the control store
+# How often the judge writes a judgement that decided nothing to the control store (one that steps, completes or
+# rolls back goes in that decision's own write): every replica shows it, without a store write every tick.
+JUDGEMENT_WRITE_S = 2.0
 STALE_S = 4 * PUBLISH_S  # older published buckets are from a gateway that died (or lost the store): ignored
 
 
 ACTIVE = ("running", "paused")
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """One side of a judgement: a variant's outcomes since the step started (this gateway's and, with a control
+    store, every gateway's published ones)."""
+
+    variant: str
+    requests: int
+    errors: int
+    p99_s: float
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+    @classmethod
+    def of(cls, variant: str, summary: WindowSummary) -> Window:
+        return cls(variant, summary.requests, summary.errors, summary.p99_s)
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    """What the judge measured at one evaluation and what it made of it, with the plan's thresholds: shown by the
+    admin API and Prometheus, and written into the audit entry of the step, completion or rollback it decided."""
+
+    at: float  # wall-clock time of the evaluation
+    step: int  # the step judged (index into the plan's steps)
+    verdict: str  # waiting (fewer canary requests than min_requests) | healthy | breach
+    canary: Window
+    baseline: Window
+    max_error_rate_increase: float
+    max_p99_ratio: float
+    min_requests: int
+    reason: str = ""  # why a breach is one
+
+    def describe(self) -> str:
+        """The numbers in one line, for audit entries and the CLI."""
+
+        def side(w: Window) -> str:
+            return (
+                f"{w.variant} {w.requests} requests, {w.error_rate:.1%} errors, p99 {w.p99_s * 1000:.1f} ms"
+            )
+
+        return (
+            f"{self.verdict} at step {self.step + 1}: canary {side(self.canary)}; baseline {side(self.baseline)}; "
+            f"thresholds: error rate +{self.max_error_rate_increase:.1%}, p99 x{self.max_p99_ratio:g}, "
+            f"{self.min_requests} requests"
+        )
+
+    def to_dict(self) -> dict:
+        """JSON-ready, for the control store (rollout state travels there as plain data)."""
+        return {
+            "at": self.at, "step": self.step, "verdict": self.verdict, "reason": self.reason,
+            "canary": [self.canary.variant, self.canary.requests, self.canary.errors, self.canary.p99_s],
+            "baseline": [self.baseline.variant, self.baseline.requests, self.baseline.errors, self.baseline.p99_s],
+            "max_error_rate_increase": self.max_error_rate_increase, "max_p99_ratio": self.max_p99_ratio,
+            "min_requests": self.min_requests,
+        }  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Judgement:
+        return cls(
+            d["at"], d["step"], d["verdict"], Window(*d["canary"]), Window(*d["baseline"]),
+            d["max_error_rate_increase"], d["max_p99_ratio"], d["min_requests"], d.get("reason", ""),
+        )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,12 +116,24 @@ class RolloutState:
     step: int = 0
     step_started: float = 0.0
     last_reason: str = ""
+    judgement: Judgement | None = None  # the last evaluation's
 
 
 NO_ROLLOUT = RolloutState()
 
 
-def judge(plan: Rollout, canary: WindowSummary, baseline: WindowSummary) -> str | None:
+def assess(plan: Rollout, step: int, canary: Window, baseline: Window, at: float) -> Judgement:
+    """The judgement of one evaluation: a breach only once the canary has `min_requests`. Pure."""
+    reason = judge(plan, canary, baseline) if canary.requests >= plan.min_requests else None
+    if reason is not None:
+        verdict = "breach"
+    else:
+        verdict = "healthy" if canary.requests >= plan.min_requests else "waiting"
+    return Judgement(at, step, verdict, canary, baseline, plan.max_error_rate_increase, plan.max_p99_ratio,
+                     plan.min_requests, reason or "")  # fmt: skip
+
+
+def judge(plan: Rollout, canary: WindowSummary | Window, baseline: WindowSummary | Window) -> str | None:
     """Why the canary breaches the plan's thresholds, or None while it is healthy. Pure."""
     increase = canary.error_rate - baseline.error_rate
     if increase > plan.max_error_rate_increase:
@@ -113,11 +194,14 @@ class RolloutController:
             "step": state.step,
             "started_at": started_at,
             "last_reason": state.last_reason,
+            "judgement": None if state.judgement is None else state.judgement.to_dict(),
         }
 
     def _decode(self, d: dict) -> RolloutState:
         step_started = self.clock() - (self.wall() - d["started_at"])
-        return RolloutState(d["state"], d["step"], step_started, d.get("last_reason", ""))
+        judged = d.get("judgement")  # absent in state written before judgements were kept
+        judgement = None if judged is None else Judgement.from_dict(judged)
+        return RolloutState(d["state"], d["step"], step_started, d.get("last_reason", ""), judgement)
 
     def _put(self, name: str, state: RolloutState, expect: str | None = None) -> Callable[[dict], dict]:
         """The shared rollouts with `name` set to `state` (re-applied on a conflict: `expect` is checked again)."""
@@ -241,17 +325,24 @@ class RolloutController:
         weights[plan.canary], weights[route.baseline.name] = weight, 100.0 - weight
         return weights, f"step {step + 1}/{len(plan.steps)}: canary at {weight}%"
 
-    def _set_step(self, name: str, route: Route, plan: Rollout, step: int, who: str) -> None:
+    def _set_step(
+        self, name: str, route: Route, plan: Rollout, step: int, who: str, judgement: Judgement | None = None
+    ) -> None:
         weights, reason = self._step_weights(route, plan, step)
+        if judgement is not None:
+            reason = f"{reason}; {judgement.describe()}"
         with self._own_change(name):
             self.live.set_weights(name, weights, who, "rollout_step", reason)
         self.stats.forget(name, plan.canary)
         self.stats.forget(name, route.baseline.name)
 
     async def _step(
-        self, name: str, route: Route, plan: Rollout, step: int, who: str, state: RolloutState | None = None
-    ) -> None:
+        self, name: str, route: Route, plan: Rollout, step: int, who: str, state: RolloutState | None = None,
+        judgement: Judgement | None = None,
+    ) -> None:  # fmt: skip
         weights, reason = self._step_weights(route, plan, step)
+        if judgement is not None:
+            reason = f"{reason}; {judgement.describe()}"
         rollouts = None if state is None else self._put(name, state)
         with self._own_change(name):
             await self.live.change_weights(name, weights, who, "rollout_step", reason, rollouts)
@@ -295,6 +386,32 @@ class RolloutController:
         extra = exported_buckets(remote, name, variant, self.clock() - self.wall())
         return self.stats.summary(name, variant, since=since, extra=extra)
 
+    def _judgement(self, name: str, route: Route, plan: Rollout, state: RolloutState,
+                   remote: Sequence[list[dict]] | None) -> Judgement:  # fmt: skip
+        """Judge the step running since `state.step_started`; with a control store (`remote` given) on every
+        gateway's outcomes."""
+        if remote is None:
+            canary = self.stats.summary(name, plan.canary, since=state.step_started)
+            baseline = self.stats.summary(name, route.baseline.name, since=state.step_started)
+        else:
+            canary = self._summary(name, plan.canary, state.step_started, remote)
+            baseline = self._summary(name, route.baseline.name, state.step_started, remote)
+        return assess(plan, state.step, Window.of(plan.canary, canary), Window.of(route.baseline.name, baseline),
+                      self.wall())  # fmt: skip
+
+    def _due(self, state: RolloutState, plan: Rollout, judgement: Judgement) -> bool:
+        """Whether a healthy step has run its interval with enough canary requests: time for the next one."""
+        return judgement.verdict == "healthy" and self.clock() - state.step_started >= plan.interval_s
+
+    @staticmethod
+    def _completion(name: str, state: RolloutState, plan: Rollout, judgement: Judgement) -> tuple:
+        """The completed state and its audit record (who, action, route, before, after, reason)."""
+        reason = f"canary healthy at {plan.steps[-1]}%"
+        done = replace(state, state="completed", last_reason=reason, judgement=judgement)
+        record = (WHO, "rollout_completed", name, {"state": state.state, "step": state.step},
+                  {"state": "completed"}, f"{reason}; {judgement.describe()}")  # fmt: skip
+        return done, record
+
     async def _evaluate_shared(self, name: str, remote: Sequence[list[dict]] = ()) -> None:
         state = self.state(name)
         if state.state != "running":
@@ -309,22 +426,41 @@ class RolloutController:
             )
             return
         plan = route.rollout
-        canary = self._summary(name, plan.canary, state.step_started, remote)
-        baseline = self._summary(name, route.baseline.name, state.step_started, remote)
-        if canary.requests >= plan.min_requests and (reason := judge(plan, canary, baseline)):
-            rolled_back = replace(state, state="rolled_back", last_reason=reason)
+        judgement = self._judgement(name, route, plan, state, remote)
+        if judgement.verdict == "breach":
+            rolled_back = replace(
+                state, state="rolled_back", last_reason=judgement.reason, judgement=judgement
+            )
             with self._own_change(name):
-                await self.live.rollback(name, WHO, reason, self._put(name, rolled_back, "running"))
-            log.warning("canary rolled back", extra={"route": name, "reason": reason})
+                await self.live.rollback(name, WHO, f"{judgement.reason}; {judgement.describe()}",
+                                         self._put(name, rolled_back, "running"))  # fmt: skip
+            log.warning("canary rolled back", extra={"route": name, "reason": judgement.reason})
             return
-        if self.clock() - state.step_started < plan.interval_s or canary.requests < plan.min_requests:
+        if not self._due(state, plan, judgement):
+            await self._write_judgement(name, state, judgement)
             return
         if state.step + 1 == len(plan.steps):
-            done = replace(state, state="completed", last_reason=f"canary healthy at {plan.steps[-1]}%")
-            await self.live.change_rollouts(self._put(name, done, "running"), [])
+            done, record = self._completion(name, state, plan, judgement)
+            await self.live.change_rollouts(self._put(name, done, "running"), [record])
             return
         step = state.step + 1
-        await self._step(name, route, plan, step, WHO, replace(state, step=step, step_started=self.clock()))
+        new = replace(state, step=step, step_started=self.clock(), judgement=judgement)
+        await self._step(name, route, plan, step, WHO, new, judgement)
+
+    async def _write_judgement(self, name: str, state: RolloutState, judgement: Judgement) -> None:
+        """Share a judgement that decided nothing, at most every JUDGEMENT_WRITE_S (a store write each)."""
+        last = state.judgement
+        if last is not None and last.step == judgement.step and judgement.at - last.at < JUDGEMENT_WRITE_S:
+            return
+        encoded = self._encode(replace(state, judgement=judgement))["judgement"]
+
+        def put(rollouts: dict) -> dict:
+            current = rollouts.get(name)
+            if current is None or current.get("state") != "running" or current.get("step") != judgement.step:
+                return rollouts  # changed meanwhile (stopped, stepped): this judgement is of the past
+            return {**rollouts, name: {**current, "judgement": encoded}}
+
+        await self.live.change_rollouts(put, [])
 
     async def _evaluate_one(self, name: str) -> None:  # this process's own rollouts (no control store)
         # Read the state now, not from a snapshot taken before an earlier route's rollback was awaited.
@@ -337,24 +473,24 @@ class RolloutController:
             self.stop(name, WHO, "the route or its rollout plan is gone")
             return
         plan = route.rollout
-        canary = self.stats.summary(name, plan.canary, since=state.step_started)
-        baseline = self.stats.summary(name, route.baseline.name, since=state.step_started)
-        if canary.requests >= plan.min_requests and (reason := judge(plan, canary, baseline)):
-            self._states[name] = replace(state, state="rolled_back", last_reason=reason)
+        judgement = self._judgement(name, route, plan, state, None)
+        if judgement.verdict == "breach":
+            self._states[name] = replace(state, state="rolled_back", last_reason=judgement.reason,
+                                         judgement=judgement)  # fmt: skip
             with self._own_change(name):
-                await self.live.rollback(name, WHO, reason)
-            log.warning("canary rolled back", extra={"route": name, "reason": reason})
+                await self.live.rollback(name, WHO, f"{judgement.reason}; {judgement.describe()}")
+            log.warning("canary rolled back", extra={"route": name, "reason": judgement.reason})
             return
-        if self.clock() - state.step_started < plan.interval_s or canary.requests < plan.min_requests:
+        if not self._due(state, plan, judgement):
+            self._states[name] = replace(state, judgement=judgement)
             return
         if state.step + 1 == len(plan.steps):
-            self._states[name] = replace(
-                state, state="completed", last_reason=f"canary healthy at {plan.steps[-1]}%"
-            )
+            self._states[name], record = self._completion(name, state, plan, judgement)
+            self.live.audit.append(*record)
             return
         step = state.step + 1
-        self._states[name] = replace(state, step=step, step_started=self.clock())
-        self._set_step(name, route, plan, step, WHO)
+        self._states[name] = replace(state, step=step, step_started=self.clock(), judgement=judgement)
+        self._set_step(name, route, plan, step, WHO, judgement)
 
     async def _loop(self) -> None:
         while True:

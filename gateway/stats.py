@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import math
 import time
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+
+from meshserve.core.metrics import LATENCY_BUCKETS
 
 # Latency histogram: bin i holds latencies in (FLOOR_S * RATIO**(i-1), FLOOR_S * RATIO**i]; bin 0 everything up to
 # FLOOR_S, the last bin everything from CEILING_S up.
@@ -44,6 +47,25 @@ class WindowSummary:
 
 
 @dataclass(slots=True)
+class LatencyTotals:
+    """Latencies of one (route, variant) since start, in Prometheus' buckets (`LATENCY_BUCKETS`, then +Inf): what
+    `meshserve_gateway_route_request_duration_seconds` exports. Counts per bucket, not cumulative (cheaper to
+    record); `cumulative()` gives the exposition's form."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    sum_s: float = 0.0
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """[(le, observations <= le)], ending with +Inf: from a copy, so a concurrent `record` cannot make the
+        +Inf bucket disagree with the others."""
+        out, seen = [], 0
+        for bound, count in zip((*LATENCY_BUCKETS, math.inf), list(self.counts), strict=True):
+            seen += count
+            out.append(("+Inf" if bound == math.inf else repr(bound), seen))
+        return out
+
+
+@dataclass(slots=True)
 class _Bucket:
     index: int  # start time // bucket_s
     requests: int = 0
@@ -72,6 +94,7 @@ class VariantStats:
         self.totals: dict[
             tuple[str, str], list[int]
         ] = {}  # (route, variant) -> [requests, errors], since start
+        self.latency_totals: dict[tuple[str, str], LatencyTotals] = {}  # the same outcomes' latencies
 
     def record(self, route: str, variant: str, ok: bool, latency_s: float) -> None:
         key = (route, variant)
@@ -96,6 +119,11 @@ class VariantStats:
             totals = self.totals[key] = [0, 0]
         totals[0] += 1
         totals[1] += not ok
+        latencies = self.latency_totals.get(key)
+        if latencies is None:
+            latencies = self.latency_totals[key] = LatencyTotals()
+        latencies.counts[bisect_left(LATENCY_BUCKETS, latency_s)] += 1  # le: a latency on a bound is in it
+        latencies.sum_s += latency_s
 
     def _oldest_index(self, start: float) -> int:
         """The first bucket that overlaps [start, now]."""

@@ -8,16 +8,19 @@ that asks for none).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import time
 from pathlib import Path
 from typing import Annotated
 
-import grpc
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from meshserve.admin.v1 import admin_pb2, admin_pb2_grpc
+from meshserve.cli.errors import dial
+from meshserve.cli.output import Output, OutputOption, print_json
 
 console = Console()
 routes_app = typer.Typer(help="Live routes: list, reload, audit log.", no_args_is_help=True)
@@ -61,17 +64,79 @@ def _call(target: str | None, method: str, request, timeout_s: float = 10.0):
     found = locate("admin", target)
 
     async def go():
-        from meshserve.mesh import cli_channel  # TLS with the `admin` certificate when the mesh runs with it
-
-        async with cli_channel(found.address, tls=found.tls) as channel:
+        # TLS with the `admin` certificate when the mesh runs with it; a failed call is one line (CliError)
+        async with dial(found, "admin", flag="--admin") as channel:
             stub = admin_pb2_grpc.AdminServiceStub(channel)
             return await getattr(stub, method)(request, timeout=timeout_s, metadata=metadata)
 
-    try:
-        return asyncio.run(go())
-    except grpc.aio.AioRpcError as exc:
-        console.print(f"[red]{exc.code().name}[/]: {exc.details()}")
-        raise typer.Exit(1) from None
+    return asyncio.run(go())
+
+
+def _window(w: admin_pb2.JudgedWindow) -> dict:
+    return {"variant": w.variant, "requests": w.requests, "errors": w.errors, "error_rate": w.error_rate,
+            "p99_seconds": w.p99_seconds}  # fmt: skip
+
+
+def route_dict(status: admin_pb2.RouteStatus) -> dict:
+    """A route's status as `-o json` prints it: plain JSON types (numbers stay numbers)."""
+    r = status.rollout
+    rollout: dict = {"state": r.state, "canary": r.canary, "step": r.step, "steps": list(r.steps),
+                     "last_reason": r.last_reason, "last_judgement": None}  # fmt: skip
+    if r.HasField("last_judgement"):
+        j = r.last_judgement
+        rollout["last_judgement"] = {
+            "time": j.time, "step": j.step, "verdict": j.verdict, "reason": j.reason,
+            "canary": _window(j.canary), "baseline": _window(j.baseline),
+            "thresholds": {"max_error_rate_increase": j.max_error_rate_increase, "max_p99_ratio": j.max_p99_ratio,
+                           "min_requests": j.min_requests},
+        }  # fmt: skip
+    return {
+        "route": status.route,
+        "sticky": status.sticky,
+        "fallback": list(status.fallback),
+        "variants": [
+            {
+                "name": v.name,
+                "model": v.model,
+                "version": v.version,
+                "weight": v.weight,
+                "requests": v.requests,
+                "errors": v.errors,
+                "ejected": v.ejected,
+            }
+            for v in status.variants
+        ],  # fmt: skip
+        "shadows": [
+            {
+                "variant": s.variant,
+                "percent": s.percent,
+                "compared": s.compared,
+                "failed": s.failed,
+                "mean_abs_score_diff": s.mean_abs_score_diff,
+                "label_agreement": s.label_agreement,
+            }
+            for s in status.shadows
+        ],  # fmt: skip
+        "rollout": rollout,
+    }
+
+
+def _side(role: str, w: admin_pb2.JudgedWindow) -> str:
+    return (f"{role} {w.variant}: {w.requests} calls, {w.errors} errors ({w.error_rate:.1%}), "
+            f"p99 {w.p99_seconds * 1000:.1f} ms")  # fmt: skip
+
+
+def show_judgement(j: admin_pb2.Judgement) -> None:
+    when = time.strftime("%H:%M:%S", time.localtime(j.time))
+    colour = {"breach": "red", "healthy": "green"}.get(j.verdict, "yellow")
+    console.print(f"  last judgement at {when}, step {j.step + 1}: [{colour}]{j.verdict}[/]"
+                  + (f" ({j.reason})" if j.reason else ""))  # fmt: skip
+    console.print(f"    {_side('canary', j.canary)}")
+    console.print(f"    {_side('baseline', j.baseline)}")
+    console.print(
+        f"    thresholds: error rate at most +{j.max_error_rate_increase:.1%} over the baseline, "
+        f"p99 at most {j.max_p99_ratio:g}x the baseline's, judged from {j.min_requests} canary calls"
+    )
 
 
 def show_route(status: admin_pb2.RouteStatus) -> None:
@@ -95,12 +160,24 @@ def show_route(status: admin_pb2.RouteStatus) -> None:
         console.print(
             f"  rollout of {r.canary}: {r.state} at step {r.step + 1}/{len(r.steps)} ({steps}) {r.last_reason}"
         )
+        if r.HasField("last_judgement"):
+            show_judgement(r.last_judgement)
+
+
+def _show(status: admin_pb2.RouteStatus, output: Output) -> None:
+    if output is Output.JSON:
+        print_json(route_dict(status))
+    else:
+        show_route(status)
 
 
 @routes_app.command("list")
-def routes_list(admin: Target = DEFAULT_ADMIN) -> None:
-    """Every route with its live weights, health, shadows and rollout."""
+def routes_list(admin: Target = DEFAULT_ADMIN, output: OutputOption = Output.TABLE) -> None:
+    """Every route with its live weights, health, shadows, rollout and the judge's last numbers."""
     reply = _call(admin, "ListRoutes", admin_pb2.ListRoutesRequest())
+    if output is Output.JSON:
+        print_json({"routes_file": reply.routes_file, "routes": [route_dict(s) for s in reply.routes]})
+        return
     console.print(f"routes file: {reply.routes_file}")
     for status in reply.routes:
         show_route(status)
@@ -117,9 +194,16 @@ def routes_reload(admin: Target = DEFAULT_ADMIN) -> None:
 
 
 @routes_app.command("audit")
-def routes_audit(limit: int = 20, admin: Target = DEFAULT_ADMIN) -> None:
-    """The newest entries of the audit log."""
+def routes_audit(limit: int = 20, admin: Target = DEFAULT_ADMIN, output: OutputOption = Output.TABLE) -> None:
+    """The newest entries of the audit log (a rollout's steps, completion and rollback carry the judge's numbers)."""
     reply = _call(admin, "GetAuditLog", admin_pb2.GetAuditLogRequest(limit=limit))
+    if output is Output.JSON:
+        print_json([
+            {"time": e.time, "who": e.who, "action": e.action, "route": e.route, "before": _json(e.before),
+             "after": _json(e.after), "reason": e.reason}
+            for e in reply.entries
+        ])  # fmt: skip
+        return
     table = Table(title="audit log")
     for column in ("time", "who", "action", "route", "before", "after", "reason"):
         table.add_column(column)
@@ -128,15 +212,20 @@ def routes_audit(limit: int = 20, admin: Target = DEFAULT_ADMIN) -> None:
     console.print(table)
 
 
+def _json(text: str) -> object:
+    """An audit entry's before/after (JSON text in the reply) as data; an empty field as null."""
+    return json.loads(text) if text else None
+
+
 @canary_app.command("status")
-def canary_status(route: str, admin: Target = DEFAULT_ADMIN) -> None:
-    """One route's weights, shadow comparison and rollout state."""
+def canary_status(route: str, admin: Target = DEFAULT_ADMIN, output: OutputOption = Output.TABLE) -> None:
+    """One route's weights, shadow comparison, rollout state and the judge's last numbers and thresholds."""
     reply = _call(admin, "ListRoutes", admin_pb2.ListRoutesRequest())
     matches = [s for s in reply.routes if s.route == route]
     if not matches:
         console.print(f"[red]NOT_FOUND[/]: unknown route {route!r}")
         raise typer.Exit(1)
-    show_route(matches[0])
+    _show(matches[0], output)
 
 
 @canary_app.command("weights")
@@ -144,17 +233,25 @@ def canary_weights(
     route: str,
     weights: Annotated[list[str], typer.Argument(help="variant=weight ...")],
     admin: Target = DEFAULT_ADMIN,
+    output: OutputOption = Output.TABLE,
 ) -> None:
-    """Set variant weights, e.g. `meshserve canary weights fraud stable=90 canary=10`."""
+    """Set variant weights, e.g. `meshserve canary weights fraud stable=90 canary=10`. Weights are shares of the
+    route's traffic (>= 0, not all zero); the gateway scales them to sum to 100 and shows them so."""
     parsed = {}
     for item in weights:
         name, _, value = item.partition("=")
         try:
             parsed[name] = float(value)
         except ValueError:
-            console.print(f"[red]expected variant=weight, got {item!r}[/]")
+            console.print(f"[red]expected variant=weight with a number, got {item!r}[/]")
             raise typer.Exit(2) from None
-    show_route(_call(admin, "SetWeights", admin_pb2.SetWeightsRequest(route=route, weights=parsed)))
+    status = _call(admin, "SetWeights", admin_pb2.SetWeightsRequest(route=route, weights=parsed))
+    if output is Output.TABLE:
+        live = {v.name: v.weight for v in status.variants}
+        if any(abs(live.get(name, weight) - weight) > 1e-9 for name, weight in parsed.items()):
+            shares = ", ".join(f"{name}={weight:.4g}" for name, weight in live.items())
+            console.print(f"weights are shares of the traffic, scaled to sum to 100: {shares}")
+    _show(status, output)
 
 
 @canary_app.command("promote")

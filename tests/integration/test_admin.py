@@ -110,13 +110,30 @@ async def test_weights_promote_and_rollback_change_traffic_and_are_audited(gatew
     assert [json.loads(line)["action"] for line in lines] == ["set_weights", "promote", "rollback"]
 
 
+async def test_weights_are_shares_scaled_to_sum_to_100(gateway):
+    status = await gateway.admin.SetWeights(
+        admin_pb2.SetWeightsRequest(route="fraud", weights={"stable": 90, "canary": 20}), timeout=5
+    )
+    weights = {v.name: v.weight for v in status.variants}
+    assert weights == pytest.approx({"stable": 81.818, "canary": 18.182}, abs=0.001)
+    audit = (await gateway.admin.GetAuditLog(admin_pb2.GetAuditLogRequest(), timeout=5)).entries
+    assert json.loads(audit[-1].after) == pytest.approx(weights)  # stored and audited as served
+
+
 async def test_bad_weights_are_refused_and_change_nothing(gateway):
-    for weights in ({"stable": 0, "canary": 0}, {"ghost": 10}, {"stable": -1}):
+    for weights, field in (
+        ({"stable": 0, "canary": 0}, "weights:"),
+        ({"ghost": 10}, "weights.ghost:"),
+        ({"stable": -1}, "weights.stable:"),
+        ({"canary": float("nan")}, "weights.canary:"),
+        ({}, "weights:"),
+    ):
         with pytest.raises(grpc.aio.AioRpcError) as failure:
             await gateway.admin.SetWeights(
                 admin_pb2.SetWeightsRequest(route="fraud", weights=weights), timeout=5
             )
         assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert failure.value.details().startswith(field), failure.value.details()
     assert {v.name: v.weight for v in (await gateway.status("fraud")).variants} == {
         "stable": 100,
         "canary": 0,
@@ -220,9 +237,34 @@ async def test_failing_canary_is_rolled_back_by_the_rollout_and_audited(gateway)
     assert status.rollout.state == "rolled_back"
     assert "error rate" in status.rollout.last_reason
     assert {v.name: v.weight for v in status.variants} == {"stable": 100, "canary": 0}
+    judged = status.rollout.last_judgement  # the numbers that decided, with the plan's thresholds
+    assert judged.verdict == "breach" and judged.reason == status.rollout.last_reason
+    assert (judged.canary.variant, judged.baseline.variant) == ("canary", "stable")
+    assert judged.canary.requests >= 10 and judged.canary.errors >= 1
+    assert judged.canary.error_rate == pytest.approx(judged.canary.errors / judged.canary.requests)
+    assert judged.canary.error_rate - judged.baseline.error_rate > judged.max_error_rate_increase == 0.02
+    assert (judged.max_p99_ratio, judged.min_requests) == (2.0, 10)
+    assert judged.canary.p99_seconds > 0 and abs(judged.time - time.time()) < 60
     audit = (await gateway.admin.GetAuditLog(admin_pb2.GetAuditLogRequest(), timeout=5)).entries
     assert [(e.who, e.action) for e in audit][-1] == ("rollout", "rollback")
     assert "error rate" in audit[-1].reason
+    assert f"canary canary {judged.canary.requests} requests" in audit[-1].reason
+    assert "thresholds: error rate +2.0%, p99 x2, 10 requests" in audit[-1].reason
+    # and in Prometheus, from the gateway's own registry
+    metrics = {
+        f"{s.name}{{{','.join(f'{k}={v}' for k, v in sorted(s.labels.items()))}}}": s.value
+        for family in gateway.service.metrics.registry.collect()
+        for s in family.samples
+    }
+    prefix = "meshserve_gateway_rollout"
+    assert metrics[
+        f"{prefix}_judged_error_rate{{role=canary,route=rollout,variant=canary}}"
+    ] == pytest.approx(judged.canary.error_rate)
+    assert metrics[f"{prefix}_judged_requests{{role=baseline,route=rollout,variant=stable}}"] == (
+        judged.baseline.requests
+    )
+    assert metrics[f"{prefix}_threshold{{route=rollout,threshold=max_error_rate_increase}}"] == 0.02
+    assert metrics[f"{prefix}_verdict{{route=rollout,verdict=breach}}"] == 1
 
 
 async def test_healthy_canary_is_stepped_up_to_full_traffic(gateway):
@@ -233,10 +275,12 @@ async def test_healthy_canary_is_stepped_up_to_full_traffic(gateway):
     status = await _drive(gateway, "healthy-rollout", lambda s: s.rollout.state != "running", seconds=20)
     assert status.rollout.state == "completed"
     assert {v.name: v.weight for v in status.variants} == {"stable": 0, "canary": 100}
-    steps = [
-        e.after for e in (await gateway.admin.GetAuditLog(admin_pb2.GetAuditLogRequest(), timeout=5)).entries
-    ]
-    assert [json.loads(s)["canary"] for s in steps] == [30, 100]
+    audit = (await gateway.admin.GetAuditLog(admin_pb2.GetAuditLogRequest(), timeout=5)).entries
+    assert [e.action for e in audit] == ["rollout_step", "rollout_step", "rollout_completed"]
+    assert [json.loads(e.after)["canary"] for e in audit[:2]] == [30, 100]
+    judged = status.rollout.last_judgement
+    assert judged.verdict == "healthy" and judged.step == 1 and judged.canary.requests >= 5
+    assert f"healthy at step 2: canary canary {judged.canary.requests} requests" in audit[-1].reason
 
 
 async def test_retry_budget_and_ejection_stop_a_dead_canary_costing_attempts_then_probe_it_back(gateway):

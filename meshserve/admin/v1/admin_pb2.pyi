@@ -132,19 +132,57 @@ class ShadowStatus(_message.Message):
     label_agreement: float
     def __init__(self, variant: _Optional[str] = ..., percent: _Optional[float] = ..., compared: _Optional[int] = ..., failed: _Optional[int] = ..., mean_abs_score_diff: _Optional[float] = ..., label_agreement: _Optional[float] = ...) -> None: ...
 
+class JudgedWindow(_message.Message):
+    __slots__ = ("variant", "requests", "errors", "error_rate", "p99_seconds")
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_RATE_FIELD_NUMBER: _ClassVar[int]
+    P99_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    variant: str
+    requests: int
+    errors: int
+    error_rate: float
+    p99_seconds: float
+    def __init__(self, variant: _Optional[str] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., error_rate: _Optional[float] = ..., p99_seconds: _Optional[float] = ...) -> None: ...
+
+class Judgement(_message.Message):
+    __slots__ = ("time", "step", "verdict", "canary", "baseline", "max_error_rate_increase", "max_p99_ratio", "min_requests", "reason")
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    CANARY_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
+    MAX_ERROR_RATE_INCREASE_FIELD_NUMBER: _ClassVar[int]
+    MAX_P99_RATIO_FIELD_NUMBER: _ClassVar[int]
+    MIN_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    time: float
+    step: int
+    verdict: str
+    canary: JudgedWindow
+    baseline: JudgedWindow
+    max_error_rate_increase: float
+    max_p99_ratio: float
+    min_requests: int
+    reason: str
+    def __init__(self, time: _Optional[float] = ..., step: _Optional[int] = ..., verdict: _Optional[str] = ..., canary: _Optional[_Union[JudgedWindow, _Mapping]] = ..., baseline: _Optional[_Union[JudgedWindow, _Mapping]] = ..., max_error_rate_increase: _Optional[float] = ..., max_p99_ratio: _Optional[float] = ..., min_requests: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
 class RolloutStatus(_message.Message):
-    __slots__ = ("state", "canary", "step", "steps", "last_reason")
+    __slots__ = ("state", "canary", "step", "steps", "last_reason", "last_judgement")
     STATE_FIELD_NUMBER: _ClassVar[int]
     CANARY_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     LAST_REASON_FIELD_NUMBER: _ClassVar[int]
+    LAST_JUDGEMENT_FIELD_NUMBER: _ClassVar[int]
     state: str
     canary: str
     step: int
     steps: _containers.RepeatedScalarFieldContainer[float]
     last_reason: str
-    def __init__(self, state: _Optional[str] = ..., canary: _Optional[str] = ..., step: _Optional[int] = ..., steps: _Optional[_Iterable[float]] = ..., last_reason: _Optional[str] = ...) -> None: ...
+    last_judgement: Judgement
+    def __init__(self, state: _Optional[str] = ..., canary: _Optional[str] = ..., step: _Optional[int] = ..., steps: _Optional[_Iterable[float]] = ..., last_reason: _Optional[str] = ..., last_judgement: _Optional[_Union[Judgement, _Mapping]] = ...) -> None: ...
 
 class RouteStatus(_message.Message):
     __slots__ = ("route", "variants", "fallback", "sticky", "shadows", "rollout")

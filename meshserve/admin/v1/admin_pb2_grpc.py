@@ -101,7 +101,9 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetWeights(self, request, context):
-        """Sets the weights of the named variants; the others keep theirs.
+        """Sets the weights of the named variants; the others keep theirs. Weights are shares of the route's traffic:
+        each finite and >= 0, not all zero; the route's weights are then scaled to sum to 100 (stable=90 canary=20
+        becomes 81.8 / 18.2), and the reply shows them so. Otherwise INVALID_ARGUMENT naming the weight.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
