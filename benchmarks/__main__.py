@@ -33,6 +33,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from benchmarks.bulk import BulkResult, bulk_table, measure_bulk_score
 from benchmarks.cpu import CpuMeter, descendants
 from benchmarks.load import LoadResult, closed_loop, open_loop
 from benchmarks.peers import EnvoyPeer
@@ -80,6 +81,7 @@ class BenchConfig:
     timeout_s: float
     open_loop: bool = True
     gateways: int = 2  # gateway processes of the mesh gateway-infer-gateways runs against
+    score_rows: int = 100_000  # rows `meshserve score` scores through the plain mesh at the end; 0: none
 
     def plan(self) -> list[tuple[str, int]]:
         """Concurrency by concurrency, baselines first, so each ratio compares runs close in time."""
@@ -155,7 +157,7 @@ def _stats_client(mesh: LocalMesh) -> triton_aio.InferenceServerClient:
     return triton_aio.InferenceServerClient(mesh.endpoints.triton_grpc, **tls_options(tls))
 
 
-async def run_all(config: BenchConfig, run_dir: Path) -> list[Summary]:
+async def run_all(config: BenchConfig, run_dir: Path) -> tuple[list[Summary], BulkResult | None]:
     mesh = _mesh(run_dir)
     # a second mesh, every hop on mTLS, only when a scenario needs it; measured alone like the first
     wants_tls = any(SCENARIOS[name].tls for name in config.scenarios)
@@ -226,6 +228,11 @@ async def run_all(config: BenchConfig, run_dir: Path) -> list[Summary]:
                 results.append(await bench.measure(name, 0, say, rate_rps=rate))
                 _check(mesh)
                 progress.advance(task)
+        bulk = None
+        if config.score_rows:
+            with console.status(f"meshserve score: {config.score_rows:,} rows through the mesh..."):
+                bulk = await measure_bulk_score(ep.gateway, bench.cpu, config.score_rows, run_dir)
+            _check(mesh)
     finally:
         await stats.close()
         for other in (tls_bench, many_bench):
@@ -237,7 +244,7 @@ async def run_all(config: BenchConfig, run_dir: Path) -> list[Summary]:
             for other_mesh in (tls_mesh, many_mesh):
                 if other_mesh is not None:
                     await other_mesh.stop()
-    return results
+    return results, bulk
 
 
 def _mesh_of(scenario) -> str:
@@ -278,20 +285,27 @@ def main(
     gateways: Annotated[
         int, typer.Option(min=2, help="gateway processes for gateway-infer-gateways (one port, SO_REUSEPORT)")
     ] = 2,
+    score_rows: Annotated[
+        int, typer.Option(min=0, help="rows `meshserve score` scores through the mesh at the end (0: skip)")
+    ] = 100_000,
 ) -> None:
     """Throughput, p50/p99 latency, errors and Triton's average batch size: direct Triton vs the mesh."""
     names = scenario or list(SCENARIOS)
     if unknown := sorted(set(names) - set(SCENARIOS)):
         raise typer.BadParameter(f"unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}")
-    config = BenchConfig(names, concurrency or [1, 16, 64], duration, warmup, timeout, open_loop, gateways)
+    config = BenchConfig(
+        names, concurrency or [1, 16, 64], duration, warmup, timeout, open_loop, gateways, score_rows
+    )
     for name in names:
         console.print(f"[bold]{name}[/]: {SCENARIOS[name].description}")
 
     with tempfile.TemporaryDirectory(prefix="meshserve-bench-") as tmp:
-        results = uvloop.run(run_all(config, run_dir or Path(tmp)))
+        results, bulk = uvloop.run(run_all(config, run_dir or Path(tmp)))
 
     console.print(results_table(results))
     console.print(cpu_table(results))
+    if bulk is not None:
+        console.print(bulk_table(bulk))
     for r in results:
         if r.errors:
             console.print(
@@ -306,8 +320,8 @@ def main(
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     path = out or Path("bench-results") / f"bench-{stamp}.json"
     settings = {"scenarios": names, "concurrency": config.concurrency, "duration_s": duration,
-                "warmup_s": warmup, "timeout_s": timeout, "gateways": gateways, "open_loop_load": OPEN_LOOP_LOAD if open_loop else None}  # fmt: skip
-    write_json(path, run_info(REPO_ROOT), settings, results)
+                "warmup_s": warmup, "timeout_s": timeout, "gateways": gateways, "open_loop_load": OPEN_LOOP_LOAD if open_loop else None, "score_rows": score_rows}  # fmt: skip
+    write_json(path, run_info(REPO_ROOT), settings, results, bulk.to_json() if bulk else None)
     console.print(f"wrote {path}")
 
 

@@ -321,11 +321,14 @@ def run_info(repo: Path) -> dict:
     }
 
 
-def write_json(path: Path, info: dict, settings: dict, results: Sequence[Summary]) -> Path:
+def write_json(
+    path: Path, info: dict, settings: dict, results: Sequence[Summary], bulk_score: dict | None = None
+) -> Path:
     rows = [
         {**asdict(r), "vs_baseline": asdict(c)} for r, c in zip(results, comparisons(results), strict=True)
     ]
-    document = {**info, "settings": settings, "results": rows, "targets": check_targets(results)}
+    document = {**info, "settings": settings, "results": rows, "targets": check_targets(results),
+                "bulk_score": bulk_score}  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(_without_nan(document), indent=2, allow_nan=False) + "\n")
     return path
