@@ -6,6 +6,10 @@ Python, rather than when Envoy starts; it is then written in Envoy's own proto-J
 Security at the edge (docs/security.md): the listener may terminate TLS, the hop to the gateway is TLS verified
 against the mesh's CA (with a client certificate when one is given), and `envoy.filters.http.jwt_authn` may
 reject calls without a valid JWT before they reach the gateway, which verifies the token again itself.
+
+Observability and deadlines: per-method gRPC counters (grpc_stats) in /stats/prometheus, spans to the mesh's
+OTLP collector when one is named, a caller's grpc-timeout honoured up to the gateway's own ceiling, and retries
+only of calls no gateway answered (the gateway retries inside the mesh itself).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 from typing import Any as JSON
+from typing import Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -23,9 +28,12 @@ from envoy_data_plane.envoy.config.cluster import v3 as cluster
 from envoy_data_plane.envoy.config.core import v3 as core
 from envoy_data_plane.envoy.config.endpoint import v3 as endpoint
 from envoy_data_plane.envoy.config.listener import v3 as listener
+from envoy_data_plane.envoy.config.metrics import v3 as metrics
 from envoy_data_plane.envoy.config.overload import v3 as overload
 from envoy_data_plane.envoy.config.route import v3 as route
+from envoy_data_plane.envoy.config.trace import v3 as trace
 from envoy_data_plane.envoy.extensions.access_loggers.stream.v3 import StdoutAccessLog
+from envoy_data_plane.envoy.extensions.filters.http.grpc_stats.v3 import FilterConfig as GrpcStatsConfig
 from envoy_data_plane.envoy.extensions.filters.http.jwt_authn import v3 as jwt_authn
 from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
 from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager import v3 as hcm
@@ -39,11 +47,13 @@ from envoy_data_plane.envoy.type.matcher.v3 import StringMatcher
 from envoy_data_plane.envoy.type.v3 import Percent
 from envoy_data_plane.google.protobuf import Any as AnyMessage
 from envoy_data_plane.google.protobuf import Struct
-from pydantic import Field, model_validator
+from grpc_health.v1 import health_pb2
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from tritonclient.grpc import service_pb2 as triton_pb2
 
-from gateway.routes import Route as GatewayRoute
 from gateway.settings import GatewaySettings
+from meshserve.gateway.v1 import gateway_pb2
 
 __all__ = [
     "EnvoySettings",
@@ -56,6 +66,9 @@ __all__ = [
 
 GATEWAY_CLUSTER = "gateway"
 JWKS_CLUSTER = "jwks"
+OTLP_CLUSTER = "otlp"
+ADMIN_CLUSTER = "envoy_admin"
+PROMETHEUS_PATH = "/stats/prometheus"
 JWT_PROVIDER = "meshserve"
 # Where the certificates live in every container: the compose `certs` volume, or a cert-manager Secret mounted
 # with the same file names in Kubernetes (deploy/k8s/base/certificates.yaml).
@@ -64,10 +77,16 @@ CERTS_DIR = Path("/certs")
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 DEFAULT_OUT = Path("deploy/envoy/envoy.yaml")
 REGENERATE = f"meshserve deploy envoy --out {DEFAULT_OUT}"
-# The gateway's own per-route budget: each Envoy attempt must outlast it, so the gateway's answer (its fallback
-# tier, its default answer or its DEADLINE_EXCEEDED) reaches the caller instead of Envoy cutting it off.
-_GATEWAY_BUDGET_S = GatewayRoute.model_fields["timeout_ms"].default / 1000
 _GATEWAY_PORT = GatewaySettings.model_fields["port"].default
+# The longest deadline the gateway honours; the edge caps a caller's grpc-timeout at the same value.
+_GATEWAY_MAX_DEADLINE_S = GatewaySettings.model_fields["max_deadline_s"].default
+# What the gateway serves on its public port: these methods get their own grpc_stats counters. Any other path
+# a caller invents is counted under one shared name, so strangers cannot grow Envoy's stats without bound.
+GRPC_SERVICES = (
+    gateway_pb2.DESCRIPTOR.services_by_name["PredictionService"],
+    triton_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"],
+    health_pb2.DESCRIPTOR.services_by_name["Health"],
+)
 
 
 class EnvoySettings(BaseSettings):
@@ -81,17 +100,45 @@ class EnvoySettings(BaseSettings):
         "127.0.0.1", description="admin API (/ready, /stats); it can stop Envoy: keep private"
     )
     admin_port: int = Field(9901, ge=1, le=65535)
+    metrics_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="a listener (on listen_host) serving only the admin API's /stats/prometheus, for Prometheus; "
+        "unset: none",
+    )
     gateway_host: str = Field(
         "gateway", description="the gateway's DNS name or IP; every address it resolves to"
     )
     gateway_port: int = Field(_GATEWAY_PORT, ge=1, le=65535)
     connect_timeout_s: float = Field(1.0, gt=0)
-    route_timeout_s: float = Field(5.0, gt=0, description="whole call, retries included")
-    per_try_timeout_s: float = Field(_GATEWAY_BUDGET_S + 1.0, gt=0, description="one attempt")
-    # Transport failures plus the gRPC codes where the gateway never did the work. Not resource-exhausted: the
-    # gateway returns it for an oversized request, which would fail the same way every time.
-    retry_on: str = "connect-failure,refused-stream,reset,unavailable,cancelled"
-    num_retries: int = Field(2, ge=0)
+    # Deadlines: a caller's grpc-timeout is honoured, capped, and goes on to the gateway (Envoy rewrites the
+    # header when it caps it), which spends the same deadline. A call without one gets no deadline from the
+    # edge: any stream timer Envoy ran would be sent on as a grpc-timeout and replace the route's timeout_ms
+    # that the gateway applies to such calls (its fallback depends on it). stream_idle_timeout_s still ends a
+    # call whose gateway went silent.
+    max_grpc_timeout_s: float = Field(
+        _GATEWAY_MAX_DEADLINE_S,
+        gt=0,
+        description="a caller's grpc-timeout is honoured up to this (the gateway's max_deadline_s); longer ones "
+        "are cut to it, on the way to the gateway too",
+    )
+    stream_idle_timeout_s: float = Field(
+        _GATEWAY_MAX_DEADLINE_S + 5,
+        gt=0,
+        description="a call with nothing sent either way for this long is reset (calls without a deadline)",
+    )
+    # Retries only where no gateway has done, or could still do, the work: the connection failed, the gateway
+    # refused the stream unread (REFUSED_STREAM), or the stream was reset before an answer (a gateway that died
+    # mid-call, which therefore retried nothing). Never on a gRPC status: a gateway's UNAVAILABLE, DEADLINE_EXCEEDED or
+    # RESOURCE_EXHAUSTED comes after its own retries and fallback tiers (gateway/dispatch.py), and retrying it
+    # here would multiply the load of an outage. No per-try timeout either: it would cut a caller's deadline
+    # short, and `reset` would then retry a call a gateway is still working on.
+    retry_on: str = Field(
+        "connect-failure,refused-stream,reset",
+        description="Envoy's retry conditions (x-envoy-retry-on); see the comment before changing them",
+    )
+    num_retries: int = Field(2, ge=0, description="each on another gateway pod when there is one")
     # Envoy's circuit breakers, per cluster. max_retries is what keeps retries from multiplying an outage.
     max_connections: int = Field(1024, ge=1)
     max_pending_requests: int = Field(1024, ge=1)
@@ -142,12 +189,30 @@ class EnvoySettings(BaseSettings):
     jwt_clock_skew_s: int = Field(30, ge=0, description="the gateway's auth_jwt_leeway_s")
     jwt_jwks_cache_s: float = Field(300.0, gt=0, description="how long a fetched remote JWKS is kept")
     jwt_jwks_ca_file: Path = Field(
-        Path("/etc/ssl/certs/ca-certificates.crt"), description="roots an https JWKS URL is verified with"
+        Path("/etc/ssl/certs/ca-certificates.crt"),
+        description="roots an https JWKS or OTLP URL is verified with",
     )
     jwt_payload_header: str = Field(
         "x-jwt-payload", description="the verified payload, forwarded for logs (the gateway trusts the token)"
     )
     access_log: bool = Field(True, description="one JSON line per call on stdout")
+    grpc_stats: bool = Field(
+        True,
+        description="per-method gRPC counters (request, success, failure, by status) and upstream time in "
+        "/stats/prometheus, for the gateway's own methods; other paths share one set",
+    )
+    # Tracing: Envoy's span joins the caller's trace (W3C traceparent) and the gateway's span becomes its child.
+    tracing_otlp_endpoint: str | None = Field(
+        None,
+        description="OTLP collector URL, as OTEL_EXPORTER_OTLP_ENDPOINT (http://jaeger:4317); unset: no tracing",
+    )
+    tracing_otlp_protocol: Literal["grpc", "http/protobuf"] = Field(
+        "grpc", description="as OTEL_EXPORTER_OTLP_PROTOCOL; http/protobuf posts to <endpoint>/v1/traces"
+    )
+    tracing_service_name: str = Field("envoy", min_length=1, description="service.name of Envoy's spans")
+    tracing_sampling_percent: float = Field(
+        100.0, ge=0, le=100, description="share of calls Envoy traces (its random_sampling)"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> EnvoySettings:
@@ -157,15 +222,24 @@ class EnvoySettings(BaseSettings):
             raise ValueError("gateway_cert_file and gateway_key_file go together")
         if self.gateway_cert_file is not None and self.gateway_ca_file is None:
             raise ValueError("a client certificate for the gateway needs gateway_ca_file (TLS) too")
+        if self.metrics_port is not None and self.metrics_port in (self.listen_port, self.admin_port):
+            raise ValueError("metrics_port must differ from listen_port and admin_port")
         if self.jwt_jwks is None and (self.jwt_issuer or self.jwt_audiences):
             raise ValueError("jwt_issuer and jwt_audiences need jwt_jwks to verify tokens with")
         if self.jwt_jwks is not None and "://" in self.jwt_jwks:
             url = urlsplit(self.jwt_jwks)
             if url.scheme not in ("http", "https") or not url.hostname:
                 raise ValueError(f"jwt_jwks: expected a file or an http(s) URL, got {self.jwt_jwks!r}")
-        if self.per_try_timeout_s > self.route_timeout_s:
-            raise ValueError("per_try_timeout_s cannot exceed route_timeout_s")
         return self
+
+    @field_validator("tracing_otlp_endpoint")
+    @classmethod
+    def _collector_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            url = urlsplit(value)
+            if url.scheme not in ("http", "https") or not url.hostname:
+                raise ValueError(f"expected an http(s) URL such as http://jaeger:4317, got {value!r}")
+        return value
 
 
 def local_settings(**overrides: object) -> EnvoySettings:
@@ -245,11 +319,76 @@ def _jwt_filter(s: EnvoySettings) -> hcm.HttpFilter:
     return hcm.HttpFilter(name="envoy.filters.http.jwt_authn", typed_config=_typed(config))
 
 
+def _grpc_stats_filter() -> hcm.HttpFilter:
+    """cluster.gateway.grpc.<service>.<method>.{request_message_count,success,failure,total,<status code>} and
+    an upstream_rq_time histogram, per method the gateway serves. No filter state: unary calls, nothing to log."""
+    methods = core.GrpcMethodList(
+        services=[
+            core.GrpcMethodListService(name=service.full_name, method_names=list(service.methods_by_name))
+            for service in GRPC_SERVICES
+        ]
+    )
+    config = GrpcStatsConfig(individual_method_stats_allowlist=methods, enable_upstream_stats=True)
+    return hcm.HttpFilter(name="envoy.filters.http.grpc_stats", typed_config=_typed(config))
+
+
+# Envoy's own gRPC tags (envoy_grpc_bridge_service, _method) take the first dot-separated word after `grpc.` as
+# the service and the next as the method, nonsense for a package-qualified service. These two label the whole
+# service and the method, so /stats/prometheus says envoy_cluster_grpc_success{envoy_cluster_name="gateway",
+# grpc_service="meshserve.gateway.v1.PredictionService", grpc_method="Predict"}. (Envoy's own tags still come
+# along, and cannot be dropped alone; query these.)
+_GRPC_STATS_TAGS = {
+    "grpc_service": r"^cluster\.[^.]+\.grpc\.(([^.]+(?:\.[^.]+)*)\.)[^.]+\.[^.]+$",
+    "grpc_method": r"^cluster\.[^.]+\.grpc\.(?:[^.]+\.)+(([^.]+)\.)[^.]+$",
+}
+
+
+def _stats_config(s: EnvoySettings) -> metrics.StatsConfig | None:
+    if not s.grpc_stats:
+        return None
+    return metrics.StatsConfig(
+        stats_tags=[
+            metrics.TagSpecifier(tag_name=name, regex=regex) for name, regex in _GRPC_STATS_TAGS.items()
+        ]
+    )
+
+
+def _otlp_traces_url(s: EnvoySettings) -> tuple[str, int, bool, str]:
+    """(host, port, https, path) of the collector; the path is OTLP/HTTP's /v1/traces after the endpoint's."""
+    assert s.tracing_otlp_endpoint is not None
+    url = urlsplit(s.tracing_otlp_endpoint)
+    https = url.scheme == "https"
+    return str(url.hostname), url.port or (443 if https else 80), https, url.path.rstrip("/") + "/v1/traces"
+
+
+def _tracing(s: EnvoySettings) -> hcm.HttpConnectionManagerTracing | None:
+    """Envoy's OpenTelemetry tracer, exporting to the collector the mesh's processes use (OTLP over gRPC or
+    HTTP). Its span joins the caller's trace (W3C traceparent) and is the parent the gateway's span names."""
+    if s.tracing_otlp_endpoint is None:
+        return None
+    config = trace.OpenTelemetryConfig(service_name=s.tracing_service_name)
+    if s.tracing_otlp_protocol == "grpc":
+        config.grpc_service = core.GrpcService(
+            envoy_grpc=core.GrpcServiceEnvoyGrpc(cluster_name=OTLP_CLUSTER), timeout=_seconds(5)
+        )
+    else:
+        host, port, https, path = _otlp_traces_url(s)
+        scheme = "https" if https else "http"
+        config.http_service = core.HttpService(
+            http_uri=core.HttpUri(
+                uri=f"{scheme}://{host}:{port}{path}", cluster=OTLP_CLUSTER, timeout=_seconds(5)
+            )
+        )
+    return hcm.HttpConnectionManagerTracing(
+        provider=trace.TracingHttp(name="envoy.tracers.opentelemetry", typed_config=_typed(config)),
+        random_sampling=Percent(value=s.tracing_sampling_percent),
+    )
+
+
 def _http_connection_manager(s: EnvoySettings) -> hcm.HttpConnectionManager:
     retry = route.RetryPolicy(
         retry_on=s.retry_on,
         num_retries=s.num_retries,
-        per_try_timeout=_seconds(s.per_try_timeout_s),
         # with several gateway replicas, retry on another one rather than the one that just failed
         retry_host_predicate=[
             route.RetryPolicyRetryHostPredicate(
@@ -264,7 +403,15 @@ def _http_connection_manager(s: EnvoySettings) -> hcm.HttpConnectionManager:
         # gRPC only: anything else is refused at the edge with 404 rather than reaching the gateway
         match=route.RouteMatch(prefix="/", grpc=route.RouteMatchGrpcRouteMatchOptions()),
         route=route.RouteAction(
-            cluster=GATEWAY_CLUSTER, timeout=_seconds(s.route_timeout_s), retry_policy=retry
+            cluster=GATEWAY_CLUSTER,
+            # Stream durations replace the router's timeout (which ignores grpc-timeout and cut every call at a
+            # fixed time with UNAVAILABLE): a call ends at its caller's deadline, capped. No offset: it would
+            # only make Envoy answer DEADLINE_EXCEEDED before the gateway could give its own answer.
+            timeout=_seconds(0),  # none: the stream duration below is what ends a call
+            max_stream_duration=route.RouteActionMaxStreamDuration(
+                grpc_timeout_header_max=_seconds(s.max_grpc_timeout_s)
+            ),
+            retry_policy=retry,
         ),
     )
     access_log = [
@@ -284,10 +431,14 @@ def _http_connection_manager(s: EnvoySettings) -> hcm.HttpConnectionManager:
             virtual_hosts=[route.VirtualHost(name="gateway", domains=["*"], routes=[grpc_route])],
         ),
         http_filters=[
+            # first, so calls jwt_authn refuses are counted too
+            *([_grpc_stats_filter()] if s.grpc_stats else []),
             *([_jwt_filter(s)] if s.jwt_jwks is not None else []),
             hcm.HttpFilter(name="envoy.filters.http.router", typed_config=_typed(Router())),
         ],
         access_log=access_log if s.access_log else [],
+        tracing=_tracing(s),
+        stream_idle_timeout=_seconds(s.stream_idle_timeout_s),
         use_remote_address=True,  # this is the edge: the peer address is the client, not a forwarded header
         preserve_external_request_id=True,  # a caller's x-request-id travels on through every hop
     )
@@ -312,6 +463,51 @@ def _listener(s: EnvoySettings) -> listener.Listener:
         chain.transport_socket = _tls_socket(context)
     return listener.Listener(
         name="edge", address=_address(s.listen_host, s.listen_port), filter_chains=[chain]
+    )
+
+
+def _metrics_listener(s: EnvoySettings, port: int) -> listener.Listener:
+    """Prometheus's way in: /stats/prometheus of the admin API and nothing else (404), since the rest of that
+    API can change Envoy's state or stop it."""
+    manager = hcm.HttpConnectionManager(
+        stat_prefix="metrics",
+        route_config=route.RouteConfiguration(
+            name="metrics",
+            virtual_hosts=[
+                route.VirtualHost(
+                    name="metrics",
+                    domains=["*"],
+                    routes=[
+                        route.Route(
+                            match=route.RouteMatch(path=PROMETHEUS_PATH),
+                            route=route.RouteAction(cluster=ADMIN_CLUSTER),
+                        )
+                    ],
+                )
+            ],
+        ),
+        http_filters=[hcm.HttpFilter(name="envoy.filters.http.router", typed_config=_typed(Router()))],
+    )
+    chain = listener.FilterChain(
+        filters=[
+            listener.Filter(
+                name="envoy.filters.network.http_connection_manager", typed_config=_typed(manager)
+            )
+        ]
+    )
+    return listener.Listener(name="metrics", address=_address(s.listen_host, port), filter_chains=[chain])
+
+
+def _admin_cluster(s: EnvoySettings) -> cluster.Cluster:
+    host = "127.0.0.1" if s.admin_host in ("0.0.0.0", "") else s.admin_host
+    admin = endpoint.LbEndpoint(endpoint=endpoint.Endpoint(address=_address(host, s.admin_port)))
+    return cluster.Cluster(
+        name=ADMIN_CLUSTER,
+        type=cluster.ClusterDiscoveryType.STATIC,
+        connect_timeout=_seconds(s.connect_timeout_s),
+        load_assignment=endpoint.ClusterLoadAssignment(
+            cluster_name=ADMIN_CLUSTER, endpoints=[endpoint.LocalityLbEndpoints(lb_endpoints=[admin])]
+        ),
     )
 
 
@@ -449,9 +645,49 @@ def _outlier_detection(s: EnvoySettings) -> cluster.OutlierDetection:
     )
 
 
+def _otlp_cluster(s: EnvoySettings) -> cluster.Cluster:
+    """The trace collector: HTTP/2 for OTLP/gRPC; over https, verified against the public roots."""
+    host, port, https, _ = _otlp_traces_url(s)
+    otlp = cluster.Cluster(
+        name=OTLP_CLUSTER,
+        type=cluster.ClusterDiscoveryType.STRICT_DNS,
+        dns_lookup_family=cluster.ClusterDnsLookupFamily.V4_PREFERRED,
+        connect_timeout=_seconds(s.connect_timeout_s),
+        load_assignment=endpoint.ClusterLoadAssignment(
+            cluster_name=OTLP_CLUSTER,
+            endpoints=[
+                endpoint.LocalityLbEndpoints(
+                    lb_endpoints=[
+                        endpoint.LbEndpoint(endpoint=endpoint.Endpoint(address=_address(host, port)))
+                    ]
+                )
+            ],
+        ),
+    )
+    grpc = s.tracing_otlp_protocol == "grpc"
+    if grpc:
+        otlp.typed_extension_protocol_options = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(
+                upstream_http.HttpProtocolOptions(
+                    explicit_http_config=upstream_http.HttpProtocolOptionsExplicitHttpConfig(
+                        http2_protocol_options=core.Http2ProtocolOptions()
+                    )
+                )
+            )
+        }
+    if https:
+        otlp.transport_socket = _upstream_tls(host, ["h2" if grpc else "http/1.1"], s.jwt_jwks_ca_file)
+    return otlp
+
+
 def _clusters(s: EnvoySettings) -> list[cluster.Cluster]:
     remote = _jwks_url(s)
-    return [_gateway_cluster(s), *([_jwks_cluster(s, *remote)] if remote is not None else [])]
+    return [
+        _gateway_cluster(s),
+        *([_jwks_cluster(s, *remote)] if remote is not None else []),
+        *([_otlp_cluster(s)] if s.tracing_otlp_endpoint is not None else []),
+        *([_admin_cluster(s)] if s.metrics_port is not None else []),
+    ]
 
 
 def envoy_config(settings: EnvoySettings) -> dict[str, JSON]:
@@ -459,8 +695,13 @@ def envoy_config(settings: EnvoySettings) -> dict[str, JSON]:
     config = bootstrap.Bootstrap(
         admin=bootstrap.Admin(address=_address(settings.admin_host, settings.admin_port)),
         static_resources=bootstrap.BootstrapStaticResources(
-            listeners=[_listener(settings)], clusters=_clusters(settings)
+            listeners=[
+                _listener(settings),
+                *([_metrics_listener(settings, settings.metrics_port)] if settings.metrics_port else []),
+            ],
+            clusters=_clusters(settings),
         ),
+        stats_config=_stats_config(settings),
         # an edge without a connection limit can be exhausted by idle clients; Envoy warns at start without one
         overload_manager=overload.OverloadManager(
             resource_monitors=[

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from gateway.routes import Route as GatewayRoute
+from gateway.settings import GatewaySettings
 from meshserve.deploy.envoy import (
     CERTS_DIR,
     DEFAULT_OUT,
@@ -188,10 +189,7 @@ def test_defaults_proxy_grpc_over_http2_with_health_checks_retries_and_limits():
         "max_requests",
         "max_retries",
     }
-    action = route(config)["route"]
-    assert action["cluster"] == "gateway" and action["timeout"] == "5s"
-    assert "unavailable" in action["retry_policy"]["retry_on"].split(",")
-    assert "resource-exhausted" not in action["retry_policy"]["retry_on"]  # the gateway's "request too big"
+    assert route(config)["route"]["cluster"] == "gateway"
 
 
 def test_gateway_pods_are_balanced_by_least_request_over_every_address_dns_gives():
@@ -227,11 +225,136 @@ def test_outlier_settings_reach_envoy_and_envoy_accepts_them(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_an_attempt_outlasts_the_gateways_own_route_budget():
-    """Else Envoy would cut off the gateway's fallback or default answer and retry a call already answered."""
-    budget_s = GatewayRoute.model_fields["timeout_ms"].default / 1000
-    settings = EnvoySettings()
-    assert budget_s < settings.per_try_timeout_s <= settings.route_timeout_s
+def test_a_callers_deadline_is_honoured_up_to_the_gateways_ceiling_and_none_is_invented():
+    """grpc-timeout capped at the gateway's max_deadline_s; a call without one gets no stream timer, which Envoy
+    would send on as a grpc-timeout in place of the gateway's own route timeout_ms."""
+    action = route(envoy_config(EnvoySettings()))["route"]
+    assert action["max_stream_duration"] == {
+        "grpc_timeout_header_max": f"{GatewaySettings.model_fields['max_deadline_s'].default:g}s"
+    }
+    assert action["timeout"] == "0s"  # the router's fixed timeout, which ignored grpc-timeout, is off
+    assert "per_try_timeout" not in action["retry_policy"]  # it would cut a caller's deadline short
+    (listener,) = envoy_config(EnvoySettings())["static_resources"]["listeners"]
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    assert hcm["stream_idle_timeout"] == "305s" and "common_http_protocol_options" not in hcm
+
+
+def test_envoy_retries_only_calls_no_gateway_answered():
+    """The gateway retries inside the mesh and answers UNAVAILABLE, DEADLINE_EXCEEDED or RESOURCE_EXHAUSTED
+    after its own retries and fallback: retrying those here would multiply an outage's load."""
+    policy = route(envoy_config(EnvoySettings()))["route"]["retry_policy"]
+    assert set(policy["retry_on"].split(",")) == {"connect-failure", "refused-stream", "reset"}
+    assert policy["retry_host_predicate"][0]["name"] == "envoy.retry_host_predicates.previous_hosts"
+    assert "retriable_status_codes" not in policy
+
+
+def test_grpc_stats_count_each_method_the_gateway_serves_and_lump_the_rest():
+    (stats, router) = http_filters(envoy_config(EnvoySettings()))
+    assert (stats["name"], router["name"]) == ("envoy.filters.http.grpc_stats", "envoy.filters.http.router")
+    config = stats["typed_config"]
+    methods = {s["name"]: s["method_names"] for s in config["individual_method_stats_allowlist"]["services"]}
+    assert methods["meshserve.gateway.v1.PredictionService"] == ["Predict"]
+    assert {"ModelInfer", "ModelMetadata", "ServerReady"} <= set(methods["inference.GRPCInferenceService"])
+    assert methods["grpc.health.v1.Health"] == ["Check", "Watch"]
+    # an allowlist, never stats_for_all_methods: a caller inventing paths must not grow Envoy's stats
+    assert "stats_for_all_methods" not in config and config["enable_upstream_stats"] is True
+    assert "emit_filter_state" not in config
+    assert (
+        http_filters(envoy_config(EnvoySettings(grpc_stats=False)))[0]["name"] == "envoy.filters.http.router"
+    )
+
+
+@pytest.mark.parametrize(
+    "stat",
+    [
+        "cluster.gateway.grpc.meshserve.gateway.v1.PredictionService.Predict.success",
+        "cluster.gateway.grpc.inference.GRPCInferenceService.ModelInfer.upstream_rq_time",
+        "cluster.gateway.grpc.grpc.health.v1.Health.Check.14",
+    ],
+)
+def test_grpc_stats_are_labelled_by_whole_service_and_method(stat):
+    """Envoy's regexes (ECMAScript, which Python's `re` reads alike for these) on the names grpc_stats makes."""
+    stats_config = envoy_config(EnvoySettings())["stats_config"]
+    tags = {t["tag_name"]: re.match(t["regex"], stat) for t in stats_config["stats_tags"]}
+    service, method = stat.split(".grpc.", 1)[1].rsplit(".", 2)[:2]
+    assert tags["grpc_service"].group(2) == service and tags["grpc_method"].group(2) == method
+    # the unlabelled rest, cluster.gateway.grpc.success for paths outside the allowlist, matches neither
+    assert not any(re.match(t["regex"], "cluster.gateway.grpc.success") for t in stats_config["stats_tags"])
+
+
+def test_cli_writes_the_file_and_refuses_a_bad_setting_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from meshserve.cli.app import app
+
+    out = tmp_path / "envoy.yaml"
+    ok = CliRunner().invoke(
+        app, ["deploy", "envoy", "--out", str(out), "--tracing-otlp-endpoint", "http://jaeger:4317"]
+    )
+    assert ok.exit_code == 0 and "otlp" in out.read_text()
+    bad = CliRunner().invoke(
+        app, ["deploy", "envoy", "--out", str(out), "--tracing-otlp-endpoint", "jaeger:4317"]
+    )
+    assert bad.exit_code == 2 and "Traceback" not in bad.output
+    assert "TRACING_OTLP_ENDPOINT: expected an http(s) URL" in bad.output
+
+
+def test_a_metrics_listener_reaches_only_the_admin_apis_prometheus_page(tmp_path):
+    settings = local_settings(metrics_port=9902)
+    config = envoy_config(settings)
+    edge, metrics = config["static_resources"]["listeners"]
+    assert metrics["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 9902}
+    manager = metrics["filter_chains"][0]["filters"][0]["typed_config"]
+    (only,) = manager["route_config"]["virtual_hosts"][0]["routes"]
+    assert only == {"match": {"path": "/stats/prometheus"}, "route": {"cluster": "envoy_admin"}}
+    admin = config["static_resources"]["clusters"][-1]
+    (lb,) = admin["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    assert lb["endpoint"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 9901}
+    # off by default: the committed file keeps one listener, and its admin API stays private
+    assert len(envoy_config(EnvoySettings())["static_resources"]["listeners"]) == 1
+    result = validate(deploy_envoy(tmp_path / "envoy.yaml", settings))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_tracing_is_off_unless_a_collector_is_named():
+    """The committed file (compose, and its Kubernetes copy) has one upstream: the gateway."""
+    config = envoy_config(EnvoySettings())
+    (listener,) = config["static_resources"]["listeners"]
+    assert "tracing" not in listener["filter_chains"][0]["filters"][0]["typed_config"]
+    assert [c["name"] for c in config["static_resources"]["clusters"]] == ["gateway"]
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_tracing_exports_otlp_to_the_collector_and_envoy_accepts_it(tmp_path, protocol):
+    settings = local_settings(tracing_otlp_endpoint="http://jaeger:4317", tracing_otlp_protocol=protocol)
+    config = envoy_config(settings)
+    (listener,) = config["static_resources"]["listeners"]
+    tracing = listener["filter_chains"][0]["filters"][0]["typed_config"]["tracing"]
+    assert tracing["provider"]["name"] == "envoy.tracers.opentelemetry"
+    assert tracing["random_sampling"] == {"value": 100.0}
+    tracer = tracing["provider"]["typed_config"]
+    assert tracer["service_name"] == "envoy"
+    if protocol == "grpc":
+        assert tracer["grpc_service"]["envoy_grpc"] == {"cluster_name": "otlp"}
+    else:
+        assert tracer["http_service"]["http_uri"]["uri"] == "http://jaeger:4317/v1/traces"
+    gateway, otlp = config["static_resources"]["clusters"]
+    (lb,) = otlp["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    assert lb["endpoint"]["address"]["socket_address"] == {"address": "jaeger", "port_value": 4317}
+    assert ("typed_extension_protocol_options" in otlp) == (protocol == "grpc")  # OTLP/gRPC is HTTP/2
+    result = validate(deploy_envoy(tmp_path / "envoy.yaml", settings))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_an_https_collector_is_verified_by_name(tmp_path):
+    cert, _ = self_signed(tmp_path)
+    settings = local_settings(tracing_otlp_endpoint="https://otel.example.com", jwt_jwks_ca_file=cert)
+    otlp = envoy_config(settings)["static_resources"]["clusters"][1]
+    assert otlp["transport_socket"]["typed_config"]["sni"] == "otel.example.com"
+    lb = otlp["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+    assert lb["endpoint"]["address"]["socket_address"]["port_value"] == 443
+    result = validate(deploy_envoy(tmp_path / "envoy.yaml", settings))
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_by_default_the_hop_to_the_gateway_is_tls_verified_by_name_without_a_client_certificate():
@@ -246,7 +369,10 @@ def test_by_default_the_hop_to_the_gateway_is_tls_verified_by_name_without_a_cli
         {"san_type": "DNS", "matcher": {"exact": "gateway"}}
     ]
     assert common["alpn_protocols"] == ["h2"] and "tls_certificates" not in common
-    assert [f["name"] for f in http_filters(envoy_config(EnvoySettings()))] == ["envoy.filters.http.router"]
+    assert [f["name"] for f in http_filters(envoy_config(EnvoySettings()))] == [
+        "envoy.filters.http.grpc_stats",
+        "envoy.filters.http.router",
+    ]
 
 
 def test_tls_mtls_and_jwt_authn_together_are_accepted_by_envoy(tmp_path):
@@ -264,8 +390,12 @@ def test_tls_mtls_and_jwt_authn_together_are_accepted_by_envoy(tmp_path):
     assert upstream["tls_certificates"][0]["certificate_chain"] == {
         "filename": str(settings.gateway_cert_file)
     }
-    jwt, router = http_filters(config)
-    assert (jwt["name"], router["name"]) == ("envoy.filters.http.jwt_authn", "envoy.filters.http.router")
+    stats, jwt, router = http_filters(config)  # stats first: calls jwt_authn refuses are counted too
+    assert [f["name"] for f in (stats, jwt, router)] == [
+        "envoy.filters.http.grpc_stats",
+        "envoy.filters.http.jwt_authn",
+        "envoy.filters.http.router",
+    ]
     (provider,) = jwt["typed_config"]["providers"].values()
     assert provider["issuer"] == "https://idp.example.com/" and provider["audiences"] == ["meshserve"]
     assert provider["local_jwks"] == {"filename": settings.jwt_jwks}
@@ -283,7 +413,7 @@ def test_a_remote_jwks_gets_its_own_verified_cluster(tmp_path):
     url = "https://idp.example.com/.well-known/jwks.json"
     settings = secured(tmp_path, jwt_jwks=url, jwt_jwks_ca_file=tmp_path / "ca.pem")
     config = envoy_config(settings)
-    (provider,) = http_filters(config)[0]["typed_config"]["providers"].values()
+    (provider,) = http_filters(config)[1]["typed_config"]["providers"].values()
     remote = provider["remote_jwks"]
     assert remote["http_uri"] == {"uri": url, "cluster": "jwks", "timeout": "5s"}
     assert remote["cache_duration"] == "300s" and "async_fetch" in remote
@@ -320,7 +450,10 @@ def test_local_variant_stays_on_loopback():
         {"gateway_cert_file": "c.pem", "gateway_key_file": "k.pem", "gateway_ca_file": None},
         {"jwt_issuer": "https://idp.example.com/"},
         {"jwt_jwks": "ftp://idp.example.com/jwks"},
-        {"per_try_timeout_s": 9.0, "route_timeout_s": 5.0},
+        {"tracing_otlp_endpoint": "jaeger:4317"},
+        {"tracing_otlp_protocol": "http/json"},
+        {"max_grpc_timeout_s": 0},
+        {"metrics_port": 9901},
         {"listen_port": 0},
     ],
 )
