@@ -49,7 +49,7 @@ class OtlpReceiver:
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                body = self._body()
                 request = ExportTraceServiceRequest()
                 if "json" in (self.headers.get("Content-Type") or ""):
                     json_format.ParseDict(
@@ -64,6 +64,18 @@ class OtlpReceiver:
                 self.send_header("Content-Length", str(len(reply)))
                 self.end_headers()
                 self.wfile.write(reply)
+
+            def _body(self) -> bytes:
+                """The request body, sized or chunked (Envoy's OTLP/HTTP exporter sends it chunked)."""
+                if "chunked" not in (self.headers.get("Transfer-Encoding") or "").lower():
+                    return self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                chunks = []
+                while size := int(self.rfile.readline().split(b";", 1)[0], 16):
+                    chunks.append(self.rfile.read(size))
+                    self.rfile.readline()  # the CRLF after each chunk
+                while self.rfile.readline() not in (b"\r\n", b"\n", b""):  # trailers, up to the blank line
+                    pass
+                return b"".join(chunks)
 
             def log_message(self, *args) -> None:
                 pass
