@@ -180,7 +180,7 @@ async def run_all(config: BenchConfig, run_dir: Path) -> tuple[list[Summary], Bu
                 await tls_mesh.stop()
             raise
     console.print(f"mesh up: gateway {ep.gateway}, Triton {ep.triton_grpc}, Envoy {envoy.address}; "
-                  f"logs in {run_dir / 'logs'}")  # fmt: skip
+                  f"logs in {mesh.log_dir}")  # fmt: skip
     if tls_ep is not None:
         console.print(f"TLS mesh up: gateway {tls_ep.gateway}, Triton {tls_ep.triton_grpc}")
     if many_ep is not None:

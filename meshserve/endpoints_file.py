@@ -12,7 +12,7 @@ import json
 import os
 import tempfile
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 ENDPOINTS_FILE = "endpoints.json"
@@ -52,6 +52,7 @@ class MeshEndpoints:
     inference: str
     triton_grpc: str
     processes: list[ProcessEndpoint] = field(default_factory=list)
+    log_dir: str | None = None  # this run's logs (absent from files of older versions)
 
     def address(self, kind: str) -> str | None:
         value = getattr(self, kind, None)
@@ -67,10 +68,18 @@ class MeshEndpoints:
             if not isinstance(data, dict):
                 raise TypeError("not a JSON object")
             data.pop("version", None)
-            processes = [ProcessEndpoint(**p) for p in data.pop("processes", [])]
-            return cls(**data, processes=processes)
+            processes = [ProcessEndpoint(**_known(ProcessEndpoint, p)) for p in data.pop("processes", [])]
+            return cls(**_known(cls, data), processes=processes)
         except (ValueError, TypeError) as exc:
             raise EndpointsFileError(f"unreadable endpoints file: {exc}") from None
+
+
+def _known(kind: type, data: object) -> dict:
+    """The fields `kind` has: a file written by a newer version may say more, and is read all the same."""
+    if not isinstance(data, dict):
+        raise TypeError(f"expected a JSON object, not {data!r}")
+    names = {f.name for f in fields(kind)}
+    return {k: v for k, v in data.items() if k in names}
 
 
 def run_dir_from(env: Mapping[str, str] | None = None) -> Path:

@@ -12,6 +12,7 @@ without a routes file gives the gateway an empty table, and it serves each model
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -31,10 +32,20 @@ from meshserve.core.supervision import ChildExited, SupervisionEvent, Supervisor
 from meshserve.core.telemetry import tracing_enabled
 from meshserve.core.tls import ClientTls
 from meshserve.repository import ServedRepository, prepare_served_repository
+from meshserve.run_logs import readable_tail, start_run_logs, triton_load_failures
+from meshserve.startup_checks import (
+    PortUse,
+    StartupError,
+    check_ports,
+    check_routes,
+    foreign_listeners,
+    port_taken_message,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_REPOSITORY = REPO_ROOT / "model_repository"
 SERVED_REPOSITORY = "served_repository"  # in the run directory: what Triton serves (meshserve.repository)
+LOGS_DIR = "logs"  # in the run directory: one directory per run (meshserve.run_logs)
 EMPTY_ROUTES = "routes: {}\n"
 PATH_LIST_EXPECTED = (
     f"expected a directory, several separated by ',' or {os.pathsep!r}, or a JSON list of directories"
@@ -99,7 +110,8 @@ class MeshSettings(BaseSettings):
     registry_path: Path | None = None
     run_dir: Path = Field(
         Path(".meshserve"),
-        description="logs, Triton's backend directory, the repository Triton serves, the gateway's routes.yaml",
+        description="logs (logs/<UTC start time>/<process>.log, logs/latest the newest), Triton's backend "
+        "directory, the repository Triton serves, the gateway's routes.yaml",
     )
     grace_s: float = Field(10.0, ge=0, description="drain time for each process on shutdown")
     shutdown_settle_s: float = Field(
@@ -282,6 +294,19 @@ class _MeshCertificates:
 START_AFTER: dict[str, tuple[str, ...]] = {"feature": ("cache",)}
 
 
+class StartupFailure(RuntimeError):
+    """A process failed while the mesh started: `lines` say what, one per problem; `tail` holds its log's last
+    lines where nothing more precise was found; `log_path` is its log."""
+
+    def __init__(self, name: str, lines: list[str], log_path: Path, tail: str = "") -> None:
+        super().__init__("\n".join(lines))
+        self.name, self.lines, self.log_path, self.tail = name, lines, log_path, tail
+
+
+def _port_of(address: str) -> int:
+    return int(address.rsplit(":", 1)[1])
+
+
 @dataclass
 class LocalMesh:
     settings: MeshSettings
@@ -290,17 +315,22 @@ class LocalMesh:
     supervisor: Supervisor | None = None
     served: ServedRepository | None = None  # what Triton serves, once planned
     sample_routes: bool = False  # the gateway serves the embedded sample routes
+    log_dir: Path | None = None  # this run's logs (meshserve.run_logs), once planned
+    ports: dict[str, list[PortUse]] = field(default_factory=dict)  # what each child listens on, once planned
 
     def _python(self, name: str, module: str, env: dict[str, str]) -> ChildProcess:
         return self._child(name, [sys.executable, "-m", module], env)
 
     def _child(self, name: str, argv: list[str], env: dict[str, str]) -> ChildProcess:
         full_env = {**os.environ, **self.settings.extra_env, **env, "PYTHONUNBUFFERED": "1"}
-        return ChildProcess(name, argv, full_env, self.settings.run_dir / "logs" / f"{name}.log")
+        assert self.log_dir is not None, "plan() first"
+        return ChildProcess(name, argv, full_env, self.log_dir / f"{name}.log")
 
     def plan(self) -> Endpoints:
-        """Choose the ports, prepare the served repository and the gateway's routes, and build every child's
-        command; nothing starts. RepositoryError when a model repository is not a directory."""
+        """Choose the ports, prepare the served repository and the gateway's routes, check them (every model and
+        version the routes name is served, the fixed ports are free), make this run's log directory and build
+        every child's command; nothing starts. RepositoryError when a model repository cannot be read,
+        StartupError (one line per problem) when something else would stop the mesh from starting."""
         from services.inference.tritonserver import prepare_backend_dir, triton_command, triton_tls_args
 
         s = self.settings
@@ -337,6 +367,15 @@ class LocalMesh:
             triton_metrics=f"http://{host}:{port['metrics']}/metrics",
         )
         run_dir = s.run_dir.resolve()
+        fixed = [
+            PortUse(number, what, flag)
+            for number, what, flag in (
+                (s.gateway_port, "gateway", "--port"),
+                (s.admin_port, "admin", "--admin-port"),
+                (s.gateway_http_port, "REST", "--http-port"),
+            )
+            if number
+        ]
         backend_dir = prepare_backend_dir(run_dir)
         self.served = prepare_served_repository(
             s.model_repositories,
@@ -345,9 +384,26 @@ class LocalMesh:
         )
         routes_path = s.routes_path
         self.sample_routes = routes_path is None and serves_sample(s.model_repositories)
+        problems = [] if self.served.models else self._nothing_to_serve()
+        if routes_path is not None or self.sample_routes:
+            problems += check_routes(routes_path, self.served)
+        problems += check_ports(host, fixed)
+        if problems:
+            raise StartupError(problems)
         if routes_path is None and not self.sample_routes:  # routes only name the sample model
             routes_path = run_dir / "routes.yaml"
             routes_path.write_text(EMPTY_ROUTES)
+        self.log_dir = start_run_logs(run_dir / LOGS_DIR)
+        gateway_ports = [
+            PortUse(gateway_port, "gateway", "--port"),
+            PortUse(port["admin"], "admin", "--admin-port"),
+            PortUse(port["gateway_http"], "REST", "--http-port"),
+        ]
+        self.ports = {
+            "triton": [PortUse(port["grpc"], "triton gRPC", None)],
+            **{name: [PortUse(port[name], name, None)] for name in ("feature", "cache", "inference")},
+            **{name: gateway_ports for name in gateways},
+        }
         certs = self._certificates(run_dir)
         triton_tls = triton_tls_args(*certs.files("triton")) if certs else []
         argv, triton_env = triton_command(
@@ -412,6 +468,14 @@ class LocalMesh:
         }
         self.endpoints = ep
         return ep
+
+    def _nothing_to_serve(self) -> list[str]:
+        assert self.served is not None
+        where = ", ".join(str(r) for r in self.settings.model_repositories)
+        return [
+            f"no model of {where} can be served",
+            *(f"skipped {m.name} ({m.source}): {m.reason}" for m in self.served.skipped),
+        ]
 
     def _certificates(self, run_dir: Path) -> _MeshCertificates | None:
         """With TLS: the mesh's certificates, issued into certs_dir the first time (kept afterwards)."""
@@ -483,8 +547,8 @@ class LocalMesh:
         on_ready(name)
 
     async def _until_healthy(self, name: str, during_start: bool = False) -> None:
-        """Until `name` answers SERVING; TimeoutError after startup_timeout_s; during start-up, RuntimeError (with
-        its log) as soon as it exits."""
+        """Until `name` answers SERVING, from its own socket; TimeoutError after startup_timeout_s; during
+        start-up, StartupFailure saying what went wrong instead."""
         child, timeout = self.children[name], self.settings.startup_timeout_s
         async with open_channel(self.targets()[name], tls=self.client_tls(), server_name=name) as channel:
             check = asyncio.ensure_future(wait_until_serving(channel, timeout_s=timeout))
@@ -495,9 +559,13 @@ class LocalMesh:
                     try:
                         await check
                     except TimeoutError:
-                        raise TimeoutError(f"{name} not healthy after {timeout:.0f}s") from None
+                        message = f"{name} not healthy after {timeout:.0f}s"
+                        if during_start:
+                            raise self._failure(name, message) from None
+                        raise TimeoutError(message) from None
+                    self._answered_by_us(name, during_start)
                 elif during_start:
-                    raise RuntimeError(f"{name} exited during start-up:\n{child.log_tail()}")
+                    raise self._exit_failure(name)
                 else:  # it exited again: not healthy, and the supervisor reports the exit
                     raise TimeoutError(f"{name} exited before it was healthy")
                 if self.settings.gateways > 1 and name.startswith("gateway"):
@@ -510,6 +578,54 @@ class LocalMesh:
                 for task in (check, exited):  # never leave one polling a closed channel
                     task.cancel()
                 await asyncio.gather(check, exited, return_exceptions=True)
+
+    def _own_pids(self) -> set[int]:
+        return {child.pid for child in self.children.values() if child.pid is not None and not child.exited}
+
+    def _taken(self, name: str) -> str | None:
+        """A line for the first of `name`'s ports that another process listens on, if any does."""
+        host = self.settings.host
+        for use in self.ports.get(name, []):
+            foreign = foreign_listeners(host, use.port, self._own_pids())
+            if foreign:
+                return port_taken_message(host, use, foreign)
+        return None
+
+    def _answered_by_us(self, name: str, during_start: bool) -> None:
+        """SERVING came from the port `name` was given: make sure no other process listens there, else the
+        answer may be another mesh's (its port taken after the start-up check)."""
+        probed = PortUse(_port_of(self.targets()[name]), name, None)
+        foreign = foreign_listeners(self.settings.host, probed.port, self._own_pids())
+        if not foreign:  # None: /proc cannot say (not Linux); the child's own exit will tell
+            return
+        use = next((u for u in self.ports.get(name, []) if u.port == probed.port), probed)
+        message = port_taken_message(self.settings.host, use, foreign)
+        if during_start:
+            raise StartupFailure(name, [message], self.children[name].log_path)
+        raise TimeoutError(message)
+
+    def _failure(self, name: str, message: str) -> StartupFailure:
+        child = self.children[name]
+        text = ""
+        with contextlib.suppress(OSError):
+            text = child.log_path.read_text(errors="replace")
+        return StartupFailure(name, [message], child.log_path, readable_tail(text))
+
+    def _exit_failure(self, name: str) -> StartupFailure:
+        """Why `name` exited while the mesh started, as precisely as can be told: a port someone else took, a
+        model Triton would not load, else its exit status and the last lines of its log."""
+        child = self.children[name]
+        taken = self._taken(name)
+        if taken:
+            return StartupFailure(name, [taken], child.log_path)
+        if name == "triton":
+            with contextlib.suppress(OSError):
+                failures = triton_load_failures(child.log_path.read_text(errors="replace"))
+                if failures:
+                    return StartupFailure(name, [f.summary() for f in failures], child.log_path)
+        code = child.process.returncode if child.process is not None else None
+        status = f"exit code {code}" if code is None or code >= 0 else f"killed by signal {-code}"
+        return self._failure(name, f"{name} exited during start-up ({status})")
 
     async def _until_listening(self, name: str, exited: asyncio.Future) -> None:
         """A gateway sharing its port: SERVING on that port may be another process's answer, so also wait for

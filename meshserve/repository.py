@@ -41,6 +41,7 @@ __all__ = [
     "ServedModel",
     "ServedRepository",
     "SkippedModel",
+    "loaded_versions",
     "prepare_served_repository",
     "read_config",
 ]
@@ -96,6 +97,33 @@ def _version_dirs(model_dir: Path) -> list[Path]:
     return sorted(
         (d for d in model_dir.iterdir() if d.is_dir() and d.name.isdigit()), key=lambda d: int(d.name)
     )
+
+
+def loaded_versions(model_dir: Path, config: ModelConfig | None = None) -> list[str]:
+    """The versions Triton loads from a model directory, by its config's version_policy (default: the latest
+    one); the config is read from the directory unless given."""
+    versions = [int(d.name) for d in _version_dirs(model_dir)]
+    if config is None:
+        config_path = model_dir / CONFIG_FILE
+        config = read_config(config_path) if config_path.exists() else ModelConfig()
+    policy = config.version_policy
+    choice = policy.WhichOneof("policy_choice")
+    if choice == "all":
+        chosen = versions
+    elif choice == "specific":
+        chosen = [v for v in versions if v in set(policy.specific.versions)]
+    else:
+        chosen = versions[-(policy.latest.num_versions or 1) :]
+    return [str(v) for v in chosen]
+
+
+def _python_files(model_dir: Path, config: ModelConfig) -> None:
+    """RunnerError when a version Triton would load has no file for the python backend to run: Triton does not
+    fail that load, it waits on the stub until meshserve up gives up on it."""
+    file_name = config.default_model_filename or "model.py"
+    for version in loaded_versions(model_dir, config):
+        if not (model_dir / version / file_name).exists():
+            raise RunnerError(f"version {version} has no {file_name}, which the python backend runs")
 
 
 def _model_dirs(repository: Path) -> list[Path]:
@@ -204,6 +232,8 @@ def _prepare_model(model_dir: Path, out: Path, backends: Collection[str]) -> Ser
         raise RunnerError(f"{CONFIG_FILE} names it {config.name!r}, but Triton needs its directory's name")
     if not is_onnx(config):
         _served_as_is(config, backends)
+        if config.backend == "python":
+            _python_files(model_dir, config)
     try:
         if is_onnx(config):
             notes = _write_onnx_runner(name, model_dir, config, out)
@@ -227,11 +257,16 @@ def prepare_served_repository(
     repositories: Sequence[Path], target: Path, backends: Collection[str] = ("python",)
 ) -> ServedRepository:
     """Build `target` afresh from `repositories` (earlier ones win a name both hold); `backends` are the backends
-    the Triton that serves it has. RepositoryError when a repository is not a directory."""
+    the Triton that serves it has. RepositoryError when a repository is not a directory or holds no model."""
     sources = list(dict.fromkeys(Path(r).resolve() for r in repositories))
     for repository in sources:
         if not repository.is_dir():
             raise RepositoryError(f"model repository {repository} is not a directory")
+        if not _model_dirs(repository):
+            raise RepositoryError(
+                f"model repository {repository} holds no model (one directory per model: "
+                "<name>/config.pbtxt and <name>/1/...)"
+            )
     if target.is_symlink() or target.is_file():
         target.unlink()
     elif target.exists():

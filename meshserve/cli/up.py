@@ -1,6 +1,9 @@
 """`meshserve up`: the whole mesh on this machine until Ctrl-C or SIGTERM.
 
 A process that exits is restarted (see meshserve.mesh); one that keeps crashing stops the mesh with exit code 1.
+What would stop it from starting is checked first (meshserve.startup_checks): one line per problem, exit code 2.
+A process that fails while the mesh starts is one line saying what broke (a port taken, a model Triton would not
+load) or its log's last lines, and where its full log is: exit code 1. Never a traceback.
 Whatever a process wrote is printed as plain text, never read as rich markup: a log line like `[/meshserve...]`
 must not be able to crash `up` and orphan the mesh.
 """
@@ -21,8 +24,9 @@ from rich.text import Text
 
 from meshserve.core.supervision import ChildExited, SupervisionEvent
 from meshserve.endpoints_file import MeshEndpoints, ProcessEndpoint, remove_endpoints, write_endpoints
-from meshserve.mesh import Endpoints, LocalMesh, MeshSettings
+from meshserve.mesh import Endpoints, LocalMesh, MeshSettings, StartupFailure
 from meshserve.repository import RepositoryError, ServedRepository
+from meshserve.startup_checks import RunDirLock, StartupError
 
 console = Console(stderr=True)
 PROCESSES = ["triton", "feature", "cache", "inference", "gateway"]
@@ -128,21 +132,48 @@ def mesh_endpoints(mesh: LocalMesh, ep: Endpoints) -> MeshEndpoints:
         up_pid=os.getpid(), tls=mesh.settings.tls, gateway=ep.gateway, gateway_http=ep.gateway_http,
         admin=ep.admin, feature=ep.feature, cache=ep.cache, inference=ep.inference,
         triton_grpc=ep.triton_grpc, processes=processes,
+        log_dir=str(mesh.log_dir) if mesh.log_dir is not None else None,
     )  # fmt: skip
 
 
-def _report(event: SupervisionEvent) -> None:
+def _print_tail(name: str, tail: str) -> None:
+    console.print(Text(f"last lines of {name}'s log:", style="dim"))
+    console.print(Text(tail), markup=False, highlight=False, emoji=False, soft_wrap=True)
+
+
+def _report(event: SupervisionEvent, mesh: LocalMesh) -> None:
     if not isinstance(event, ChildExited):
         console.print(Text(f"✓ {event.summary()}", style="green"))
         return
     style = "yellow" if event.decision.restart else "red"
-    console.print(Text(event.summary(), style=style))
+    console.print(Text(event.summary(), style=style), soft_wrap=True)
     if event.decision.crashed and event.log_tail:
-        console.print(Text(f"last lines of {event.name}'s log:", style="dim"))
-        console.print(Text(event.log_tail), markup=False, highlight=False, emoji=False)
+        _print_tail(event.name, event.log_tail)
+        child = mesh.children.get(event.name)
+        if child is not None:
+            console.print(Text(f"full log: {_shown(child.log_path)}", style="dim"), soft_wrap=True)
+
+
+def _shown(path: Path) -> str:
+    """A path as the user would type it: relative when it is below the working directory."""
+    relative = os.path.relpath(path)
+    return str(path) if relative.startswith("..") else relative
+
+
+def _problems(lines: list[str], log_path: Path | None = None) -> None:
+    """Each problem as one red line (never wrapped: one line to read, or to grep); the log's path on the last."""
+    for i, line in enumerate(lines):
+        where = f" (full log: {_shown(log_path)})" if log_path is not None and i == len(lines) - 1 else ""
+        console.print(Text(f"meshserve up: {line}{where}", style="red"), soft_wrap=True)
 
 
 async def run_up(settings: MeshSettings) -> int:
+    lock = RunDirLock(settings.run_dir)
+    try:
+        lock.acquire()  # before anything is written there: another `up` may be serving from it
+    except StartupError as exc:
+        _problems(exc.problems)
+        return 2
     mesh = LocalMesh(settings)
     try:
         return await _serve(mesh, settings)
@@ -151,6 +182,7 @@ async def run_up(settings: MeshSettings) -> int:
         raise
     finally:  # the mesh is stopped: no CLI command may find it any more (only ever our own file)
         remove_endpoints(settings.run_dir, up_pid=os.getpid())
+        lock.release()
 
 
 async def _serve(mesh: LocalMesh, settings: MeshSettings) -> int:
@@ -159,12 +191,15 @@ async def _serve(mesh: LocalMesh, settings: MeshSettings) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: its terminal went away
         loop.add_signal_handler(sig, stop.set)
     try:
-        mesh.plan()  # prepares the served repository: what it serves and skips is said before Triton starts
-    except RepositoryError as exc:
-        console.print(Text(f"meshserve up: {exc}", style="red"))
+        mesh.plan()  # prepares and checks everything: what it serves and skips is said before Triton starts
+    except StartupError as exc:
+        _problems(exc.problems)
         return 2
-    except Exception as exc:
-        console.print(Text.assemble(("start-up failed: ", "red"), str(exc)))
+    except RepositoryError as exc:
+        _problems([str(exc)])
+        return 2
+    except Exception as exc:  # noqa: BLE001 - whatever it is, one line rather than a traceback
+        _problems([f"start-up failed: {exc}"])
         return 1
     assert mesh.served is not None
     _report_models(mesh.served)
@@ -185,7 +220,7 @@ async def _serve(mesh: LocalMesh, settings: MeshSettings) -> int:
         published = False
 
         def on_event(event: SupervisionEvent) -> None:
-            _report(event)
+            _report(event, mesh)
             if published and mesh.endpoints is not None:  # a restarted process has a new pid
                 write_endpoints(settings.run_dir, mesh_endpoints(mesh, mesh.endpoints))
 
@@ -201,15 +236,23 @@ async def _serve(mesh: LocalMesh, settings: MeshSettings) -> int:
         stopped.cancel()
         try:
             endpoints = starting.result()
-        except Exception as exc:
-            console.print(Text.assemble(("start-up failed: ", "red"), str(exc)))
-            console.print(Text(f"logs: {settings.run_dir / 'logs'}"))
+        except StartupFailure as failure:
+            if failure.tail:
+                _problems(failure.lines)
+                _print_tail(failure.name, failure.tail)
+                console.print(Text(f"full log: {_shown(failure.log_path)}"), soft_wrap=True)
+            else:
+                _problems(failure.lines, failure.log_path)
+            return 1
+        except Exception as exc:  # noqa: BLE001 - one line and where the logs are, rather than a traceback
+            _problems([f"start-up failed: {exc}"], mesh.log_dir)
             return 1
 
     write_endpoints(settings.run_dir, mesh_endpoints(mesh, endpoints))  # every process is up: findable now
     published = True
     console.print(_endpoints_table(endpoints))
-    console.print(Text(f"logs: {settings.run_dir / 'logs'}"))
+    assert mesh.log_dir is not None
+    console.print(Text(f"logs: {_shown(mesh.log_dir)}"), soft_wrap=True)
     if settings.tls:  # every port is mTLS: callers need the CA and a certificate from it
         line = f"TLS: CA and certificates in {settings.certs_dir} (clients: client.pem / admin.pem)"
         console.print(Text(line), soft_wrap=True)

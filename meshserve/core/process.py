@@ -58,6 +58,77 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
+def _proc_address(hex_address: str) -> str:
+    """An address as /proc/net/tcp{,6} writes it (32-bit words in host byte order), as text."""
+    raw = bytes.fromhex(hex_address)
+    if sys.byteorder == "little":
+        raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
+
+
+def listening_sockets(port: int) -> dict[int, str] | None:
+    """The TCP sockets listening on `port` on this machine (its network namespace), as {inode: address}; None
+    where /proc does not say (not Linux)."""
+    found: dict[int, str] = {}
+    tables = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        tables += 1
+        for line in lines:
+            fields = line.split()
+            address, _, hex_port = fields[1].partition(":")
+            if fields[3] == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                found[int(fields[9])] = _proc_address(address)
+    return found if tables else None
+
+
+def socket_inodes(pid: int) -> set[int]:
+    """The inodes of the sockets `pid` holds open; empty when its fds cannot be read (gone, another user's)."""
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def socket_holders(inodes: set[int]) -> list[int]:
+    """The processes (those whose fds we may read) holding any of these sockets, lowest pid first."""
+    if not inodes:
+        return []
+    return sorted(
+        int(entry) for entry in os.listdir("/proc") if entry.isdigit() and socket_inodes(int(entry)) & inodes
+    )
+
+
+def describe_process(pid: int) -> str:
+    """`pid` for a person: its command line (the program's base name first), and the `meshserve up` that
+    started it when it was one."""
+
+    def command(of: int) -> str:
+        with contextlib.suppress(OSError):
+            argv = Path(f"/proc/{of}/cmdline").read_bytes().decode(errors="replace").split("\0")
+            argv = [a for a in argv if a]
+            if argv:
+                text = " ".join(" ".join([Path(argv[0]).name, *argv[1:]]).split())
+                return text if len(text) <= 60 else text[:57] + "..."
+        return ""
+
+    text = command(pid)
+    described = f"pid {pid} ({text})" if text else f"pid {pid}"
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        words = command(parent).split()
+        if "up" in words and any(Path(w).name == "meshserve" or w.endswith("/meshserve") for w in words):
+            described += f" of the meshserve up with pid {parent}"
+    return described
+
+
 def tied_to_parent(argv: Sequence[str], sig: int = signal.SIGTERM) -> list[str]:
     """`argv`, started so that the kernel sends it `sig` when this process dies (Linux PR_SET_PDEATHSIG): not even
     a SIGKILL of the parent can orphan it. Unchanged where there is no prctl.

@@ -44,3 +44,27 @@ async def meshserve_up(
                 for pid in alive(family | {process.pid}):
                     os.kill(pid, signal.SIGKILL)
                 await process.wait()
+
+
+async def meshserve_up_fails(
+    *args: str, env: Mapping[str, str] | None = None, timeout: float = 120
+) -> tuple[int, str]:
+    """`meshserve up ARGS` expected to stop by itself (a start-up failure): its exit code and output, never left
+    running."""
+    process = await asyncio.create_subprocess_exec(
+        MESHSERVE, "up", *args, env={**os.environ, "COLUMNS": "200", "MESHSERVE_GRACE_S": "3", **(env or {})},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        output, _ = await asyncio.wait_for(process.communicate(), timeout)
+    finally:
+        if process.returncode is None:  # it did not stop: the test fails, and leaves nothing behind
+            for pid in alive(descendants(process.pid) | {process.pid}):
+                os.kill(pid, signal.SIGKILL)
+            await process.wait()
+    return process.returncode, output.decode(errors="replace")
+
+
+def run_logs(run_dir: Path) -> Path:
+    """The newest run's log directory of `meshserve up` in `run_dir` (<run_dir>/logs/latest)."""
+    return (run_dir / "logs" / "latest").resolve()

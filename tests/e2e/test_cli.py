@@ -14,7 +14,7 @@ import pytest
 import tritonclient.grpc as triton_grpc
 
 from meshserve.core.channels import wait_until_serving
-from tests.e2e.meshserve_up import MESHSERVE, meshserve_up
+from tests.e2e.meshserve_up import MESHSERVE, meshserve_up, run_logs
 from tests.helpers import alive, descendants
 
 PROCESSES = {"triton", "feature", "cache", "inference", "gateway"}
@@ -68,7 +68,7 @@ async def test_up_serves_tritonclient_and_predict_then_stops_every_process(up):
     assert code == 0, output
     assert "stopped" in output
     assert not alive(family), f"left behind: {alive(family)}"
-    assert {p.stem for p in (run_dir / "logs").glob("*.log")} == PROCESSES
+    assert {p.stem for p in run_logs(run_dir).glob("*.log")} == PROCESSES
 
 
 def pid_running(family: set[int], module: str) -> int:
@@ -96,7 +96,7 @@ async def test_a_crashed_child_is_restarted_and_one_that_keeps_crashing_stops_th
     process, _, run_dir = up
     # what a crashed child wrote is printed as it is: rich markup in it (here a closing tag that was never opened)
     # once made `up` itself crash and leave the mesh running, orphaned
-    with (run_dir / "logs" / "cache.log").open("a") as log:
+    with (run_logs(run_dir) / "cache.log").open("a") as log:
         log.write("[/meshserve.cache] [bold]not markup[/bold] [red]\n")
     os.kill(pid_running(children_of(process.pid), "services.cache"), signal.SIGKILL)
     output = await read_until(process, "cache healthy again")

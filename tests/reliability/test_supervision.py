@@ -105,7 +105,8 @@ async def start_up(run_dir: Path, *args: str, **env: str) -> Up:
     up = Up(process, port, run_dir)
     try:
         await up.expect("Ctrl-C stops every process", timeout=150)
-        up.logs_at_start = {name: (run_dir / "logs" / f"{name}.log").read_text() for name in OUR_SERVICES}
+        logs = run_dir / "logs" / "latest"  # this run's (meshserve.run_logs)
+        up.logs_at_start = {name: (logs / f"{name}.log").read_text() for name in OUR_SERVICES}
         up.started_at = {name: start_ticks(up.pid_of(name)) for name in OUR_SERVICES}
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             await wait_until_serving(channel, timeout_s=10)

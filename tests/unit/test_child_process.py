@@ -12,7 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from meshserve.core.process import ChildProcess
+from meshserve.core.process import (
+    ChildProcess,
+    describe_process,
+    listening_sockets,
+    socket_holders,
+    socket_inodes,
+)
 from tests.helpers import alive
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
@@ -79,3 +85,33 @@ async def test_restart_runs_the_same_argv_and_env_again_once_it_has_exited(tmp_p
         assert await child.stop(2) == -signal.SIGTERM
     assert child.stop_requested
     assert log.read_text().splitlines() == ["run x", "run x"]
+
+
+LISTENER = textwrap.dedent(
+    """
+    import socket, sys, time
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    print(sock.getsockname()[1], flush=True)
+    time.sleep(60)
+    """
+)
+
+
+async def test_a_childs_listening_socket_is_found_and_its_process_described(tmp_path):
+    child = ChildProcess("listener", [sys.executable, "-c", LISTENER], dict(os.environ), tmp_path / "l.log")
+    await child.start()
+    try:
+        await lines_in(child.log_path, 1)
+        port = int(child.log_path.read_text())
+        listening = listening_sockets(port)
+        assert list(listening.values()) == ["127.0.0.1"]
+        assert set(listening) <= socket_inodes(child.pid)
+        assert socket_holders(set(listening)) == [child.pid]
+        assert describe_process(child.pid).startswith(f"pid {child.pid} (python")  # the program's base name
+        assert "import socket, sys, time" in describe_process(child.pid)  # its arguments, on one line
+    finally:
+        await child.stop(2)
+    assert listening_sockets(port) == {}
+    assert socket_holders(set()) == []
