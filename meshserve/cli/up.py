@@ -46,9 +46,15 @@ def _endpoints_table(ep: Endpoints) -> Table:
             for name, url in ep.service_metrics.items()
             if name.startswith("gateway-")
         ),
-        ("feature", ep.feature),
-        ("cache", ep.cache),
-        ("inference", ep.inference),
+        *(
+            row
+            for service, address in (
+                ("feature", ep.feature),
+                ("cache", ep.cache),
+                ("inference", ep.inference),
+            )
+            for row in ((service, address), (f"{service} metrics", ep.service_metrics[service]))
+        ),
         ("triton gRPC", ep.triton_grpc),
         ("triton metrics", ep.triton_metrics),
     ]:

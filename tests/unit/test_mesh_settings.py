@@ -171,3 +171,23 @@ def test_the_gateways_count_is_at_least_one(monkeypatch):
     monkeypatch.setenv("MESHSERVE_GATEWAYS", "0")
     with pytest.raises(ValidationError):
         MeshSettings()
+
+
+def test_the_up_table_names_every_process_metrics_endpoint():
+    from rich.console import Console
+
+    from meshserve.cli.up import _endpoints_table
+    from meshserve.mesh import Endpoints
+
+    metrics = {name: f"http://127.0.0.1:{port}/metrics" for name, port in
+               (("feature", 9101), ("cache", 9102), ("inference", 9103))}  # fmt: skip
+    ep = Endpoints(gateway="127.0.0.1:50051", gateway_http="127.0.0.1:50056", admin="127.0.0.1:50055",
+                   gateway_metrics="http://127.0.0.1:9100/metrics", service_metrics=metrics,
+                   feature="127.0.0.1:1", cache="127.0.0.1:2", inference="127.0.0.1:3",
+                   triton_grpc="127.0.0.1:4", triton_metrics="http://127.0.0.1:9104/metrics")  # fmt: skip
+    console = Console(width=200, record=True)
+    console.print(_endpoints_table(ep))
+    text = console.export_text()
+    for url in [*metrics.values(), ep.gateway_metrics, ep.triton_metrics]:
+        assert url in text
+    assert "feature metrics" in text and "inference metrics" in text
