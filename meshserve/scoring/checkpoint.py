@@ -83,7 +83,9 @@ class Checkpoint:
             except (OSError, ValueError):
                 state = None
             if state is not None and state.get("fingerprint") == asdict(self.fingerprint):
-                return {i for i in state.get("done", []) if self._part(i).exists()}
+                # every part on disk counts, listed in the state or not: a part is renamed into place whole, and
+                # an interruption can fall between that rename and the state file's rewrite
+                return {int(part.stem.removeprefix("part-")) for part in self.directory.glob("part-*.json")}
             shutil.rmtree(self.directory)
         self.directory.mkdir(parents=True)
         self._write_state(set())

@@ -113,10 +113,13 @@ async def test_a_request_that_fails_after_retries_sends_its_rows_to_rejects(tmp_
 async def test_ctrl_c_keeps_finished_batches_and_the_same_command_resumes(mesh, tmp_path):
     """The real CLI, interrupted the way a terminal does it (SIGINT), then run again to the end."""
     src = tmp_path / "in.csv"
-    rows = write_input(src, 40_000, seed=11)
+    rows = write_input(src, 60_000, seed=11)
     out = tmp_path / "out.parquet"
-    command = [MESHSERVE, "score", str(src), "--route", "fraud", "--out", str(out),
-               "--target", mesh.endpoints.gateway, "--batch", "128", "--in-flight", "2"]  # fmt: skip
+    # SIGINT as a terminal's Ctrl-C sends it, even where this test runs with SIGINT ignored (a job started in the
+    # background by a non-interactive shell): a disposition set to default survives exec, an ignored one would too
+    default_sigint = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
+    command = [sys.executable, "-c", default_sigint, MESHSERVE, "score", str(src), "--route", "fraud",
+               "--out", str(out), "--target", mesh.endpoints.gateway, "--batch", "128", "--in-flight", "1"]  # fmt: skip
     parts = tmp_path / "out.parquet.parts"
     first = await asyncio.create_subprocess_exec(*command, stderr=asyncio.subprocess.PIPE)
     async with asyncio.timeout(60):  # a finished part is a file appearing: nothing to await but the directory

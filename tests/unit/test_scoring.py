@@ -88,6 +88,23 @@ def test_checkpoint_resumes_only_the_same_command(tmp_path):
     assert Checkpoint(out, fingerprint(tmp_path, batch=3)).open() == set()  # another batch size: start over
 
 
+def test_a_part_saved_just_before_an_interruption_counts_even_if_the_state_missed_it(tmp_path):
+    out = tmp_path / "out.parquet"
+    cp = Checkpoint(out, fingerprint(tmp_path))
+    done = cp.open()
+    cp.save(PartResult(0, [ScoredRow("a", 0.25, "stable", "1", "PRIMARY")]), done)
+    cp.save(PartResult(1, [ScoredRow("b", 0.5, "stable", "1", "PRIMARY")]), done)
+    state = cp.directory / "state.json"
+    state.write_text(
+        state.read_text().replace('"done": [0, 1]', '"done": [0]')
+    )  # Ctrl-C between the two writes
+    assert '"done": [0]' in state.read_text()
+    (cp.directory / "part-000002.json.tmp").write_text("{")  # a half-written part is not one
+    resumed = Checkpoint(out, fingerprint(tmp_path))
+    assert resumed.open() == {0, 1}
+    assert resumed.load(1).rows == [ScoredRow("b", 0.5, "stable", "1", "PRIMARY")]
+
+
 def rows_of(n: int, bad_every: int = 0) -> list[RawRow]:
     out = []
     for i in range(n):
