@@ -5,6 +5,7 @@ against Triton; a long deadline is the caller's to give; errors come in Triton's
 from __future__ import annotations
 
 import queue
+import time
 import uuid
 from contextlib import contextmanager
 
@@ -86,9 +87,16 @@ def test_loading_a_model_triton_does_not_have_is_tritons_error(gateway, triton):
 def test_statistics_of_a_model_are_tritons_own(gateway, triton):
     for _ in range(3):
         gateway.infer("spare", [spare_input(np.zeros((1, 4), dtype=np.float32))])
+    # Triton records a request's statistics just after its response goes out: wait until they have settled
+    # (two reads agree; bounded), so that both reads below see the same numbers
+    deadline = time.monotonic() + 5
+    while (
+        settled := triton.get_inference_statistics("spare", as_json=True)
+    ) != triton.get_inference_statistics("spare", as_json=True):
+        assert time.monotonic() < deadline, "Triton's statistics of spare never settled"
     through = gateway.get_inference_statistics("spare", as_json=True)
     direct = triton.get_inference_statistics("spare", as_json=True)
-    assert through == direct and int(direct["model_stats"][0]["inference_count"]) >= 3
+    assert through == direct == settled and int(direct["model_stats"][0]["inference_count"]) >= 3
 
 
 def test_statistics_of_a_route_count_every_version_behind_it_under_the_routes_name(gateway, triton):
