@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from meshserve.cli.errors import GuardedGroup
+from meshserve.cli.errors import GuardedGroup, settings_errors
 from meshserve.cli.output import Output, OutputOption
 
 app = typer.Typer(
@@ -121,12 +121,9 @@ def up(
     ] = None,
 ) -> None:
     """Start Triton, the feature, cache and inference services and the gateway; serve until Ctrl-C."""
-    from pydantic import ValidationError
-    from pydantic_settings import SettingsError
-
     from meshserve.cli.up import run_up
     from meshserve.core.logs import configure_logging
-    from meshserve.mesh import MeshSettings, describe_settings_error
+    from meshserve.mesh import MeshSettings
 
     overrides = {
         "gateway_port": port,
@@ -139,14 +136,8 @@ def up(
         "auth": auth or None,
         "gateways": gateways,
     }
-    try:
+    with settings_errors():
         settings = MeshSettings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as exc:  # one line naming the setting, never a traceback
-        typer.echo(f"meshserve up: {describe_settings_error(exc)}", err=True)
-        raise typer.Exit(2) from None
-    except SettingsError as exc:
-        typer.echo(f"meshserve up: {exc}", err=True)
-        raise typer.Exit(2) from None
     configure_logging("meshserve-up", "WARNING")
     raise typer.Exit(_run(run_up(settings)))
 

@@ -24,20 +24,11 @@ def envoy(
     ] = None,
 ) -> None:
     """Write the Envoy edge config (defaults: docker-compose; MESHSERVE_ENVOY_* variables override)."""
-    from pydantic import ValidationError
-    from pydantic_settings import SettingsError
-
+    from meshserve.cli.errors import settings_errors
     from meshserve.deploy.envoy import EnvoySettings, deploy_envoy, local_settings
-    from meshserve.mesh import describe_settings_error
 
     overrides = {} if tracing_otlp_endpoint is None else {"tracing_otlp_endpoint": tracing_otlp_endpoint}
-    try:
+    with settings_errors("MESHSERVE_ENVOY_"):
         settings = local_settings(**overrides) if local else EnvoySettings(**overrides)
-    except ValidationError as exc:  # one line naming the setting, never a traceback
-        typer.echo(f"meshserve deploy envoy: {describe_settings_error(exc, 'MESHSERVE_ENVOY_')}", err=True)
-        raise typer.Exit(2) from None
-    except SettingsError as exc:
-        typer.echo(f"meshserve deploy envoy: {exc}", err=True)
-        raise typer.Exit(2) from None
     path = deploy_envoy(out, settings)
     typer.echo(f"wrote {path}")

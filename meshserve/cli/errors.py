@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 import grpc
 import typer
@@ -33,6 +33,7 @@ __all__ = [
     "no_mesh",
     "reached",
     "require_reachable",
+    "settings_errors",
 ]
 
 
@@ -76,6 +77,23 @@ def describe_rpc_error(
 def reached(channel: grpc.aio.Channel) -> bool:
     """Whether the channel is connected: after a failed call, False means nothing answered at the address."""
     return channel.get_state(try_to_connect=False) is grpc.ChannelConnectivity.READY
+
+
+@contextmanager
+def settings_errors(prefix: str = "MESHSERVE_") -> Iterator[None]:
+    """Settings built inside the block that fail validation (a flag, an environment variable) become one usage
+    line naming the setting, never a traceback."""
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+
+    from meshserve.mesh import describe_settings_error
+
+    try:
+        yield
+    except ValidationError as exc:
+        raise CliError(describe_settings_error(exc, prefix), EXIT_USAGE) from None
+    except SettingsError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
 
 
 @asynccontextmanager
@@ -143,6 +161,8 @@ class GuardedGroup(TyperGroup):
                 raise  # typer.Exit and usage errors included: click prints those itself
             if not isinstance(exc, CliError):
                 line += " (MESHSERVE_DEBUG=1 shows the traceback)"
-            command = " ".join(filter(None, (ctx.command_path, ctx.invoked_subcommand)))
+            # `meshserve ...` however the program was started (python -m, a test runner, a renamed script)
+            below_root = ctx.command_path.split()[1:]
+            command = " ".join(filter(None, ("meshserve", *below_root, ctx.invoked_subcommand)))
             typer.echo(f"{command}: {line}", err=True)
             raise typer.Exit(exc.exit_code if isinstance(exc, CliError) else EXIT_FAILED) from None
