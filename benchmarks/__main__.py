@@ -60,7 +60,7 @@ from benchmarks.scenarios import (
     triton_counts,
 )
 from meshserve.defaults import load_yaml
-from meshserve.mesh import REPO_ROOT, LocalMesh, MeshSettings
+from meshserve.launcher.mesh import REPO_ROOT, LocalMesh, MeshSettings
 
 app = typer.Typer(add_completion=False, help=__doc__)
 console = Console(width=None if sys.stdout.isatty() else 140)  # whole table when piped

@@ -24,9 +24,9 @@ from tritonclient.grpc import InferInput, InferRequestedOutput
 
 from benchmarks.load import Send
 from meshserve.core.tls import ClientTls
+from meshserve.feature.registry import load_registry
 from meshserve.feature.v1 import feature_pb2
 from meshserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from meshserve.registry import load_registry
 
 __all__ = ["BENCH_MODELS", "SCENARIOS", "Scenario", "Targets", "triton_counts"]
 

@@ -29,7 +29,7 @@ from benchmarks.cpu import descendants
 from benchmarks.load import closed_loop, open_loop
 from benchmarks.report import run_info
 from benchmarks.scenarios import SCENARIOS, Targets
-from meshserve.mesh import REPO_ROOT, LocalMesh, MeshSettings
+from meshserve.launcher.mesh import REPO_ROOT, LocalMesh, MeshSettings
 
 app = typer.Typer(add_completion=False, help=__doc__)
 console = Console(width=None if sys.stdout.isatty() else 140)

@@ -10,14 +10,14 @@ from collections.abc import Callable, Iterator, Mapping
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from gateway.admission import Admission
-from gateway.dispatch import Dispatcher
-from gateway.live import LiveRoutes
-from gateway.prediction_cache import PredictionCache
-from gateway.rollout import Judgement, RolloutController
-from gateway.shadow import ShadowRunner
+from gateway.rollout.canary import Judgement, RolloutController
+from gateway.routing.admission import Admission
+from gateway.routing.dispatch import Dispatcher
+from gateway.routing.live import LiveRoutes
+from gateway.routing.shadow import ShadowRunner
+from gateway.serving.prediction_cache import PredictionCache
 from meshserve.core.coalesce import Coalescer
-from meshserve.drift import DriftMonitor
+from meshserve.feature.drift import DriftMonitor
 
 ROLLOUT_STATES = ("none", "running", "paused", "completed", "rolled_back", "stopped")
 VERDICTS = ("waiting", "healthy", "breach")

@@ -9,34 +9,34 @@ import logging
 from collections import Counter
 from importlib.metadata import version
 
-from gateway.admin import AdminServer, AdminServicer
-from gateway.admission import Admission
-from gateway.audit import AuditLog
-from gateway.catalog import ModelCatalog
-from gateway.clients import CacheClient, FeatureClient, InferenceClient
-from gateway.control_plane import ControlStoreUnavailable, RouteWatcher, WatcherCollector, open_store
-from gateway.dispatch import Dispatcher
-from gateway.http_server import HttpFrontend
-from gateway.inference_api import InferenceApi
-from gateway.live import LiveRoutes
+from gateway.api.admin import AdminServer, AdminServicer
+from gateway.api.http_server import HttpFrontend
+from gateway.api.servicers import OpenInferenceServicer, PredictionServicer, add_servicers
+from gateway.control.audit import AuditLog
+from gateway.control.plane import ControlStoreUnavailable, RouteWatcher, WatcherCollector, open_store
 from gateway.metrics import GatewayCollector
-from gateway.predict import PredictHandler
-from gateway.prediction_cache import PredictionCache
-from gateway.repository import ModelRepository
-from gateway.rollout import RolloutController, StatsPublisher
-from gateway.routes import load_routes
-from gateway.servicers import OpenInferenceServicer, PredictionServicer, add_servicers
+from gateway.rollout.canary import RolloutController, StatsPublisher
+from gateway.routing.admission import Admission
+from gateway.routing.dispatch import Dispatcher
+from gateway.routing.live import LiveRoutes
+from gateway.routing.routes import load_routes
+from gateway.routing.shadow import ShadowRunner
+from gateway.serving.catalog import ModelCatalog
+from gateway.serving.clients import CacheClient, FeatureClient, InferenceClient
+from gateway.serving.inference_api import InferenceApi
+from gateway.serving.predict import PredictHandler
+from gateway.serving.prediction_cache import PredictionCache
+from gateway.serving.repository import ModelRepository
 from gateway.settings import GatewaySettings
-from gateway.shadow import ShadowRunner
 from meshserve.core.auth import Authenticator, Principal
 from meshserve.core.context import call_headers
 from meshserve.core.errors import ErrorCode, MeshError
 from meshserve.core.lifecycle import GrpcService
+from meshserve.core.lru import LruTtlCache
 from meshserve.core.settings import ServiceSettings
 from meshserve.core.tls import ClientTls, peer_identity
-from meshserve.drift import DriftMonitor, load_profile
-from meshserve.lru import LruTtlCache
-from meshserve.registry import load_registry
+from meshserve.feature.drift import DriftMonitor, load_profile
+from meshserve.feature.registry import load_registry
 
 log = logging.getLogger(__name__)
 # Answered to anyone: health checkers and liveness probes ask them, and they tell nothing

@@ -6,14 +6,14 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from gateway.admission import AdmissionPolicy
+from gateway.routing.admission import AdmissionPolicy
 from meshserve.core.auth import MAX_LEEWAY_S, AuthConfig
 from meshserve.core.settings import ServiceSettings
 
 
 @dataclass(frozen=True, slots=True)
 class Coalescing:
-    """How the gateway's clients batch concurrent calls (`gateway.clients`)."""
+    """How the gateway's clients batch concurrent calls (`gateway.serving.clients`)."""
 
     enabled: bool = True
     service_in_flight: int = 1  # calls out at once to the feature or cache service

@@ -21,6 +21,9 @@ _TRITON_IMPORTS = {
     "import model_config_pb2 as model__config__pb2": "from tritonclient.grpc import model_config_pb2 as model__config__pb2",
 }
 
+# Packages whose __init__.py is ours: a contract's home holds its generated v1/ beside hand-written modules.
+_HAND_WRITTEN_PACKAGES = {".", "meshserve", "meshserve/feature", "meshserve/inference"}
+
 
 def _triton_descriptor_set(path: Path) -> None:
     from tritonclient.grpc import model_config_pb2, service_pb2
@@ -66,7 +69,7 @@ def generate_files() -> dict[str, str]:
             files[str(path.relative_to(out))] = text
     for name in list(files):
         for package in Path(name).parents:
-            if str(package) not in (".", "meshserve"):  # meshserve/__init__.py is hand-written
+            if str(package) not in _HAND_WRITTEN_PACKAGES:
                 files.setdefault(str(package / "__init__.py"), "")
     return files
 

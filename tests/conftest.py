@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from meshserve.mesh import REPO_ROOT, LocalMesh, MeshSettings
+from meshserve.launcher.mesh import REPO_ROOT, LocalMesh, MeshSettings
 from tests.helpers import FIXTURES, running_redis
 
 

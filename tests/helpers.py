@@ -15,7 +15,7 @@ import numpy as np
 import tritonclient.grpc as triton_grpc
 
 from meshserve.core.process import descendants
-from meshserve.registry import load_registry
+from meshserve.feature.registry import load_registry
 
 __all__ = ["FIXTURES", "alive", "descendants", "feature_vector", "gateway_env", "score_directly", "scrape", "stored_features",
            "triton_counts"]  # fmt: skip

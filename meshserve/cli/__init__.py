@@ -1,4 +1,5 @@
-"""The `meshserve` command line."""
+"""The `meshserve` command line, the top of the house: it may import every package below it (the launcher,
+scoring, deploy, samples, the contracts and the core), and nothing imports it."""
 
 import os
 

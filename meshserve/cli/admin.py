@@ -35,7 +35,7 @@ Target = Annotated[
         "<run_dir>/endpoints.json, else 127.0.0.1:50055)",
     ),
 ]
-DEFAULT_ADMIN = None  # found by meshserve.endpoints_file.locate
+DEFAULT_ADMIN = None  # found by meshserve.launcher.endpoints_file.locate
 
 
 def admin_token_path() -> Path:
@@ -43,7 +43,7 @@ def admin_token_path() -> Path:
     explicit = os.environ.get("MESHSERVE_ADMIN_TOKEN_FILE")
     if explicit:
         return Path(explicit)
-    from meshserve.mesh import ADMIN_TOKEN_FILE, MeshSettings
+    from meshserve.launcher.mesh import ADMIN_TOKEN_FILE, MeshSettings
 
     return MeshSettings().run_dir / ADMIN_TOKEN_FILE
 
@@ -58,7 +58,7 @@ def credentials() -> tuple[tuple[str, str], ...]:
 
 
 def _call(target: str | None, method: str, request, timeout_s: float = 10.0):
-    from meshserve.endpoints_file import locate
+    from meshserve.launcher.endpoints_file import locate
 
     metadata = credentials()
     found = locate("admin", target)

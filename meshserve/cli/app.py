@@ -123,7 +123,7 @@ def up(
     """Start Triton, the feature, cache and inference services and the gateway; serve until Ctrl-C."""
     from meshserve.cli.up import run_up
     from meshserve.core.logs import configure_logging
-    from meshserve.mesh import MeshSettings
+    from meshserve.launcher.mesh import MeshSettings
 
     overrides = {
         "gateway_port": port,
@@ -245,7 +245,7 @@ def certs(
     force: Annotated[bool, typer.Option("--force", help="replace existing files, the CA included")] = False,
 ) -> None:
     """Write a private CA and one certificate per process (EC P-256, keys 0600), for `up --tls` and mTLS."""
-    from meshserve.cli.certs import DEFAULT_NAMES, issue_certificates
+    from meshserve.launcher.certs import DEFAULT_NAMES, issue_certificates
 
     issued = issue_certificates(directory, name or DEFAULT_NAMES, host or (), days, force)
     for path in issued.written:

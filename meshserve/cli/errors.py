@@ -16,7 +16,13 @@ import grpc
 import typer
 from typer.core import TyperGroup
 
-from meshserve.endpoints_file import EndpointsFileError, Located, endpoints_path, env_name, run_dir_from
+from meshserve.launcher.endpoints_file import (
+    EndpointsFileError,
+    Located,
+    endpoints_path,
+    env_name,
+    run_dir_from,
+)
 
 EXIT_FAILED = 1  # a call failed, or the mesh refused
 EXIT_USAGE = 2  # the command's input is wrong: arguments, options, the file it was given
@@ -86,7 +92,7 @@ def settings_errors(prefix: str = "MESHSERVE_") -> Iterator[None]:
     from pydantic import ValidationError
     from pydantic_settings import SettingsError
 
-    from meshserve.mesh import describe_settings_error
+    from meshserve.launcher.mesh import describe_settings_error
 
     try:
         yield
@@ -107,7 +113,7 @@ async def dial(
 ) -> AsyncIterator[grpc.aio.Channel]:
     """A CLI channel to `found` (from `locate(kind, flag value)`); a call failing inside the block becomes a
     CliError naming the address and where it came from. TLS as the mesh runs it unless `tls` says."""
-    from meshserve.mesh import cli_channel
+    from meshserve.launcher.mesh import cli_channel
 
     async with cli_channel(
         found.address, server_name=server_name, tls=found.tls if tls is None else tls

@@ -16,9 +16,9 @@ from rich.table import Table
 
 from meshserve.cli.errors import EXIT_USAGE, CliError, describe_rpc_error, dial, reached, require_reachable
 from meshserve.cli.output import Output, OutputOption, print_json
-from meshserve.endpoints_file import locate
+from meshserve.feature.registry import load_registry
 from meshserve.feature.v1 import feature_pb2, feature_pb2_grpc
-from meshserve.registry import load_registry
+from meshserve.launcher.endpoints_file import locate
 
 console = Console()
 features_app = typer.Typer(help="Online features: load files, freshness.", no_args_is_help=True)
@@ -30,7 +30,7 @@ Target = Annotated[
         "<run_dir>/endpoints.json, else 127.0.0.1:50052)",
     ),
 ]
-DEFAULT_TARGET = None  # found by meshserve.endpoints_file.locate
+DEFAULT_TARGET = None  # found by meshserve.launcher.endpoints_file.locate
 
 
 def _value(raw: object) -> feature_pb2.Value:

@@ -36,7 +36,7 @@ def keys_path(file: Path | None = None) -> Path:
     explicit = os.environ.get("MESHSERVE_GATEWAY_AUTH_API_KEYS_FILE")
     if explicit:
         return Path(explicit)
-    from meshserve.mesh import API_KEYS_FILE, MeshSettings
+    from meshserve.launcher.mesh import API_KEYS_FILE, MeshSettings
 
     return MeshSettings().run_dir / API_KEYS_FILE
 

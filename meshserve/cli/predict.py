@@ -9,10 +9,10 @@ from rich.table import Table
 
 from meshserve.cli.errors import EXIT_USAGE, CliError, dial
 from meshserve.cli.output import Output, print_json
-from meshserve.endpoints_file import locate
+from meshserve.feature.registry import FeatureRegistry, load_registry
 from meshserve.feature.v1 import feature_pb2
 from meshserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from meshserve.registry import FeatureRegistry, load_registry
+from meshserve.launcher.endpoints_file import locate
 
 console = Console()
 

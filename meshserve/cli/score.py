@@ -10,11 +10,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from meshserve.cli.errors import require_reachable
-from meshserve.endpoints_file import locate
+from meshserve.feature.registry import load_registry
 from meshserve.feature.v1 import feature_pb2
 from meshserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from meshserve.mesh import cli_channel
-from meshserve.registry import load_registry
+from meshserve.launcher.endpoints_file import locate
+from meshserve.launcher.mesh import cli_channel
 from meshserve.scoring.checkpoint import Checkpoint, Fingerprint, ScoredRow
 from meshserve.scoring.files import count_rows, read_rows, rejects_path, write_outputs
 from meshserve.scoring.rows import RowSchema, ValidRow

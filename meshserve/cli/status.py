@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from meshserve.admin.v1 import admin_pb2, admin_pb2_grpc
-from meshserve.endpoints_file import (
+from meshserve.launcher.endpoints_file import (
     EndpointsFileError,
     MeshEndpoints,
     ProcessEndpoint,
@@ -50,7 +50,7 @@ def _server_name(process: str) -> str:
 
 
 async def _health(endpoint: ProcessEndpoint, tls: bool) -> str:
-    from meshserve.mesh import cli_channel
+    from meshserve.launcher.mesh import cli_channel
 
     async with cli_channel(endpoint.address, server_name=_server_name(endpoint.name), tls=tls) as channel:
         try:
@@ -65,7 +65,7 @@ async def _health(endpoint: ProcessEndpoint, tls: bool) -> str:
 async def _routes(mesh: MeshEndpoints) -> tuple[list[dict[str, object]], str | None]:
     """Each route with its live weights, or why the admin API did not say."""
     from meshserve.cli.admin import credentials
-    from meshserve.mesh import cli_channel
+    from meshserve.launcher.mesh import cli_channel
 
     async with cli_channel(mesh.admin, tls=mesh.tls) as channel:
         try:

@@ -1,7 +1,7 @@
 """`meshserve up`: the whole mesh on this machine until Ctrl-C or SIGTERM.
 
-A process that exits is restarted (see meshserve.mesh); one that keeps crashing stops the mesh with exit code 1.
-What would stop it from starting is checked first (meshserve.startup_checks): one line per problem, exit code 2.
+A process that exits is restarted (see meshserve.launcher.mesh); one that keeps crashing stops the mesh with exit code 1.
+What would stop it from starting is checked first (meshserve.launcher.startup_checks): one line per problem, exit code 2.
 A process that fails while the mesh starts is one line saying what broke (a port taken, a model Triton would not
 load) or its log's last lines, and where its full log is: exit code 1. Never a traceback.
 Whatever a process wrote is printed as plain text, never read as rich markup: a log line like `[/meshserve...]`
@@ -23,10 +23,15 @@ from rich.table import Table
 from rich.text import Text
 
 from meshserve.core.supervision import ChildExited, SupervisionEvent
-from meshserve.endpoints_file import MeshEndpoints, ProcessEndpoint, remove_endpoints, write_endpoints
-from meshserve.mesh import Endpoints, LocalMesh, MeshSettings, StartupFailure
-from meshserve.repository import RepositoryError, ServedRepository
-from meshserve.startup_checks import RunDirLock, StartupError
+from meshserve.launcher.endpoints_file import (
+    MeshEndpoints,
+    ProcessEndpoint,
+    remove_endpoints,
+    write_endpoints,
+)
+from meshserve.launcher.mesh import Endpoints, LocalMesh, MeshSettings, StartupFailure
+from meshserve.launcher.repository import RepositoryError, ServedRepository
+from meshserve.launcher.startup_checks import RunDirLock, StartupError
 
 console = Console(stderr=True)
 PROCESSES = ["triton", "feature", "cache", "inference", "gateway"]
@@ -119,7 +124,7 @@ def _tls_arguments(mesh: LocalMesh) -> str:
 
 
 def mesh_endpoints(mesh: LocalMesh, ep: Endpoints) -> MeshEndpoints:
-    """What `<run_dir>/endpoints.json` says of this running mesh (meshserve.endpoints_file)."""
+    """What `<run_dir>/endpoints.json` says of this running mesh (meshserve.launcher.endpoints_file)."""
     health = mesh.targets()
     metrics = {"triton": ep.triton_metrics, "gateway": ep.gateway_metrics, **ep.service_metrics}
     extra = {"triton": {"grpc": ep.triton_grpc}}

@@ -1,4 +1,5 @@
-"""Deployment artefacts generated from meshserve's settings (the Envoy edge)."""
+"""Deployment artefacts generated from meshserve's settings (the Envoy edge). Reads the gateway's settings
+class; imported only by the CLI."""
 
 from meshserve.deploy.envoy import (
     EnvoySettings,

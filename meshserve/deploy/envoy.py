@@ -131,7 +131,7 @@ class EnvoySettings(BaseSettings):
     # Retries only where no gateway has done, or could still do, the work: the connection failed, the gateway
     # refused the stream unread (REFUSED_STREAM), or the stream was reset before an answer (a gateway that died
     # mid-call, which therefore retried nothing). Never on a gRPC status: a gateway's UNAVAILABLE, DEADLINE_EXCEEDED or
-    # RESOURCE_EXHAUSTED comes after its own retries and fallback tiers (gateway/dispatch.py), and retrying it
+    # RESOURCE_EXHAUSTED comes after its own retries and fallback tiers (gateway/routing/dispatch.py), and retrying it
     # here would multiply the load of an outage. No per-try timeout either: it would cut a caller's deadline
     # short, and `reset` would then retry a call a gateway is still working on.
     retry_on: str = Field(

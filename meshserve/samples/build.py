@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from meshserve.drift import DEFAULT_PROFILE, build_profile
-from meshserve.registry import FeatureRegistry, load_registry
+from meshserve.feature.drift import DEFAULT_PROFILE, build_profile
+from meshserve.feature.registry import FeatureRegistry, load_registry
 from meshserve.samples.fraud import (
     MODEL,
     SEED,

@@ -18,7 +18,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from meshserve.registry import FeatureRegistry
+from meshserve.feature.registry import FeatureRegistry
 
 __all__ = [
     "MODEL",

@@ -1,6 +1,6 @@
 """Row validation: one input row (a CSV line or a Parquet row) becomes a ValidRow or a Reject with a reason.
 
-The checks mirror the gateway's own (`gateway/predict.py`), so one bad row is rejected alone instead of failing
+The checks mirror the gateway's own (`gateway/serving/predict.py`), so one bad row is rejected alone instead of failing
 the whole Predict it would have travelled in."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import islice
 
-from meshserve.registry import FeatureRegistry
+from meshserve.feature.registry import FeatureRegistry
 
 __all__ = ["FeatureSpec", "RawRow", "Reject", "RowSchema", "ValidRow", "chunks"]
 

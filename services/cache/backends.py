@@ -24,8 +24,8 @@ from typing import Protocol
 
 import redis.asyncio as aioredis
 
+from meshserve.core.lru import LruTtlCache
 from meshserve.core.tls import ClientTls, redis_options
-from meshserve.lru import LruTtlCache
 
 Lookup = tuple[str, Sequence[str]]  # (key, scopes)
 DEFAULT_MAX_TTL_S = 3600.0

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from meshserve.core.errors import InvalidArgument, NotFound, ResourceExhausted
-from meshserve.registry import FeatureRegistry
+from meshserve.feature.registry import FeatureRegistry
 from services.feature.ingest import IncomingRow, validate_rows
 from services.feature.store import OnlineStore
 

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from meshserve.core.errors import InvalidArgument
-from meshserve.registry import FeatureRegistry
+from meshserve.feature.registry import FeatureRegistry
 from services.feature.store import Row
 
 MAX_REPORTED = 20  # bad rows named in one error; the rest are counted

@@ -11,8 +11,8 @@ from prometheus_client.registry import Collector
 
 from meshserve.core.lifecycle import GrpcService
 from meshserve.core.tls import ClientTls
+from meshserve.feature.registry import load_registry
 from meshserve.feature.v1 import feature_pb2, feature_pb2_grpc
-from meshserve.registry import load_registry
 from services.feature.files import read_rows
 from services.feature.handler import FeatureHandler, Status
 from services.feature.invalidation import CacheInvalidator

@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from meshserve import triton_control
 from meshserve.core.lifecycle import GrpcService
 from meshserve.core.tls import ClientTls
+from meshserve.inference import triton_control
 from meshserve.inference.v1 import inference_pb2
 from services.inference.replicas import TritonReplicas
 from services.inference.servicer import InferenceServicer, TritonForwarder

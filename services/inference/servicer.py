@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from tritonclient.grpc import service_pb2
 
-from meshserve import triton_control
 from meshserve.core.context import budget_left
 from meshserve.core.telemetry import annotate, recording
+from meshserve.inference import triton_control
 from meshserve.inference.v1 import inference_pb2, inference_pb2_grpc
 from services.inference.replicas import TritonReplicas
 from services.inference.triton import TritonBackend
@@ -38,7 +38,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
 
 class TritonForwarder:
-    """Triton's own control calls (`meshserve.triton_control.FORWARDED`), passed on as bytes both ways."""
+    """Triton's own control calls (`meshserve.inference.triton_control.FORWARDED`), passed on as bytes both ways."""
 
     def __init__(self, triton: TritonBackend | TritonReplicas) -> None:
         self.triton = triton

@@ -20,12 +20,12 @@ import grpc
 from tritonclient.grpc import InferenceServerException, service_pb2
 from tritonclient.grpc.aio import InferenceServerClient
 
-from meshserve import triton_control
 from meshserve.core.channels import channel_options, error_from_rpc, passed_on
 from meshserve.core.context import outgoing_metadata
 from meshserve.core.errors import ErrorCode, MeshError, NotFound
 from meshserve.core.tls import ClientTls
 from meshserve.core.tls import channel_options as tls_channel_options
+from meshserve.inference import triton_control
 
 log = logging.getLogger(__name__)
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"

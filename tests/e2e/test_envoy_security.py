@@ -24,9 +24,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from jwt.algorithms import ECAlgorithm
 
-from meshserve.cli.certs import issue_certificates
 from meshserve.core.process import ChildProcess, free_ports
 from meshserve.deploy.envoy import deploy_envoy, local_settings
+from meshserve.launcher.certs import issue_certificates
 
 ENVOY = Path(sys.executable).parent / "envoy"
 ISSUER, AUDIENCE = "https://idp.test/", "meshserve"

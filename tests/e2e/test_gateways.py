@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from gateway.http_server import _listening_socket
+from gateway.api.http_server import _listening_socket
 from meshserve.core.lifecycle import GrpcService
 from meshserve.core.process import free_ports
 from meshserve.core.settings import ServiceSettings
 from meshserve.core.supervision import ChildRecovered, SupervisionEvent
-from meshserve.mesh import LocalMesh, MeshSettings
+from meshserve.launcher.mesh import LocalMesh, MeshSettings
 from tests.helpers import scrape
 
 CONNECTIONS = 16  # each its own TCP connection, so SO_REUSEPORT has something to spread

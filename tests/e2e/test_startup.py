@@ -17,7 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from meshserve.core.channels import wait_until_serving
 from meshserve.core.process import free_port, free_ports
-from meshserve.mesh import LocalMesh, MeshSettings, StartupFailure
+from meshserve.launcher.mesh import LocalMesh, MeshSettings, StartupFailure
 from tests.e2e.meshserve_up import meshserve_up, meshserve_up_fails, run_logs
 
 PROCESSES = {"triton", "feature", "cache", "inference", "gateway"}

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from meshserve.core.process import free_port
-from meshserve.endpoints_file import (
+from meshserve.launcher.endpoints_file import (
     MeshEndpoints,
     ProcessEndpoint,
     endpoints_path,

@@ -15,7 +15,7 @@ from meshserve.admin.v1 import admin_pb2, admin_pb2_grpc
 from meshserve.core.channels import wait_until_serving
 from meshserve.feature.v1 import feature_pb2
 from meshserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from meshserve.mesh import LocalMesh
+from meshserve.launcher.mesh import LocalMesh
 
 
 class Gateway:

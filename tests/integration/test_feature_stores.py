@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from meshserve.registry import load_registry
+from meshserve.feature.registry import load_registry
 from services.feature.handler import FeatureHandler, Status
 from services.feature.ingest import IncomingRow, InvalidRows
 from services.feature.store import RedisStore, SqliteStore

@@ -26,8 +26,8 @@ import tritonclient.utils.shared_memory as system_shm
 from tritonclient.grpc import InferResult, service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from gateway.http_api import HTTP_STATUS_FOR
-from gateway.http_server import HttpFrontend
+from gateway.api.http_api import HTTP_STATUS_FOR
+from gateway.api.http_server import HttpFrontend
 from meshserve.core.errors import ErrorCode
 from tests.helpers import FIXTURES, feature_vector, score_directly
 from tests.integration.gateways import Gateway, in_process_gateway

@@ -20,7 +20,7 @@ from gateway.settings import GatewaySettings
 from meshserve.core.channels import wait_until_serving
 from meshserve.core.process import ChildProcess, free_port, free_ports
 from meshserve.inference.v1 import inference_pb2_grpc
-from meshserve.mesh import REPO_ROOT
+from meshserve.launcher.mesh import REPO_ROOT
 from services.feature.service import FeatureService
 from services.feature.settings import FeatureSettings
 from services.inference.service import InferenceService

@@ -19,12 +19,12 @@ from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from meshserve.cache.v1 import cache_pb2, cache_pb2_grpc
-from meshserve.cli.certs import issue_certificates
 from meshserve.core.channels import open_channel, wait_until_serving
 from meshserve.core.tls import ClientTls
 from meshserve.feature.v1 import feature_pb2, feature_pb2_grpc
 from meshserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from meshserve.mesh import REPO_ROOT, LocalMesh, MeshSettings
+from meshserve.launcher.certs import issue_certificates
+from meshserve.launcher.mesh import REPO_ROOT, LocalMesh, MeshSettings
 from services.cache.service import CacheService
 from services.cache.settings import CacheSettings
 from tests.helpers import running_redis, scrape
@@ -410,7 +410,7 @@ async def test_a_rest_certificate_rotated_on_disk_is_served_to_the_next_connecti
 
 
 async def test_the_control_store_speaks_mtls_to_redis(tls_redis, certs):
-    from gateway.control_plane import ControlStoreUnavailable, open_store
+    from gateway.control.plane import ControlStoreUnavailable, open_store
 
     store = open_store(tls_redis, ClientTls.from_dir(certs, "gateway"))
     try:

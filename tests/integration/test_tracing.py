@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from meshserve.feature.v1 import feature_pb2
 from meshserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from meshserve.mesh import REPO_ROOT, LocalMesh, MeshSettings
+from meshserve.launcher.mesh import REPO_ROOT, LocalMesh, MeshSettings
 from tests.otlp_receiver import OtlpReceiver
 
 SERVICES = {

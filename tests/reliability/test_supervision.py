@@ -20,7 +20,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from meshserve.core.channels import wait_until_serving
 from meshserve.core.process import free_ports
-from meshserve.mesh import REPO_ROOT
+from meshserve.launcher.mesh import REPO_ROOT
 from tests.helpers import alive, descendants
 
 MESHSERVE = str(Path(sys.executable).parent / "meshserve")
@@ -105,7 +105,7 @@ async def start_up(run_dir: Path, *args: str, **env: str) -> Up:
     up = Up(process, port, run_dir)
     try:
         await up.expect("Ctrl-C stops every process", timeout=150)
-        logs = run_dir / "logs" / "latest"  # this run's (meshserve.run_logs)
+        logs = run_dir / "logs" / "latest"  # this run's (meshserve.launcher.run_logs)
         up.logs_at_start = {name: (logs / f"{name}.log").read_text() for name in OUR_SERVICES}
         up.started_at = {name: start_ticks(up.pid_of(name)) for name in OUR_SERVICES}
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from gateway.admission import RETRY_PUSHBACK_HEADER, Admission, AdmissionPolicy, GradientLimit
+from gateway.routing.admission import RETRY_PUSHBACK_HEADER, Admission, AdmissionPolicy, GradientLimit
 from meshserve.core.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 
 

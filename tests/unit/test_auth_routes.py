@@ -7,11 +7,11 @@ import pytest
 import yaml
 from tritonclient.grpc import service_pb2
 
-from gateway.audit import AuditLog
-from gateway.http_api import HTTP_STATUS_FOR
-from gateway.inference_api import InferenceApi
-from gateway.live import LiveRoutes
-from gateway.routes import RoutesFileError, parse_routes
+from gateway.api.http_api import HTTP_STATUS_FOR
+from gateway.control.audit import AuditLog
+from gateway.routing.live import LiveRoutes
+from gateway.routing.routes import RoutesFileError, parse_routes
+from gateway.serving.inference_api import InferenceApi
 from meshserve.core.auth import ANONYMOUS, ApiKeyStore, AuthConfig, Authenticator, Principal
 from meshserve.core.context import current_principal, set_principal
 from meshserve.core.errors import ErrorCode, PermissionDenied, Unauthenticated

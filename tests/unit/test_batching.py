@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from tritonclient.grpc import model_config_pb2, service_pb2
 
-from gateway.batching import SplitError, batch_plan, merge, merge_key, split, timeout_us, to_raw
+from gateway.serving.batching import SplitError, batch_plan, merge, merge_key, split, timeout_us, to_raw
 
 InputTensor = service_pb2.ModelInferRequest.InferInputTensor
 Output = service_pb2.ModelInferRequest.InferRequestedOutputTensor

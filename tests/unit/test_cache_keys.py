@@ -1,4 +1,4 @@
-from gateway.cache_keys import decode_score, encode_score, prediction_key
+from gateway.serving.cache_keys import decode_score, encode_score, prediction_key
 
 
 def key(**overrides):

@@ -8,12 +8,12 @@ import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.audit import AuditLog
-from gateway.control_plane import SqliteStore
-from gateway.live import LiveRoutes
-from gateway.rollout import Judgement, RolloutController, Window, assess
-from gateway.routes import Rollout, parse_routes
-from gateway.stats import VariantStats
+from gateway.control.audit import AuditLog
+from gateway.control.plane import SqliteStore
+from gateway.rollout.canary import Judgement, RolloutController, Window, assess
+from gateway.routing.live import LiveRoutes
+from gateway.routing.routes import Rollout, parse_routes
+from gateway.routing.stats import VariantStats
 
 PLAN = {"canary": "canary", "steps": [10, 100], "interval_s": 5, "min_requests": 5, "max_p99_ratio": 3}
 ROUTES = {

@@ -12,7 +12,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from typer.testing import CliRunner
 
 from meshserve.cli.app import app
-from meshserve.cli.certs import DEFAULT_NAMES, issue_certificates
+from meshserve.launcher.certs import DEFAULT_NAMES, issue_certificates
 
 
 def _cert(path) -> x509.Certificate:

@@ -34,7 +34,7 @@ from meshserve.core import healthcheck
 from meshserve.core.metrics import ServiceMetrics
 from meshserve.core.telemetry import tracing_enabled
 from meshserve.deploy.envoy import DEFAULT_OUT as ENVOY_CONFIG
-from meshserve.mesh import triton_trace_args
+from meshserve.launcher.mesh import triton_trace_args
 from services.cache.settings import CacheSettings
 from services.feature.service import FreshnessCollector
 from services.feature.settings import FeatureSettings
@@ -1055,7 +1055,7 @@ def test_healthcheck_passes_only_while_serving(health_server):
 @pytest.fixture
 def tls_health_server(tmp_path):
     """The same, on an mTLS port whose certificates come from `meshserve certs`."""
-    from meshserve.cli.certs import issue_certificates
+    from meshserve.launcher.certs import issue_certificates
 
     issue_certificates(tmp_path, names=["feature", "other"])
     read = lambda name: (tmp_path / name).read_bytes()  # noqa: E731

@@ -8,10 +8,10 @@ import asyncio
 import pytest
 import yaml
 
-from gateway.audit import AuditLog
-from gateway.control_plane import ControlStoreUnavailable, RevisionConflict, RouteWatcher, open_store
-from gateway.live import LiveRoutes
-from gateway.routes import parse_routes
+from gateway.control.audit import AuditLog
+from gateway.control.plane import ControlStoreUnavailable, RevisionConflict, RouteWatcher, open_store
+from gateway.routing.live import LiveRoutes
+from gateway.routing.routes import parse_routes
 from meshserve.core.errors import ErrorCode
 
 ROUTES = yaml.safe_load("""
@@ -194,8 +194,8 @@ async def test_a_lease_has_one_holder_and_is_taken_over_when_it_expires(store):
 async def test_rollouts_are_shared_judged_by_the_lease_holder_and_stopped_by_a_change_anywhere(
     store, tmp_path
 ):
-    from gateway.rollout import RolloutController
-    from gateway.stats import VariantStats
+    from gateway.rollout.canary import RolloutController
+    from gateway.routing.stats import VariantStats
 
     plan = {"canary": "canary", "steps": [10, 50], "interval_s": 5, "min_requests": 5}
     routes = {"routes": {"fraud": {**ROUTES["routes"]["fraud"], "rollout": plan}}}
@@ -251,8 +251,8 @@ async def test_published_stats_are_per_gateway_and_stale_ones_are_left_out(store
 
 
 async def test_the_judge_rolls_back_a_canary_failing_only_on_another_gateway(store, tmp_path):
-    from gateway.rollout import RolloutController, StatsPublisher
-    from gateway.stats import VariantStats
+    from gateway.rollout.canary import RolloutController, StatsPublisher
+    from gateway.routing.stats import VariantStats
 
     plan = {"canary": "canary", "steps": [10, 50], "interval_s": 5, "min_requests": 5}
     routes = {"routes": {"fraud": {**ROUTES["routes"]["fraud"], "rollout": plan}}}
@@ -289,8 +289,8 @@ async def test_the_judge_rolls_back_a_canary_failing_only_on_another_gateway(sto
 
 
 async def test_a_dead_gateways_stats_and_those_from_before_the_step_are_not_judged(store, tmp_path):
-    from gateway.rollout import STALE_S, RolloutController, StatsPublisher
-    from gateway.stats import VariantStats
+    from gateway.rollout.canary import STALE_S, RolloutController, StatsPublisher
+    from gateway.routing.stats import VariantStats
 
     plan = {"canary": "canary", "steps": [10, 50], "interval_s": 5, "min_requests": 5}
     routes = {"routes": {"fraud": {**ROUTES["routes"]["fraud"], "rollout": plan}}}

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.dispatch import AllTiersFailed, Dispatcher, Tier
-from gateway.resilience import RetryBudget, variant_failed
-from gateway.routes import parse_routes
+from gateway.routing.dispatch import AllTiersFailed, Dispatcher, Tier
+from gateway.routing.resilience import RetryBudget, variant_failed
+from gateway.routing.routes import parse_routes
 from meshserve.core.errors import (
     DeadlineExceeded,
     ErrorCode,

@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pytest
 
-from meshserve.drift import (
+from meshserve.feature.drift import (
     PROPORTION_FLOOR,
     BinKind,
     DriftCrossing,
@@ -17,7 +17,7 @@ from meshserve.drift import (
     load_profile,
     psi,
 )
-from meshserve.registry import load_registry
+from meshserve.feature.registry import load_registry
 from meshserve.samples.fraud import MODEL, SEED, make_accounts, make_transactions
 
 WINDOW = 2000
@@ -165,7 +165,7 @@ def test_amount_times_five_drifts_amount_only(profile, amount_x5):
 def test_check_warns_once_per_crossing_and_rearms_after_recovery(profile, reference_like, amount_x5, caplog):
     clock = _Clock()
     monitor = _monitor(profile, clock=clock)
-    caplog.set_level(logging.INFO, logger="meshserve.drift")
+    caplog.set_level(logging.INFO, logger="meshserve.feature.drift")
 
     monitor.observe(MODEL, amount_x5)
     crossed = monitor.check()
@@ -174,7 +174,7 @@ def test_check_warns_once_per_crossing_and_rearms_after_recovery(profile, refere
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     (record,) = warnings
-    assert record.name == "meshserve.drift" and "amount" in record.getMessage()
+    assert record.name == "meshserve.feature.drift" and "amount" in record.getMessage()
     assert (record.model, record.feature) == (MODEL, "amount") and record.psi == crossed[0].psi
     assert monitor.drifting(MODEL) == {"amount": 100.0}
 
@@ -213,7 +213,7 @@ def test_a_psi_hovering_at_the_threshold_is_not_rewarned(profile, reference_like
     assert amount_psi(mixed(below)) < THRESHOLD
 
     monitor = _monitor(profile)
-    caplog.set_level(logging.WARNING, logger="meshserve.drift")
+    caplog.set_level(logging.WARNING, logger="meshserve.feature.drift")
     for k in (above, below, above, below, above):
         monitor.observe(MODEL, mixed(k))
         monitor.check()

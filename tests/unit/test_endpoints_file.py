@@ -1,4 +1,4 @@
-"""meshserve.endpoints_file: the run's endpoints written atomically, read back, and the order CLI commands find
+"""meshserve.launcher.endpoints_file: the run's endpoints written atomically, read back, and the order CLI commands find
 an address in (flag, MESHSERVE_TARGET_*, the running mesh's file, the default)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from meshserve.endpoints_file import (
+from meshserve.launcher.endpoints_file import (
     EndpointsFileError,
     MeshEndpoints,
     ProcessEndpoint,

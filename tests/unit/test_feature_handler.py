@@ -3,7 +3,7 @@ import sqlite3
 import pytest
 
 from meshserve.core.errors import InvalidArgument, NotFound, ResourceExhausted
-from meshserve.registry import load_registry
+from meshserve.feature.registry import load_registry
 from services.feature.handler import FeatureHandler, Status
 from services.feature.store import SqliteStore
 

@@ -12,8 +12,7 @@ import tritonclient.http as http
 from tritonclient.grpc import model_config_pb2, service_pb2
 from tritonclient.utils import serialize_byte_tensor
 
-from gateway.batching import merge_key
-from gateway.http_codec import (
+from gateway.api.http_codec import (
     ReplyForm,
     cuda_register_request,
     decode_infer_request,
@@ -29,6 +28,7 @@ from gateway.http_codec import (
     trace_setting_request,
     unload_request,
 )
+from gateway.serving.batching import merge_key
 from meshserve.core.errors import ErrorCode, InvalidArgument, MeshError
 
 ROWS = np.array([[250.0, 3, 80.0, 2, 400], [4800.0, 7, 35.0, 19, 3]], dtype=np.float32)

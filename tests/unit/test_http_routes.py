@@ -14,9 +14,9 @@ import pytest
 import tritonclient.http as http
 from tritonclient.grpc import service_pb2
 
-from gateway.dispatch import Tier
-from gateway.http_api import HTTP_STATUS_FOR, OpenInferenceRest
-from gateway.inference_api import Answered
+from gateway.api.http_api import HTTP_STATUS_FOR, OpenInferenceRest
+from gateway.routing.dispatch import Tier
+from gateway.serving.inference_api import Answered
 from meshserve.core.context import current_request_id
 from meshserve.core.errors import ErrorCode, MeshError, ResourceExhausted
 
@@ -187,7 +187,7 @@ async def test_overload_says_when_to_retry():
 
 
 async def test_an_unexpected_failure_is_a_generic_500_and_the_traceback_stays_in_the_log(caplog):
-    with caplog.at_level(logging.ERROR, logger="gateway.http_api"):
+    with caplog.at_level(logging.ERROR, logger="gateway.api.http_api"):
         reply = await call(rest_for(FakeApi(KeyError("secret-internal-detail"))), "GET", "/v2/models/fraud")
     assert reply.status == 500
     assert reply.json() == {"error": "internal error in GET /v2/models/{model}; see the server log"}

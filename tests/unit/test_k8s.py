@@ -22,9 +22,9 @@ import pytest
 import yaml
 from pydantic_settings import BaseSettings
 
-from gateway.routes import load_routes
+from gateway.routing.routes import load_routes
 from gateway.settings import GatewaySettings
-from meshserve.registry import load_registry
+from meshserve.feature.registry import load_registry
 from services.cache.settings import CacheSettings
 from services.feature.settings import FeatureSettings
 from services.inference.settings import InferenceSettings

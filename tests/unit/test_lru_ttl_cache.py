@@ -1,4 +1,4 @@
-from meshserve.lru import LruTtlCache
+from meshserve.core.lru import LruTtlCache
 
 
 class Clock:

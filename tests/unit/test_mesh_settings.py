@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from meshserve.cli.app import app
 from meshserve.cli.up import start_hint
-from meshserve.mesh import (
+from meshserve.launcher.mesh import (
     EMPTY_ROUTES,
     SAMPLE_REPOSITORY,
     LocalMesh,
@@ -87,7 +87,7 @@ def test_up_prints_one_line_and_exits_2_on_a_bad_setting(monkeypatch):
 
 def planned(monkeypatch, tmp_path, **settings) -> LocalMesh:
     ports = iter(range(41000, 41100))
-    monkeypatch.setattr("meshserve.mesh.free_ports", lambda n, host: [next(ports) for _ in range(n)])
+    monkeypatch.setattr("meshserve.launcher.mesh.free_ports", lambda n, host: [next(ports) for _ in range(n)])
     mesh = LocalMesh(
         MeshSettings(gateway_port=0, admin_port=0, gateway_http_port=0, run_dir=tmp_path / "run", **settings)
     )
@@ -177,7 +177,7 @@ def test_the_up_table_names_every_process_metrics_endpoint():
     from rich.console import Console
 
     from meshserve.cli.up import _endpoints_table
-    from meshserve.mesh import Endpoints
+    from meshserve.launcher.mesh import Endpoints
 
     metrics = {name: f"http://127.0.0.1:{port}/metrics" for name, port in
                (("feature", 9101), ("cache", 9102), ("inference", 9103))}  # fmt: skip

@@ -1,4 +1,4 @@
-"""The gateway's view of what Triton serves (gateway.repository), against a stand-in for the inference client."""
+"""The gateway's view of what Triton serves (gateway.serving.repository), against a stand-in for the inference client."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import asyncio
 import pytest
 from tritonclient.grpc import service_pb2
 
-from gateway.audit import AuditLog
-from gateway.live import LiveRoutes
-from gateway.repository import ModelRepository
-from gateway.routes import RouteTable
+from gateway.control.audit import AuditLog
+from gateway.routing.live import LiveRoutes
+from gateway.routing.routes import RouteTable
+from gateway.serving.repository import ModelRepository
 from meshserve.core.errors import ErrorCode, MeshError, NotFound
 
 

@@ -18,7 +18,7 @@ from google.protobuf import json_format, text_format
 from onnx import TensorProto
 from tritonclient.grpc import model_config_pb2
 
-from meshserve.onnx_runner import (
+from meshserve.launcher.onnx_runner import (
     TEMPLATE,
     OnnxSignature,
     RunnerError,
@@ -32,7 +32,7 @@ from meshserve.onnx_runner import (
     render_model_py,
     runner_config,
 )
-from meshserve.onnx_runner.render import TEMPLATE_LINE
+from meshserve.launcher.onnx_runner.render import TEMPLATE_LINE
 from services.inference.tritonserver import find_bundled_triton
 from tests.unit import onnx_graphs
 

@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from meshserve.registry import FeatureRegistry, load_registry
+from meshserve.feature.registry import FeatureRegistry, load_registry
 
 
 def test_embedded_registry_splits_request_and_stored_features_in_vector_order():

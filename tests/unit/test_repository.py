@@ -11,8 +11,13 @@ from pathlib import Path
 import pytest
 from onnx import TensorProto
 
-from meshserve.onnx_runner import RunnerSettings, render_model_py
-from meshserve.repository import RepositoryError, ServedRepository, prepare_served_repository, read_config
+from meshserve.launcher.onnx_runner import RunnerSettings, render_model_py
+from meshserve.launcher.repository import (
+    RepositoryError,
+    ServedRepository,
+    prepare_served_repository,
+    read_config,
+)
 from tests.unit import onnx_graphs
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"

@@ -1,4 +1,4 @@
-from gateway.resilience import OutlierEjection, RetryBudget, try_elsewhere
+from gateway.routing.resilience import OutlierEjection, RetryBudget, try_elsewhere
 from meshserve.core.errors import ErrorCode, InvalidArgument, MeshError, NotFound, Unavailable
 
 

@@ -10,11 +10,11 @@ import logging
 import pytest
 import yaml
 
-from gateway.audit import AuditLog
-from gateway.live import LiveRoutes
-from gateway.rollout import RolloutController
-from gateway.routes import parse_routes
-from gateway.stats import VariantStats
+from gateway.control.audit import AuditLog
+from gateway.rollout.canary import RolloutController
+from gateway.routing.live import LiveRoutes
+from gateway.routing.routes import parse_routes
+from gateway.routing.stats import VariantStats
 
 PLAN = {"canary": "canary", "steps": [10, 50, 100], "interval_s": 5, "min_requests": 5}
 
@@ -159,7 +159,7 @@ async def test_a_plan_that_disappears_stops_its_rollout_once_and_the_loop_stays_
     rollouts.start("a", "alice")
     # a table swapped without an announcement (the guard for changes that do not go through LiveRoutes' methods)
     live.table = parse_routes(spec(plan=None), "test")
-    caplog.set_level(logging.INFO, logger="gateway.rollout")
+    caplog.set_level(logging.INFO, logger="gateway.rollout.canary")
     for _ in range(20):
         clock.now += 1
         traffic(stats, "a", canary_ok=True)

@@ -9,11 +9,11 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.dispatch import Dispatcher
 from gateway.metrics import GatewayCollector
-from gateway.prediction_cache import PredictionCache
-from gateway.shadow import ShadowRunner
-from gateway.stats import LatencyTotals, VariantStats
+from gateway.routing.dispatch import Dispatcher
+from gateway.routing.shadow import ShadowRunner
+from gateway.routing.stats import LatencyTotals, VariantStats
+from gateway.serving.prediction_cache import PredictionCache
 from meshserve.core.metrics import LATENCY_BUCKETS
 
 

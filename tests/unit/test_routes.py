@@ -3,7 +3,14 @@ import random
 import pytest
 from pydantic import ValidationError
 
-from gateway.routes import Route, RoutesFileError, RouteTable, choose_variant, load_routes, parse_routes
+from gateway.routing.routes import (
+    Route,
+    RoutesFileError,
+    RouteTable,
+    choose_variant,
+    load_routes,
+    parse_routes,
+)
 from meshserve.core.errors import InvalidArgument, NotFound
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime, timedelta, timezone
 
-from meshserve.run_logs import (
+from meshserve.launcher.run_logs import (
     LATEST,
     ModelLoadFailure,
     latest_run,

@@ -12,8 +12,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from meshserve.drift import BinKind, load_profile
-from meshserve.registry import load_registry
+from meshserve.feature.drift import BinKind, load_profile
+from meshserve.feature.registry import load_registry
 from meshserve.samples.build import build_sample_models
 from meshserve.samples.fraud import (
     MODEL,

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from meshserve.registry import load_registry
+from meshserve.feature.registry import load_registry
 from meshserve.scoring.checkpoint import Checkpoint, Fingerprint, PartResult, ScoredRow
 from meshserve.scoring.files import read_rows, write_outputs
 from meshserve.scoring.rows import RawRow, Reject, RowSchema, ValidRow, chunks

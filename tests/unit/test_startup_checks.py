@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from meshserve.endpoints_file import MeshEndpoints, write_endpoints
-from meshserve.repository import prepare_served_repository
-from meshserve.startup_checks import (
+from meshserve.launcher.endpoints_file import MeshEndpoints, write_endpoints
+from meshserve.launcher.repository import prepare_served_repository
+from meshserve.launcher.startup_checks import (
     PortUse,
     RunDirLock,
     StartupError,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import random
 
-from gateway.stats import RATIO, VariantStats, exported_buckets
+from gateway.routing.stats import RATIO, VariantStats, exported_buckets
 
 
 def gateway(now: list[float]) -> VariantStats:

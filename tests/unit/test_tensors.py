@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2
 
-from gateway.tensors import validate_infer_request
+from gateway.serving.tensors import validate_infer_request
 from meshserve.core.errors import InvalidArgument
 
 METADATA = service_pb2.ModelMetadataResponse(

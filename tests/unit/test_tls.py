@@ -8,7 +8,6 @@ import shutil
 import pytest
 from pydantic import ValidationError
 
-from meshserve.cli.certs import issue_certificates
 from meshserve.core.errors import ErrorCode, PermissionDenied
 from meshserve.core.settings import ServiceSettings
 from meshserve.core.tls import (
@@ -19,6 +18,7 @@ from meshserve.core.tls import (
     redis_options,
     requires_client_certificate,
 )
+from meshserve.launcher.certs import issue_certificates
 
 
 def _auth(*sans: bytes, cn: bytes = b"") -> dict[str, list[bytes]]:
@@ -127,7 +127,7 @@ def test_redis_options_only_for_rediss_urls(tmp_path):
 
 
 def _planned(tmp_path, **settings):
-    from meshserve.mesh import LocalMesh, MeshSettings
+    from meshserve.launcher.mesh import LocalMesh, MeshSettings
 
     mesh = LocalMesh(
         MeshSettings(gateway_port=0, admin_port=0, gateway_http_port=0, run_dir=tmp_path, **settings)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from gateway.stats import FLOOR_S, RATIO, VariantStats
+from gateway.routing.stats import FLOOR_S, RATIO, VariantStats
 
 
 class Clock:

@@ -10,13 +10,13 @@ import time
 import pytest
 from tritonclient.grpc import service_pb2
 
-from gateway.audit import AuditLog
-from gateway.bluegreen import ModelLifecycle
-from gateway.catalog import ModelCatalog
-from gateway.live import LiveRoutes
-from gateway.routes import parse_routes
+from gateway.control.audit import AuditLog
+from gateway.rollout.bluegreen import ModelLifecycle
+from gateway.rollout.versions import versions_in_use
+from gateway.routing.live import LiveRoutes
+from gateway.routing.routes import parse_routes
+from gateway.serving.catalog import ModelCatalog
 from gateway.settings import DEFAULT_COALESCING
-from gateway.versions import versions_in_use
 from meshserve.core.errors import DeadlineExceeded, FailedPrecondition, NotFound, Unavailable
 from meshserve.inference.v1 import inference_pb2
 

@@ -1,4 +1,4 @@
-"""The admin API's rule for weights (gateway/weights.py): shares of the traffic, each >= 0 and finite, not all
+"""The admin API's rule for weights (gateway/routing/weights.py): shares of the traffic, each >= 0 and finite, not all
 zero, scaled to sum to 100; anything else INVALID_ARGUMENT naming the weight."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from gateway.routes import Route, Variant
-from gateway.weights import normalised_weights
+from gateway.routing.routes import Route, Variant
+from gateway.routing.weights import normalised_weights
 from meshserve.core.errors import ErrorCode, MeshError
 
 ROUTE = Route(

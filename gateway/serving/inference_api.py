@@ -1,0 +1,218 @@
+"""The Open Inference Protocol as the gateway serves it: model names are route names (declared routes, and every
+model Triton serves under its own name). No gRPC here.
+
+ModelInfer requests are checked against the model's metadata and forwarded with only the model name and
+version rewritten. A variant that follows Triton's versions (version "") passes a requested version on as it
+is. Triton's own control calls (model control, statistics, shared memory, trace and log settings) pass through.
+
+Every call naming a route is authorized against the route's rule once the route is known (the caller is the
+context's `current_principal()`); model control and changes to trace or log settings need role admin wherever
+the gateway requires authentication.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from tritonclient.grpc import service_pb2
+
+from gateway.routing.admission import Admission
+from gateway.routing.dispatch import Dispatcher, Tier
+from gateway.routing.live import LiveRoutes
+from gateway.routing.routes import Route, StickyKey, Variant, choose_variant
+from gateway.serving.catalog import ModelCatalog, ModelInfo
+from gateway.serving.clients import InferenceClient
+from gateway.serving.repository import ModelRepository
+from gateway.serving.statistics import route_statistics
+from gateway.serving.tensors import validate_infer_request
+from meshserve.core.auth import ADMIN_ROLE, require_role
+from meshserve.core.context import current_principal
+from meshserve.core.errors import MeshError, NotFound, PermissionDenied, Unauthenticated
+
+SERVER_NAME = "meshserve"
+_NO_HEADERS: Mapping[str, str] = {}
+# What works through the gateway as it does against Triton (cuda_shared_memory: passed to Triton, which must be
+# on the caller's host and have a GPU)
+EXTENSIONS = [
+    "classification", "sequence", "model_repository", "model_repository(unload_dependents)", "schedule_policy",
+    "model_configuration", "system_shared_memory", "cuda_shared_memory", "binary_tensor_data", "parameters",
+    "statistics", "trace", "logging",
+]  # fmt: skip
+SEQUENCE_ID = "sequence_id"
+# Which variant, model version and tier answered: trailing metadata on gRPC, headers on REST
+VARIANT_HEADER = "x-meshserve-variant"
+MODEL_VERSION_HEADER = "x-meshserve-model-version"
+TIER_HEADER = "x-meshserve-tier"
+# Control calls that change what Triton serves or how it traces and logs: role admin (settings only when set)
+MODEL_CONTROL = frozenset({"RepositoryModelLoad", "RepositoryModelUnload"})
+SETTINGS_CONTROL = frozenset({"TraceSetting", "LogSettings"})
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    variant: str
+    model_version: str
+    tier: Tier
+
+
+class InferenceApi:
+    def __init__(
+        self,
+        routes: LiveRoutes,
+        catalog: ModelCatalog,
+        inference: InferenceClient,
+        dispatcher: Dispatcher,
+        version: str,
+        rng: random.Random | None = None,
+        admission: Admission | None = None,
+        repository: ModelRepository | None = None,
+        auth_required: bool = False,
+    ) -> None:
+        self.auth_required = auth_required  # off: anonymous callers may also use model control
+        self.repository = repository or ModelRepository(inference, routes, catalog)
+        self.dispatcher = dispatcher
+        self.admission = admission or Admission.unlimited()
+        self.routes = routes
+        self.catalog = catalog
+        self.inference = inference
+        self.version = version
+        self.rng = rng or random.Random()
+
+    def server_metadata(self) -> service_pb2.ServerMetadataResponse:
+        return service_pb2.ServerMetadataResponse(
+            name=SERVER_NAME, version=self.version, extensions=EXTENSIONS
+        )
+
+    async def _route(self, name: str) -> Route:
+        """The route `name`; a name nobody serves is looked up in Triton's repository again first (at most once a
+        second), so a model loaded through another gateway, or Triton itself, is served at once."""
+        try:
+            route = self.routes.get(name)
+        except NotFound:
+            if not await self.repository.look_again():
+                raise
+            route = self.routes.get(name)
+        self.routes.authorize(name, current_principal())
+        return route
+
+    def _may_call(self, name: str) -> bool:
+        try:
+            self.routes.authorize(name, current_principal())
+        except (Unauthenticated, PermissionDenied):
+            return False
+        return True
+
+    async def _info(self, route_name: str, version: str) -> ModelInfo:
+        """What Triton says of the model version a request for (`route_name`, `version`) would reach."""
+        route = await self._route(route_name)
+        variant = choose_variant(route, self.rng, version=version) if version else route.primary
+        return await self.catalog.get(variant.model, variant.version or version)
+
+    async def model_ready(self, route_name: str, version: str) -> bool:
+        """Ready as Triton answers it: False (never an error) for a name, a version or a model nobody serves."""
+        try:
+            route = await self._route(route_name)
+            if version:
+                return (await self._info(route_name, version)).ready
+            served = [v for v in route.variants if v.weight > 0]
+            infos = [await self.catalog.get(v.model, v.version) for v in served]
+        except (Unauthenticated, PermissionDenied):
+            raise  # a caller who may not call the route is told so, not that it is not ready
+        except MeshError:
+            return False
+        return all(info.ready for info in infos)
+
+    async def model_metadata(self, route_name: str, version: str) -> service_pb2.ModelMetadataResponse:
+        info = await self._info(route_name, version)
+        reply = service_pb2.ModelMetadataResponse()
+        reply.CopyFrom(info.metadata)
+        reply.name = route_name
+        route = await self._route(route_name)
+        versions = {v.version for v in route.variants if v.version}
+        if any(not v.version for v in route.variants):  # following Triton: its versions are the route's
+            versions |= set(info.metadata.versions)
+        del reply.versions[:]
+        reply.versions.extend(sorted(versions, key=lambda v: (len(v), v)))
+        return reply
+
+    async def model_config(self, route_name: str, version: str) -> service_pb2.ModelConfigResponse:
+        info = await self._info(route_name, version)
+        reply = service_pb2.ModelConfigResponse()
+        reply.CopyFrom(info.config)
+        reply.config.name = route_name
+        return reply
+
+    async def model_statistics(self, route_name: str, version: str, time_left_s: float | None = None):
+        """Triton's statistics of the model versions behind a route, under the route's name ("" = every name
+        served)."""
+        names = [route_name] if route_name else [n for n in sorted(self.routes.served) if self._may_call(n)]
+        stats = service_pb2.ModelStatisticsResponse()
+        for name in names:
+            route = await self._route(name)
+            targets = {(v.model, v.version or version) for v in route.variants if not version or
+                       v.version in ("", version)}  # fmt: skip
+            entries = []
+            for model, model_version in sorted(targets):
+                request = service_pb2.ModelStatisticsRequest(name=model, version=model_version)
+                reply = await self.repository.control("ModelStatistics", request, time_left_s)
+                entries.extend(reply.model_stats)
+            stats.model_stats.extend(route_statistics(name, entries))
+        return stats
+
+    async def control(self, method: str, request, time_left_s: float | None = None):
+        """One of Triton's control calls, passed through (a load or unload updates the names served at once)."""
+        if method in MODEL_CONTROL or (method in SETTINGS_CONTROL and request.settings):
+            principal = current_principal()
+            if self.auth_required or not principal.anonymous:
+                try:
+                    require_role(principal, ADMIN_ROLE, method)
+                except MeshError as exc:
+                    log.warning(
+                        "denied", extra={"method": method, "who": principal.name, "reason": exc.message}
+                    )
+                    raise
+        return await self.repository.control(method, request, time_left_s)
+
+    async def model_infer(
+        self,
+        request: service_pb2.ModelInferRequest,
+        time_left_s: float | None,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[service_pb2.ModelInferResponse, Answered]:
+        """Route one request down its route's tiers; tensors are checked against each tier's model, never decoded."""
+        route_name = request.model_name
+        route = await self._route(route_name)
+        with self.admission.admit(f"{route_name}:infer", time_left_s):
+            return await self._model_infer(request, route_name, route, time_left_s, headers or _NO_HEADERS)
+
+    async def _model_infer(
+        self,
+        request: service_pb2.ModelInferRequest,
+        route_name: str,
+        route: Route,
+        time_left_s: float | None,
+        headers: Mapping[str, str],
+    ) -> tuple[service_pb2.ModelInferResponse, Answered]:
+        sticky = headers.get(route.sticky.header or "") if route.sticky.key is StickyKey.HEADER else None
+        if sticky is None and SEQUENCE_ID in request.parameters:
+            sticky = str(request.parameters[SEQUENCE_ID])  # every request of a sequence to the same variant
+        forced = headers.get(route.override_header) if route.override_header else None
+        asked = request.model_version
+        first = choose_variant(route, self.rng, version=asked, sticky_key=sticky, forced=forced)
+        deadline = self.dispatcher.deadline(route, time_left_s)
+
+        async def attempt(variant: Variant, time_left: float) -> service_pb2.ModelInferResponse:
+            info = await self.catalog.get(variant.model, variant.version or asked)
+            validate_infer_request(request, info.metadata, info.max_batch_size, route_name)
+            request.model_name = variant.model
+            request.model_version = info.version
+            return await self.inference.infer(request, time_left, info.plan)
+
+        served = await self.dispatcher.run(route_name, route, first, attempt, deadline)
+        reply = served.value
+        reply.model_name = route_name
+        return reply, Answered(served.variant.name, reply.model_version, served.tier)
