@@ -1,22 +1,30 @@
-"""A bounded in-memory LRU with per-entry TTL. Pure and clock-injected, so expiry is unit-testable."""
+"""A bounded in-memory LRU with per-entry TTL, by bytes: cachetools' TLRUCache, sized by each key and value.
+
+Clock-injected, so expiry is unit-testable. Entries larger than `max_entry_bytes` are never stored (one large
+answer must not flush the cache)."""
 
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
+
+from cachetools import TLRUCache
 
 
-@dataclass(slots=True)
-class _Entry:
+class _Entry(NamedTuple):
     value: bytes
-    expires_at: float
-    size: int
+    ttl_s: float
+    size: int  # key and value bytes: what `max_bytes` bounds
+
+
+def _expires_at(_key: str, entry: _Entry, now: float) -> float:
+    return now + entry.ttl_s
 
 
 class LruTtlCache:
-    """Evicts least-recently-used entries once the total size of keys and values passes `max_bytes`."""
+    """Evicts least-recently-used entries once the total size of keys and values passes `max_bytes`; writes drop
+    what has expired first, so memory follows (rate x TTL) rather than filling up with the dead."""
 
     def __init__(
         self,
@@ -28,63 +36,39 @@ class LruTtlCache:
         self.max_bytes = max_bytes
         self.max_entry_bytes = max_entry_bytes
         self.default_ttl_s = default_ttl_s
-        self.clock = clock
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
-        self.size = 0
+        self._entries: TLRUCache[str, _Entry] = TLRUCache(
+            max_bytes, _expires_at, timer=clock, getsizeof=lambda entry: entry.size
+        )
+
+    @property
+    def size(self) -> int:
+        return int(self._entries.currsize)
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
-        now = self.clock()
+        self._entries.expire()
         hits: dict[str, bytes] = {}
         for key in keys:
             entry = self._entries.get(key)
-            if entry is None:
-                continue
-            if entry.expires_at <= now:
-                self._remove(key)
-                continue
-            self._entries.move_to_end(key)
-            hits[key] = entry.value
+            if entry is not None:
+                hits[key] = entry.value
         return hits
 
     def set_many(self, items: Iterable[tuple[str, bytes]], ttl_s: float | None = None) -> int:
-        now = self.clock()
-        self._drop_expired(now)
-        expires_at = now + (ttl_s or self.default_ttl_s)
+        ttl = ttl_s or self.default_ttl_s
         stored = 0
         for key, value in items:
             size = len(key) + len(value)
-            if size > self.max_entry_bytes:
+            if size > self.max_entry_bytes or size > self.max_bytes:
                 continue
-            self._remove(key)
-            self._entries[key] = _Entry(value, expires_at, size)
-            self.size += size
+            self._entries[key] = _Entry(value, ttl, size)
             stored += 1
-        while self.size > self.max_bytes:
-            self._remove(next(iter(self._entries)))
         return stored
-
-    def _drop_expired(self, now: float) -> None:
-        """Writes drop what has expired at the cold end, so memory follows (rate x TTL) rather than filling up to
-        `max_bytes` with the dead: with one TTL per caller, entries expire roughly in the order they were written."""
-        while self._entries:
-            key, entry = next(iter(self._entries.items()))
-            if entry.expires_at > now:
-                return
-            self._remove(key)
 
     def clear(self) -> None:
         self._entries.clear()
-        self.size = 0
 
     def delete_many(self, keys: Iterable[str]) -> int:
-        return sum(self._remove(key) for key in keys)
-
-    def _remove(self, key: str) -> bool:
-        entry = self._entries.pop(key, None)
-        if entry is None:
-            return False
-        self.size -= entry.size
-        return True
+        return sum(self._entries.pop(key, None) is not None for key in keys)
