@@ -81,28 +81,28 @@ async def gateway(mesh, tmp_path):
 
 async def test_weights_promote_and_rollback_change_traffic_and_are_audited(gateway):
     who = gateway.as_user["alice"]
-    await gateway.api.admin.SetWeights(
+    await gateway.admin.SetWeights(
         admin_pb2.SetWeightsRequest(route="fraud", weights={"stable": 50, "canary": 50}),
         metadata=who,
         timeout=5,
     )
-    variants = {(await gateway.serving.predict("fraud", amount=float(n))).variant for n in range(60)}
+    variants = {(await gateway.predict("fraud", amount=float(n))).variant for n in range(60)}
     assert variants == {"stable", "canary"}
-    status = await gateway.api.admin.Promote(
+    status = await gateway.admin.Promote(
         admin_pb2.PromoteRequest(route="fraud", variant="canary"), timeout=5
     )
     assert {v.name: v.weight for v in status.variants} == {"stable": 0, "canary": 100}
-    assert {(await gateway.serving.predict("fraud", amount=float(n))).variant for n in range(10)} == {
+    assert {(await gateway.predict("fraud", amount=float(n))).variant for n in range(10)} == {
         "canary"
     }
-    await gateway.api.admin.Rollback(
+    await gateway.admin.Rollback(
         admin_pb2.RollbackRequest(route="fraud", reason="drill"), metadata=who, timeout=5
     )
-    assert {(await gateway.serving.predict("fraud", amount=float(n))).variant for n in range(10)} == {
+    assert {(await gateway.predict("fraud", amount=float(n))).variant for n in range(10)} == {
         "stable"
     }
 
-    audit = (await gateway.api.admin.GetAuditLog(admin_pb2.GetAuditLogRequest(), timeout=5)).entries
+    audit = (await gateway.admin.GetAuditLog(admin_pb2.GetAuditLogRequest(), timeout=5)).entries
     assert [(e.who, e.action) for e in audit] == [
         ("alice", "set_weights"),
         ("anonymous", "promote"),
@@ -117,12 +117,12 @@ async def test_weights_promote_and_rollback_change_traffic_and_are_audited(gatew
 
 
 async def test_weights_are_shares_scaled_to_sum_to_100(gateway):
-    status = await gateway.api.admin.SetWeights(
+    status = await gateway.admin.SetWeights(
         admin_pb2.SetWeightsRequest(route="fraud", weights={"stable": 90, "canary": 20}), timeout=5
     )
     weights = {v.name: v.weight for v in status.variants}
     assert weights == pytest.approx({"stable": 81.818, "canary": 18.182}, abs=0.001)
-    audit = (await gateway.api.admin.GetAuditLog(admin_pb2.GetAuditLogRequest(), timeout=5)).entries
+    audit = (await gateway.admin.GetAuditLog(admin_pb2.GetAuditLogRequest(), timeout=5)).entries
     assert json.loads(audit[-1].after) == pytest.approx(weights)  # stored and audited as served
 
 
@@ -135,7 +135,7 @@ async def test_bad_weights_are_refused_and_change_nothing(gateway):
         ({}, "weights:"),
     ):
         with pytest.raises(grpc.aio.AioRpcError) as failure:
-            await gateway.api.admin.SetWeights(
+            await gateway.admin.SetWeights(
                 admin_pb2.SetWeightsRequest(route="fraud", weights=weights), timeout=5
             )
         assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -148,10 +148,10 @@ async def test_bad_weights_are_refused_and_change_nothing(gateway):
 
 async def test_reload_of_a_bad_file_keeps_serving_and_a_good_one_applies_without_dropping_requests(gateway):
     gateway.routes_file.write_text(ROUTES.replace("weight: 100}", "weight: -100}", 1))
-    reply = await gateway.api.admin.Reload(admin_pb2.ReloadRequest(), timeout=5)
+    reply = await gateway.admin.Reload(admin_pb2.ReloadRequest(), timeout=5)
     assert not reply.applied
     assert "routes.fraud.variants.0.weight" in reply.error and "greater than or equal to 0" in reply.error
-    assert (await gateway.serving.predict("fraud")).variant == "stable"
+    assert (await gateway.predict("fraud")).variant == "stable"
 
     stop = asyncio.Event()
     # the variants each caller was answered by, in its order
@@ -161,7 +161,7 @@ async def test_reload_of_a_bad_file_keeps_serving_and_a_good_one_applies_without
         n = 0
         while not stop.is_set():
             n += 1
-            mine.append((await gateway.serving.predict("fraud", amount=float(n))).variant)
+            mine.append((await gateway.predict("fraud", amount=float(n))).variant)
 
     loaders = [asyncio.create_task(load(mine)) for mine in outcomes]
     await asyncio.sleep(0.2)
@@ -172,7 +172,7 @@ async def test_reload_of_a_bad_file_keeps_serving_and_a_good_one_applies_without
             1,
         )
     )
-    reply = await gateway.api.admin.Reload(admin_pb2.ReloadRequest(), timeout=5)
+    reply = await gateway.admin.Reload(admin_pb2.ReloadRequest(), timeout=5)
     await asyncio.sleep(0.2)
     stop.set()
     await asyncio.gather(*loaders)  # any failed request would raise here
@@ -184,7 +184,7 @@ async def test_reload_of_a_bad_file_keeps_serving_and_a_good_one_applies_without
 
 async def test_shadow_compares_with_the_primary_and_reflects_a_planted_difference(mesh, gateway):
     accounts = [f"acct-{n:05d}" for n in range(40)]
-    primary = [await gateway.serving.predict("shadowed", account=a, amount=300.0) for a in accounts]
+    primary = [await gateway.predict("shadowed", account=a, amount=300.0) for a in accounts]
     assert {(p.variant, p.model_version) for p in primary} == {("stable", "1")}
     deadline = time.monotonic() + 10
     while (status := await gateway.status("shadowed")).shadows[0].compared < len(accounts):
@@ -212,7 +212,7 @@ async def test_shadow_compares_with_the_primary_and_reflects_a_planted_differenc
 
 async def test_failing_or_slow_shadow_changes_nothing_for_callers(gateway):
     started = time.monotonic()
-    answers = [await gateway.serving.predict("bad-shadow", amount=float(n)) for n in range(20)]
+    answers = [await gateway.predict("bad-shadow", amount=float(n)) for n in range(20)]
     elapsed = time.monotonic() - started
     assert all(a.variant == "stable" and a.tier == gateway_pb2.PRIMARY for a in answers)
     assert elapsed < 3.0  # a 3 s shadow delay never reaches callers
@@ -231,12 +231,12 @@ async def _drive(gateway, route: str, until, seconds: float) -> admin_pb2.RouteS
         if until(status):
             return status
         assert time.monotonic() < deadline, f"rollout never reached the expected state: {status.rollout}"
-        await asyncio.gather(*(gateway.serving.predict(route, amount=float(n + k)) for k in range(8)))
+        await asyncio.gather(*(gateway.predict(route, amount=float(n + k)) for k in range(8)))
         n += 8
 
 
 async def test_failing_canary_is_rolled_back_by_the_rollout_and_audited(gateway):
-    await gateway.api.admin.SetRollout(
+    await gateway.admin.SetRollout(
         admin_pb2.SetRolloutRequest(route="rollout", action=admin_pb2.SetRolloutRequest.START), timeout=5
     )
     status = await _drive(gateway, "rollout", lambda s: s.rollout.state != "running", seconds=15)
@@ -251,7 +251,7 @@ async def test_failing_canary_is_rolled_back_by_the_rollout_and_audited(gateway)
     assert judged.canary.error_rate - judged.baseline.error_rate > judged.max_error_rate_increase == 0.02
     assert (judged.max_p99_ratio, judged.min_requests) == (2.0, 10)
     assert judged.canary.p99_seconds > 0 and abs(judged.time - time.time()) < 60
-    audit = (await gateway.api.admin.GetAuditLog(admin_pb2.GetAuditLogRequest(), timeout=5)).entries
+    audit = (await gateway.admin.GetAuditLog(admin_pb2.GetAuditLogRequest(), timeout=5)).entries
     assert [(e.who, e.action) for e in audit][-1] == ("rollout", "rollback")
     assert "error rate" in audit[-1].reason
     assert f"canary canary {judged.canary.requests} requests" in audit[-1].reason
@@ -274,14 +274,14 @@ async def test_failing_canary_is_rolled_back_by_the_rollout_and_audited(gateway)
 
 
 async def test_healthy_canary_is_stepped_up_to_full_traffic(gateway):
-    await gateway.api.admin.SetRollout(
+    await gateway.admin.SetRollout(
         admin_pb2.SetRolloutRequest(route="healthy-rollout", action=admin_pb2.SetRolloutRequest.START),
         timeout=5,
     )
     status = await _drive(gateway, "healthy-rollout", lambda s: s.rollout.state != "running", seconds=20)
     assert status.rollout.state == "completed"
     assert {v.name: v.weight for v in status.variants} == {"stable": 0, "canary": 100}
-    audit = (await gateway.api.admin.GetAuditLog(admin_pb2.GetAuditLogRequest(), timeout=5)).entries
+    audit = (await gateway.admin.GetAuditLog(admin_pb2.GetAuditLogRequest(), timeout=5)).entries
     assert [e.action for e in audit] == ["rollout_step", "rollout_step", "rollout_completed"]
     assert [json.loads(e.after)["canary"] for e in audit[:2]] == [30, 100]
     judged = status.rollout.last_judgement
@@ -290,7 +290,7 @@ async def test_healthy_canary_is_stepped_up_to_full_traffic(gateway):
 
 
 async def test_retry_budget_and_ejection_stop_a_dead_canary_costing_attempts_then_probe_it_back(gateway):
-    answers = [await gateway.serving.predict("flaky-canary", amount=float(n)) for n in range(100)]
+    answers = [await gateway.predict("flaky-canary", amount=float(n)) for n in range(100)]
     assert all(a.variant == "stable" for a in answers)  # no caller saw the dead canary
     status = await gateway.status("flaky-canary")
     canary = next(v for v in status.variants if v.name == "canary")
@@ -305,9 +305,9 @@ async def test_retry_budget_and_ejection_stop_a_dead_canary_costing_attempts_the
             'abort_percent: 0}\n    variants:\n      - {name: stable, model: fraud, version: "1", weight: 50}',
         )
     )
-    assert (await gateway.api.admin.Reload(admin_pb2.ReloadRequest(), timeout=5)).applied
+    assert (await gateway.admin.Reload(admin_pb2.ReloadRequest(), timeout=5)).applied
     deadline = time.monotonic() + 40
-    while (await gateway.serving.predict("flaky-canary", amount=time.monotonic())).variant != "canary":
+    while (await gateway.predict("flaky-canary", amount=time.monotonic())).variant != "canary":
         assert time.monotonic() < deadline, "the canary was never probed back in"
         await asyncio.sleep(0.05)
     assert not next(v for v in (await gateway.status("flaky-canary")).variants if v.name == "canary").ejected
@@ -315,11 +315,11 @@ async def test_retry_budget_and_ejection_stop_a_dead_canary_costing_attempts_the
 
 async def test_weights_set_by_hand_stop_a_running_rollout_so_its_next_step_cannot_overwrite_them(gateway):
     who = gateway.as_user["alice"]
-    await gateway.api.admin.SetRollout(
+    await gateway.admin.SetRollout(
         admin_pb2.SetRolloutRequest(route="healthy-rollout", action=admin_pb2.SetRolloutRequest.START),
         timeout=5,
     )
-    status = await gateway.api.admin.SetWeights(
+    status = await gateway.admin.SetWeights(
         admin_pb2.SetWeightsRequest(route="healthy-rollout", weights={"stable": 80, "canary": 20}),
         metadata=who,
         timeout=5,
@@ -330,13 +330,13 @@ async def test_weights_set_by_hand_stop_a_running_rollout_so_its_next_step_canno
     n = 0
     while time.monotonic() < deadline:
         await asyncio.gather(
-            *(gateway.serving.predict("healthy-rollout", amount=float(n + k)) for k in range(8))
+            *(gateway.predict("healthy-rollout", amount=float(n + k)) for k in range(8))
         )
         n += 8
     status = await gateway.status("healthy-rollout")
     assert {v.name: v.weight for v in status.variants} == {"stable": 80, "canary": 20}
     assert status.rollout.state == "stopped"
-    audit = (await gateway.api.admin.GetAuditLog(admin_pb2.GetAuditLogRequest(), timeout=5)).entries
+    audit = (await gateway.admin.GetAuditLog(admin_pb2.GetAuditLogRequest(), timeout=5)).entries
     assert [(e.who, e.action) for e in audit] == [
         ("anonymous", "rollout_step"),
         ("alice", "set_weights"),
@@ -346,14 +346,14 @@ async def test_weights_set_by_hand_stop_a_running_rollout_so_its_next_step_canno
 
 
 async def test_a_reload_that_removes_a_running_rollouts_plan_stops_it_once(gateway, caplog):
-    await gateway.api.admin.SetRollout(
+    await gateway.admin.SetRollout(
         admin_pb2.SetRolloutRequest(route="rollout", action=admin_pb2.SetRolloutRequest.START), timeout=5
     )
     plan = "    rollout: {canary: canary, steps: [20, 50, 100], interval_s: 1.0, min_requests: 10}\n"
     assert plan in ROUTES
     gateway.routes_file.write_text(ROUTES.replace(plan, ""))
     caplog.set_level(logging.INFO, logger="gateway.rollout.canary")
-    reply = await gateway.api.admin.Reload(
+    reply = await gateway.admin.Reload(
         admin_pb2.ReloadRequest(), metadata=gateway.as_user["bob"], timeout=5
     )
     assert reply.applied
@@ -361,7 +361,7 @@ async def test_a_reload_that_removes_a_running_rollouts_plan_stops_it_once(gatew
     status = await gateway.status("rollout")
     assert status.rollout.state == "stopped" and "reload by bob" in status.rollout.last_reason
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == ["rollout stopped"]
-    audit = (await gateway.api.admin.GetAuditLog(admin_pb2.GetAuditLogRequest(), timeout=5)).entries
+    audit = (await gateway.admin.GetAuditLog(admin_pb2.GetAuditLogRequest(), timeout=5)).entries
     assert [(e.who, e.action, e.route) for e in audit if e.action == "rollout_stopped"] == [
         ("bob", "rollout_stopped", "rollout")
     ]

@@ -41,14 +41,14 @@ async def gateway(mesh, tmp_path):
 
 async def test_missing_features_follow_the_routes_policy(gateway):
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await gateway.serving.predict("strict", account="no-such-account")
+        await gateway.predict("strict", account="no-such-account")
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "feature 'avg_amount_30d' of 'no-such-account' is NOT_FOUND" in refused.value.details()
-    lenient = await gateway.serving.predict("lenient", account="no-such-account")  # registry defaults
+    lenient = await gateway.predict("lenient", account="no-such-account")  # registry defaults
     assert lenient.tier == gateway_pb2.PRIMARY
-    fallen = await gateway.serving.predict("fall-back", account="no-such-account")
+    fallen = await gateway.predict("fall-back", account="no-such-account")
     assert (fallen.tier, fallen.score) == (gateway_pb2.DEFAULT, 0.25)
-    present = await gateway.serving.predict("strict", account="acct-00005")  # seeded: every feature present
+    present = await gateway.predict("strict", account="acct-00005")  # seeded: every feature present
     assert present.tier == gateway_pb2.PRIMARY
 
 
@@ -74,14 +74,14 @@ async def test_drift_is_low_on_reference_like_traffic_and_names_a_shifted_featur
             await gateway.predict_stub.Predict(request, timeout=10)
 
     await send(traffic(SEED + 1, 1.0, 300))
-    calm = await gateway.api.admin.GetDrift(admin_pb2.GetDriftRequest(), timeout=5)
+    calm = await gateway.admin.GetDrift(admin_pb2.GetDriftRequest(), timeout=5)
     psi = {f.feature: f.psi for f in calm.features}
     assert psi["amount"] < 0.2 and psi["merchant_category"] < 0.2
     assert not any(f.drifting for f in calm.features)
 
     caplog.set_level(logging.WARNING, logger="meshserve.feature.drift")
     await send(traffic(SEED + 2, 6.0, 300))  # amounts six times larger than in training
-    shifted = await gateway.api.admin.GetDrift(admin_pb2.GetDriftRequest(), timeout=5)
+    shifted = await gateway.admin.GetDrift(admin_pb2.GetDriftRequest(), timeout=5)
     psi = {f.feature: f.psi for f in shifted.features}
     assert psi["amount"] > 0.2 and psi["merchant_category"] < 0.2
     assert {f.feature for f in shifted.features if f.drifting} == {"amount"}

@@ -28,7 +28,7 @@ routes:
 async def until_cached(gateway, **predict) -> None:
     """The cache is written after the answer: wait (bounded) until the entry has landed."""
     deadline = time.monotonic() + 5
-    while not (await gateway.serving.predict("cached", **predict)).from_cache:
+    while not (await gateway.predict("cached", **predict)).from_cache:
         assert time.monotonic() < deadline, "the answer never reached the cache"
         await asyncio.sleep(0.02)
 
@@ -41,24 +41,24 @@ async def gateway(mesh, tmp_path):
 
 
 async def test_no_stale_answer_after_promote_rollback_or_invalidate(gateway):
-    first = await gateway.serving.predict("cached", amount=777.0)
+    first = await gateway.predict("cached", amount=777.0)
     assert (first.variant, first.model_version, first.from_cache) == ("stable", "1", False)
     await until_cached(gateway, amount=777.0)
 
-    await gateway.api.admin.Promote(admin_pb2.PromoteRequest(route="cached", variant="canary"), timeout=5)
-    promoted = await gateway.serving.predict("cached", amount=777.0)
+    await gateway.admin.Promote(admin_pb2.PromoteRequest(route="cached", variant="canary"), timeout=5)
+    promoted = await gateway.predict("cached", amount=777.0)
     assert (promoted.variant, promoted.model_version, promoted.from_cache) == ("canary", "2", False)
 
-    await gateway.api.admin.Rollback(admin_pb2.RollbackRequest(route="cached"), timeout=5)
-    rolled_back = await gateway.serving.predict("cached", amount=777.0)
+    await gateway.admin.Rollback(admin_pb2.RollbackRequest(route="cached"), timeout=5)
+    rolled_back = await gateway.predict("cached", amount=777.0)
     assert (rolled_back.variant, rolled_back.from_cache) == ("stable", False)  # v1's old entry is unreachable
     assert rolled_back.score == pytest.approx(first.score)
 
     await until_cached(gateway, amount=777.0)
-    await gateway.api.admin.InvalidateCache(admin_pb2.InvalidateCacheRequest(route="cached"), timeout=5)
-    assert not (await gateway.serving.predict("cached", amount=777.0)).from_cache
+    await gateway.admin.InvalidateCache(admin_pb2.InvalidateCacheRequest(route="cached"), timeout=5)
+    assert not (await gateway.predict("cached", amount=777.0)).from_cache
     stats = (
-        await gateway.api.admin.CacheStats(admin_pb2.CacheStatsRequest(route="cached"), timeout=5)
+        await gateway.admin.CacheStats(admin_pb2.CacheStatsRequest(route="cached"), timeout=5)
     ).routes[0]
     assert stats.hits >= 2 and stats.misses >= 4 and stats.invalidations >= 2 and 0 < stats.hit_ratio < 1
 
@@ -66,13 +66,13 @@ async def test_no_stale_answer_after_promote_rollback_or_invalidate(gateway):
 async def test_concurrent_identical_misses_cause_one_inference(mesh, gateway):
     before = triton_counts(mesh.endpoints.triton_grpc, "fraud", "1")
     answers = await asyncio.gather(
-        *(gateway.serving.predict("cached", account="acct-00321", amount=4444.5) for _ in range(16))
+        *(gateway.predict("cached", account="acct-00321", amount=4444.5) for _ in range(16))
     )
     after = triton_counts(mesh.endpoints.triton_grpc, "fraud", "1")
     assert after[0] - before[0] == 1  # one row reached Triton for 16 identical requests
     assert len({a.score for a in answers}) == 1
     stats = (
-        await gateway.api.admin.CacheStats(admin_pb2.CacheStatsRequest(route="cached"), timeout=5)
+        await gateway.admin.CacheStats(admin_pb2.CacheStatsRequest(route="cached"), timeout=5)
     ).routes[0]
     # every request but the one that scored was coalesced onto it or, arriving later, answered by the cache
     assert stats.coalesced + stats.hits == 15 and stats.coalesced >= 1

@@ -54,7 +54,7 @@ async def test_a_feature_outage_fails_only_what_needs_features_and_ejects_nothin
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             await wait_until_serving(channel, timeout_s=60)
         async with in_process_gateway(mesh, tmp_path, ROUTES, feature_url=f"127.0.0.1:{port}") as gateway:
-            assert (await gateway.serving.predict("fraud")).score > 0
+            assert (await gateway.predict("fraud")).score > 0
             features.signal(signal.SIGKILL)
             await features.process.wait()
 
@@ -64,7 +64,7 @@ async def test_a_feature_outage_fails_only_what_needs_features_and_ejects_nothin
                 failures = 0
                 for _ in range(10):  # Predicts fail, clearly, while ModelInfer goes on
                     with pytest.raises(grpc.aio.AioRpcError) as failed:
-                        await gateway.serving.predict("fraud", timeout=3)
+                        await gateway.predict("fraud", timeout=3)
                     assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
                     assert "feature service" in failed.value.details()
                     assert "127.0.0.1" not in failed.value.details() and "ipv4" not in failed.value.details()
@@ -81,7 +81,7 @@ async def test_a_feature_outage_fails_only_what_needs_features_and_ejects_nothin
             started = time.monotonic()
             while True:
                 try:
-                    assert (await gateway.serving.predict("fraud", timeout=2)).score > 0
+                    assert (await gateway.predict("fraud", timeout=2)).score > 0
                     break
                 except grpc.aio.AioRpcError:
                     assert time.monotonic() - started < 10, "Predict not back 10 s after the feature service"
@@ -96,6 +96,6 @@ async def test_a_feature_outage_fails_only_what_needs_features_and_ejects_nothin
 async def test_a_gateway_whose_routes_name_a_missing_version_starts_and_serves_the_rest(mesh, tmp_path):
     routes = ROUTES + MISSING
     async with in_process_gateway(mesh, tmp_path, routes) as gateway:  # it became SERVING
-        assert (await gateway.serving.predict("fraud")).score > 0
-        fallback = await gateway.serving.predict("missing")  # the missing version is a variant that is down
+        assert (await gateway.predict("fraud")).score > 0
+        fallback = await gateway.predict("missing")  # the missing version is a variant that is down
         assert (fallback.variant, fallback.tier) == ("stable", 2)  # Tier.FALLBACK

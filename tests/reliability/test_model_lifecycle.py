@@ -89,7 +89,7 @@ def versions(status: admin_pb2.RouteStatus) -> dict[str, str]:
 
 async def test_a_switch_never_unloads_a_version_another_variant_still_serves(mesh, gateway):
     """`canary switch fraud stable 1` used to unload version 2 while variant canary served it."""
-    status = await gateway.api.admin.SwitchVersion(
+    status = await gateway.admin.SwitchVersion(
         admin_pb2.SwitchVersionRequest(route="lifecycle", variant="stable", version="1"), timeout=60
     )
     assert versions(status) == {"stable": "1", "canary": "2"}
@@ -107,7 +107,7 @@ async def test_a_switch_to_a_version_triton_does_not_have_fails_with_a_clear_err
     deadline_s = 4.5
     started = time.monotonic()
     with pytest.raises(grpc.aio.AioRpcError) as failure:
-        await gateway.api.admin.SwitchVersion(
+        await gateway.admin.SwitchVersion(
             admin_pb2.SwitchVersionRequest(route="lifecycle", variant="stable", version="9"),
             timeout=deadline_s,
         )
@@ -121,7 +121,7 @@ async def test_a_switch_to_a_version_triton_does_not_have_fails_with_a_clear_err
     assert await asyncio.to_thread(ready_versions, mesh.endpoints.triton_grpc) == {"1", "2"}
     assert await answered_by(gateway) == "2"
     # a switch to a version Triton has still works afterwards
-    status = await gateway.api.admin.SwitchVersion(
+    status = await gateway.admin.SwitchVersion(
         admin_pb2.SwitchVersionRequest(route="lifecycle", variant="canary", version="1"), timeout=60
     )
     assert versions(status) == {"stable": "2", "canary": "1"}
@@ -137,7 +137,7 @@ async def test_a_reload_naming_a_version_triton_does_not_serve_is_refused_at_onc
     )
     started = time.monotonic()
     with pytest.raises(grpc.aio.AioRpcError) as failure:
-        await gateway.api.admin.Reload(admin_pb2.ReloadRequest(), timeout=10)
+        await gateway.admin.Reload(admin_pb2.ReloadRequest(), timeout=10)
     elapsed = time.monotonic() - started
     assert failure.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     details = failure.value.details()
@@ -145,7 +145,7 @@ async def test_a_reload_naming_a_version_triton_does_not_serve_is_refused_at_onc
         assert part in details, details
     assert elapsed < 1.0, elapsed
     assert versions(await gateway.status("lifecycle")) == {"stable": "2", "canary": "2"}  # nothing changed
-    audit = (await gateway.api.admin.GetAuditLog(admin_pb2.GetAuditLogRequest(), timeout=5)).entries
+    audit = (await gateway.admin.GetAuditLog(admin_pb2.GetAuditLogRequest(), timeout=5)).entries
     assert audit[-1].action == "reload_refused" and "version 9" in audit[-1].reason
     assert await answered_by(gateway) == "2"  # the old routes keep serving
     # the same file with a version Triton has applies
@@ -154,5 +154,5 @@ async def test_a_reload_naming_a_version_triton_does_not_serve_is_refused_at_onc
             '{name: canary, model: bluegreen, version: "2"', '{name: canary, model: bluegreen, version: "1"'
         )
     )
-    reply = await gateway.api.admin.Reload(admin_pb2.ReloadRequest(), timeout=10)
+    reply = await gateway.admin.Reload(admin_pb2.ReloadRequest(), timeout=10)
     assert reply.applied and versions(await gateway.status("lifecycle")) == {"stable": "2", "canary": "1"}
