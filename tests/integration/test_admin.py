@@ -88,19 +88,13 @@ async def test_weights_promote_and_rollback_change_traffic_and_are_audited(gatew
     )
     variants = {(await gateway.predict("fraud", amount=float(n))).variant for n in range(60)}
     assert variants == {"stable", "canary"}
-    status = await gateway.admin.Promote(
-        admin_pb2.PromoteRequest(route="fraud", variant="canary"), timeout=5
-    )
+    status = await gateway.admin.Promote(admin_pb2.PromoteRequest(route="fraud", variant="canary"), timeout=5)
     assert {v.name: v.weight for v in status.variants} == {"stable": 0, "canary": 100}
-    assert {(await gateway.predict("fraud", amount=float(n))).variant for n in range(10)} == {
-        "canary"
-    }
+    assert {(await gateway.predict("fraud", amount=float(n))).variant for n in range(10)} == {"canary"}
     await gateway.admin.Rollback(
         admin_pb2.RollbackRequest(route="fraud", reason="drill"), metadata=who, timeout=5
     )
-    assert {(await gateway.predict("fraud", amount=float(n))).variant for n in range(10)} == {
-        "stable"
-    }
+    assert {(await gateway.predict("fraud", amount=float(n))).variant for n in range(10)} == {"stable"}
 
     audit = (await gateway.admin.GetAuditLog(admin_pb2.GetAuditLogRequest(), timeout=5)).entries
     assert [(e.who, e.action) for e in audit] == [
@@ -329,9 +323,7 @@ async def test_weights_set_by_hand_stop_a_running_rollout_so_its_next_step_canno
     deadline = time.monotonic() + 1.5
     n = 0
     while time.monotonic() < deadline:
-        await asyncio.gather(
-            *(gateway.predict("healthy-rollout", amount=float(n + k)) for k in range(8))
-        )
+        await asyncio.gather(*(gateway.predict("healthy-rollout", amount=float(n + k)) for k in range(8)))
         n += 8
     status = await gateway.status("healthy-rollout")
     assert {v.name: v.weight for v in status.variants} == {"stable": 80, "canary": 20}
@@ -353,9 +345,7 @@ async def test_a_reload_that_removes_a_running_rollouts_plan_stops_it_once(gatew
     assert plan in ROUTES
     gateway.routes_file.write_text(ROUTES.replace(plan, ""))
     caplog.set_level(logging.INFO, logger="gateway.rollout.canary")
-    reply = await gateway.admin.Reload(
-        admin_pb2.ReloadRequest(), metadata=gateway.as_user["bob"], timeout=5
-    )
+    reply = await gateway.admin.Reload(admin_pb2.ReloadRequest(), metadata=gateway.as_user["bob"], timeout=5)
     assert reply.applied
     await asyncio.sleep(1.0)  # four ticks of the controller
     status = await gateway.status("rollout")

@@ -57,9 +57,7 @@ async def test_no_stale_answer_after_promote_rollback_or_invalidate(gateway):
     await until_cached(gateway, amount=777.0)
     await gateway.admin.InvalidateCache(admin_pb2.InvalidateCacheRequest(route="cached"), timeout=5)
     assert not (await gateway.predict("cached", amount=777.0)).from_cache
-    stats = (
-        await gateway.admin.CacheStats(admin_pb2.CacheStatsRequest(route="cached"), timeout=5)
-    ).routes[0]
+    stats = (await gateway.admin.CacheStats(admin_pb2.CacheStatsRequest(route="cached"), timeout=5)).routes[0]
     assert stats.hits >= 2 and stats.misses >= 4 and stats.invalidations >= 2 and 0 < stats.hit_ratio < 1
 
 
@@ -71,9 +69,7 @@ async def test_concurrent_identical_misses_cause_one_inference(mesh, gateway):
     after = triton_counts(mesh.endpoints.triton_grpc, "fraud", "1")
     assert after[0] - before[0] == 1  # one row reached Triton for 16 identical requests
     assert len({a.score for a in answers}) == 1
-    stats = (
-        await gateway.admin.CacheStats(admin_pb2.CacheStatsRequest(route="cached"), timeout=5)
-    ).routes[0]
+    stats = (await gateway.admin.CacheStats(admin_pb2.CacheStatsRequest(route="cached"), timeout=5)).routes[0]
     # every request but the one that scored was coalesced onto it or, arriving later, answered by the cache
     assert stats.coalesced + stats.hits == 15 and stats.coalesced >= 1
 
