@@ -37,10 +37,10 @@ def parse_feature(
         raise ValueError(f"expected name=value, got {text!r}")
     spec = registry.features.get(name) if registry is not None else None
     value = _number(raw.strip())
+    # a word given to a name the route does not take: the name is the mistake (a number goes on to the gateway,
+    # whose registry has the last word)
     if value is None and (not_taken := _not_taken(registry, route, name)):
-        raise ValueError(
-            not_taken
-        )  # the name is the mistake; a number goes on: the gateway's registry judges
+        raise ValueError(not_taken)
     if spec is not None and spec.integral:
         if value is None or value != int(value):
             raise ValueError(f"feature {name!r} takes a whole number ({spec.dtype}), got {raw!r}")
