@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 
 import grpc
@@ -86,9 +86,10 @@ def reached(channel: grpc.aio.Channel) -> bool:
 
 
 @contextmanager
-def settings_errors(prefix: str = "MESHSERVE_") -> Iterator[None]:
-    """Settings built inside the block that fail validation (a flag, an environment variable) become one usage
-    line naming the setting, never a traceback."""
+def settings_errors(prefix: str = "MESHSERVE_", flags: Mapping[str, str] | None = None) -> Iterator[None]:
+    """Settings built inside the block that fail validation become one usage line naming the setting as the
+    user gave it, never a traceback: by its flag for those in `flags` (setting -> flag, only the ones given on
+    the command line), else by its environment variable."""
     from pydantic import ValidationError
     from pydantic_settings import SettingsError
 
@@ -97,7 +98,7 @@ def settings_errors(prefix: str = "MESHSERVE_") -> Iterator[None]:
     try:
         yield
     except ValidationError as exc:
-        raise CliError(describe_settings_error(exc, prefix), EXIT_USAGE) from None
+        raise CliError(describe_settings_error(exc, prefix, flags), EXIT_USAGE) from None
     except SettingsError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
 
