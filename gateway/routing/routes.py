@@ -343,9 +343,24 @@ def parse_routes(data: object, source: str) -> RouteTable:
 
 
 def load_routes(path: Path | None = None) -> RouteTable:
-    source = str(path) if path else "embedded routes.yaml"
+    """The one place a routes file is read (the gateway, `up`'s start-up checks, a reload): every problem is
+    one line, `routes file X: ...`."""
+    source = f"routes file {path or 'embedded routes.yaml'}"
     try:
         data = load_yaml(path, "routes.yaml")
-    except (OSError, yaml.YAMLError) as exc:
+    except yaml.YAMLError as exc:
+        raise RoutesFileError(f"{source}: {_yaml_problem(exc)}") from None
+    except UnicodeDecodeError as exc:
+        raise RoutesFileError(f"{source}: not UTF-8 text ({exc.reason})") from None
+    except OSError as exc:
         raise RoutesFileError(f"{source}: {exc}") from None
     return parse_routes(data, source)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """The parser's problem and where, in one line (its own message spans several, with a caret drawing)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if mark is not None and problem:
+        return f"line {mark.line + 1} column {mark.column + 1}: {problem}"
+    return " ".join(str(exc).split())

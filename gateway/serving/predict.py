@@ -213,7 +213,8 @@ class PredictHandler:
                     )
                 if spec.out_of_range(value):
                     raise InvalidArgument(
-                        f"instance {n}: request feature {name!r}={value} is outside [{spec.min}, {spec.max}]"
+                        f"instance {n}: request feature {name!r}={value} is outside its range: "
+                        f"must be {spec.allowed_range}"
                     )
             if len(instance.features) != len(wanted):
                 unknown = sorted(set(instance.features) - set(wanted))

@@ -74,6 +74,19 @@ def _run(coro) -> int:
         return asyncio.run(coro)
 
 
+UP_FLAGS = {  # MeshSettings field -> the `up` flag that sets it
+    "gateway_port": "--port",
+    "admin_port": "--admin-port",
+    "gateway_http_port": "--http-port",
+    "host": "--host",
+    "routes_path": "--routes",
+    "model_repositories": "--model-repository",
+    "tls": "--tls",
+    "auth": "--auth",
+    "gateways": "--gateways",
+}
+
+
 @app.command()
 def up(
     port: Annotated[int | None, typer.Option(help="gateway port (default 50051)")] = None,
@@ -136,8 +149,9 @@ def up(
         "auth": auth or None,
         "gateways": gateways,
     }
-    with settings_errors():
-        settings = MeshSettings(**{k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    with settings_errors(flags={k: UP_FLAGS[k] for k in given}):  # a bad value named as the user gave it
+        settings = MeshSettings(**given)
     configure_logging("meshserve-up", "WARNING")
     raise typer.Exit(_run(run_up(settings)))
 

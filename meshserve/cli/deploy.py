@@ -28,7 +28,8 @@ def envoy(
     from meshserve.deploy.envoy import EnvoySettings, deploy_envoy, local_settings
 
     overrides = {} if tracing_otlp_endpoint is None else {"tracing_otlp_endpoint": tracing_otlp_endpoint}
-    with settings_errors("MESHSERVE_ENVOY_"):
+    flags = {"tracing_otlp_endpoint": "--tracing-otlp-endpoint"} if overrides else {}  # a bad value's name
+    with settings_errors("MESHSERVE_ENVOY_", flags):
         settings = local_settings(**overrides) if local else EnvoySettings(**overrides)
     path = deploy_envoy(out, settings)
     typer.echo(f"wrote {path}")

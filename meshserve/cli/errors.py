@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
+from typing import Any
 
 import grpc
 import typer
@@ -86,9 +87,10 @@ def reached(channel: grpc.aio.Channel) -> bool:
 
 
 @contextmanager
-def settings_errors(prefix: str = "MESHSERVE_") -> Iterator[None]:
-    """Settings built inside the block that fail validation (a flag, an environment variable) become one usage
-    line naming the setting, never a traceback."""
+def settings_errors(prefix: str = "MESHSERVE_", flags: Mapping[str, str] | None = None) -> Iterator[None]:
+    """Settings built inside the block that fail validation become one usage line naming the setting as the
+    user gave it, never a traceback: by its flag for those in `flags` (setting -> flag, only the ones given on
+    the command line), else by its environment variable."""
     from pydantic import ValidationError
     from pydantic_settings import SettingsError
 
@@ -97,7 +99,7 @@ def settings_errors(prefix: str = "MESHSERVE_") -> Iterator[None]:
     try:
         yield
     except ValidationError as exc:
-        raise CliError(describe_settings_error(exc, prefix), EXIT_USAGE) from None
+        raise CliError(describe_settings_error(exc, prefix, flags), EXIT_USAGE) from None
     except SettingsError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
 
@@ -153,10 +155,29 @@ def _safety_net_line(exc: BaseException) -> str | None:
     return None
 
 
+def _plain_flags(params: list[Any]) -> list[Any]:
+    """typer's rich help shows a flag as if it took a value (`--tls <bool>`, inviting `--tls true`); an empty
+    metavar shows it alone."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
 class GuardedGroup(TyperGroup):
     """A command group whose commands end in one line on stderr and a non-zero status when they raise a
     CliError, or let a gRPC, OS or meshserve error escape; MESHSERVE_DEBUG=1 shows the traceback instead. The
-    root and every sub-group use it, so the line names the command, e.g. `meshserve features load: ...`."""
+    root and every sub-group use it, so the line names the command, e.g. `meshserve features load: ...`.
+    Their help shows flags as flags (no `<bool>`)."""
+
+    def get_params(self, ctx: typer.Context) -> list[Any]:
+        return _plain_flags(super().get_params(ctx))
+
+    def get_command(self, ctx: typer.Context, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            _plain_flags(command.get_params(ctx))
+        return command
 
     def invoke(self, ctx: typer.Context):
         try:

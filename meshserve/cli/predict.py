@@ -37,27 +37,37 @@ def parse_feature(
         raise ValueError(f"expected name=value, got {text!r}")
     spec = registry.features.get(name) if registry is not None else None
     value = _number(raw.strip())
+    # a word given to a name the route does not take: the name is the mistake (a number goes on to the gateway,
+    # whose registry has the last word)
+    if value is None and (not_taken := _not_taken(registry, route, name)):
+        raise ValueError(not_taken)
     if spec is not None and spec.integral:
         if value is None or value != int(value):
             raise ValueError(f"feature {name!r} takes a whole number ({spec.dtype}), got {raw!r}")
         return name, feature_pb2.Value(int64_value=int(value))
     if value is None:
         kind = f"a number ({spec.dtype})" if spec is not None else "a number"
-        raise ValueError(f"feature {name!r} takes {kind}, got {raw!r}{_takes(registry, route, name)}")
+        raise ValueError(f"feature {name!r} takes {kind}, got {raw!r}")
     if isinstance(value, int) and spec is None:
         return name, feature_pb2.Value(int64_value=value)
     return name, feature_pb2.Value(double_value=float(value))
 
 
-def _takes(registry: FeatureRegistry | None, route: str | None, name: str) -> str:
-    """What the route's model takes, for a name the registry does not declare as one of its request features."""
+def _not_taken(registry: FeatureRegistry | None, route: str | None, name: str) -> str | None:
+    """Why `name` is not one of the route's request features (the values a caller passes), listing those; None
+    when it is one, or the registry does not describe the route."""
     if registry is None or route not in registry.models:
-        return ""
+        return None
     wanted = registry.request_features(route)
     if name in wanted:
-        return ""
+        return None
     listed = ", ".join(f"{f} ({registry.features[f].dtype})" for f in wanted)
-    return f"; {route} takes {listed}"
+    if name in registry.models[route].vector:
+        return (
+            f"{name!r} is a stored feature of route {route} (the feature service supplies it); "
+            f"its request features are {listed}"
+        )
+    return f"{name!r} is not a feature of route {route}; its request features are {listed}"
 
 
 def _to_dict(reply: gateway_pb2.PredictResponse) -> dict[str, object]:

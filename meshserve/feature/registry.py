@@ -10,7 +10,31 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from meshserve.defaults import load_yaml
 
-__all__ = ["Entity", "Feature", "FeatureRegistry", "FeatureSource", "ModelVector", "load_registry"]
+__all__ = [
+    "Entity",
+    "Feature",
+    "FeatureRegistry",
+    "FeatureSource",
+    "ModelVector",
+    "allowed_range",
+    "load_registry",
+]
+
+
+def _bound(value: float) -> str:
+    return str(int(value)) if value.is_integer() else str(value)
+
+
+def allowed_range(low: float | None, high: float | None) -> str:
+    """The values a feature's bounds allow, naming only the bounds it has: `≥ 0`, `≤ 9`, `between 0 and 9`
+    (a range message never shows a missing bound as None)."""
+    if low is not None and high is not None:
+        return f"between {_bound(low)} and {_bound(high)}"
+    if low is not None:
+        return f"≥ {_bound(low)}"
+    if high is not None:
+        return f"≤ {_bound(high)}"
+    return "any number"
 
 
 class FeatureSource(StrEnum):
@@ -42,6 +66,10 @@ class Feature(_Strict):
 
     def out_of_range(self, value: float) -> bool:
         return (self.min is not None and value < self.min) or (self.max is not None and value > self.max)
+
+    @property
+    def allowed_range(self) -> str:
+        return allowed_range(self.min, self.max)
 
 
 class ModelVector(_Strict):

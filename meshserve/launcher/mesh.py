@@ -16,7 +16,7 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
@@ -187,11 +187,21 @@ def admin_token_file(run_dir: Path) -> Path:
     return path
 
 
-def describe_settings_error(exc: ValidationError, prefix: str = "MESHSERVE_") -> str:
-    """One line for a user: each bad setting by its environment variable, and what is wrong with it."""
+def describe_settings_error(
+    exc: ValidationError, prefix: str = "MESHSERVE_", flags: Mapping[str, str] | None = None
+) -> str:
+    """One line for a user: each bad setting by where its value came from, and what is wrong with it. `flags`
+    maps the settings a command took from its command line to the flag the user typed (`gateway_port` ->
+    `--port`); any other setting is named by its environment variable."""
     problems = []
     for error in exc.errors():
-        name = prefix + "_".join(str(part) for part in error["loc"]).upper() if error["loc"] else "settings"
+        loc = error["loc"]
+        if loc and flags and loc[0] in flags:
+            name = flags[str(loc[0])]
+        elif loc:
+            name = prefix + "_".join(str(part) for part in loc).upper()
+        else:
+            name = "settings"
         if "error" in error.get("ctx", {}):  # our validators' own ValueError says it all, value included
             problems.append(f"{name}: {error['ctx']['error']}")
         else:

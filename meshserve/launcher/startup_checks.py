@@ -124,7 +124,7 @@ def check_routes(routes_path: Path | None, served: ServedRepository) -> list[str
     try:
         table = load_routes(routes_path)
     except RoutesFileError as exc:
-        return [f"routes file {exc}"]
+        return [str(exc)]
     source = f"routes file {routes_path or 'embedded routes.yaml'}"
     models = {m.name for m in served.models}
     skipped = {s.name: s.reason for s in served.skipped}

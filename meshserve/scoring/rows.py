@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import islice
 
-from meshserve.feature.registry import FeatureRegistry
+from meshserve.feature.registry import FeatureRegistry, allowed_range
 
 __all__ = ["FeatureSpec", "RawRow", "Reject", "RowSchema", "ValidRow", "chunks"]
 
@@ -130,7 +130,7 @@ def parse_feature(spec: FeatureSpec, raw: object) -> int | float | str:
     else:
         value = float(value)
     if (spec.min is not None and value < spec.min) or (spec.max is not None and value > spec.max):
-        return f"feature {name!r}={value} is outside [{spec.min}, {spec.max}]"
+        return f"feature {name!r}={value} is outside its range: must be {allowed_range(spec.min, spec.max)}"
     return value
 
 

@@ -65,7 +65,7 @@ def validate_rows(
             if spec.dtype.startswith("INT") and not value.is_integer():
                 reasons.append(f"{name}={raw!r} is not an integer")
             elif spec.out_of_range(value):
-                reasons.append(f"{name}={raw!r} is outside [{spec.min}, {spec.max}]")
+                reasons.append(f"{name}={raw!r} is outside its range: must be {spec.allowed_range}")
             else:
                 writes.append(
                     (row.entity_key, name, value, row.event_ts if row.event_ts is not None else now)

@@ -106,7 +106,10 @@ async def test_no_mesh_at_the_default_address_names_the_run_directory_it_looked_
 @pytest.mark.parametrize(
     ("feature", "line"),
     [
-        ("colour=red", "feature 'colour' takes a number, got 'red'; fraud takes amount (FP32), merchant_category (INT32)"),
+        ("colour=red", "'colour' is not a feature of route fraud; its request features are amount (FP32), "
+                       "merchant_category (INT32)"),
+        ("avg_amount_30d=high", "'avg_amount_30d' is a stored feature of route fraud (the feature service "
+                                "supplies it); its request features are amount (FP32), merchant_category (INT32)"),
         ("amount=red", "feature 'amount' takes a number (FP32), got 'red'"),
         ("merchant_category=2.5", "feature 'merchant_category' takes a whole number (INT32), got '2.5'"),
         ("amount", "expected name=value, got 'amount'"),

@@ -87,6 +87,16 @@ async def test_a_bad_routes_file_is_one_line_naming_the_field_and_nothing_starts
     assert not (tmp_path / "run" / "logs").exists()  # no process was started
 
 
+async def test_a_routes_file_that_is_not_yaml_is_one_line_naming_where_the_parser_stopped(tmp_path):
+    routes = tmp_path / "routes.yaml"
+    routes.write_text("routes:\n  fraud: {variants: [\n")
+    code, output = await up_fails(tmp_path, "--routes", str(routes), *ports_free())
+    assert code == 2, output
+    assert output.strip().splitlines() == [
+        f"meshserve up: routes file {routes}: line 3 column 1: expected the node content, but found '<stream end>'"
+    ]
+
+
 async def test_a_route_naming_a_model_not_served_names_route_variant_and_model(tmp_path):
     routes = tmp_path / "routes.yaml"
     routes.write_text(

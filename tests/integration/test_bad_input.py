@@ -95,7 +95,10 @@ def test_wrong_dtype_shape_or_missing_input_is_invalid_argument_naming_the_input
     [
         ({"amount": None}, "missing request feature 'amount'"),
         ({"amount": feature_pb2.Value(string_value="ten")}, "'amount' must be a number"),
-        ({"amount": feature_pb2.Value(double_value=-5.0)}, "'amount'=-5.0 is outside"),
+        (
+            {"amount": feature_pb2.Value(double_value=-5.0)},
+            "'amount'=-5.0 is outside its range: must be between 0 and 1000000",
+        ),
         ({"colour": feature_pb2.Value(double_value=1.0)}, "unknown request feature 'colour'"),
     ],
 )

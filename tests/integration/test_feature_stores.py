@@ -79,7 +79,7 @@ async def test_a_batch_with_a_bad_row_writes_nothing_and_names_each_bad_line(sto
     for expected in (
         "line 3: txn_count_24h='2.5' is not an integer",
         "line 4: account_id is missing",
-        "line 5: avg_amount_30d=-3 is outside [0.0, None]",
+        "line 5: avg_amount_30d=-3 is outside its range: must be ≥ 0",
         "line 6: 'colour' is not a stored feature of 'account'",
         "line 7: account_age_days='ten' is not a number",
     ):

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from meshserve.admin.v1 import admin_pb2
 from meshserve.cli import admin as cli
+from meshserve.cli.app import app
 
 
 def status(**weights: float) -> admin_pb2.RouteStatus:
@@ -95,3 +96,16 @@ def test_canary_weights_shows_the_weights_the_gateway_scaled(replies):
     out = run(cli.canary_app, "weights", "fraud", "stable=90", "canary=20")
     assert dict(replies[-1].weights) == {"stable": 90, "canary": 20}  # the rule is the gateway's
     assert "scaled to sum to 100: stable=81.82, canary=18.18" in out
+
+
+def test_a_refused_reload_is_one_line_on_stderr_with_exit_status_1(monkeypatch):
+    error = "routes file r.yaml: line 3 column 1: expected the node content, but found '<stream end>'"
+    refused = admin_pb2.ReloadResponse(applied=False, error=error)
+    monkeypatch.setattr(cli, "_call", lambda target, method, request, timeout_s=10.0: refused)
+    result = CliRunner().invoke(app, ["routes", "reload"], env={"COLUMNS": "40"})  # narrow: nothing may wrap
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr == (
+        "meshserve routes reload: refused; the old routes keep serving: routes file r.yaml: line 3 column 1: "
+        "expected the node content, but found '<stream end>'\n"
+    )

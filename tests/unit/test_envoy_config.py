@@ -296,7 +296,7 @@ def test_cli_writes_the_file_and_refuses_a_bad_setting_in_one_line(tmp_path):
         app, ["deploy", "envoy", "--out", str(out), "--tracing-otlp-endpoint", "jaeger:4317"]
     )
     assert bad.exit_code == 2 and "Traceback" not in bad.output
-    assert "TRACING_OTLP_ENDPOINT: expected an http(s) URL" in bad.output
+    assert "--tracing-otlp-endpoint: expected an http(s) URL" in bad.output  # the flag the user typed
 
 
 def test_a_metrics_listener_reaches_only_the_admin_apis_prometheus_page(tmp_path):

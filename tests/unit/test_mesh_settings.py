@@ -85,6 +85,38 @@ def test_up_prints_one_line_and_exits_2_on_a_bad_setting(monkeypatch):
     assert len(result.output.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    ("args", "env", "line"),
+    [
+        (["up", "--port", "99999"], {},
+         "meshserve up: --port: Input should be less than or equal to 65535 (got 99999)"),
+        (["up"], {"MESHSERVE_GATEWAY_PORT": "99999"},
+         "meshserve up: MESHSERVE_GATEWAY_PORT: Input should be less than or equal to 65535 (got '99999')"),
+        (["up", "--port", "99999"], {"MESHSERVE_GATEWAY_PORT": "50051"},  # the flag's value is the one used
+         "meshserve up: --port: Input should be less than or equal to 65535 (got 99999)"),
+        (["up", "--admin-port", "-1"], {"MESHSERVE_GATEWAY_PORT": "99999"},  # each named where it came from
+         "meshserve up: MESHSERVE_GATEWAY_PORT: Input should be less than or equal to 65535 (got '99999'); "
+         "--admin-port: Input should be greater than or equal to 0 (got -1)"),
+        (["deploy", "envoy", "--tracing-otlp-endpoint", "jaeger"], {},
+         "meshserve deploy envoy: --tracing-otlp-endpoint: expected an http(s) URL such as http://jaeger:4317, "
+         "got 'jaeger'"),
+        (["deploy", "envoy"], {"MESHSERVE_ENVOY_TRACING_OTLP_ENDPOINT": "jaeger"},
+         "meshserve deploy envoy: MESHSERVE_ENVOY_TRACING_OTLP_ENDPOINT: expected an http(s) URL such as "
+         "http://jaeger:4317, got 'jaeger'"),
+    ],
+)  # fmt: skip
+def test_a_bad_value_is_named_by_the_flag_or_the_variable_it_came_from(
+    monkeypatch, tmp_path, args, env, line
+):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    out = ["--out", str(tmp_path / "e.yaml")] if "envoy" in args else []
+    result = CliRunner().invoke(app, [*args, *out])
+    assert result.exit_code == 2
+    assert result.output == line + "\n"
+    assert not (tmp_path / "e.yaml").exists()
+
+
 def planned(monkeypatch, tmp_path, **settings) -> LocalMesh:
     ports = iter(range(41000, 41100))
     monkeypatch.setattr("meshserve.launcher.mesh.free_ports", lambda n, host: [next(ports) for _ in range(n)])

@@ -127,6 +127,25 @@ def test_routes_file_errors_name_the_field_path(tmp_path):
         load_routes(bad)
 
 
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("routes: {r: [\n", "line 2 column 1: expected the node content, but found '<stream end>'"),
+        ("routes:\n  r: x: y\n", "line 2 column 7: mapping values are not allowed here"),
+        ("routes:\n\tr: {}\n", "line 2 column 1: found character '\\t' that cannot start any token"),
+    ],
+)
+def test_a_routes_file_that_is_not_yaml_is_one_line_naming_line_column_and_problem(tmp_path, text, where):
+    bad = tmp_path / "routes.yaml"
+    bad.write_text(text)
+    with pytest.raises(RoutesFileError) as refused:
+        load_routes(bad)
+    assert str(refused.value) == f"routes file {bad}: {where}"
+    bad.write_bytes(b"routes: {r: \xff}\n")
+    with pytest.raises(RoutesFileError, match=r"^routes file .*: not UTF-8 text \(invalid start byte\)$"):
+        load_routes(bad)
+
+
 def test_a_copy_of_a_route_recomputes_what_the_route_computes_once():
     route = parse_routes(
         {"routes": {"r": {"fallback": ["b"], "variants": [

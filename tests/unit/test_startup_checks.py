@@ -98,7 +98,9 @@ def test_a_routes_file_the_gateway_would_refuse_is_its_loaders_field_path_error(
     ]
     assert check_routes(tmp_path, served) == [f"routes file {tmp_path} is not a file"]
     broken = write_routes(tmp_path, "routes: {r: [\n")
-    assert check_routes(broken, served)[0].startswith(f"routes file {broken}: while parsing")
+    assert check_routes(broken, served) == [
+        f"routes file {broken}: line 2 column 1: expected the node content, but found '<stream end>'"
+    ]
 
 
 def test_a_busy_port_names_who_holds_it_and_the_flag_that_moves_it():
