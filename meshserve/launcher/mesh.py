@@ -31,6 +31,7 @@ from meshserve.core.restart_policy import RestartPolicy
 from meshserve.core.supervision import ChildExited, SupervisionEvent, Supervisor
 from meshserve.core.telemetry import tracing_enabled
 from meshserve.core.tls import ClientTls
+from meshserve.launcher.listen_hosts import ListenHosts, plan_listen_hosts
 from meshserve.launcher.repository import ServedRepository, prepare_served_repository
 from meshserve.launcher.run_logs import readable_tail, start_run_logs, triton_load_failures
 from meshserve.launcher.startup_checks import (
@@ -85,7 +86,17 @@ def serves_sample(repositories: Iterable[Path]) -> bool:
 class MeshSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MESHSERVE_", extra="ignore")
 
-    host: str = Field("127.0.0.1", description="address every process listens on")
+    host: str = Field(
+        "127.0.0.1",
+        description="address the gateway's gRPC and REST ports listen on; the other processes and every /metrics "
+        "stay on loopback, except the feature, cache and inference services with tls (mTLS and peer checks), "
+        "which follow it (meshserve.launcher.listen_hosts)",
+    )
+    admin_host: str | None = Field(
+        None,
+        description="address the gateway's admin API listens on (`meshserve up --admin-host`); default: loopback "
+        "whatever host says. It changes routes: keep it off public networks",
+    )
     gateway_port: int = Field(50051, ge=0, le=65535, description="the gateway's port; 0 = any free port")
     admin_port: int = Field(50055, ge=0, le=65535, description="the gateway's admin port; 0 = any free port")
     gateway_http_port: int = Field(
@@ -319,6 +330,7 @@ class LocalMesh:
     sample_routes: bool = False  # the gateway serves the embedded sample routes
     log_dir: Path | None = None  # this run's logs (meshserve.launcher.run_logs), once planned
     ports: dict[str, list[PortUse]] = field(default_factory=dict)  # what each child listens on, once planned
+    port_hosts: dict[int, str] = field(default_factory=dict)  # the address each of those ports listens on
 
     def _python(self, name: str, module: str, env: dict[str, str]) -> ChildProcess:
         return self._child(name, [sys.executable, "-m", module], env)
@@ -333,10 +345,11 @@ class LocalMesh:
         version the routes name is served, the fixed ports are free), make this run's log directory and build
         every child's command; nothing starts. RepositoryError when a model repository cannot be read,
         StartupError (one line per problem) when something else would stop the mesh from starting."""
+        from services.inference.tritonserver import BIND_ADDRESS as TRITON_HOST
         from services.inference.tritonserver import prepare_backend_dir, triton_command, triton_tls_args
 
         s = self.settings
-        host = s.host
+        hosts = self.listen_hosts()
         services = ("gateway", "feature", "cache", "inference")
         gateways = gateway_names(s.gateways)
         names = (
@@ -348,33 +361,34 @@ class LocalMesh:
             *services,
             *(f"{name}_metrics" for name in (*services, *gateways[1:])),
         )
-        port = dict(zip(names, free_ports(len(names), host), strict=True))
+        port = dict(zip(names, free_ports(len(names), hosts.probe_host()), strict=True))
         gateway_port = s.gateway_port or port["gateway"]
         port["admin"] = s.admin_port or port["admin"]
         port["gateway_http"] = s.gateway_http_port or port["gateway_http"]
         scheme = "https" if s.tls else "http"  # our /metrics serve TLS with each process's certificate
+        # each address is where that process really listens (meshserve.launcher.listen_hosts)
         ep = Endpoints(
-            gateway=f"{host}:{gateway_port}",
-            gateway_http=f"{host}:{port['gateway_http']}",
-            admin=f"{host}:{port['admin']}",
-            gateway_metrics=f"{scheme}://{host}:{port['gateway_metrics']}/metrics",
+            gateway=f"{hosts.gateway}:{gateway_port}",
+            gateway_http=f"{hosts.gateway}:{port['gateway_http']}",
+            admin=f"{hosts.admin}:{port['admin']}",
+            gateway_metrics=f"{scheme}://{hosts.metrics}:{port['gateway_metrics']}/metrics",
             service_metrics={
-                name: f"{scheme}://{host}:{port[name + '_metrics']}/metrics"
+                name: f"{scheme}://{hosts.metrics}:{port[name + '_metrics']}/metrics"
                 for name in (*services, *gateways[1:])
             },
-            feature=f"{host}:{port['feature']}",
-            cache=f"{host}:{port['cache']}",
-            inference=f"{host}:{port['inference']}",
-            triton_grpc=f"{host}:{port['grpc']}",
-            triton_metrics=f"http://{host}:{port['metrics']}/metrics",
+            feature=f"{hosts.services}:{port['feature']}",
+            cache=f"{hosts.services}:{port['cache']}",
+            inference=f"{hosts.services}:{port['inference']}",
+            triton_grpc=f"{TRITON_HOST}:{port['grpc']}",
+            triton_metrics=f"http://{TRITON_HOST}:{port['metrics']}/metrics",
         )
         run_dir = s.run_dir.resolve()
         fixed = [
-            PortUse(number, what, flag)
-            for number, what, flag in (
-                (s.gateway_port, "gateway", "--port"),
-                (s.admin_port, "admin", "--admin-port"),
-                (s.gateway_http_port, "REST", "--http-port"),
+            (host, PortUse(number, what, flag))
+            for host, number, what, flag in (
+                (hosts.gateway, s.gateway_port, "gateway", "--port"),
+                (hosts.admin, s.admin_port, "admin", "--admin-port"),
+                (hosts.gateway, s.gateway_http_port, "REST", "--http-port"),
             )
             if number
         ]
@@ -389,7 +403,7 @@ class LocalMesh:
         problems = [] if self.served.models else self._nothing_to_serve()
         if routes_path is not None or self.sample_routes:
             problems += check_routes(routes_path, self.served)
-        problems += check_ports(host, fixed)
+        problems += [line for host, use in fixed for line in check_ports(host, [use])]
         if problems:
             raise StartupError(problems)
         if routes_path is None and not self.sample_routes:  # routes only name the sample model
@@ -406,6 +420,18 @@ class LocalMesh:
             **{name: [PortUse(port[name], name, None)] for name in ("feature", "cache", "inference")},
             **{name: gateway_ports for name in gateways},
         }
+        self.port_hosts = {
+            _port_of(address): address.rsplit(":", 1)[0]
+            for address in (
+                ep.gateway,
+                ep.gateway_http,
+                ep.admin,
+                ep.feature,
+                ep.cache,
+                ep.inference,
+                ep.triton_grpc,
+            )
+        }
         certs = self._certificates(run_dir)
         triton_tls = triton_tls_args(*certs.files("triton")) if certs else []
         argv, triton_env = triton_command(
@@ -420,10 +446,11 @@ class LocalMesh:
                 *triton_trace_args(s.triton_trace_url, {**os.environ, **s.extra_env}),
             ],
         )
-        common = {"LOG_LEVEL": s.log_level, "HOST": host, "GRACE_S": str(s.grace_s),
-                  "SHUTDOWN_SETTLE_S": str(s.shutdown_settle_s)}  # fmt: skip
+        common = {"LOG_LEVEL": s.log_level, "GRACE_S": str(s.grace_s),
+                  "SHUTDOWN_SETTLE_S": str(s.shutdown_settle_s), "METRICS_HOST": hosts.metrics}  # fmt: skip
 
         def env(prefix: str, **values: object) -> dict[str, str]:
+            values.setdefault("host", hosts.services)
             values.setdefault("metrics_port", port[f"{prefix.lower()}_metrics"])
             if certs is not None:
                 values |= certs.settings(prefix.lower())
@@ -431,12 +458,14 @@ class LocalMesh:
             return {f"MESHSERVE_{prefix}_{k}": str(v) for k, v in items.items()}
 
         gateway = dict(
+            host=hosts.gateway,
             port=gateway_port,
             feature_url=ep.feature,
             cache_url=ep.cache,
             inference_url=ep.inference,
             routes_path=routes_path,
             registry_path=s.registry_path,
+            admin_host=hosts.admin,
             admin_port=port["admin"],
             http_port=port["gateway_http"],
             audit_log=s.run_dir / "audit.jsonl",
@@ -470,6 +499,13 @@ class LocalMesh:
         }
         self.endpoints = ep
         return ep
+
+    def listen_hosts(self) -> ListenHosts:
+        """Where each process listens: the gateway's client ports at `host`, the rest on loopback unless every
+        internal service runs with mTLS and a peer check (meshserve.launcher.listen_hosts)."""
+        s = self.settings
+        peer_checked = s.tls and all(ALLOWED_PEERS[name] for name in ("feature", "cache", "inference"))
+        return plan_listen_hosts(s.host, s.admin_host, peer_checked)
 
     def _nothing_to_serve(self) -> list[str]:
         assert self.served is not None
@@ -586,22 +622,26 @@ class LocalMesh:
 
     def _taken(self, name: str) -> str | None:
         """A line for the first of `name`'s ports that another process listens on, if any does."""
-        host = self.settings.host
         for use in self.ports.get(name, []):
+            host = self._host_of(use.port)
             foreign = foreign_listeners(host, use.port, self._own_pids())
             if foreign:
                 return port_taken_message(host, use, foreign)
         return None
 
+    def _host_of(self, port: int) -> str:
+        return self.port_hosts.get(port, self.settings.host)
+
     def _answered_by_us(self, name: str, during_start: bool) -> None:
         """SERVING came from the port `name` was given: make sure no other process listens there, else the
         answer may be another mesh's (its port taken after the start-up check)."""
         probed = PortUse(_port_of(self.targets()[name]), name, None)
-        foreign = foreign_listeners(self.settings.host, probed.port, self._own_pids())
+        host = self._host_of(probed.port)
+        foreign = foreign_listeners(host, probed.port, self._own_pids())
         if not foreign:  # None: /proc cannot say (not Linux); the child's own exit will tell
             return
         use = next((u for u in self.ports.get(name, []) if u.port == probed.port), probed)
-        message = port_taken_message(self.settings.host, use, foreign)
+        message = port_taken_message(host, use, foreign)
         if during_start:
             raise StartupFailure(name, [message], self.children[name].log_path)
         raise TimeoutError(message)
