@@ -307,6 +307,28 @@ class _MeshCertificates:
 START_AFTER: dict[str, tuple[str, ...]] = {"feature": ("cache",)}
 
 
+# Who calls whom inside the mesh (gateway-2... count as the gateway). Stopping, a process is signalled only once
+# every process that calls it has exited, so what each one drains can still finish: the gateway's Predicts need the
+# feature, cache and inference services, the feature service's writes invalidate the cache, and the inference
+# service's calls go to Triton. Processes apart from one another stop side by side.
+CALLERS: dict[str, tuple[str, ...]] = {
+    "feature": ("gateway",),
+    "cache": ("gateway", "feature"),
+    "inference": ("gateway",),
+    "triton": ("inference",),
+}
+
+
+def stop_after(name: str, names: Iterable[str]) -> list[str]:
+    """Those of `names` that must have exited before `name` is stopped (CALLERS)."""
+
+    def role(process: str) -> str:
+        return "gateway" if process.startswith("gateway") else process
+
+    callers = CALLERS.get(role(name), ())
+    return [other for other in names if role(other) in callers]
+
+
 class StartupFailure(RuntimeError):
     """A process failed while the mesh started: `lines` say what, one per problem; `tail` holds its log's last
     lines where nothing more precise was found; `log_path` is its log."""
@@ -693,19 +715,32 @@ class LocalMesh:
     def crashed(self) -> list[str]:
         return [name for name, child in self.children.items() if child.exited]
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Gateway first (it drains callers), then the services, then Triton; each by process group. Supervision
-        stops first, so these exits are not taken for crashes."""
+    async def stop(
+        self,
+        grace: float | None = None,
+        on_stopped: Callable[[str, int | None], None] = lambda name, code: None,
+    ) -> None:
+        """Every process at once by process group, except that each waits until every process that calls it
+        (CALLERS) has exited: the gateways first (they drain their callers), then the feature and inference
+        services, then the cache and Triton. `on_stopped(name, exit code)` hears of each started one as it exits.
+        Supervision stops first, so these exits are not taken for crashes."""
         if self.supervisor is not None:
             await self.supervisor.stop()
         grace = self.settings.grace_s if grace is None else grace
         bound = grace + self.settings.shutdown_settle_s + 2.0
-        # every gateway process at once: they drain side by side, as one gateway would
-        gateways = [n for n in gateway_names(self.settings.gateways) if n in self.children]
-        await asyncio.gather(*(self.children[name].stop(bound) for name in gateways))
-        for name in ["inference", "feature", "cache", "triton"]:
-            if name in self.children:
-                # Triton unloads every model (a python stub each) on the way out: slow on a busy box
-                await self.children[name].stop(
-                    max(bound, TRITON_EXIT_TIMEOUT_S) if name == "triton" else bound
-                )
+        tasks: dict[str, asyncio.Task[None]] = {}
+
+        async def stop_one(name: str) -> None:
+            callers = [tasks[other] for other in stop_after(name, tasks)]
+            await asyncio.gather(*callers, return_exceptions=True)  # a caller's failure still lets this stop
+            child = self.children[name]
+            # Triton unloads every model (a python stub each) on the way out: slow on a busy box
+            code = await child.stop(max(bound, TRITON_EXIT_TIMEOUT_S) if name == "triton" else bound)
+            if child.pid is not None:
+                on_stopped(name, code)
+
+        for name in self.children:  # all created before any runs, so each finds its callers' tasks
+            tasks[name] = asyncio.create_task(stop_one(name), name=f"stop-{name}")
+        failures = [r for r in await asyncio.gather(*tasks.values(), return_exceptions=True) if r is not None]
+        if failures:
+            raise failures[0]
