@@ -94,7 +94,19 @@ def up(
     http_port: Annotated[
         int | None, typer.Option(help="gateway REST port, Triton's HTTP API (default 50056)")
     ] = None,
-    host: Annotated[str | None, typer.Option(help="address to listen on (default 127.0.0.1)")] = None,
+    host: Annotated[
+        str | None,
+        typer.Option(
+            help="address the gateway's gRPC and REST ports listen on (default 127.0.0.1); the other processes "
+            "stay on loopback (with --tls the feature, cache and inference services follow it)"
+        ),
+    ] = None,
+    admin_host: Annotated[
+        str | None,
+        typer.Option(
+            help="address the gateway's admin API listens on (default: loopback, whatever --host says)"
+        ),
+    ] = None,
     routes: Annotated[
         Path | None,
         typer.Option(
@@ -143,6 +155,7 @@ def up(
         "admin_port": admin_port,
         "gateway_http_port": http_port,
         "host": host,
+        "admin_host": admin_host,
         "routes_path": routes,
         "model_repositories": model_repository or None,
         "tls": tls or None,

@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 from pathlib import Path
 
 from rich.console import Console
@@ -171,6 +172,42 @@ def _shown(path: Path) -> str:
     return str(path) if relative.startswith("..") else relative
 
 
+def _progress() -> Progress:
+    return Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(), console=console, transient=True,
+    )  # fmt: skip
+
+
+def stopped_line(name: str, code: int | None, seconds: float) -> Text:
+    """How one process ended, as `up` prints it while the mesh stops."""
+    if code == 0:
+        return Text.assemble(("✓", "green"), f" {name} stopped ({seconds:.1f}s)")
+    if code is not None and code == -signal.SIGKILL:
+        return Text(f"{name} killed: not stopped within its grace period ({seconds:.1f}s)", style="yellow")
+    status = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+    return Text(f"{name} stopped ({status}, {seconds:.1f}s)", style="yellow")
+
+
+async def _stop(mesh: LocalMesh) -> None:
+    """Stop the mesh, saying which processes are still stopping and each one as it exits (those that had
+    exited already, a crash that was reported, are not named again)."""
+    pending = [name for name, child in mesh.children.items() if child.pid is not None and not child.exited]
+    began = time.monotonic()
+    with _progress() as progress:
+        task = progress.add_task(f"stopping {', '.join(pending)}", total=len(pending))
+
+        def stopped(name: str, code: int | None) -> None:
+            if name not in pending:
+                return
+            pending.remove(name)
+            progress.console.print(stopped_line(name, code, time.monotonic() - began))
+            progress.update(task, advance=1, description=f"stopping {', '.join(pending)}")
+
+        await mesh.stop(on_stopped=stopped)
+    console.print(f"[green]stopped[/] in {time.monotonic() - began:.1f}s")
+
+
 def _problems(lines: list[str], log_path: Path | None = None) -> None:
     """Each problem as one red line (never wrapped: one line to read, or to grep); the log's path on the last."""
     for i, line in enumerate(lines):
@@ -215,10 +252,7 @@ async def _serve(mesh: LocalMesh, settings: MeshSettings) -> int:
     assert mesh.served is not None
     _report_models(mesh.served)
 
-    with Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(), console=console, transient=True,
-    ) as progress:  # fmt: skip
+    with _progress() as progress:
         gateways = "gateway" if settings.gateways == 1 else f"{settings.gateways} gateways"
         task = progress.add_task(
             f"starting triton, feature, cache, inference, {gateways}", total=len(mesh.children)
@@ -241,8 +275,8 @@ async def _serve(mesh: LocalMesh, settings: MeshSettings) -> int:
         if not starting.done():  # asked to stop during start-up: a clean stop all the same
             starting.cancel()
             await asyncio.gather(starting, return_exceptions=True)
-            await mesh.stop()
-            console.print("[green]stopped[/]")
+            progress.stop()  # one live display at a time: the stop shows its own
+            await _stop(mesh)
             return 0
         stopped.cancel()
         try:
@@ -283,7 +317,5 @@ async def _serve(mesh: LocalMesh, settings: MeshSettings) -> int:
     for waiter in (stopped, gave_up):
         waiter.cancel()
     await asyncio.gather(stopped, gave_up, return_exceptions=True)
-    console.print("stopping…")
-    await mesh.stop()
-    console.print("[green]stopped[/]")
+    await _stop(mesh)
     return code

@@ -104,7 +104,7 @@ class GrpcService:
         self._server = server
         if self.settings.metrics_port is not None:
             s = self.settings
-            self.metrics.serve(s.host, s.metrics_port, s.tls_cert_file, s.tls_key_file)
+            self.metrics.serve(s.metrics_host or s.host, s.metrics_port, s.tls_cert_file, s.tls_key_file)
         self._ready_task = asyncio.create_task(self._become_ready(), name=f"{self.name}-ready")
         log.info("listening", extra={"port": self.port, "address": self.settings.host})
         return self.port

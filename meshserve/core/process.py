@@ -66,10 +66,10 @@ def _proc_address(hex_address: str) -> str:
     return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
 
 
-def listening_sockets(port: int) -> dict[int, str] | None:
-    """The TCP sockets listening on `port` on this machine (its network namespace), as {inode: address}; None
+def listeners() -> dict[int, tuple[str, int]] | None:
+    """Every TCP socket listening on this machine (its network namespace), as {inode: (address, port)}; None
     where /proc does not say (not Linux)."""
-    found: dict[int, str] = {}
+    found: dict[int, tuple[str, int]] = {}
     tables = 0
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -80,9 +80,18 @@ def listening_sockets(port: int) -> dict[int, str] | None:
         for line in lines:
             fields = line.split()
             address, _, hex_port = fields[1].partition(":")
-            if fields[3] == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
-                found[int(fields[9])] = _proc_address(address)
+            if fields[3] == "0A":  # 0A: LISTEN
+                found[int(fields[9])] = (_proc_address(address), int(hex_port, 16))
     return found if tables else None
+
+
+def listening_sockets(port: int) -> dict[int, str] | None:
+    """The TCP sockets listening on `port` on this machine (its network namespace), as {inode: address}; None
+    where /proc does not say (not Linux)."""
+    found = listeners()
+    if found is None:
+        return None
+    return {inode: address for inode, (address, number) in found.items() if number == port}
 
 
 def socket_inodes(pid: int) -> set[int]:

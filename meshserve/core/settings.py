@@ -38,6 +38,9 @@ class ServiceSettings(BaseSettings):
         le=65535,
         description="Prometheus /metrics port (0: any free port); unset: no metrics server",
     )
+    metrics_host: str | None = Field(
+        None, description="address /metrics listens on; unset: host (`meshserve up` keeps it on loopback)"
+    )
     dependency_timeout_s: float = Field(
         120.0, gt=0, description="how long to wait for dependencies before giving up at start-up"
     )

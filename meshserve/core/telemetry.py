@@ -7,20 +7,28 @@ carries W3C trace context across hops, Triton included (it joins the trace from 
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from collections.abc import Mapping
 
 from opentelemetry import trace
 
 ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+# How long a stopping process waits for its last spans to go out: the exporter retries an absent collector for
+# its whole timeout (10 s by default) otherwise, and every stop of the mesh would wait that out
+SHUTDOWN_TIMEOUT_S = 1.0
+ABORT_WAIT_S = 0.5  # after an abort, for the export in progress to return
+log = logging.getLogger(__name__)
 _configured = False
+_exporter = None  # the span exporter installed, which shutdown_tracing aborts when the collector is slow
 
 
 def tracing_enabled(env: Mapping[str, str] = os.environ) -> bool:
     return any(env.get(var) for var in ENDPOINT_VARS) and env.get("OTEL_SDK_DISABLED", "").lower() != "true"
 
 
-def _exporter(env: Mapping[str, str]):
+def _new_exporter(env: Mapping[str, str]):
     protocol = (
         env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "grpc"
     )
@@ -34,7 +42,7 @@ def _exporter(env: Mapping[str, str]):
 def configure_tracing(service: str, env: Mapping[str, str] = os.environ) -> bool:
     """Install a tracer provider and the gRPC instrumentation before any server or channel exists.
     Returns whether tracing is on."""
-    global _configured
+    global _configured, _exporter
     if _configured or not tracing_enabled(env):
         return _configured
     from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient, GrpcAioInstrumentorServer
@@ -46,7 +54,8 @@ def configure_tracing(service: str, env: Mapping[str, str] = os.environ) -> bool
         {"service.name": env.get("OTEL_SERVICE_NAME") or f"meshserve-{service}"}
     ).merge(OTELResourceDetector().detect())
     provider = TracerProvider(resource=resource)
-    provider.add_span_processor(BatchSpanProcessor(_exporter(env)))
+    exporter = _exporter = _new_exporter(env)
+    provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     GrpcAioInstrumentorServer().instrument()
     GrpcAioInstrumentorClient().instrument()
@@ -54,11 +63,30 @@ def configure_tracing(service: str, env: Mapping[str, str] = os.environ) -> bool
     return True
 
 
-def shutdown_tracing() -> None:
-    """Flush spans still queued (on a clean exit)."""
+def shutdown_tracing(timeout_s: float = SHUTDOWN_TIMEOUT_S) -> bool:
+    """Flush the spans still queued (on a clean exit), for at most about `timeout_s`: past it, the export in
+    progress is aborted (the exporter's own shutdown ends its retries and closes its channel) and those spans are
+    dropped, so an absent or slow collector never holds a stop. Whether everything was flushed in time."""
     provider = trace.get_tracer_provider()
-    if hasattr(provider, "shutdown"):
-        provider.shutdown()
+    if not hasattr(provider, "shutdown"):
+        return True
+    done = threading.Event()
+
+    def flush() -> None:
+        try:
+            provider.shutdown()
+        finally:
+            done.set()
+
+    # a daemon thread: the SDK's shutdown takes no timeout, and one that overran must not keep the process alive
+    threading.Thread(target=flush, name="tracing-shutdown", daemon=True).start()
+    if done.wait(timeout_s):
+        return True
+    log.warning("trace collector too slow at shutdown; dropping unsent spans", extra={"timeout_s": timeout_s})
+    if _exporter is not None:
+        _exporter.shutdown()
+    done.wait(ABORT_WAIT_S)
+    return False
 
 
 def recording() -> bool:

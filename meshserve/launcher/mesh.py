@@ -31,6 +31,7 @@ from meshserve.core.restart_policy import RestartPolicy
 from meshserve.core.supervision import ChildExited, SupervisionEvent, Supervisor
 from meshserve.core.telemetry import tracing_enabled
 from meshserve.core.tls import ClientTls
+from meshserve.launcher.listen_hosts import ListenHosts, plan_listen_hosts
 from meshserve.launcher.repository import ServedRepository, prepare_served_repository
 from meshserve.launcher.run_logs import readable_tail, start_run_logs, triton_load_failures
 from meshserve.launcher.startup_checks import (
@@ -85,7 +86,17 @@ def serves_sample(repositories: Iterable[Path]) -> bool:
 class MeshSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MESHSERVE_", extra="ignore")
 
-    host: str = Field("127.0.0.1", description="address every process listens on")
+    host: str = Field(
+        "127.0.0.1",
+        description="address the gateway's gRPC and REST ports listen on; the other processes and every /metrics "
+        "stay on loopback, except the feature, cache and inference services with tls (mTLS and peer checks), "
+        "which follow it (meshserve.launcher.listen_hosts)",
+    )
+    admin_host: str | None = Field(
+        None,
+        description="address the gateway's admin API listens on (`meshserve up --admin-host`); default: loopback "
+        "whatever host says. It changes routes: keep it off public networks",
+    )
     gateway_port: int = Field(50051, ge=0, le=65535, description="the gateway's port; 0 = any free port")
     admin_port: int = Field(50055, ge=0, le=65535, description="the gateway's admin port; 0 = any free port")
     gateway_http_port: int = Field(
@@ -306,6 +317,28 @@ class _MeshCertificates:
 START_AFTER: dict[str, tuple[str, ...]] = {"feature": ("cache",)}
 
 
+# Who calls whom inside the mesh (gateway-2... count as the gateway). Stopping, a process is signalled only once
+# every process that calls it has exited, so what each one drains can still finish: the gateway's Predicts need the
+# feature, cache and inference services, the feature service's writes invalidate the cache, and the inference
+# service's calls go to Triton. Processes apart from one another stop side by side.
+CALLERS: dict[str, tuple[str, ...]] = {
+    "feature": ("gateway",),
+    "cache": ("gateway", "feature"),
+    "inference": ("gateway",),
+    "triton": ("inference",),
+}
+
+
+def stop_after(name: str, names: Iterable[str]) -> list[str]:
+    """Those of `names` that must have exited before `name` is stopped (CALLERS)."""
+
+    def role(process: str) -> str:
+        return "gateway" if process.startswith("gateway") else process
+
+    callers = CALLERS.get(role(name), ())
+    return [other for other in names if role(other) in callers]
+
+
 class StartupFailure(RuntimeError):
     """A process failed while the mesh started: `lines` say what, one per problem; `tail` holds its log's last
     lines where nothing more precise was found; `log_path` is its log."""
@@ -329,6 +362,7 @@ class LocalMesh:
     sample_routes: bool = False  # the gateway serves the embedded sample routes
     log_dir: Path | None = None  # this run's logs (meshserve.launcher.run_logs), once planned
     ports: dict[str, list[PortUse]] = field(default_factory=dict)  # what each child listens on, once planned
+    port_hosts: dict[int, str] = field(default_factory=dict)  # the address each of those ports listens on
 
     def _python(self, name: str, module: str, env: dict[str, str]) -> ChildProcess:
         return self._child(name, [sys.executable, "-m", module], env)
@@ -343,10 +377,11 @@ class LocalMesh:
         version the routes name is served, the fixed ports are free), make this run's log directory and build
         every child's command; nothing starts. RepositoryError when a model repository cannot be read,
         StartupError (one line per problem) when something else would stop the mesh from starting."""
+        from services.inference.tritonserver import BIND_ADDRESS as TRITON_HOST
         from services.inference.tritonserver import prepare_backend_dir, triton_command, triton_tls_args
 
         s = self.settings
-        host = s.host
+        hosts = self.listen_hosts()
         services = ("gateway", "feature", "cache", "inference")
         gateways = gateway_names(s.gateways)
         names = (
@@ -358,33 +393,34 @@ class LocalMesh:
             *services,
             *(f"{name}_metrics" for name in (*services, *gateways[1:])),
         )
-        port = dict(zip(names, free_ports(len(names), host), strict=True))
+        port = dict(zip(names, free_ports(len(names), hosts.probe_host()), strict=True))
         gateway_port = s.gateway_port or port["gateway"]
         port["admin"] = s.admin_port or port["admin"]
         port["gateway_http"] = s.gateway_http_port or port["gateway_http"]
         scheme = "https" if s.tls else "http"  # our /metrics serve TLS with each process's certificate
+        # each address is where that process really listens (meshserve.launcher.listen_hosts)
         ep = Endpoints(
-            gateway=f"{host}:{gateway_port}",
-            gateway_http=f"{host}:{port['gateway_http']}",
-            admin=f"{host}:{port['admin']}",
-            gateway_metrics=f"{scheme}://{host}:{port['gateway_metrics']}/metrics",
+            gateway=f"{hosts.gateway}:{gateway_port}",
+            gateway_http=f"{hosts.gateway}:{port['gateway_http']}",
+            admin=f"{hosts.admin}:{port['admin']}",
+            gateway_metrics=f"{scheme}://{hosts.metrics}:{port['gateway_metrics']}/metrics",
             service_metrics={
-                name: f"{scheme}://{host}:{port[name + '_metrics']}/metrics"
+                name: f"{scheme}://{hosts.metrics}:{port[name + '_metrics']}/metrics"
                 for name in (*services, *gateways[1:])
             },
-            feature=f"{host}:{port['feature']}",
-            cache=f"{host}:{port['cache']}",
-            inference=f"{host}:{port['inference']}",
-            triton_grpc=f"{host}:{port['grpc']}",
-            triton_metrics=f"http://{host}:{port['metrics']}/metrics",
+            feature=f"{hosts.services}:{port['feature']}",
+            cache=f"{hosts.services}:{port['cache']}",
+            inference=f"{hosts.services}:{port['inference']}",
+            triton_grpc=f"{TRITON_HOST}:{port['grpc']}",
+            triton_metrics=f"http://{TRITON_HOST}:{port['metrics']}/metrics",
         )
         run_dir = s.run_dir.resolve()
         fixed = [
-            PortUse(number, what, flag)
-            for number, what, flag in (
-                (s.gateway_port, "gateway", "--port"),
-                (s.admin_port, "admin", "--admin-port"),
-                (s.gateway_http_port, "REST", "--http-port"),
+            (host, PortUse(number, what, flag))
+            for host, number, what, flag in (
+                (hosts.gateway, s.gateway_port, "gateway", "--port"),
+                (hosts.admin, s.admin_port, "admin", "--admin-port"),
+                (hosts.gateway, s.gateway_http_port, "REST", "--http-port"),
             )
             if number
         ]
@@ -399,7 +435,7 @@ class LocalMesh:
         problems = [] if self.served.models else self._nothing_to_serve()
         if routes_path is not None or self.sample_routes:
             problems += check_routes(routes_path, self.served)
-        problems += check_ports(host, fixed)
+        problems += [line for host, use in fixed for line in check_ports(host, [use])]
         if problems:
             raise StartupError(problems)
         if routes_path is None and not self.sample_routes:  # routes only name the sample model
@@ -416,6 +452,18 @@ class LocalMesh:
             **{name: [PortUse(port[name], name, None)] for name in ("feature", "cache", "inference")},
             **{name: gateway_ports for name in gateways},
         }
+        self.port_hosts = {
+            _port_of(address): address.rsplit(":", 1)[0]
+            for address in (
+                ep.gateway,
+                ep.gateway_http,
+                ep.admin,
+                ep.feature,
+                ep.cache,
+                ep.inference,
+                ep.triton_grpc,
+            )
+        }
         certs = self._certificates(run_dir)
         triton_tls = triton_tls_args(*certs.files("triton")) if certs else []
         argv, triton_env = triton_command(
@@ -430,10 +478,11 @@ class LocalMesh:
                 *triton_trace_args(s.triton_trace_url, {**os.environ, **s.extra_env}),
             ],
         )
-        common = {"LOG_LEVEL": s.log_level, "HOST": host, "GRACE_S": str(s.grace_s),
-                  "SHUTDOWN_SETTLE_S": str(s.shutdown_settle_s)}  # fmt: skip
+        common = {"LOG_LEVEL": s.log_level, "GRACE_S": str(s.grace_s),
+                  "SHUTDOWN_SETTLE_S": str(s.shutdown_settle_s), "METRICS_HOST": hosts.metrics}  # fmt: skip
 
         def env(prefix: str, **values: object) -> dict[str, str]:
+            values.setdefault("host", hosts.services)
             values.setdefault("metrics_port", port[f"{prefix.lower()}_metrics"])
             if certs is not None:
                 values |= certs.settings(prefix.lower())
@@ -441,12 +490,14 @@ class LocalMesh:
             return {f"MESHSERVE_{prefix}_{k}": str(v) for k, v in items.items()}
 
         gateway = dict(
+            host=hosts.gateway,
             port=gateway_port,
             feature_url=ep.feature,
             cache_url=ep.cache,
             inference_url=ep.inference,
             routes_path=routes_path,
             registry_path=s.registry_path,
+            admin_host=hosts.admin,
             admin_port=port["admin"],
             http_port=port["gateway_http"],
             audit_log=s.run_dir / "audit.jsonl",
@@ -480,6 +531,13 @@ class LocalMesh:
         }
         self.endpoints = ep
         return ep
+
+    def listen_hosts(self) -> ListenHosts:
+        """Where each process listens: the gateway's client ports at `host`, the rest on loopback unless every
+        internal service runs with mTLS and a peer check (meshserve.launcher.listen_hosts)."""
+        s = self.settings
+        peer_checked = s.tls and all(ALLOWED_PEERS[name] for name in ("feature", "cache", "inference"))
+        return plan_listen_hosts(s.host, s.admin_host, peer_checked)
 
     def _nothing_to_serve(self) -> list[str]:
         assert self.served is not None
@@ -596,22 +654,26 @@ class LocalMesh:
 
     def _taken(self, name: str) -> str | None:
         """A line for the first of `name`'s ports that another process listens on, if any does."""
-        host = self.settings.host
         for use in self.ports.get(name, []):
+            host = self._host_of(use.port)
             foreign = foreign_listeners(host, use.port, self._own_pids())
             if foreign:
                 return port_taken_message(host, use, foreign)
         return None
 
+    def _host_of(self, port: int) -> str:
+        return self.port_hosts.get(port, self.settings.host)
+
     def _answered_by_us(self, name: str, during_start: bool) -> None:
         """SERVING came from the port `name` was given: make sure no other process listens there, else the
         answer may be another mesh's (its port taken after the start-up check)."""
         probed = PortUse(_port_of(self.targets()[name]), name, None)
-        foreign = foreign_listeners(self.settings.host, probed.port, self._own_pids())
+        host = self._host_of(probed.port)
+        foreign = foreign_listeners(host, probed.port, self._own_pids())
         if not foreign:  # None: /proc cannot say (not Linux); the child's own exit will tell
             return
         use = next((u for u in self.ports.get(name, []) if u.port == probed.port), probed)
-        message = port_taken_message(self.settings.host, use, foreign)
+        message = port_taken_message(host, use, foreign)
         if during_start:
             raise StartupFailure(name, [message], self.children[name].log_path)
         raise TimeoutError(message)
@@ -663,19 +725,32 @@ class LocalMesh:
     def crashed(self) -> list[str]:
         return [name for name, child in self.children.items() if child.exited]
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Gateway first (it drains callers), then the services, then Triton; each by process group. Supervision
-        stops first, so these exits are not taken for crashes."""
+    async def stop(
+        self,
+        grace: float | None = None,
+        on_stopped: Callable[[str, int | None], None] = lambda name, code: None,
+    ) -> None:
+        """Every process at once by process group, except that each waits until every process that calls it
+        (CALLERS) has exited: the gateways first (they drain their callers), then the feature and inference
+        services, then the cache and Triton. `on_stopped(name, exit code)` hears of each started one as it exits.
+        Supervision stops first, so these exits are not taken for crashes."""
         if self.supervisor is not None:
             await self.supervisor.stop()
         grace = self.settings.grace_s if grace is None else grace
         bound = grace + self.settings.shutdown_settle_s + 2.0
-        # every gateway process at once: they drain side by side, as one gateway would
-        gateways = [n for n in gateway_names(self.settings.gateways) if n in self.children]
-        await asyncio.gather(*(self.children[name].stop(bound) for name in gateways))
-        for name in ["inference", "feature", "cache", "triton"]:
-            if name in self.children:
-                # Triton unloads every model (a python stub each) on the way out: slow on a busy box
-                await self.children[name].stop(
-                    max(bound, TRITON_EXIT_TIMEOUT_S) if name == "triton" else bound
-                )
+        tasks: dict[str, asyncio.Task[None]] = {}
+
+        async def stop_one(name: str) -> None:
+            callers = [tasks[other] for other in stop_after(name, tasks)]
+            await asyncio.gather(*callers, return_exceptions=True)  # a caller's failure still lets this stop
+            child = self.children[name]
+            # Triton unloads every model (a python stub each) on the way out: slow on a busy box
+            code = await child.stop(max(bound, TRITON_EXIT_TIMEOUT_S) if name == "triton" else bound)
+            if child.pid is not None:
+                on_stopped(name, code)
+
+        for name in self.children:  # all created before any runs, so each finds its callers' tasks
+            tasks[name] = asyncio.create_task(stop_one(name), name=f"stop-{name}")
+        failures = [r for r in await asyncio.gather(*tasks.values(), return_exceptions=True) if r is not None]
+        if failures:
+            raise failures[0]

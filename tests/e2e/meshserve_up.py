@@ -7,7 +7,7 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -19,20 +19,28 @@ MESHSERVE = str(Path(sys.executable).parent / "meshserve")
 
 @asynccontextmanager
 async def meshserve_up(
-    run_dir: Path, env: Mapping[str, str] | None = None
+    run_dir: Path,
+    env: Mapping[str, str] | None = None,
+    args: Sequence[str] = (),
+    output: list[str] | None = None,
 ) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
-    """The `up` process and its gateway port, once `up` has printed that every process is healthy."""
-    port, admin_port, http_port = free_ports(3)
+    """The `up` process and its gateway port, once `up` has printed that every process is healthy. `args` go
+    after the port flags (with `--host H`, the ports are chosen free on H); `output` gets what `up` printed until
+    then, line by line."""
+    host = args[list(args).index("--host") + 1] if "--host" in args else "127.0.0.1"
+    port, admin_port, http_port = free_ports(3, host)
     full_env = {**os.environ, "MESHSERVE_RUN_DIR": str(run_dir), "MESHSERVE_GRACE_S": "3", **(env or {})}
     process = await asyncio.create_subprocess_exec(
         MESHSERVE, "up", "--port", str(port), "--admin-port", str(admin_port), "--http-port", str(http_port),
-        env=full_env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        *args, env=full_env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     try:
         # `up` prints its endpoints once it has seen every process healthy; it exits if start-up fails
         async with asyncio.timeout(120):
             while b"Ctrl-C stops every process" not in (line := await process.stdout.readline()):
                 assert line, "meshserve up exited during start-up"
+                if output is not None:
+                    output.append(line.decode(errors="replace"))
         yield process, port
     finally:
         if process.returncode is None:  # a failed test: stop it the way a user would, then make sure

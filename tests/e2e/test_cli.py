@@ -66,7 +66,11 @@ async def test_up_serves_tritonclient_and_predict_then_stops_every_process(up):
     process.send_signal(signal.SIGTERM)
     code, output = await wait_for_exit(process)
     assert code == 0, output
-    assert "stopped" in output
+    assert "stopped in" in output
+    # each process is named as it stops, the gateway (which drains callers) before what it calls
+    lines = {name: output.find(f"✓ {name} stopped (") for name in PROCESSES}
+    assert -1 not in lines.values(), output
+    assert lines["gateway"] < min(lines[name] for name in PROCESSES - {"gateway"}), output
     assert not alive(family), f"left behind: {alive(family)}"
     assert {p.stem for p in run_logs(run_dir).glob("*.log")} == PROCESSES
 
