@@ -59,8 +59,12 @@ soak: $(STAMP)        ## a long steady load, memory per process over time (not i
 compose-test: $(STAMP)  ## the compose stack end to end: build, start, score via Envoy and the gateway, tear down
 	deploy/compose/test.sh
 
+# Rewritten only when the pins change: a new mtime alone would make $(STAMP) reinstall everything next time.
 lock: $(STAMP)        ## re-pin constraints.txt to what is installed
-	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^meshserve' > constraints.txt
+	@frozen=$$($(BIN)/python -m pip freeze --exclude-editable) || exit 1; \
+	pins=$$(printf '%s\n' "$$frozen" | grep -v '^meshserve'); \
+	if [ "$$pins" = "$$(cat constraints.txt 2>/dev/null)" ]; then echo "constraints.txt: unchanged"; \
+	else printf '%s\n' "$$pins" > constraints.txt && echo "constraints.txt: re-pinned"; fi
 
 clean:
 	rm -rf $(VENV) .meshserve .pytest_cache bench-results

@@ -126,8 +126,9 @@ async def run_score(
             if summary.resumed_chunks
             else ""
         )
+        rejected = f"{summary.rejects} rejects ({rejects_path(out)})" if summary.rejects else "no rejects"
         console.print(
-            f"{summary.rows} rows scored, {summary.rejects} rejects ({rejects_path(out)}) in {elapsed:.2f}s: "
+            f"{summary.rows} rows scored, {rejected} in {elapsed:.2f}s: "
             f"{(summary.rows + summary.rejects) / max(elapsed, 1e-9):,.0f} rows/s -> {out}{resumed}"
         )
     return summary

@@ -115,25 +115,40 @@ def socket_holders(inodes: set[int]) -> list[int]:
     )
 
 
+def command_line(pid: int) -> list[str]:
+    """`pid`'s argv as the kernel keeps it (/proc/<pid>/cmdline), whole; empty when it cannot be read."""
+    with contextlib.suppress(OSError):
+        return [
+            a for a in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0") if a
+        ]
+    return []
+
+
+def display_command(argv: Sequence[str], width: int = 60) -> str:
+    """`argv` on one line for a person: the program's base name, then its arguments, cut to `width`."""
+    if not argv:
+        return ""
+    text = " ".join(" ".join([Path(argv[0]).name, *argv[1:]]).split())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def is_meshserve_up(argv: Sequence[str]) -> bool:
+    """Whether `argv` runs `meshserve up` (its console script, or `python -m meshserve`), judged from every
+    argument, so a long path to the script cannot hide the `up` after it."""
+    for i, arg in enumerate(argv):
+        if Path(arg).name == "meshserve":
+            return "up" in argv[i + 1 :]
+    return False
+
+
 def describe_process(pid: int) -> str:
     """`pid` for a person: its command line (the program's base name first), and the `meshserve up` that
-    started it when it was one."""
-
-    def command(of: int) -> str:
-        with contextlib.suppress(OSError):
-            argv = Path(f"/proc/{of}/cmdline").read_bytes().decode(errors="replace").split("\0")
-            argv = [a for a in argv if a]
-            if argv:
-                text = " ".join(" ".join([Path(argv[0]).name, *argv[1:]]).split())
-                return text if len(text) <= 60 else text[:57] + "..."
-        return ""
-
-    text = command(pid)
+    started it when it was one. Only the text shown is cut short; the decision reads the whole argv."""
+    text = display_command(command_line(pid))
     described = f"pid {pid} ({text})" if text else f"pid {pid}"
     with contextlib.suppress(OSError, IndexError, ValueError):
         parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        words = command(parent).split()
-        if "up" in words and any(Path(w).name == "meshserve" or w.endswith("/meshserve") for w in words):
+        if is_meshserve_up(command_line(parent)):
             described += f" of the meshserve up with pid {parent}"
     return described
 

@@ -55,7 +55,8 @@ def rejects_path(out: Path) -> Path:
 
 
 def write_outputs(out: Path, checkpoint: Checkpoint, chunks: int) -> tuple[int, int]:
-    """Merge the parts in chunk order into OUT (Parquet or CSV by suffix) and OUT.rejects.csv."""
+    """Merge the parts in chunk order into OUT (Parquet or CSV by suffix) and, when any row was rejected,
+    OUT.rejects.csv; with none, no such file (and none left from an earlier run over the same OUT)."""
     rows: list[ScoredRow] = []
     rejects: list[Reject] = []
     for index in range(chunks):
@@ -81,6 +82,9 @@ def write_outputs(out: Path, checkpoint: Checkpoint, chunks: int) -> tuple[int, 
             writer = csv.writer(f)
             writer.writerow(OUTPUT_COLUMNS)
             writer.writerows([r.entity_key, repr(r.score), r.variant, r.model_version, r.tier] for r in rows)
+    if not rejects:
+        rejects_path(out).unlink(missing_ok=True)
+        return len(rows), 0
     with rejects_path(out).open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["line", "entity_key", "reason"])

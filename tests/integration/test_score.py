@@ -43,6 +43,7 @@ async def test_score_matches_single_predicts_and_resumes_identically(mesh, tmp_p
     assert [r["entity_key"] for r in table] == [r[0] for r in rows]
     assert {r["tier"] for r in table} == {"PRIMARY"} and {r["model_version"] for r in table} == {"1"}
     assert not (tmp_path / "whole.parquet.parts").exists()
+    assert not (tmp_path / "whole.parquet.rejects.csv").exists()  # nothing rejected, no empty file
 
     async with grpc.aio.insecure_channel(mesh.endpoints.gateway) as channel:
         stub = gateway_pb2_grpc.PredictionServiceStub(channel)

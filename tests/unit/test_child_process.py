@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -14,7 +15,10 @@ import pytest
 
 from meshserve.core.process import (
     ChildProcess,
+    command_line,
     describe_process,
+    display_command,
+    is_meshserve_up,
     listening_sockets,
     socket_holders,
     socket_inodes,
@@ -115,3 +119,68 @@ async def test_a_childs_listening_socket_is_found_and_its_process_described(tmp_
         await child.stop(2)
     assert listening_sockets(port) == {}
     assert socket_holders(set()) == []
+
+
+# A clone in a long path: the interpreter and the console script each take well over 60 characters.
+LONG = "/home/someone/" + "a-rather-long-folder-name/" * 6 + ".venv/bin"
+
+
+def test_meshserve_up_is_told_from_the_whole_argv_and_only_the_display_is_cut():
+    argv = [f"{LONG}/python", f"{LONG}/meshserve", "up", "--tls"]
+    shown = display_command(argv)
+    assert (
+        len(shown) == 60 and shown.startswith("python /home/someone/a-rather-long") and shown.endswith("...")
+    )
+    assert "up" not in shown.split()  # what the old check, reading the display, missed
+    assert is_meshserve_up(argv)
+    assert is_meshserve_up(["python3", "-I", "-m", "meshserve", "up", "--port", "0"])
+    assert is_meshserve_up([f"{LONG}/meshserve", "up"])
+    assert not is_meshserve_up([f"{LONG}/python", f"{LONG}/meshserve", "status"])
+    assert not is_meshserve_up(["python", "-m", "gateway", "up"])  # no meshserve before the up
+    assert not is_meshserve_up(["up", "meshserve"])
+    assert not is_meshserve_up([])
+    assert display_command(["/usr/bin/python3", "-c", "a\n  b"]) == "python3 -c a b"
+    assert display_command([]) == ""
+
+
+# Stands in for the console script: starts one child, says its pid, and waits for its stdin to close.
+FAKE_UP = textwrap.dedent(
+    """
+    import subprocess, sys
+    child = subprocess.Popen(["sleep", "60"])
+    print(child.pid, flush=True)
+    sys.stdin.read()
+    child.kill()
+    child.wait()
+    """
+)
+
+
+async def test_a_child_of_a_meshserve_up_run_from_a_long_path_is_named_as_such(tmp_path):
+    script = tmp_path.joinpath(*["a-rather-long-folder-name"] * 6, ".venv", "bin", "meshserve")
+    script.parent.mkdir(parents=True)
+    script.write_text(FAKE_UP)
+    assert len(f"python {script} up") > 60
+    up = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), "up", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        child_pid = int(await asyncio.wait_for(up.stdout.readline(), 30))
+        for _ in range(1000):  # just past its exec, the kernel shows an empty argv for a moment
+            if command_line(child_pid):
+                break
+            await asyncio.sleep(0.01)
+        assert (
+            describe_process(child_pid) == f"pid {child_pid} (sleep 60) of the meshserve up with pid {up.pid}"
+        )
+        shown = display_command([sys.executable, str(script), "up"])
+        assert (
+            shown.endswith("...") and describe_process(up.pid) == f"pid {up.pid} ({shown})"
+        )  # shown cut short
+    finally:
+        up.stdin.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(up.wait(), 10)
+        if up.returncode is None:
+            up.kill()
+            await up.wait()

@@ -138,6 +138,27 @@ def test_envoy_accepts_the_committed_file(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_the_validate_commands_in_docs_deploy_md_work_as_written(tmp_path):
+    """The docs' bash block that runs `envoy --mode validate`, run as a reader would (from the checkout, with the
+    venv's tools), so the documented check and this test cannot drift apart."""
+    blocks = re.findall(r"^```bash\n(.*?)^```", (REPO_ROOT / "docs" / "deploy.md").read_text(), re.M | re.S)
+    (block,) = [b for b in blocks if "envoy --mode validate" in b]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESHSERVE_")}
+    env |= {"TMPDIR": str(tmp_path), "PYTHONPATH": str(REPO_ROOT)}  # mktemp -d inside tmp_path
+    script = block.replace(".venv/bin/", f"{ENVOY.parent}/")
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.fullmatch(r"configuration '.*/envoy\.yaml' OK\n", result.stdout), result.stdout
+    assert list(tmp_path.iterdir()) == []  # and it cleaned up after itself
+
+
 def test_envoy_accepts_the_tls_listener(tmp_path):
     cert, key = self_signed(tmp_path)
     settings = EnvoySettings(tls_cert_file=cert, tls_key_file=key, gateway_ca_file=cert)

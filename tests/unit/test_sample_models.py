@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
 import sys
 import types
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
+from onnx import numpy_helper
 
 from meshserve.feature.drift import BinKind, load_profile
 from meshserve.feature.registry import load_registry
@@ -61,15 +65,64 @@ def _ort_scores(session: ort.InferenceSession, rows: np.ndarray) -> np.ndarray:
     return session.run([ONNX_PROBABILITIES], {load_registry().models[MODEL].input: rows})[0][:, 1]
 
 
-def test_committed_repository_is_byte_identical_to_a_rebuild(rebuilt):
+def _onnx_numbers(data: bytes) -> tuple[bytes, list[np.ndarray]]:
+    """The model with every float taken out (its skeleton, serialized), and those floats in order."""
+    proto = onnx.load_from_string(data)
+    numbers: list[np.ndarray] = []
+    for tensor in proto.graph.initializer:
+        numbers.append(numpy_helper.to_array(tensor).astype(np.float64).ravel())
+        tensor.ClearField("raw_data"), tensor.ClearField("float_data"), tensor.ClearField("double_data")
+    for node in proto.graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.FLOATS:
+                numbers.append(np.array(attr.floats, dtype=np.float64))
+                attr.ClearField("floats")
+            elif attr.type == onnx.AttributeProto.FLOAT:
+                numbers.append(np.array([attr.f], dtype=np.float64))
+                attr.ClearField("f")
+            elif attr.type == onnx.AttributeProto.TENSOR:
+                numbers.append(numpy_helper.to_array(attr.t).astype(np.float64).ravel())
+                attr.ClearField("t")
+    return proto.SerializeToString(deterministic=True), numbers
+
+
+def test_committed_repository_matches_a_rebuild(rebuilt):
+    """Byte-identical here and on every x86_64 CPU tried (see the next test). Should a CPU still flip a rounded
+    digit, what matters holds: the same files, graphs and text, and every fitted number within one step of
+    the 6th decimal, where fraud._round_params rounds, plus float32's own rounding (rtol 1e-6)."""
     committed, fresh = _files(REPO), _files(rebuilt / "model_repository")
     assert sorted(committed) == sorted(fresh), "stale or extra files: run python -m meshserve.samples.build"
     for path, data in fresh.items():
-        assert committed[path] == data, f"{path} is stale: run python -m meshserve.samples.build"
+        if committed[path] == data:
+            continue
+        assert path.suffix == ".onnx", f"{path} is stale: run python -m meshserve.samples.build"
+        (skeleton, numbers), (want_skeleton, want_numbers) = (
+            _onnx_numbers(data),
+            _onnx_numbers(committed[path]),
+        )
+        assert skeleton == want_skeleton, f"{path} is stale: run python -m meshserve.samples.build"
+        assert [len(n) for n in numbers] == [len(n) for n in want_numbers], f"{path} is stale"
+        for got, want in zip(numbers, want_numbers, strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1.1e-6, err_msg=f"{path} is stale")
     assert ACCOUNTS.read_bytes() == (rebuilt / "accounts.csv").read_bytes()
     assert PROFILE.read_bytes() == (rebuilt / "reference_profile.json").read_bytes(), (
         "reference_profile.json is stale: run python -m meshserve.samples.build"
     )
+
+
+def test_a_rebuild_on_another_blas_kernel_is_byte_identical(rebuilt, tmp_path):
+    # OpenBLAS picks its kernel for the CPU it finds (OPENBLAS_CORETYPE overrides it): a rebuild with the
+    # generic SSE3 kernel, which every x86_64 CPU runs, must give this process's bytes. Elsewhere it is ignored.
+    env = {
+        **os.environ,
+        "OPENBLAS_CORETYPE": "Prescott",
+        "OPENBLAS_NUM_THREADS": "2",
+        "PYTHONPATH": str(ROOT),
+    }
+    command = [sys.executable, "-m", "meshserve.samples.build", "--repo", str(tmp_path / "model_repository")]
+    command += ["--accounts", str(tmp_path / "accounts.csv")]
+    subprocess.run(command, env=env, check=True, capture_output=True, timeout=120)
+    assert _files(tmp_path) == _files(rebuilt)
 
 
 def test_reference_profile_follows_the_registry_and_the_training_data():

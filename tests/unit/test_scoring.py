@@ -139,6 +139,18 @@ async def test_run_scores_in_batches_and_checkpoints(tmp_path):
     assert [r.split(",")[0] for r in rejects[1:]] == ["2", "5", "8", "11"]
 
 
+async def test_no_rejects_file_when_no_row_was_rejected_and_none_left_from_before(tmp_path):
+    out = tmp_path / "out.csv"
+    stale = tmp_path / "out.csv.rejects.csv"
+    stale.write_text("line,entity_key,reason\n3,acct-00001,from an earlier run\n")
+    cp = Checkpoint(out, fingerprint(tmp_path, 4))
+    summary = await run_scoring(rows_of(6), SCHEMA, fake_predict([]), cp, batch=4, in_flight=2)
+    assert write_outputs(out, cp, summary.chunks) == (6, 0)
+    assert len(out.read_text().splitlines()) == 7
+    assert not stale.exists()
+    assert list(tmp_path.glob("*.rejects.csv")) == []
+
+
 async def test_a_request_that_keeps_failing_goes_to_rejects(tmp_path):
     cp = Checkpoint(tmp_path / "out.csv", fingerprint(tmp_path, 4))
     summary = await run_scoring(rows_of(4), SCHEMA, fake_predict([], fail_first=99), cp,
