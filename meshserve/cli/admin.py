@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from meshserve.admin.v1 import admin_pb2, admin_pb2_grpc
-from meshserve.cli.errors import dial
+from meshserve.cli.errors import EXIT_FAILED, CliError, dial
 from meshserve.cli.output import Output, OutputOption, print_json
 
 console = Console()
@@ -185,11 +185,11 @@ def routes_list(admin: Target = DEFAULT_ADMIN, output: OutputOption = Output.TAB
 
 @routes_app.command("reload")
 def routes_reload(admin: Target = DEFAULT_ADMIN) -> None:
-    """Re-read the routes file; a bad file changes nothing and says why."""
+    """Re-read the routes file; a bad file, or one naming a model version Triton does not serve, changes nothing
+    and says why (one line on stderr, exit status 1)."""
     reply = _call(admin, "Reload", admin_pb2.ReloadRequest())
     if not reply.applied:
-        console.print(f"[red]refused; the old routes keep serving:[/] {reply.error}")
-        raise typer.Exit(1)
+        raise CliError(f"refused; the old routes keep serving: {' '.join(reply.error.split())}", EXIT_FAILED)
     console.print(f"[green]reloaded[/]: {', '.join(reply.routes)}")
 
 
