@@ -32,27 +32,24 @@ def reload_refusal(
     r, v, m, old = missing.route, missing.variant, missing.model, missing.version
     source = str(routes_file) if routes_file is not None else "the embedded routes"
     parts = [f"{source}: {missing.message}; nothing changed, the live routes keep serving"]
-    can_switch_back = (
-        live is not None and live != old and old != "" and (live in missing.served or live == "")
-    )
-    if switch is not None and isinstance(switch.after, dict) and can_switch_back:
-        to = switch.after.get(v, live)
+    # a switch pins a version Triton serves; switching back to the file's version loads it again
+    can_switch_back = bool(live) and live != old and old != "" and live in missing.served
+    if switch is not None and can_switch_back:
         parts.append(
-            f"`meshserve canary switch {r} {v} {to}` ({switch.who}, {switch.time}) moved the variant from version "
-            f"{old} to {to} and unloaded {old}: a switch changes the live routes, not the routes file"
+            f"`meshserve canary switch {r} {v} {live}` ({switch.who}, {switch.time}) moved the variant from "
+            f"version {old} to {live} and unloaded {old}: a switch changes the live routes, not the routes file"
         )
     elif can_switch_back:
-        parts.append(f"the live routes serve version {live or '(latest)'} there: a switch changes the live routes, "
-                     "not the routes file")  # fmt: skip
+        parts.append(f"the live routes serve version {live} there: a switch changes the live routes, not the "
+                     "routes file")  # fmt: skip
     if can_switch_back:
-        assert live is not None
-        keep = f'`version: "{live}"`' if live else "no version"
+        keep = f'`version: "{live}"`'
         if routes_file is not None:
-            parts.append(f"to keep version {live or '(latest)'}, put {keep} on variant {v!r} of route {r!r} in "
-                         f"{routes_file}, then reload")  # fmt: skip
+            parts.append(f"to keep version {live}, put {keep} on variant {v!r} of route {r!r} in {routes_file}, "
+                         "then reload")  # fmt: skip
         else:
-            parts.append(f"version {live or '(latest)'} keeps serving as it is; for routes to reload that keep it, "
-                         f"serve a routes file of your own with {keep} there (`meshserve up --routes FILE`, from "
+            parts.append(f"version {live} keeps serving as it is; for routes to reload that keep it, serve a "
+                         f"routes file of your own with {keep} there (`meshserve up --routes FILE`, from "
                          "meshserve/defaults/routes.yaml)")  # fmt: skip
         parts.append(f"to go back to version {old}, run `meshserve canary switch {r} {v} {old}` (it loads "
                      f"version {old} again), then reload")  # fmt: skip

@@ -19,17 +19,19 @@ READY = "READY"
 
 class VersionNotServed(FailedPrecondition):
     """A variant names a version Triton does not serve, as Triton itself said (so not a failure to ask it).
-    `served`: the versions of the model Triton serves now; `state`: what Triton says of this version, in words."""
+    `served`: the versions of the model Triton serves now (None: not known); `state`: what Triton says of this
+    version, in words."""
 
     def __init__(
-        self, route: str, variant: str, model: str, version: str, served: list[str], state: str
+        self, route: str, variant: str, model: str, version: str, served: list[str] | None, state: str
     ) -> None:
         self.route, self.variant, self.model, self.version = route, variant, model, version
-        self.served, self.state = served, state
-        serves = f"it serves version {', '.join(served)}" if served else "it serves no version of the model"
-        super().__init__(
-            f"{_where(route, variant, model, version)} is not served by Triton ({state}; {serves})"
-        )
+        self.served, self.state = served or [], state
+        if served is None:  # not known: Triton's index could not be read
+            said = state
+        else:
+            said = f"{state}; it serves version {', '.join(served)}" if served else f"{state}; it serves none"
+        super().__init__(f"{_where(route, variant, model, version)} is not served by Triton ({said})")
 
 
 def versions_in_use(routes: Mapping[str, Route], model: str, latest: str) -> set[str]:
@@ -63,9 +65,12 @@ async def check_version(
         if exc.code in (ErrorCode.NOT_FOUND, ErrorCode.UNAVAILABLE):
             states = await _repository_states(inference, model, timeout_s)
             if exc.code is ErrorCode.NOT_FOUND or (states is not None and not _ready(states, version)):
-                served = sorted((v for v, s in (states or {}).items() if v and s == READY), key=_number)
-                state = exc.message if states is None else _state(states, version)
-                raise VersionNotServed(route, variant, model, version, served, state) from None
+                if states is None:
+                    raise VersionNotServed(route, variant, model, version, None, exc.message) from None
+                served = sorted((v for v, s in states.items() if v and s == READY), key=_number)
+                raise VersionNotServed(
+                    route, variant, model, version, served, _state(states, version)
+                ) from None
         raise MeshError(f"{where}: cannot check it with Triton: {exc.message}", exc.code) from None
     if not reply.ready:
         raise FailedPrecondition(f"{where} is loaded in Triton but not ready")
