@@ -8,14 +8,21 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterator
-from functools import partial
 
 import numpy as np
 from tritonclient.grpc import service_pb2
 
-from gateway.rollout.versions import CHECK_TIMEOUT_S, check_table, check_version, versions_in_use
+from gateway.control.audit import AuditEntry
+from gateway.rollout.advice import reload_refusal, switched_away
+from gateway.rollout.versions import (
+    CHECK_TIMEOUT_S,
+    VersionNotServed,
+    check_table,
+    check_version,
+    versions_in_use,
+)
 from gateway.routing.live import LiveRoutes
-from gateway.routing.routes import Route
+from gateway.routing.routes import Route, RouteTable
 from gateway.serving.catalog import ModelCatalog
 from gateway.serving.clients import InferenceClient
 from meshserve.core.errors import ErrorCode, FailedPrecondition, InvalidArgument, MeshError
@@ -29,6 +36,7 @@ NUMPY_DTYPES = {
     "BOOL": np.bool_,
 }
 FINISH_S = 2.0  # what a switch needs after its load besides the drain: warm-up, swap, unload
+AUDIT_LOOKBACK = 1000  # audit entries searched for the switch that unloaded a version a reload names
 
 
 def warmup_request(
@@ -88,10 +96,25 @@ class ModelLifecycle:
 
     async def reload(self, who: str) -> tuple[bool, str]:
         """LiveRoutes.reload, refused (FailedPrecondition, nothing changed) if a variant names a version Triton
-        does not serve."""
+        does not serve, saying why and how to go on."""
         with self._exclusive("a routes reload"):
-            check = partial(check_table, self.inference, timeout_s=self.check_timeout_s)
-            return await self.live.reload(who, check=check)
+            return await self.live.reload(who, check=self._check_reload)
+
+    async def _check_reload(self, table: RouteTable) -> None:
+        try:
+            await check_table(self.inference, table, timeout_s=self.check_timeout_s)
+        except VersionNotServed as missing:
+            live = self.live.routes.get(missing.route)
+            variant = next((v for v in live.variants if v.name == missing.variant), None) if live else None
+            switch = switched_away(await self._audit(), missing.route, missing.variant, missing.version)
+            message = reload_refusal(missing, self.live.path, variant.version if variant else None, switch)
+            raise FailedPrecondition(message) from None
+
+    async def _audit(self) -> list[AuditEntry]:
+        try:
+            return await self.live.audit.recent(AUDIT_LOOKBACK)
+        except MeshError:  # the shared log unreachable: the refusal says less, but still says why
+            return []
 
     async def switch(
         self,

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
 from rich.table import Table
+from rich.text import Text
 
 from meshserve.admin.v1 import admin_pb2, admin_pb2_grpc
 from meshserve.cli.errors import EXIT_FAILED, CliError, dial
-from meshserve.cli.output import Output, OutputOption, print_json
+from meshserve.cli.output import FittedTable, Output, OutputOption, indented, print_json
 
 console = Console()
 routes_app = typer.Typer(help="Live routes: list, reload, audit log.", no_args_is_help=True)
@@ -185,9 +186,10 @@ def routes_list(admin: Target = DEFAULT_ADMIN, output: OutputOption = Output.TAB
 
 @routes_app.command("reload")
 def routes_reload(admin: Target = DEFAULT_ADMIN) -> None:
-    """Re-read the routes file; a bad file changes nothing and says why."""
+    """Re-read the routes file; a bad file, or one naming a model version Triton does not serve, changes nothing
+    and says why (one line on stderr, exit status 1)."""
     reply = _call(admin, "Reload", admin_pb2.ReloadRequest())
-    if not reply.applied:  # one line on stderr, exit 1, as every failed call
+    if not reply.applied:
         raise CliError(f"refused; the old routes keep serving: {' '.join(reply.error.split())}", EXIT_FAILED)
     console.print(f"[green]reloaded[/]: {', '.join(reply.routes)}")
 
@@ -203,12 +205,28 @@ def routes_audit(limit: int = 20, admin: Target = DEFAULT_ADMIN, output: OutputO
             for e in reply.entries
         ])  # fmt: skip
         return
-    table = Table(title="audit log")
-    for column in ("time", "who", "action", "route", "before", "after", "reason"):
-        table.add_column(column)
-    for e in reply.entries:
-        table.add_row(e.time, e.who, e.action, e.route, e.before, e.after, e.reason)
-    console.print(table)
+    console.print(audit_table(reply.entries))
+
+
+def audit_table(entries) -> FittedTable:
+    """The audit log as a table; in a terminal too narrow for it, one entry per block: time, action, route and who
+    on its first line, before → after and the reason each on their own, wrapped between words, never cut."""
+    rows = [[Text(e.time), Text(e.who), Text(e.action), Text(e.route), Text(e.before), Text(e.after),
+             Text(e.reason)] for e in entries]  # fmt: skip
+
+    def narrow() -> Group:
+        parts: list[RenderableType] = [Text("audit log", style="italic")]
+        for e in entries:
+            parts.append(Text.assemble((e.time, "dim"), "  ", (e.action, "bold"), "  ", e.route, "  ", e.who))
+            if (e.before or "null") != "null" or (e.after or "null") != "null":
+                parts.append(indented(Text(f"{e.before or 'null'} → {e.after or 'null'}")))
+            if e.reason:
+                parts.append(indented(Text(e.reason)))
+        return Group(*parts)
+
+    return FittedTable(
+        "audit log", ("time", "who", "action", "route", "before", "after", "reason"), rows, narrow
+    )
 
 
 def _json(text: str) -> object:
@@ -312,8 +330,12 @@ cache_app = typer.Typer(help="The prediction cache: hit ratios, invalidation.", 
 def cache_stats(route: str = "", admin: Target = DEFAULT_ADMIN) -> None:
     """Hit ratio, misses, bypasses and coalesced misses, per route."""
     reply = _call(admin, "CacheStats", admin_pb2.CacheStatsRequest(route=route))
-    table = Table(title="prediction cache")
-    for column in (
+    console.print(cache_table(reply))
+
+
+def cache_table(reply: admin_pb2.CacheStatsResponse) -> FittedTable:
+    """Per route; in a terminal too narrow for every header whole, one block of `name: value` lines per route."""
+    columns = (
         "route",
         "on",
         "hit ratio",
@@ -323,12 +345,10 @@ def cache_stats(route: str = "", admin: Target = DEFAULT_ADMIN) -> None:
         "bypasses",
         "coalesced",
         "invalidations",
-    ):
-        table.add_column(column)
-    for r in reply.routes:
-        table.add_row(r.route, "yes" if r.enabled else "no", f"{r.hit_ratio:.1%}", str(r.near_hits), str(r.hits),
-                      str(r.misses), str(r.bypasses), str(r.coalesced), str(r.invalidations))  # fmt: skip
-    console.print(table)
+    )
+    rows = [[Text(r.route), "yes" if r.enabled else "no", f"{r.hit_ratio:.1%}", str(r.near_hits), str(r.hits),
+             str(r.misses), str(r.bypasses), str(r.coalesced), str(r.invalidations)] for r in reply.routes]  # fmt: skip
+    return FittedTable("prediction cache", columns, rows)
 
 
 @cache_app.command("invalidate")

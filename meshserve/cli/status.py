@@ -12,10 +12,11 @@ from typing import Annotated
 import grpc
 import typer
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from rich.console import Console
-from rich.table import Table
+from rich.console import Console, Group
+from rich.text import Text
 
 from meshserve.admin.v1 import admin_pb2, admin_pb2_grpc
+from meshserve.cli.output import FittedTable, indented
 from meshserve.launcher.endpoints_file import (
     EndpointsFileError,
     MeshEndpoints,
@@ -131,18 +132,29 @@ def _not_running(run_dir: Path) -> str | None:
     return None
 
 
-def _show(status: dict[str, object]) -> None:
-    table = Table(title=f"meshserve (up pid {status['up_pid']}, TLS {'on' if status['tls'] else 'off'})")
-    for column in ("process", "pid", "alive", "address", "health", "metrics"):
-        table.add_column(column)
+def processes_table(status: dict[str, object]) -> FittedTable:
+    """The processes; in a terminal too narrow for the metrics URLs, the table without them and each URL whole
+    on its own line below."""
+    title = f"meshserve (up pid {status['up_pid']}, TLS {'on' if status['tls'] else 'off'})"
+    columns = ("process", "pid", "alive", "address", "health", "metrics")
+    rows = []
     for p in status["processes"]:  # type: ignore[union-attr]
         health = p["health"]
         style = "green" if health == "SERVING" else "red"
-        alive = "[green]yes[/]" if p["alive"] else "[red]no[/]"
-        table.add_row(
-            p["name"], str(p["pid"]), alive, p["address"], f"[{style}]{health}[/]", p["metrics"] or ""
-        )
-    console.print(table)
+        alive = Text("yes", "green") if p["alive"] else Text("no", "red")
+        rows.append([Text(p["name"]), Text(str(p["pid"])), alive, Text(p["address"]), Text(health, style),
+                     Text(p["metrics"] or "")])  # fmt: skip
+
+    def narrow() -> Group:
+        urls = [Text.assemble(row[0], ": ", row[-1]) for row in rows if row[-1]]
+        rest = FittedTable(title, columns[:-1], [row[:-1] for row in rows])
+        return Group(rest, *([Text("metrics:"), *(indented(url) for url in urls)] if urls else []))
+
+    return FittedTable(title, columns, rows, narrow)
+
+
+def _show(status: dict[str, object]) -> None:
+    console.print(processes_table(status))
     endpoints = status["endpoints"]
     console.print(
         f"gateway {endpoints['gateway']}  REST {endpoints['gateway_http']}  admin {endpoints['admin']}"
@@ -188,4 +200,4 @@ def status(
         _show(result)
 
 
-__all__ = ["collect", "status"]
+__all__ = ["collect", "processes_table", "status"]

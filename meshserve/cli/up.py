@@ -20,9 +20,9 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
 from rich.text import Text
 
+from meshserve.cli.output import FittedTable
 from meshserve.core.supervision import ChildExited, SupervisionEvent
 from meshserve.launcher.endpoints_file import (
     MeshEndpoints,
@@ -38,10 +38,9 @@ console = Console(stderr=True)
 PROCESSES = ["triton", "feature", "cache", "inference", "gateway"]
 
 
-def _endpoints_table(ep: Endpoints) -> Table:
-    table = Table(title="meshserve is up", show_header=True, header_style="bold")
-    table.add_column("process")
-    table.add_column("endpoint")
+def _endpoints_table(ep: Endpoints) -> FittedTable:
+    """Every endpoint; in a terminal too narrow for the table, one `process: endpoint` line each."""
+    rows = []
     for name, value in [
         ("gateway gRPC (Predict + Open Inference Protocol)", ep.gateway),
         ("gateway REST (Triton's HTTP API)", ep.gateway_http),
@@ -64,8 +63,10 @@ def _endpoints_table(ep: Endpoints) -> Table:
         ("triton gRPC", ep.triton_grpc),
         ("triton metrics", ep.triton_metrics),
     ]:
-        table.add_row(Text(name), Text(value))
-    return table
+        rows.append([Text(name), Text(value)])
+    return FittedTable(
+        "meshserve is up", ("process", "endpoint"), rows, show_header=True, header_style="bold"
+    )
 
 
 def _meshserve() -> str:

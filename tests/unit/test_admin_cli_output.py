@@ -1,5 +1,6 @@
 """`-o json` of `meshserve routes list`, `canary status` and `routes audit`: the admin API's replies as plain
-JSON (numbers stay numbers, audit before/after as data), and `canary weights` saying it scaled the weights."""
+JSON (numbers stay numbers, audit before/after as data), `canary weights` saying it scaled the weights, and a refused
+`routes reload` as one line on stderr."""
 
 from __future__ import annotations
 
@@ -108,4 +109,19 @@ def test_a_refused_reload_is_one_line_on_stderr_with_exit_status_1(monkeypatch):
     assert result.stderr == (
         "meshserve routes reload: refused; the old routes keep serving: routes file r.yaml: line 3 column 1: "
         "expected the node content, but found '<stream end>'\n"
+    )
+
+
+def test_a_refused_reload_is_one_line_on_stderr_and_exit_status_1(monkeypatch):
+    from meshserve.cli.app import app
+
+    refused = admin_pb2.ReloadResponse(applied=False, error="routes.fraud.variants.0.weight: Input should be\n"
+                                       "greater than or equal to 0")  # fmt: skip
+    monkeypatch.setattr(cli, "_call", lambda target, method, request, timeout_s=10.0: refused)
+    result = CliRunner().invoke(app, ["routes", "reload"])
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr == (
+        "meshserve routes reload: refused; the old routes keep serving: routes.fraud.variants.0.weight: Input "
+        "should be greater than or equal to 0\n"
     )

@@ -17,7 +17,14 @@ from gateway.routing.live import LiveRoutes
 from gateway.routing.routes import parse_routes
 from gateway.serving.catalog import ModelCatalog
 from gateway.settings import DEFAULT_COALESCING
-from meshserve.core.errors import DeadlineExceeded, FailedPrecondition, NotFound, Unavailable
+from meshserve.core.errors import (
+    DeadlineExceeded,
+    ErrorCode,
+    FailedPrecondition,
+    MeshError,
+    NotFound,
+    Unavailable,
+)
 from meshserve.inference.v1 import inference_pb2
 
 
@@ -33,9 +40,15 @@ class FakeInference:
         self.fails_fast = fails_fast
         self.served: list[list[str]] = []  # every ServeVersions, in order
         self.unloading: set[str] = set()  # Triton: "not at ready state"
+        self.unloaded: set[str] = (
+            set()
+        )  # loaded once, then unloaded: Triton's index says UNAVAILABLE (unloaded)
+        self.reachable = True  # False: the inference service cannot reach Triton
 
     async def describe(self, model: str, version: str, timeout_s: float):
-        if version in self.unloading:
+        if not self.reachable:
+            raise Unavailable("inference service unavailable: failed to connect to all addresses")
+        if version in self.unloading or version in self.unloaded:
             raise Unavailable(f"Request for unknown model: {model!r} version {version} is not at ready state")
         if model != "m" or not self.loaded or (version and version not in self.loaded):
             raise NotFound(f"Request for unknown model: {model!r} version {version} is not found")
@@ -44,8 +57,21 @@ class FakeInference:
         resolved = version or max(self.loaded, key=int)
         return inference_pb2.DescribeModelResponse(ready=True, resolved_version=resolved, metadata=metadata)
 
+    async def control(self, method: str, request, timeout_s: float):
+        assert method == "RepositoryIndex"
+        if not self.reachable:
+            raise Unavailable("inference service unavailable: failed to connect to all addresses")
+        index = service_pb2.RepositoryIndexResponse()
+        for version in sorted(self.loaded):
+            index.models.add(name="m", version=version, state="READY")
+        for version in sorted(self.unloaded | self.unloading):
+            index.models.add(name="m", version=version, state="UNAVAILABLE", reason="unloaded")
+        return index
+
     async def serve_versions(self, model: str, versions: list[str], timeout_s: float) -> list[str]:
         self.served.append(list(versions))
+        self.unloaded |= self.loaded - set(versions)
+        self.unloaded -= set(versions)
         self.loaded = set(versions) & self.repository
         self.unloading -= set(versions)
         missing = set(versions) - self.repository
@@ -185,4 +211,72 @@ async def test_a_reload_naming_a_version_triton_does_not_serve_is_refused_and_ch
     switcher.live.path.write_text(
         "routes:\n  a:\n    variants:\n      - {name: stable, model: m, version: '1', weight: 100}\n"
     )
+    assert await switcher.reload("carol") == (True, "")
+
+
+ROUTE_B_V1 = "routes:\n  b:\n    variants:\n      - {name: live, model: m, version: '1', weight: 100}\n"
+
+
+async def test_a_reload_after_a_switch_unloaded_its_version_says_so_and_how_to_go_on(lifecycle):
+    """It used to fail UNAVAILABLE ("cannot check it with Triton: inference service unavailable: ... version 1 is
+    not at ready state") while every service was healthy, and said nothing of the switch or what to do."""
+    switcher, inference = lifecycle({"1", "2"})
+    await switcher.switch("b", "live", "3", "alice")
+    assert inference.loaded == {"2", "3"}  # the switch unloaded 1
+    before = switcher.live.table
+    path = switcher.live.path
+    path.write_text(ROUTE_B_V1)
+    with pytest.raises(FailedPrecondition) as failure:
+        await switcher.reload("carol")
+    message = failure.value.message
+    assert message.startswith(
+        f"{path}: route 'b' variant 'live': model 'm' version 1 is not served by Triton (Triton lists it as "
+        "UNAVAILABLE (unloaded); it serves version 2, 3); nothing changed"
+    ), message
+    assert "`meshserve canary switch b live 3` (alice, " in message
+    assert "moved the variant from version 1 to 3 and unloaded 1" in message
+    assert (
+        f"to keep version 3, put `version: \"3\"` on variant 'live' of route 'b' in {path}, then reload"
+        in message
+    )
+    assert (
+        "to go back to version 1, run `meshserve canary switch b live 1` (it loads version 1 again)"
+        in message
+    )
+    assert "\n" not in message
+    assert switcher.live.table is before
+    refused = switcher.live.audit.tail(1)[0]
+    assert (refused.who, refused.action, refused.reason) == ("carol", "reload_refused", message)
+
+    await switcher.switch("b", "live", "1", "carol")  # the way back it named: loads 1 again
+    assert await switcher.reload("carol") == (True, "")
+    assert switcher.live.get("b").variant("live").version == "1"
+
+
+async def test_a_reload_naming_a_version_nothing_serves_names_the_load_to_make(lifecycle):
+    switcher, inference = lifecycle({"1", "2"})
+    inference.loaded, inference.unloaded = {"2"}, {"1"}  # unloaded through Triton directly: no switch to name
+    switcher.live.path.write_text(
+        "routes:\n  fresh:\n    variants:\n      - {name: only, model: m, version: '1', weight: 100}\n"
+    )
+    with pytest.raises(FailedPrecondition) as failure:
+        await switcher.reload("carol")
+    message = failure.value.message
+    assert "route 'fresh' variant 'only': model 'm' version 1 is not served by Triton" in message
+    assert "canary switch" not in message  # the route is not live: a switch cannot load it
+    assert "name one Triton serves (2) for variant 'only' of route 'fresh'" in message
+    assert "POST /v2/repository/models/m/load" in message
+
+
+async def test_a_reload_while_triton_cannot_be_reached_is_unavailable_not_a_precondition(lifecycle):
+    switcher, inference = lifecycle({"1", "2"})
+    inference.reachable = False
+    switcher.live.path.write_text(ROUTE_B_V1)
+    with pytest.raises(MeshError) as failure:
+        await switcher.reload("carol")
+    assert failure.value.code is ErrorCode.UNAVAILABLE
+    assert (
+        "route 'b' variant 'live': model 'm' version 1: cannot check it with Triton" in failure.value.message
+    )
+    inference.reachable = True  # and once it can, the same file applies
     assert await switcher.reload("carol") == (True, "")
