@@ -119,8 +119,9 @@ class PredictHandler:
             raise ResourceExhausted(
                 f"{len(instances)} instances in one Predict; the limit is {self.max_instances}"
             )
-        route = self.routes.get(route_name)
-        self.routes.authorize(route_name, current_principal())  # once the route is known, before any work
+        caller = current_principal()
+        route = self.routes.get(route_name, caller)  # NotFound lists the routes this caller may call
+        self.routes.authorize(route_name, caller)  # once the route is known, before any work
         self._validate(route, instances)
         with self.admission.admit(f"{route_name}:predict", time_left_s):
             return await self._predict(route_name, route, instances, time_left_s, headers or {})

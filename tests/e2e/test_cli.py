@@ -120,7 +120,7 @@ async def test_predict_reports_a_clear_error_for_an_unknown_route(mesh):
     )  # fmt: skip
     code, output = await wait_for_exit(predict)
     assert code == 1
-    assert "NOT_FOUND" in output and "unknown model: 'nope'" in output
+    assert "NOT_FOUND: unknown route 'nope'" in output
 
 
 async def test_predict_shows_variant_version_and_tier_and_json(mesh):
