@@ -68,6 +68,7 @@ class PredictionServicer(gateway_pb2_grpc.PredictionServiceServicer):
                     variant=p.variant,
                     model_version=p.model_version,
                     tier=int(p.tier),
+                    defaulted_features=p.defaulted,
                 )
                 for p in result.predictions
             ],

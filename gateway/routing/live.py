@@ -25,10 +25,17 @@ from gateway.routing.routes import (
     load_routes,
     parse_routes,
     pass_through,
-    unknown_model,
+    unknown_route,
 )
 from meshserve.core.auth import Principal, authorize
-from meshserve.core.errors import FailedPrecondition, InvalidArgument, MeshError
+from meshserve.core.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    MeshError,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
 
 log = logging.getLogger(__name__)
 
@@ -102,12 +109,31 @@ class LiveRoutes:
         except Exception:  # noqa: BLE001 - the change stands; entries still expire by TTL
             log.exception("cache invalidation failed", extra={"scopes": scopes})
 
-    def get(self, name: str) -> Route:
-        """The route `name`: one the routes file (or an admin) declared, else the implicit one of the model."""
-        route = self.table.routes.get(name) or self.implicit.get(name)
+    def get(self, name: str, caller: Principal | None = None) -> Route:
+        """The route `name`: one the routes file (or an admin) declared, else the implicit one of the model.
+        NotFound in meshserve's words, listing the routes served (only those `caller` may call, when given); the
+        Open Inference Protocol answers in Triton's words instead (gateway.serving.inference_api)."""
+        route = self.find(name)
         if route is None:
-            raise unknown_model(name)
+            raise self._unknown(name, caller)
         return route
+
+    def find(self, name: str) -> Route | None:
+        """The route `name`, or None where no route has that name."""
+        return self.table.routes.get(name) or self.implicit.get(name)
+
+    def _unknown(self, name: str, caller: Principal | None = None) -> NotFound:
+        served = self.served
+        if caller is not None:
+            served = {n: r for n, r in served.items() if self.may_call(n, caller)}
+        return unknown_route(name, served)
+
+    def may_call(self, name: str, principal: Principal) -> bool:
+        try:
+            self.authorize(name, principal)
+        except (Unauthenticated, PermissionDenied):
+            return False
+        return True
 
     def authorize(self, name: str, principal: Principal) -> None:
         """PermissionDenied (Unauthenticated for an anonymous caller) unless `principal` may call route `name`:
@@ -133,7 +159,7 @@ class LiveRoutes:
     def _route_in(self, table: RouteTable, name: str) -> Route:
         route = table.routes.get(name) or self.implicit.get(name)
         if route is None:
-            raise unknown_model(name)
+            raise unknown_route(name, {**self.implicit, **table.routes})
         return route
 
     def _apply(self, table: RouteTable, entries: list[AuditEntry], changes: list[RouteChange]) -> None:

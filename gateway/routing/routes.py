@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import random
 from bisect import bisect_right
+from collections.abc import Iterable
 from enum import StrEnum
 from functools import cached_property
 from itertools import accumulate
@@ -23,6 +24,7 @@ from meshserve.defaults import load_yaml
 
 __all__ = [
     "BUCKETS",
+    "LISTED_ROUTES",
     "CachePolicy",
     "DefaultAnswer",
     "Fault",
@@ -40,6 +42,7 @@ __all__ = [
     "load_routes",
     "pass_through",
     "unknown_model",
+    "unknown_route",
 ]
 
 BUCKETS = 10_000  # sticky resolution: 0.01 % of traffic per bucket
@@ -261,13 +264,27 @@ class RouteTable(_Strict):
     def get(self, name: str) -> Route:
         route = self.routes.get(name)
         if route is None:
-            raise unknown_model(name)
+            raise unknown_route(name, self.routes)
         return route
 
 
 def unknown_model(name: str) -> NotFound:
-    """Triton's words for a name nobody serves; the other names are nobody else's business."""
+    """Triton's words for a name nobody serves (the Open Inference Protocol, where clients written for Triton
+    expect them); the other names are nobody else's business."""
     return NotFound(f"Request for unknown model: {name!r} is not found")
+
+
+LISTED_ROUTES = 10  # an unknown route's error lists the known ones when there are at most this many
+
+
+def unknown_route(name: str, known: Iterable[str]) -> NotFound:
+    """meshserve's words (Predict, the admin API) for a name no route has: the routes there are, when few."""
+    names = sorted(known)
+    if not names:
+        return NotFound(f"unknown route {name!r}; no routes are served")
+    if len(names) > LISTED_ROUTES:
+        return NotFound(f"unknown route {name!r} ({len(names)} routes are served)")
+    return NotFound(f"unknown route {name!r}; routes: {', '.join(names)}")
 
 
 PASS_THROUGH_TIMEOUT_MS = (

@@ -6,7 +6,11 @@ import hashlib
 import struct
 from collections.abc import Mapping
 
-KEY_SCHEMA = "p1"  # bump when the key layout changes, so old entries become unreachable
+# Bump when the key or value layout changes, so old entries become unreachable (p2: the value names the
+# features scored with defaults, which a gateway reading p1 values could not decode)
+KEY_SCHEMA = "p2"
+# A cached answer: the score, and the stored features it was scored with defaults for
+CachedAnswer = tuple[float, tuple[str, ...]]
 
 
 def prediction_key(
@@ -17,7 +21,7 @@ def prediction_key(
     entity_key: str,
     request_features: Mapping[str, float],
 ) -> str:
-    """`p1:<route>:<variant>:<model>:<version>:<sha256 of entity key and features>`.
+    """`p2:<route>:<variant>:<model>:<version>:<sha256 of entity key and features>`.
 
     Feature names are sorted and values packed as float64, so equal inputs give equal keys whatever their order
     or their wire type (an int 3 and a double 3.0 score the same).
@@ -28,9 +32,12 @@ def prediction_key(
     return f"{KEY_SCHEMA}:{route}:{variant}:{model}:{version}:{digest.hexdigest()[:32]}"
 
 
-def encode_score(score: float) -> bytes:
-    return struct.pack("<f", score)
+def encode_answer(answer: CachedAnswer) -> bytes:
+    """The score as float32, then the defaulted features' names, comma-separated (none: nothing)."""
+    score, defaulted = answer
+    return struct.pack("<f", score) + ",".join(defaulted).encode()
 
 
-def decode_score(value: bytes) -> float:
-    return struct.unpack("<f", value)[0]
+def decode_answer(value: bytes) -> CachedAnswer:
+    names = value[4:].decode()
+    return struct.unpack("<f", value[:4])[0], tuple(names.split(",")) if names else ()

@@ -22,7 +22,7 @@ from tritonclient.grpc import service_pb2
 from gateway.routing.admission import Admission
 from gateway.routing.dispatch import Dispatcher, Tier
 from gateway.routing.live import LiveRoutes
-from gateway.routing.routes import Route, StickyKey, Variant, choose_variant
+from gateway.routing.routes import Route, StickyKey, Variant, choose_variant, unknown_model
 from gateway.serving.catalog import ModelCatalog, ModelInfo
 from gateway.serving.clients import InferenceClient
 from gateway.serving.repository import ModelRepository
@@ -30,7 +30,7 @@ from gateway.serving.statistics import route_statistics
 from gateway.serving.tensors import validate_infer_request
 from meshserve.core.auth import ADMIN_ROLE, require_role
 from meshserve.core.context import current_principal
-from meshserve.core.errors import MeshError, NotFound, PermissionDenied, Unauthenticated
+from meshserve.core.errors import MeshError, PermissionDenied, Unauthenticated
 
 SERVER_NAME = "meshserve"
 _NO_HEADERS: Mapping[str, str] = {}
@@ -90,21 +90,16 @@ class InferenceApi:
     async def _route(self, name: str) -> Route:
         """The route `name`; a name nobody serves is looked up in Triton's repository again first (at most once a
         second), so a model loaded through another gateway, or Triton itself, is served at once."""
-        try:
-            route = self.routes.get(name)
-        except NotFound:
-            if not await self.repository.look_again():
-                raise
-            route = self.routes.get(name)
+        route = self.routes.find(name)
+        if route is None and await self.repository.look_again():
+            route = self.routes.find(name)
+        if route is None:
+            raise unknown_model(name)  # Triton's words, which clients written for Triton expect
         self.routes.authorize(name, current_principal())
         return route
 
     def _may_call(self, name: str) -> bool:
-        try:
-            self.routes.authorize(name, current_principal())
-        except (Unauthenticated, PermissionDenied):
-            return False
-        return True
+        return self.routes.may_call(name, current_principal())
 
     async def _info(self, route_name: str, version: str) -> ModelInfo:
         """What Triton says of the model version a request for (`route_name`, `version`) would reach."""

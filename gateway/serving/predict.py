@@ -55,6 +55,17 @@ class Prediction:
     variant: str
     model_version: str
     tier: Tier
+    defaulted: tuple[str, ...] = ()  # stored features without a usable value, scored with their defaults
+
+
+@dataclass(frozen=True, slots=True)
+class _Scored:
+    """What one model call answered for a group of instances: the model version, and per instance its score and
+    the stored features it was scored with defaults for."""
+
+    version: str
+    scores: list[float]
+    defaulted: list[tuple[str, ...]]
 
 
 @dataclass(slots=True, eq=False)
@@ -119,8 +130,9 @@ class PredictHandler:
             raise ResourceExhausted(
                 f"{len(instances)} instances in one Predict; the limit is {self.max_instances}"
             )
-        route = self.routes.get(route_name)
-        self.routes.authorize(route_name, current_principal())  # once the route is known, before any work
+        caller = current_principal()
+        route = self.routes.get(route_name, caller)  # NotFound lists the routes this caller may call
+        self.routes.authorize(route_name, caller)  # once the route is known, before any work
         self._validate(route, instances)
         with self.admission.admit(f"{route_name}:predict", time_left_s):
             return await self._predict(route_name, route, instances, time_left_s, headers or {})
@@ -170,7 +182,7 @@ class PredictHandler:
             await self.dispatcher.inject_faults(
                 route, variant, time_left_s
             )  # shadows are tested like any variant
-            return (await self._run_model(route, mirrored, variant, time_left_s, observe=False))[1]
+            return (await self._run_model(route, mirrored, variant, time_left_s, observe=False)).scores
 
         self.shadow.mirror(route_name, route, [p.score for _, p in answered], score)
 
@@ -246,12 +258,12 @@ class PredictHandler:
         cached = await self.cache.get(route_name, [(item.key, item.scopes) for item in items])
         misses = []
         for item in items:
-            score = cached.get(item.key)
-            if score is None:
+            hit = cached.get(item.key)
+            if hit is None:
                 misses.append(item)
             else:
                 item.answer = Prediction(
-                    item.instance.entity_key, score, True, chosen.name, version, Tier.PRIMARY
+                    item.instance.entity_key, hit[0], True, chosen.name, version, Tier.PRIMARY, hit[1]
                 )
         if not misses:
             return
@@ -300,10 +312,11 @@ class PredictHandler:
                     item.instance.entity_key, route.default.score, False, "", "", Tier.DEFAULT
                 )
             return
-        version, scores = served.value
-        for item, score in zip(items, scores, strict=True):
+        scored: _Scored = served.value
+        version = scored.version
+        for item, score, defaulted in zip(items, scored.scores, scored.defaulted, strict=True):
             item.answer = Prediction(
-                item.instance.entity_key, score, False, served.variant.name, version, served.tier
+                item.instance.entity_key, score, False, served.variant.name, version, served.tier, defaulted
             )
         cacheable = served.tier is Tier.PRIMARY or route.cache.cache_fallbacks
         if (
@@ -312,7 +325,8 @@ class PredictHandler:
             and version == cached_version
             and served.variant is chosen
         ):
-            self.cache.put(route_name, route, [(i.key, i.scopes, i.answer.score) for i in items])  # type: ignore[union-attr]
+            answers = [(i.key, i.scopes, (i.answer.score, i.answer.defaulted)) for i in items]  # type: ignore[union-attr]
+            self.cache.put(route_name, route, answers)
 
     async def _run_model(
         self,
@@ -321,12 +335,13 @@ class PredictHandler:
         variant: Variant,
         time_left_s: float,
         observe: bool = True,
-    ) -> tuple[str, list[float]]:
+    ) -> _Scored:
         """Features joined with the request's, one model input row per instance, scored by `variant`."""
         model = await self.catalog.get(variant.model, variant.version)
         spec = self.registry.models[variant.model]
         stored = self.registry.stored_features(variant.model)
         stored_values: list[dict[str, float]] = [{} for _ in instances]
+        defaulted: list[tuple[str, ...]] = [() for _ in instances]
         if stored:
             vectors = await self.features.get(
                 spec.entity,
@@ -334,7 +349,7 @@ class PredictHandler:
                 stored,
                 min(time_left_s, self.feature_timeout_s),
             )
-            stored_values = self._stored_values(vectors, stored, route.features)
+            stored_values, defaulted = self._stored_values(vectors, stored, route.features)
         matrix = np.empty((len(instances), len(spec.vector)), dtype=np.float32)
         for row, instance in enumerate(instances):
             values = {**stored_values[row], **instance.features}
@@ -345,17 +360,19 @@ class PredictHandler:
         chunks = [matrix[start : start + step] for start in range(0, len(instances), step)]
         calls = [self._infer(c, variant, model, time_left_s) for c in chunks]
         outputs = [await calls[0]] if len(calls) == 1 else await asyncio.gather(*calls)
-        return model.version, [float(s) for chunk in outputs for s in chunk]
+        return _Scored(model.version, [float(s) for chunk in outputs for s in chunk], defaulted)
 
     def _stored_values(
         self, vectors: Sequence[feature_pb2.FeatureVector], names: list[str], policy: FeaturePolicy
-    ) -> list[dict[str, float]]:
-        """Stored features per instance (each vector's values aligned with `names`). A value that is missing or
-        too old is never used silently: the route's policy gives it the registry's default, rejects the
-        request, or fails this tier."""
+    ) -> tuple[list[dict[str, float]], list[tuple[str, ...]]]:
+        """Stored features per instance (each vector's values aligned with `names`), and the names given their
+        defaults. A value that is missing or too old is never used silently: the route's policy gives it the
+        registry's default (and the answer says so), rejects the request, or fails this tier."""
         rows = []
+        defaulted = []
         for vector in vectors:
             values = {}
+            filled = []
             for n, name in enumerate(names):
                 status = vector.statuses[n]
                 if status == feature_pb2.PRESENT:
@@ -370,8 +387,10 @@ class PredictHandler:
                 if action is FeatureAction.REJECT or default is None:
                     raise FailedPrecondition(why + ("" if default is not None else " and has no default"))
                 values[name] = default
+                filled.append(name)
             rows.append(values)
-        return rows
+            defaulted.append(tuple(filled))
+        return rows, defaulted
 
     async def _infer(
         self, matrix: np.ndarray, variant: Variant, model: ModelInfo, time_left_s: float

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from gateway.routing.routes import Route
-from gateway.serving.cache_keys import decode_score, encode_score
+from gateway.serving.cache_keys import CachedAnswer, decode_answer, encode_answer
 from gateway.serving.clients import CacheClient, CacheUnavailable
 from meshserve.core.logs import Throttle
 from meshserve.core.lru import LruTtlCache
@@ -55,11 +55,11 @@ class PredictionCache:
     def route_stats(self, route: str) -> RouteCacheStats:
         return self.stats.setdefault(route, RouteCacheStats())
 
-    async def get(self, route_name: str, lookups: Sequence[tuple[str, list[str]]]) -> dict[str, float]:
+    async def get(self, route_name: str, lookups: Sequence[tuple[str, list[str]]]) -> dict[str, CachedAnswer]:
         stats = self.route_stats(route_name)
-        found: dict[str, float] = {}
+        found: dict[str, CachedAnswer] = {}
         if self.near is not None:
-            found = {k: decode_score(v) for k, v in self.near.get_many([k for k, _ in lookups]).items()}
+            found = {k: decode_answer(v) for k, v in self.near.get_many([k for k, _ in lookups]).items()}
             stats.near_hits += len(found)
         remote = [(k, s) for k, s in lookups if k not in found]
         if not remote:
@@ -79,12 +79,14 @@ class PredictionCache:
         stats.misses += len(remote) - len(hits)
         if self.near is not None and hits:
             self.near.set_many(hits.items())
-        return found | {k: decode_score(v) for k, v in hits.items()}
+        return found | {k: decode_answer(v) for k, v in hits.items()}
 
-    def put(self, route_name: str, route: Route, items: Sequence[tuple[str, list[str], float]]) -> None:
+    def put(
+        self, route_name: str, route: Route, items: Sequence[tuple[str, list[str], CachedAnswer]]
+    ) -> None:
         """Store answers without making the caller wait: near-cache now, cache service behind (the writes of
         concurrent requests travel as one Set)."""
-        encoded = [(k, s, encode_score(v)) for k, s, v in items]
+        encoded = [(k, s, encode_answer(v)) for k, s, v in items]
         encoded = [(k, s, v) for k, s, v in encoded if len(k) + len(v) <= route.cache.max_entry_bytes]
         if not encoded:
             return

@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from meshserve.admin.v1 import admin_pb2, admin_pb2_grpc
-from meshserve.cli.errors import EXIT_FAILED, CliError, dial
+from meshserve.cli.errors import EXIT_FAILED, EXIT_USAGE, CliError, dial
 from meshserve.cli.output import FittedTable, Output, OutputOption, indented, print_json
 
 console = Console()
@@ -239,9 +239,10 @@ def canary_status(route: str, admin: Target = DEFAULT_ADMIN, output: OutputOptio
     """One route's weights, shadow comparison, rollout state and the judge's last numbers and thresholds."""
     reply = _call(admin, "ListRoutes", admin_pb2.ListRoutesRequest())
     matches = [s for s in reply.routes if s.route == route]
-    if not matches:
-        console.print(f"[red]NOT_FOUND[/]: unknown route {route!r}")
-        raise typer.Exit(1)
+    if not matches:  # as the admin API says it, and bad input like it (meshserve.cli.errors.BAD_INPUT)
+        from gateway.routing.routes import unknown_route
+
+        raise CliError(f"NOT_FOUND: {unknown_route(route, (s.route for s in reply.routes))}", EXIT_USAGE)
     _show(matches[0], output)
 
 

@@ -1,4 +1,5 @@
-"""How a CLI command fails: one line naming what went wrong, and an exit status (2: bad input, 1: a failed call).
+"""How a CLI command fails: one line naming what went wrong, and an exit status (2: bad input, 1: a failed call;
+for a call the server refused, BAD_INPUT says which).
 
 Commands raise `CliError`; the root command group (`GuardedGroup`, meshserve.cli.app) prints it as
 `meshserve <command>: <line>` on stderr. It also turns a gRPC, OS or meshserve error that escaped a command into
@@ -28,14 +29,25 @@ from meshserve.launcher.endpoints_file import (
 EXIT_FAILED = 1  # a call failed, or the mesh refused
 EXIT_USAGE = 2  # the command's input is wrong: arguments, options, the file it was given
 READY_TIMEOUT_S = 3.0
+# The one rule for a call the server refused. It is bad input (exit 2, as if the CLI had caught it itself) when
+# the server says what the command asked for is wrong: a value it rejects (INVALID_ARGUMENT, OUT_OF_RANGE: a
+# feature that is not finite, missing or unknown, a bad row of a file, a variant the route lacks) or a name it
+# does not know (NOT_FOUND: the route, variant or version the command was given). Every other status is a failed
+# call (exit 1): nothing answers, the mesh is overloaded or cannot do it now (FAILED_PRECONDITION), or the
+# caller may not (UNAUTHENTICATED, PERMISSION_DENIED).
+BAD_INPUT = frozenset(
+    {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.NOT_FOUND}
+)
 
 __all__ = [
+    "BAD_INPUT",
     "EXIT_FAILED",
     "EXIT_USAGE",
     "CliError",
     "GuardedGroup",
     "describe_rpc_error",
     "dial",
+    "exit_status",
     "found_where",
     "no_mesh",
     "reached",
@@ -81,6 +93,11 @@ def describe_rpc_error(
     return f"{exc.code().name}: {' '.join((exc.details() or '').split())}"
 
 
+def exit_status(exc: grpc.aio.AioRpcError) -> int:
+    """The exit status for a failed call, by BAD_INPUT's rule."""
+    return EXIT_USAGE if exc.code() in BAD_INPUT else EXIT_FAILED
+
+
 def reached(channel: grpc.aio.Channel) -> bool:
     """Whether the channel is connected: after a failed call, False means nothing answered at the address."""
     return channel.get_state(try_to_connect=False) is grpc.ChannelConnectivity.READY
@@ -124,7 +141,7 @@ async def dial(
             yield channel
         except grpc.aio.AioRpcError as exc:
             line = describe_rpc_error(exc, found, kind, flag, reached=reached(channel))
-            raise CliError(line, EXIT_FAILED) from None
+            raise CliError(line, exit_status(exc)) from None
 
 
 async def require_reachable(
@@ -192,4 +209,8 @@ class GuardedGroup(TyperGroup):
             below_root = ctx.command_path.split()[1:]
             command = " ".join(filter(None, ("meshserve", *below_root, ctx.invoked_subcommand)))
             typer.echo(f"{command}: {line}", err=True)
-            raise typer.Exit(exc.exit_code if isinstance(exc, CliError) else EXIT_FAILED) from None
+            if isinstance(exc, CliError):
+                status = exc.exit_code
+            else:
+                status = exit_status(exc) if isinstance(exc, grpc.aio.AioRpcError) else EXIT_FAILED
+            raise typer.Exit(status) from None

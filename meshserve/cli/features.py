@@ -14,7 +14,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from meshserve.cli.errors import EXIT_USAGE, CliError, describe_rpc_error, dial, reached, require_reachable
+from meshserve.cli.errors import (
+    EXIT_USAGE,
+    CliError,
+    describe_rpc_error,
+    dial,
+    exit_status,
+    reached,
+    require_reachable,
+)
 from meshserve.cli.output import Output, OutputOption, print_json
 from meshserve.feature.registry import load_registry
 from meshserve.feature.v1 import feature_pb2, feature_pb2_grpc
@@ -118,7 +126,7 @@ async def _load(target: str | None, path: Path, entity: str, batch_size: int) ->
                         else f"; each batch of {batch_size} rows is all or nothing: the ones before the "
                         "failing one were written, it and the rest of the file were not"
                     )
-                raise CliError(line) from None
+                raise CliError(line, exit_status(exc)) from None
     if read_error is not None:
         raise CliError(f"{read_error}; {_written(reply.rows, reply.batches)}", EXIT_USAGE)
     console.print(f"[green]loaded[/] {reply.rows} rows ({reply.values} values) in {reply.batches} batches")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from meshserve.cli.errors import EXIT_USAGE, CliError, dial
 from meshserve.cli.output import Output, print_json
@@ -78,7 +79,8 @@ def _to_dict(reply: gateway_pb2.PredictResponse) -> dict[str, object]:
         "model_version": reply.model_version,
         "predictions": [
             {"entity_key": p.entity_key, "score": p.score, "variant": p.variant,
-             "model_version": p.model_version, "tier": gateway_pb2.Tier.Name(p.tier), "from_cache": p.from_cache}
+             "model_version": p.model_version, "tier": gateway_pb2.Tier.Name(p.tier), "from_cache": p.from_cache,
+             "defaulted_features": list(p.defaulted_features)}
             for p in reply.predictions
         ],
     }  # fmt: skip
@@ -95,6 +97,17 @@ def _show(answer: Mapping[str, object]) -> None:
         table.add_row(p["entity_key"], f"{p['score']:.6f}", p["variant"], p["model_version"] or "-", p["tier"],
                       "yes" if p["from_cache"] else "no")  # fmt: skip
     console.print(table)
+    for p in answer["predictions"]:  # type: ignore[attr-defined]
+        if p["defaulted_features"]:
+            console.print(Text(defaulted_note(p["entity_key"], p["defaulted_features"]), style="yellow"))
+
+
+def defaulted_note(entity_key: str, defaulted: Sequence[str]) -> str:
+    """A score from defaults, said so: the entity is unknown to the feature store, or its values are too old."""
+    return (
+        f"entity {entity_key!r}: stored features missing (unknown entity) or too old, scored with defaults: "
+        f"{', '.join(defaulted)}"
+    )
 
 
 async def run_predict(

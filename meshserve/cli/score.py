@@ -9,14 +9,21 @@ import grpc
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from meshserve.cli.errors import require_reachable
+from meshserve.cli.errors import (
+    EXIT_USAGE,
+    CliError,
+    describe_rpc_error,
+    exit_status,
+    reached,
+    require_reachable,
+)
 from meshserve.feature.registry import load_registry
 from meshserve.feature.v1 import feature_pb2
 from meshserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from meshserve.launcher.endpoints_file import locate
 from meshserve.launcher.mesh import cli_channel
 from meshserve.scoring.checkpoint import Checkpoint, Fingerprint, ScoredRow
-from meshserve.scoring.files import count_rows, read_rows, rejects_path, write_outputs
+from meshserve.scoring.files import count_rows, read_columns, read_rows, rejects_path, write_outputs
 from meshserve.scoring.rows import RowSchema, ValidRow
 from meshserve.scoring.runner import PredictFailed, ScoringSummary, run_scoring
 
@@ -47,7 +54,14 @@ def to_request(route: str, rows: list[ValidRow]) -> gateway_pb2.PredictRequest:
 
 def from_reply(reply: gateway_pb2.PredictResponse) -> list[ScoredRow]:
     return [
-        ScoredRow(p.entity_key, p.score, p.variant, p.model_version, gateway_pb2.Tier.Name(p.tier))
+        ScoredRow(
+            p.entity_key,
+            p.score,
+            p.variant,
+            p.model_version,
+            gateway_pb2.Tier.Name(p.tier),
+            tuple(p.defaulted_features),
+        )
         for p in reply.predictions
     ]
 
@@ -71,15 +85,29 @@ async def run_score(
     require_mesh: bool = False,
 ) -> ScoringSummary:
     out = out or path.with_name(path.stem + ".scored.parquet")
-    schema = RowSchema.for_model(load_registry(registry_path), model or route, key_column)
+    registry = load_registry(registry_path)
+    described = (model or route) in registry.models  # else the gateway is asked about the route first
+    schema = RowSchema.for_model(registry, model or route, key_column) if described else None
+    if schema is not None:  # a file no row of which could be scored fails before anything is dialled
+        _require_columns(path, schema)
     checkpoint = Checkpoint(out, Fingerprint.of(path, route, batch))
     metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
     started = time.perf_counter()
     found = locate("gateway", target)  # the flag, MESHSERVE_TARGET_GATEWAY, the running mesh, the default
     async with cli_channel(found.address, tls=found.tls if tls is None else tls) as channel:
+        stub = gateway_pb2_grpc.PredictionServiceStub(channel)
         if require_mesh:  # `meshserve score`: one line, not a file of rejects, when nothing answers there
             await require_reachable(channel, found, "gateway")
-        stub = gateway_pb2_grpc.PredictionServiceStub(channel)
+            try:  # ... or when the route is unknown (or refused): an empty Predict only looks the route up
+                await stub.Predict(
+                    gateway_pb2.PredictRequest(route=route), timeout=timeout_s, metadata=metadata
+                )
+            except grpc.aio.AioRpcError as exc:
+                line = describe_rpc_error(exc, found, "gateway", reached=reached(channel))
+                raise CliError(line, exit_status(exc)) from None
+        if schema is None:
+            schema = RowSchema.for_model(registry, model or route, key_column)  # KeyError: not described
+            _require_columns(path, schema)
 
         async def predict(rows: list[ValidRow]) -> list[ScoredRow]:
             try:
@@ -117,7 +145,7 @@ async def run_score(
                 on_progress=advance,
                 stop_after=stop_after,
             )
-    summary.rows, summary.rejects = write_outputs(out, checkpoint, summary.chunks)
+    summary.rows, summary.rejects, summary.defaulted = write_outputs(out, checkpoint, summary.chunks)
     checkpoint.remove()
     elapsed = time.perf_counter() - started
     if not quiet:
@@ -131,4 +159,15 @@ async def run_score(
             f"{summary.rows} rows scored, {rejected} in {elapsed:.2f}s: "
             f"{(summary.rows + summary.rejects) / max(elapsed, 1e-9):,.0f} rows/s -> {out}{resumed}"
         )
+        if summary.defaulted:
+            console.print(
+                f"[yellow]{summary.defaulted} of them scored with defaults for stored features (unknown entities, "
+                "or values too old): see the defaulted_features column[/]"
+            )
     return summary
+
+
+def _require_columns(path: Path, schema: RowSchema) -> None:
+    problem = schema.missing_columns(read_columns(path))
+    if problem is not None:
+        raise CliError(f"{path} {problem}", EXIT_USAGE)

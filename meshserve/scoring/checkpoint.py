@@ -24,6 +24,7 @@ class ScoredRow:
     variant: str
     model_version: str
     tier: str
+    defaulted_features: tuple[str, ...] = ()  # stored features scored with defaults (missing or too old)
 
 
 @dataclass
@@ -46,7 +47,7 @@ class PartResult:
         data = json.loads(text)
         return cls(
             data["index"],
-            [ScoredRow(*r) for r in data["rows"]],
+            [ScoredRow(*r[:5], tuple(r[5]) if len(r) > 5 else ()) for r in data["rows"]],
             [Reject(*r) for r in data["rejects"]],
         )
 

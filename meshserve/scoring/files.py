@@ -9,9 +9,9 @@ from pathlib import Path
 from meshserve.scoring.checkpoint import Checkpoint, ScoredRow
 from meshserve.scoring.rows import RawRow, Reject
 
-__all__ = ["count_rows", "read_rows", "rejects_path", "write_outputs"]
+__all__ = ["count_rows", "read_columns", "read_rows", "rejects_path", "write_outputs"]
 
-OUTPUT_COLUMNS = ["entity_key", "score", "variant", "model_version", "tier"]
+OUTPUT_COLUMNS = ["entity_key", "score", "variant", "model_version", "tier", "defaulted_features"]
 
 
 def _is_parquet(path: Path) -> bool:
@@ -41,6 +41,16 @@ def read_rows(path: Path) -> Iterator[RawRow]:
             yield RawRow(reader.line_num, values, max(0, len(fields) - len(header)))
 
 
+def read_columns(path: Path) -> list[str]:
+    """The file's column names as `read_rows` reads them (a CSV's header, a Parquet file's schema)."""
+    if _is_parquet(path):
+        import pyarrow.parquet as pq
+
+        return list(pq.ParquetFile(path).schema_arrow.names)
+    with path.open(newline="") as f:
+        return [h.strip() for h in next(csv.reader(f), [])]
+
+
 def count_rows(path: Path) -> int:
     if _is_parquet(path):
         import pyarrow.parquet as pq
@@ -54,9 +64,15 @@ def rejects_path(out: Path) -> Path:
     return out.with_name(out.name + ".rejects.csv")
 
 
-def write_outputs(out: Path, checkpoint: Checkpoint, chunks: int) -> tuple[int, int]:
+def _names(row: ScoredRow) -> str:
+    """The stored features a row was scored with defaults for, comma-separated; empty when none."""
+    return ",".join(row.defaulted_features)
+
+
+def write_outputs(out: Path, checkpoint: Checkpoint, chunks: int) -> tuple[int, int, int]:
     """Merge the parts in chunk order into OUT (Parquet or CSV by suffix) and, when any row was rejected,
-    OUT.rejects.csv; with none, no such file (and none left from an earlier run over the same OUT)."""
+    OUT.rejects.csv (with none, no such file, and none left from an earlier run over the same OUT); the rows
+    scored, the rows rejected, and how many of the scored ones had stored features scored with defaults."""
     rows: list[ScoredRow] = []
     rejects: list[Reject] = []
     for index in range(chunks):
@@ -74,6 +90,7 @@ def write_outputs(out: Path, checkpoint: Checkpoint, chunks: int) -> tuple[int, 
                 "variant": pa.array([r.variant for r in rows], pa.string()),
                 "model_version": pa.array([r.model_version for r in rows], pa.string()),
                 "tier": pa.array([r.tier for r in rows], pa.string()),
+                "defaulted_features": pa.array([_names(r) for r in rows], pa.string()),
             }
         )
         pq.write_table(table, out)
@@ -81,12 +98,15 @@ def write_outputs(out: Path, checkpoint: Checkpoint, chunks: int) -> tuple[int, 
         with out.open("w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(OUTPUT_COLUMNS)
-            writer.writerows([r.entity_key, repr(r.score), r.variant, r.model_version, r.tier] for r in rows)
+            writer.writerows(
+                [r.entity_key, repr(r.score), r.variant, r.model_version, r.tier, _names(r)] for r in rows
+            )
+    defaulted = sum(1 for r in rows if r.defaulted_features)
     if not rejects:
         rejects_path(out).unlink(missing_ok=True)
-        return len(rows), 0
+        return len(rows), 0, defaulted
     with rejects_path(out).open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["line", "entity_key", "reason"])
         writer.writerows([r.line, r.entity_key, r.reason] for r in rejects)
-    return len(rows), len(rejects)
+    return len(rows), len(rejects), defaulted

@@ -6,7 +6,7 @@ the whole Predict it would have travelled in."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
 
@@ -70,6 +70,22 @@ class RowSchema:
     @property
     def columns(self) -> list[str]:
         return [self.key_column, *(f.name for f in self.features)]
+
+    def missing_columns(self, columns: Sequence[str]) -> str | None:
+        """Why a file with these columns cannot be scored at all, or None: every row of it would be rejected for
+        the same reason, so it is refused before any row is read."""
+        have = ", ".join(columns) if columns else "none"
+        if self.key_column not in columns:
+            return f"has no column {self.key_column!r} (the route's entity key); its columns are: {have}"
+        missing = [f.name for f in self.features if f.name not in columns]
+        if missing:
+            named = ", ".join(repr(name) for name in missing)
+            what = "a request feature" if len(missing) == 1 else "request features"
+            return (
+                f"has no column{'s' if len(missing) > 1 else ''} {named} ({what} the route takes); "
+                f"its columns are: {have}"
+            )
+        return None
 
     def validate(self, row: RawRow) -> ValidRow | Reject:
         key = _text(row.values.get(self.key_column))

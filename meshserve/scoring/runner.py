@@ -34,6 +34,7 @@ class ScoringSummary:
     resumed_chunks: int = 0
     rows: int = 0
     rejects: int = 0
+    defaulted: int = 0  # rows scored with defaults for stored features (an unknown entity, or values too old)
 
 
 PredictFn = Callable[[list[ValidRow]], Awaitable[list[ScoredRow]]]

@@ -123,8 +123,8 @@ async def test_predict_reports_a_clear_error_for_an_unknown_route(mesh):
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     code, output = await wait_for_exit(predict)
-    assert code == 1
-    assert "NOT_FOUND" in output and "unknown model: 'nope'" in output
+    assert code == 2  # bad input: meshserve.cli.errors.BAD_INPUT
+    assert "NOT_FOUND: unknown route 'nope'" in output
 
 
 async def test_predict_shows_variant_version_and_tier_and_json(mesh):
@@ -174,6 +174,6 @@ async def test_canary_verbs_change_live_weights_and_land_in_the_audit_log(mesh):
     assert code == 0 and "set_weights" in output and "smoke test" in output, output
     assert "admin-token" in output and "denied" in output, output  # who did it, and the refusal above
     code, output = await run_cli("canary", "weights", "cli-canary", "ghost=5", *admin, env=env)
-    assert code == 1 and "INVALID_ARGUMENT" in output and "no variant 'ghost'" in output, output
+    assert code == 2 and "INVALID_ARGUMENT" in output and "no variant 'ghost'" in output, output
     code, output = await run_cli("canary", "start", "cli-canary", *admin, env=env)
     assert code == 1 and "FAILED_PRECONDITION" in output and "no rollout plan" in output, output

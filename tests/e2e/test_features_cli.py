@@ -41,7 +41,7 @@ async def test_csv_load_refuses_a_bad_batch_with_line_numbers_and_writes_good_on
         "new-3,1.0,1,1\nnew-4,2.0,1,1\nnew-5,-4,1,1\n,3.0,1,1\n"
     )
     code, output = await run_cli("features", "load", str(bad), "--target", mesh.endpoints.feature)
-    assert code == 1 and "INVALID_ARGUMENT" in output and "Traceback" not in output, output
+    assert code == 2 and "INVALID_ARGUMENT" in output and "Traceback" not in output, output
     assert output.strip().endswith("; nothing was written"), output  # the file's one batch was refused
     assert (
         "line 4: avg_amount_30d='-4' is outside its range: must be ≥ 0" in output
@@ -121,7 +121,7 @@ async def test_a_refused_batch_after_others_says_the_earlier_ones_were_written(m
     code, output = await run_cli(
         "features", "load", str(path), "--target", mesh.endpoints.feature, "--batch-size", "2"
     )
-    assert code == 1 and "INVALID_ARGUMENT" in output and "line 4: avg_amount_30d=" in output, output
+    assert code == 2 and "INVALID_ARGUMENT" in output and "line 4: avg_amount_30d=" in output, output
     assert output.strip().endswith(
         "; each batch of 2 rows is all or nothing: the ones before the failing one were written, it and the rest "
         "of the file were not"

@@ -84,12 +84,33 @@ async def test_large_predict_is_split_into_model_sized_batches_and_keeps_order(m
     np.testing.assert_allclose([p.score for p in reply.predictions], expected, atol=1e-6)
 
 
-async def test_unknown_entity_is_scored_with_registry_defaults(mesh, predict):
-    reply = await predict("fraud-v2", instance("acct-unknown", 50.0, 2))
+STORED = ["avg_amount_30d", "txn_count_24h", "account_age_days"]  # the fraud model's stored features
+
+
+async def test_unknown_entity_is_scored_with_registry_defaults_and_the_answer_says_so(mesh, predict):
+    reply = await predict("fraud-v2", instance("acct-unknown", 50.0, 2), instance("acct-00012", 50.0, 2))
+    unknown, known = reply.predictions
     defaults = np.array([[50.0, 2, 50.0, 0, 0]], dtype=np.float32)  # avg_amount_30d default 50, others 0
-    assert reply.predictions[0].score == pytest.approx(
+    assert unknown.score == pytest.approx(
         float(score_directly(mesh.endpoints.triton_grpc, defaults, "2")[0]), abs=1e-6
     )
+    assert list(unknown.defaulted_features) == STORED
+    assert list(known.defaulted_features) == []  # every stored feature present
+
+
+async def test_a_cached_answer_from_defaults_still_says_so(predict):
+    first = await predict("fraud", instance("acct-unknown-cached", 61.0, 4), instance("acct-00013", 61.0, 4))
+    assert [list(p.defaulted_features) for p in first.predictions] == [STORED, []]
+    for _ in range(100):  # the gateway writes the cache after answering
+        again = await predict(
+            "fraud", instance("acct-unknown-cached", 61.0, 4), instance("acct-00013", 61.0, 4)
+        )
+        if all(p.from_cache for p in again.predictions):
+            break
+        await asyncio.sleep(0.02)
+    assert all(p.from_cache for p in again.predictions)
+    assert [list(p.defaulted_features) for p in again.predictions] == [STORED, []]
+    assert [p.score for p in again.predictions] == [p.score for p in first.predictions]
 
 
 async def test_64_concurrent_predicts_reach_triton_as_real_batches(mesh, predict):

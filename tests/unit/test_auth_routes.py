@@ -14,7 +14,7 @@ from gateway.routing.routes import RoutesFileError, parse_routes
 from gateway.serving.inference_api import InferenceApi
 from meshserve.core.auth import ANONYMOUS, ApiKeyStore, AuthConfig, Authenticator, Principal
 from meshserve.core.context import current_principal, set_principal
-from meshserve.core.errors import ErrorCode, PermissionDenied, Unauthenticated
+from meshserve.core.errors import ErrorCode, NotFound, PermissionDenied, Unauthenticated
 from tests.unit.test_http_routes import FakeApi, call, rest_for
 
 ROUTES = """
@@ -81,6 +81,26 @@ async def test_admin_changes_keep_the_rules_and_a_reload_swaps_routes_and_rules_
     applied, error = await live.reload("ops")
     assert not applied and "routes.fraud.auth.bogus" in error
     live.authorize("fraud", ALICE)  # the refused file changed nothing
+
+
+async def test_an_unknown_route_lists_what_the_caller_may_call_and_the_open_inference_protocol_keeps_tritons_words(
+    live,
+):
+    with pytest.raises(NotFound, match="^unknown route 'nope'; routes: open$"):
+        live.get("nope", ALICE)  # Predict: the routes this caller may call
+    with pytest.raises(NotFound, match="^unknown route 'nope'; routes: fraud, implicit-model, open$"):
+        live.get("nope", SCORER)
+    with pytest.raises(NotFound, match="^unknown route 'nope'; routes: fraud, implicit-model, open$"):
+        live.get("nope")  # the admin API: every route
+
+    class Repository:
+        async def look_again(self) -> bool:
+            return False
+
+    api = InferenceApi(live, None, None, None, "test", repository=Repository())  # type: ignore[arg-type]
+    set_principal(SCORER)
+    with pytest.raises(NotFound, match="^Request for unknown model: 'nope' is not found$"):
+        await api.model_metadata("nope", "")
 
 
 # -- REST ---------------------------------------------------------------------------------------------------

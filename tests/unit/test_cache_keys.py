@@ -1,4 +1,4 @@
-from gateway.serving.cache_keys import decode_score, encode_score, prediction_key
+from gateway.serving.cache_keys import decode_answer, encode_answer, prediction_key
 
 
 def key(**overrides):
@@ -23,8 +23,13 @@ def test_every_part_of_the_identity_changes_the_key():
 
 
 def test_key_names_its_version_so_a_new_version_never_reads_old_entries():
-    assert key(version="2").startswith("p1:fraud:stable:fraud:2:")
+    assert key(version="2").startswith("p2:fraud:stable:fraud:2:")
 
 
-def test_score_round_trips_as_float32():
-    assert decode_score(encode_score(0.25)) == 0.25
+def test_an_answer_round_trips_with_its_score_as_float32_and_the_features_scored_with_defaults():
+    assert decode_answer(encode_answer((0.25, ()))) == (0.25, ())
+    assert encode_answer((0.25, ())) == encode_answer((0.25, ()))[:4]  # nothing defaulted: the score alone
+    assert decode_answer(encode_answer((0.5, ("avg_amount_30d", "txn_count_24h")))) == (
+        0.5,
+        ("avg_amount_30d", "txn_count_24h"),
+    )

@@ -64,7 +64,7 @@ async def test_each_model_triton_serves_gets_a_route_and_one_unloaded_is_forgott
     triton.models = {"a"}
     await repo.refresh()
     assert set(routes.served) == {"a"} and catalog.forgotten == ["b"]
-    with pytest.raises(NotFound, match="Request for unknown model: 'b' is not found"):
+    with pytest.raises(NotFound, match="^unknown route 'b'; routes: a$"):
         routes.get("b")
 
 

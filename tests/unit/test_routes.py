@@ -4,12 +4,14 @@ import pytest
 from pydantic import ValidationError
 
 from gateway.routing.routes import (
+    LISTED_ROUTES,
     Route,
     RoutesFileError,
     RouteTable,
     choose_variant,
     load_routes,
     parse_routes,
+    unknown_model,
 )
 from meshserve.core.errors import InvalidArgument, NotFound
 
@@ -55,10 +57,19 @@ def test_routes_without_positive_weight_or_with_duplicate_names_are_refused():
         route(-1)
 
 
-def test_unknown_route_is_not_found_in_tritons_words_and_names_no_other_route():
-    table = RouteTable(routes={"fraud": route(1)})
-    with pytest.raises(NotFound, match="^Request for unknown model: 'nope' is not found$"):
+def test_unknown_route_is_not_found_in_meshserves_words_listing_the_routes_when_few():
+    table = RouteTable(routes={"fraud": route(1), "churn": route(1)})
+    with pytest.raises(NotFound, match="^unknown route 'nope'; routes: churn, fraud$"):
         table.get("nope")
+    many = RouteTable(routes={f"r{n:02d}": route(1) for n in range(LISTED_ROUTES + 1)})
+    with pytest.raises(NotFound, match=rf"^unknown route 'nope' \({LISTED_ROUTES + 1} routes are served\)$"):
+        many.get("nope")
+    with pytest.raises(NotFound, match="^unknown route 'nope'; no routes are served$"):
+        RouteTable().get("nope")
+
+
+def test_the_open_inference_protocol_keeps_tritons_words_and_names_no_other_route():
+    assert str(unknown_model("nope")) == "Request for unknown model: 'nope' is not found"
 
 
 def test_embedded_routes_serve_fraud_v1_as_stable_and_v2_as_canary():

@@ -8,7 +8,7 @@ import pytest
 
 from meshserve.feature.registry import load_registry
 from meshserve.scoring.checkpoint import Checkpoint, Fingerprint, PartResult, ScoredRow
-from meshserve.scoring.files import read_rows, write_outputs
+from meshserve.scoring.files import read_columns, read_rows, write_outputs
 from meshserve.scoring.rows import RawRow, Reject, RowSchema, ValidRow, chunks
 from meshserve.scoring.runner import PredictFailed, ScoringInterrupted, run_scoring
 
@@ -132,8 +132,8 @@ async def test_run_scores_in_batches_and_checkpoints(tmp_path):
                                 batch=4, in_flight=2, backoff_s=0)  # fmt: skip
     assert summary.chunks == 3
     assert calls[0] == 2 and sorted(calls) == [1, 2, 2, 3]  # bad rows never travel; a failed try is retried
-    scored, rejected = write_outputs(out, cp, summary.chunks)
-    assert (scored, rejected) == (6, 4)
+    scored, rejected, defaulted = write_outputs(out, cp, summary.chunks)
+    assert (scored, rejected, defaulted) == (6, 4, 0)
     rejects = (tmp_path / "out.csv.rejects.csv").read_text().splitlines()
     assert rejects[0] == "line,entity_key,reason"
     assert [r.split(",")[0] for r in rejects[1:]] == ["2", "5", "8", "11"]
@@ -145,7 +145,7 @@ async def test_no_rejects_file_when_no_row_was_rejected_and_none_left_from_befor
     stale.write_text("line,entity_key,reason\n3,acct-00001,from an earlier run\n")
     cp = Checkpoint(out, fingerprint(tmp_path, 4))
     summary = await run_scoring(rows_of(6), SCHEMA, fake_predict([]), cp, batch=4, in_flight=2)
-    assert write_outputs(out, cp, summary.chunks) == (6, 0)
+    assert write_outputs(out, cp, summary.chunks) == (6, 0, 0)
     assert len(out.read_text().splitlines()) == 7
     assert not stale.exists()
     assert list(tmp_path.glob("*.rejects.csv")) == []
@@ -180,3 +180,60 @@ async def test_interrupted_run_resumes_to_the_same_output(tmp_path):
     write_outputs(part, cp2, s2.chunks)
     assert part.read_text() == whole.read_text()
     assert (tmp_path / "part.csv.rejects.csv").read_text() == (tmp_path / "whole.csv.rejects.csv").read_text()
+
+
+@pytest.mark.parametrize(
+    ("header", "problem"),
+    [
+        ("id,amount,merchant_category",
+         "has no column 'account_id' (the route's entity key); its columns are: id, amount, merchant_category"),
+        ("account_id,merchant_category",
+         "has no column 'amount' (a request feature the route takes); its columns are: account_id, merchant_category"),
+        ("account_id",
+         "has no columns 'amount', 'merchant_category' (request features the route takes); its columns are: "
+         "account_id"),
+        ("", "has no column 'account_id' (the route's entity key); its columns are: none"),
+    ],
+)  # fmt: skip
+def test_a_file_missing_the_key_or_a_request_feature_column_is_refused_whole(tmp_path, header, problem):
+    path = tmp_path / "in.csv"
+    path.write_text(f"{header}\n" if header else "")
+    assert SCHEMA.missing_columns(read_columns(path)) == problem
+
+
+def test_the_columns_of_a_parquet_file_and_a_file_with_every_column(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"account_id": ["a"], "amount": [1.0], "merchant_category": [2], "x": [0]}), path)
+    assert read_columns(path) == ["account_id", "amount", "merchant_category", "x"]
+    assert SCHEMA.missing_columns(read_columns(path)) is None  # an unknown column is a per-row matter
+
+
+def test_the_output_names_the_features_scored_with_defaults_and_old_parts_still_load(tmp_path):
+    out = tmp_path / "out.csv"
+    cp = Checkpoint(out, fingerprint(tmp_path))
+    done = cp.open()
+    unknown = ScoredRow("nosuch", 0.5, "stable", "1", "PRIMARY", ("avg_amount_30d", "txn_count_24h"))
+    cp.save(PartResult(0, [ScoredRow("a", 0.25, "stable", "1", "PRIMARY"), unknown]), done)
+    assert Checkpoint(out, fingerprint(tmp_path)).load(0).rows[1] == unknown
+    assert write_outputs(out, cp, 1) == (2, 0, 1)
+    assert out.read_text().splitlines() == [
+        "entity_key,score,variant,model_version,tier,defaulted_features",
+        "a,0.25,stable,1,PRIMARY,",
+        'nosuch,0.5,stable,1,PRIMARY,"avg_amount_30d,txn_count_24h"',
+    ]
+    old = PartResult.from_json('{"index": 0, "rows": [["a", 0.25, "stable", "1", "PRIMARY"]], "rejects": []}')
+    assert old.rows == [
+        ScoredRow("a", 0.25, "stable", "1", "PRIMARY")
+    ]  # a checkpoint written before the column
+
+    parquet = tmp_path / "out.parquet"
+    write_outputs(parquet, cp, 1)
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(parquet).column("defaulted_features").to_pylist() == [
+        "",
+        "avg_amount_30d,txn_count_24h",
+    ]

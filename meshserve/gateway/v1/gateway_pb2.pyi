@@ -43,20 +43,22 @@ class PredictRequest(_message.Message):
     def __init__(self, route: _Optional[str] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ...) -> None: ...
 
 class Prediction(_message.Message):
-    __slots__ = ("entity_key", "score", "from_cache", "variant", "model_version", "tier")
+    __slots__ = ("entity_key", "score", "from_cache", "variant", "model_version", "tier", "defaulted_features")
     ENTITY_KEY_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     FROM_CACHE_FIELD_NUMBER: _ClassVar[int]
     VARIANT_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
+    DEFAULTED_FEATURES_FIELD_NUMBER: _ClassVar[int]
     entity_key: str
     score: float
     from_cache: bool
     variant: str
     model_version: str
     tier: Tier
-    def __init__(self, entity_key: _Optional[str] = ..., score: _Optional[float] = ..., from_cache: _Optional[bool] = ..., variant: _Optional[str] = ..., model_version: _Optional[str] = ..., tier: _Optional[_Union[Tier, str]] = ...) -> None: ...
+    defaulted_features: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, entity_key: _Optional[str] = ..., score: _Optional[float] = ..., from_cache: _Optional[bool] = ..., variant: _Optional[str] = ..., model_version: _Optional[str] = ..., tier: _Optional[_Union[Tier, str]] = ..., defaulted_features: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
     __slots__ = ("route", "variant", "model_name", "model_version", "predictions")
