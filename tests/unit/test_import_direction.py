@@ -22,6 +22,8 @@ FLOORS: dict[str, float] = {
     "meshserve.gateway": 0,
     "meshserve.inference": 0,
     "meshserve.feature.v1": 0,
+    "meshserve.feedback": 0,
+    "meshserve.monitor": 0,
     "meshserve.feature": 1,  # the feature registry and drift
     "gateway.control": 2.0,
     "gateway.routing": 2.1,

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from meshserve.feature.v1 import feature_pb2 as meshserve_dot_feature_dot_v1_dot_feature__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"meshserve/gateway/v1/gateway.proto\x12\x14meshserve.gateway.v1\x1a\"meshserve/feature/v1/feature.proto\"\xac\x01\n\x08Instance\x12\x12\n\nentity_key\x18\x01 \x01(\t\x12>\n\x08\x66\x65\x61tures\x18\x02 \x03(\x0b\x32,.meshserve.gateway.v1.Instance.FeaturesEntry\x1aL\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12*\n\x05value\x18\x02 \x01(\x0b\x32\x1b.meshserve.feature.v1.Value:\x02\x38\x01\"R\n\x0ePredictRequest\x12\r\n\x05route\x18\x01 \x01(\t\x12\x31\n\tinstances\x18\x02 \x03(\x0b\x32\x1e.meshserve.gateway.v1.Instance\"\xb1\x01\n\nPrediction\x12\x12\n\nentity_key\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x12\n\nfrom_cache\x18\x03 \x01(\x08\x12\x0f\n\x07variant\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12(\n\x04tier\x18\x06 \x01(\x0e\x32\x1a.meshserve.gateway.v1.Tier\x12\x1a\n\x12\x64\x65\x66\x61ulted_features\x18\x07 \x03(\t\"\x93\x01\n\x0fPredictResponse\x12\r\n\x05route\x18\x01 \x01(\t\x12\x0f\n\x07variant\x18\x02 \x01(\t\x12\x12\n\nmodel_name\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x35\n\x0bpredictions\x18\x05 \x03(\x0b\x32 .meshserve.gateway.v1.Prediction*D\n\x04Tier\x12\x14\n\x10TIER_UNSPECIFIED\x10\x00\x12\x0b\n\x07PRIMARY\x10\x01\x12\x0c\n\x08\x46\x41LLBACK\x10\x02\x12\x0b\n\x07\x44\x45\x46\x41ULT\x10\x03\x32k\n\x11PredictionService\x12V\n\x07Predict\x12$.meshserve.gateway.v1.PredictRequest\x1a%.meshserve.gateway.v1.PredictResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"meshserve/gateway/v1/gateway.proto\x12\x14meshserve.gateway.v1\x1a\"meshserve/feature/v1/feature.proto\"\xc3\x01\n\x08Instance\x12\x12\n\nentity_key\x18\x01 \x01(\t\x12>\n\x08\x66\x65\x61tures\x18\x02 \x03(\x0b\x32,.meshserve.gateway.v1.Instance.FeaturesEntry\x12\x15\n\rprediction_id\x18\x03 \x01(\t\x1aL\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12*\n\x05value\x18\x02 \x01(\x0b\x32\x1b.meshserve.feature.v1.Value:\x02\x38\x01\"R\n\x0ePredictRequest\x12\r\n\x05route\x18\x01 \x01(\t\x12\x31\n\tinstances\x18\x02 \x03(\x0b\x32\x1e.meshserve.gateway.v1.Instance\"\xc8\x01\n\nPrediction\x12\x12\n\nentity_key\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x12\n\nfrom_cache\x18\x03 \x01(\x08\x12\x0f\n\x07variant\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12(\n\x04tier\x18\x06 \x01(\x0e\x32\x1a.meshserve.gateway.v1.Tier\x12\x1a\n\x12\x64\x65\x66\x61ulted_features\x18\x07 \x03(\t\x12\x15\n\rprediction_id\x18\x08 \x01(\t\"\x93\x01\n\x0fPredictResponse\x12\r\n\x05route\x18\x01 \x01(\t\x12\x0f\n\x07variant\x18\x02 \x01(\t\x12\x12\n\nmodel_name\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x35\n\x0bpredictions\x18\x05 \x03(\x0b\x32 .meshserve.gateway.v1.Prediction*D\n\x04Tier\x12\x14\n\x10TIER_UNSPECIFIED\x10\x00\x12\x0b\n\x07PRIMARY\x10\x01\x12\x0c\n\x08\x46\x41LLBACK\x10\x02\x12\x0b\n\x07\x44\x45\x46\x41ULT\x10\x03\x32k\n\x11PredictionService\x12V\n\x07Predict\x12$.meshserve.gateway.v1.PredictRequest\x1a%.meshserve.gateway.v1.PredictResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,18 +34,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_INSTANCE_FEATURESENTRY']._loaded_options = None
   _globals['_INSTANCE_FEATURESENTRY']._serialized_options = b'8\001'
-  _globals['_TIER']._serialized_start=685
-  _globals['_TIER']._serialized_end=753
+  _globals['_TIER']._serialized_start=731
+  _globals['_TIER']._serialized_end=799
   _globals['_INSTANCE']._serialized_start=97
-  _globals['_INSTANCE']._serialized_end=269
-  _globals['_INSTANCE_FEATURESENTRY']._serialized_start=193
-  _globals['_INSTANCE_FEATURESENTRY']._serialized_end=269
-  _globals['_PREDICTREQUEST']._serialized_start=271
-  _globals['_PREDICTREQUEST']._serialized_end=353
-  _globals['_PREDICTION']._serialized_start=356
-  _globals['_PREDICTION']._serialized_end=533
-  _globals['_PREDICTRESPONSE']._serialized_start=536
-  _globals['_PREDICTRESPONSE']._serialized_end=683
-  _globals['_PREDICTIONSERVICE']._serialized_start=755
-  _globals['_PREDICTIONSERVICE']._serialized_end=862
+  _globals['_INSTANCE']._serialized_end=292
+  _globals['_INSTANCE_FEATURESENTRY']._serialized_start=216
+  _globals['_INSTANCE_FEATURESENTRY']._serialized_end=292
+  _globals['_PREDICTREQUEST']._serialized_start=294
+  _globals['_PREDICTREQUEST']._serialized_end=376
+  _globals['_PREDICTION']._serialized_start=379
+  _globals['_PREDICTION']._serialized_end=579
+  _globals['_PREDICTRESPONSE']._serialized_start=582
+  _globals['_PREDICTRESPONSE']._serialized_end=729
+  _globals['_PREDICTIONSERVICE']._serialized_start=801
+  _globals['_PREDICTIONSERVICE']._serialized_end=908
 # @@protoc_insertion_point(module_scope)

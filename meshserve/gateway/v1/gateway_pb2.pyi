@@ -20,7 +20,7 @@ FALLBACK: Tier
 DEFAULT: Tier
 
 class Instance(_message.Message):
-    __slots__ = ("entity_key", "features")
+    __slots__ = ("entity_key", "features", "prediction_id")
     class FeaturesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -30,9 +30,11 @@ class Instance(_message.Message):
         def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_feature_pb2.Value, _Mapping]] = ...) -> None: ...
     ENTITY_KEY_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
+    PREDICTION_ID_FIELD_NUMBER: _ClassVar[int]
     entity_key: str
     features: _containers.MessageMap[str, _feature_pb2.Value]
-    def __init__(self, entity_key: _Optional[str] = ..., features: _Optional[_Mapping[str, _feature_pb2.Value]] = ...) -> None: ...
+    prediction_id: str
+    def __init__(self, entity_key: _Optional[str] = ..., features: _Optional[_Mapping[str, _feature_pb2.Value]] = ..., prediction_id: _Optional[str] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
     __slots__ = ("route", "instances")
@@ -43,7 +45,7 @@ class PredictRequest(_message.Message):
     def __init__(self, route: _Optional[str] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ...) -> None: ...
 
 class Prediction(_message.Message):
-    __slots__ = ("entity_key", "score", "from_cache", "variant", "model_version", "tier", "defaulted_features")
+    __slots__ = ("entity_key", "score", "from_cache", "variant", "model_version", "tier", "defaulted_features", "prediction_id")
     ENTITY_KEY_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     FROM_CACHE_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +53,7 @@ class Prediction(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
     DEFAULTED_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    PREDICTION_ID_FIELD_NUMBER: _ClassVar[int]
     entity_key: str
     score: float
     from_cache: bool
@@ -58,7 +61,8 @@ class Prediction(_message.Message):
     model_version: str
     tier: Tier
     defaulted_features: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, entity_key: _Optional[str] = ..., score: _Optional[float] = ..., from_cache: _Optional[bool] = ..., variant: _Optional[str] = ..., model_version: _Optional[str] = ..., tier: _Optional[_Union[Tier, str]] = ..., defaulted_features: _Optional[_Iterable[str]] = ...) -> None: ...
+    prediction_id: str
+    def __init__(self, entity_key: _Optional[str] = ..., score: _Optional[float] = ..., from_cache: _Optional[bool] = ..., variant: _Optional[str] = ..., model_version: _Optional[str] = ..., tier: _Optional[_Union[Tier, str]] = ..., defaulted_features: _Optional[_Iterable[str]] = ..., prediction_id: _Optional[str] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
     __slots__ = ("route", "variant", "model_name", "model_version", "predictions")
