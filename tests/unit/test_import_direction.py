@@ -23,6 +23,7 @@ FLOORS: dict[str, float] = {
     "meshserve.inference": 0,
     "meshserve.feature.v1": 0,
     "meshserve.feature": 1,  # the feature registry and drift
+    "meshserve.quality": 1,  # model quality: metrics, sequential tests, the judge's simulation (numpy only)
     "gateway.control": 2.0,
     "gateway.routing": 2.1,
     "gateway.settings": 2.2,
