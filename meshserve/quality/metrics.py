@@ -76,7 +76,8 @@ class LabelSummary:
     delay_max_s: float | None
 
 
-def _scores_and_labels(scores, labels) -> tuple[np.ndarray, np.ndarray]:
+def binary_rows(scores, labels) -> tuple[np.ndarray, np.ndarray]:
+    """Scores and 0/1 labels as float64 vectors, checked: same length, finite scores, labels 0 or 1."""
     s = np.asarray(scores, dtype=np.float64).ravel()
     y = np.asarray(labels, dtype=np.float64).ravel()
     if s.shape != y.shape:
@@ -89,7 +90,7 @@ def _scores_and_labels(scores, labels) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _probabilities(scores, labels) -> tuple[np.ndarray, np.ndarray]:
-    p, y = _scores_and_labels(scores, labels)
+    p, y = binary_rows(scores, labels)
     if p.size and (p.min() < 0.0 or p.max() > 1.0):
         raise ValueError("probability scores must lie in [0, 1]")
     return p, y
@@ -110,7 +111,7 @@ def average_ranks(values: np.ndarray) -> np.ndarray:
 def auc(scores, labels) -> float | None:
     """Area under the ROC curve (Mann-Whitney U / (positives * negatives)); None with one class or no rows.
     Scores may be any real numbers (only their order counts)."""
-    s, y = _scores_and_labels(scores, labels)
+    s, y = binary_rows(scores, labels)
     positives = int(y.sum())
     negatives = y.size - positives
     if positives == 0 or negatives == 0:
@@ -138,7 +139,7 @@ def _ratio(numerator: int, denominator: int) -> float:
 
 def threshold_counts(scores, labels, threshold: float) -> tuple[int, int, int]:
     """(true positives, false positives, false negatives) with `score >= threshold` predicted positive."""
-    s, y = _scores_and_labels(scores, labels)
+    s, y = binary_rows(scores, labels)
     predicted = s >= threshold
     actual = y == 1.0
     return int(np.sum(predicted & actual)), int(np.sum(predicted & ~actual)), int(np.sum(~predicted & actual))
