@@ -120,12 +120,16 @@ def auc(scores, labels) -> float | None:
     return (rank_sum - positives * (positives + 1) / 2.0) / (positives * negatives)
 
 
-def log_loss(probabilities, labels) -> float | None:
+def log_losses(probabilities, labels) -> np.ndarray:
+    """Each row's log loss (clipped as scikit-learn does): what `sequential.Moments.of` sums for a comparison."""
     p, y = _probabilities(probabilities, labels)
-    if not p.size:
-        return None
     p = np.clip(p, EPS, 1.0 - EPS)
-    return float(-np.mean(y * np.log(p) + (1.0 - y) * np.log1p(-p)))
+    return -(y * np.log(p) + (1.0 - y) * np.log1p(-p))
+
+
+def log_loss(probabilities, labels) -> float | None:
+    losses = log_losses(probabilities, labels)
+    return float(losses.mean()) if losses.size else None
 
 
 def brier(probabilities, labels) -> float | None:

@@ -128,14 +128,17 @@ class Comparison:
         ]
         return (
             f"canary {self.metric} {self.canary:.4g} vs baseline {self.baseline:.4g}: canary {relation} baseline "
-            f"{self._scale(self.estimate)}, {1 - self.alpha:.0%} bounds [{self._scale(self.lower)}, "
+            f"{self._scale(self.estimate)}, {100 * (1 - self.alpha):.4g} % bounds [{self._scale(self.lower)}, "
             f"{self._scale(self.upper)}], {what} the limit {self._scale(self.limit)}"
         )
 
     def describe(self) -> str:
         """The numbers in one line, for audit entries and the CLI."""
         if self.verdict == "waiting":
-            return f"waiting: {self.canary_samples} canary and {self.baseline_samples} baseline samples of {self.min_samples}"
+            return (
+                f"waiting: {self.canary_samples} canary and {self.baseline_samples} baseline samples, "
+                f"{self.min_samples} needed on each side"
+            )
         return (
             f"{self.verdict}: {self.reason} (e-value {self.statistic:.3g}, {self.canary_samples} canary and "
             f"{self.baseline_samples} baseline samples)"
@@ -149,16 +152,39 @@ class Comparison:
         return cls(**d)
 
 
-def _comparison(metric, canary, baseline, estimate, variance, ready, *, limit, higher_is_worse, alpha, tau2,
-                samples, min_samples, shown=lambda x: x) -> Comparison:  # fmt: skip
+def _comparison(
+    metric: str,
+    values: tuple[float, float],
+    samples: tuple[int, int],
+    estimate,
+    variance,
+    *,
+    min_samples: int,
+    limit: float,
+    higher_is_worse: bool,
+    alpha: float,
+    tau2: float,
+    shown=lambda x: x,  # from the scale tested on to the scale shown (exp for a log ratio)
+) -> Comparison:
+    ready = min(samples) >= min_samples
     codes, lower, upper, statistic = decide(
         estimate, variance, ready, limit=limit, higher_is_worse=higher_is_worse, alpha=alpha, tau2=tau2
     )
     return Comparison(
-        metric, VERDICTS[int(codes)], float(canary), float(baseline), float(shown(estimate)),
-        float(shown(lower)), float(shown(upper)), float(shown(limit)), float(statistic), alpha,
-        int(samples[0]), int(samples[1]), min_samples,
-    )  # fmt: skip
+        metric=metric,
+        verdict=VERDICTS[int(codes)],
+        canary=float(values[0]),
+        baseline=float(values[1]),
+        estimate=float(shown(estimate)),
+        lower=float(shown(lower)),
+        upper=float(shown(upper)),
+        limit=float(shown(limit)),
+        statistic=float(statistic),
+        alpha=alpha,
+        canary_samples=int(samples[0]),
+        baseline_samples=int(samples[1]),
+        min_samples=min_samples,
+    )
 
 
 def error_rate_difference(canary_requests, canary_errors, baseline_requests, baseline_errors):
@@ -173,9 +199,17 @@ def error_rate_difference(canary_requests, canary_errors, baseline_requests, bas
     return estimate, q * (1.0 - q) * (1.0 / (n_c + 2.0) + 1.0 / (n_b + 2.0))
 
 
-def compare_error_rates(canary_requests: int, canary_errors: int, baseline_requests: int, baseline_errors: int,
-                        *, margin: float, alpha: float = 0.05, min_samples: int = 1000,
-                        resolution: float | None = None) -> Comparison:  # fmt: skip
+def compare_error_rates(
+    canary_requests: int,
+    canary_errors: int,
+    baseline_requests: int,
+    baseline_errors: int,
+    *,
+    margin: float,
+    alpha: float = 0.05,
+    min_samples: int = 1000,
+    resolution: float | None = None,
+) -> Comparison:
     """Is the canary's error rate no more than `margin` (absolute) above the baseline's? `resolution`: where the
     CS is tightest (default: the margin, or 0.005 for a zero margin). The normal approximation needs errors to
     count: with rates near 1 %, about 1000 requests a side (the tests measure coverage at 200 for equal 2 % rates,
@@ -183,13 +217,18 @@ def compare_error_rates(canary_requests: int, canary_errors: int, baseline_reque
     estimate, variance = error_rate_difference(
         canary_requests, canary_errors, baseline_requests, baseline_errors
     )
-    tau2 = mixture_variance(resolution or max(margin, 0.005), alpha)
     return _comparison(
-        "error rate", canary_errors / max(canary_requests, 1), baseline_errors / max(baseline_requests, 1),
-        estimate, variance, min(canary_requests, baseline_requests) >= min_samples, limit=margin,
-        higher_is_worse=True, alpha=alpha, tau2=tau2, samples=(canary_requests, baseline_requests),
+        "error rate",
+        (canary_errors / max(canary_requests, 1), baseline_errors / max(baseline_requests, 1)),
+        (canary_requests, baseline_requests),
+        estimate,
+        variance,
         min_samples=min_samples,
-    )  # fmt: skip
+        limit=margin,
+        higher_is_worse=True,
+        alpha=alpha,
+        tau2=mixture_variance(resolution or max(margin, 0.005), alpha),
+    )
 
 
 def auc_difference(canary_auc, canary_variance, baseline_auc, baseline_variance):
@@ -197,17 +236,30 @@ def auc_difference(canary_auc, canary_variance, baseline_auc, baseline_variance)
     return np.subtract(canary_auc, baseline_auc), np.add(canary_variance, baseline_variance)
 
 
-def compare_auc(canary: AucEstimate, baseline: AucEstimate, *, margin: float, alpha: float = 0.05,
-                min_samples: int = 200, resolution: float | None = None) -> Comparison:  # fmt: skip
+def compare_auc(
+    canary: AucEstimate,
+    baseline: AucEstimate,
+    *,
+    margin: float,
+    alpha: float = 0.05,
+    min_samples: int = 200,
+    resolution: float | None = None,
+) -> Comparison:
     """Is the canary's AUC no more than `margin` below the baseline's? Needs `min_samples` labelled rows per side
     (and both classes on each: the variance is undefined otherwise)."""
     estimate, variance = auc_difference(canary.auc, canary.variance, baseline.auc, baseline.variance)
-    tau2 = mixture_variance(resolution or max(margin, 0.005), alpha)
     return _comparison(
-        "AUC", canary.auc, baseline.auc, estimate, variance, min(canary.count, baseline.count) >= min_samples,
-        limit=-margin, higher_is_worse=False, alpha=alpha, tau2=tau2, samples=(canary.count, baseline.count),
+        "AUC",
+        (canary.auc, baseline.auc),
+        (canary.count, baseline.count),
+        estimate,
+        variance,
         min_samples=min_samples,
-    )  # fmt: skip
+        limit=-margin,
+        higher_is_worse=False,
+        alpha=alpha,
+        tau2=mixture_variance(resolution or max(margin, 0.005), alpha),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,17 +303,32 @@ def log_ratio(canary_count, canary_mean, canary_variance, baseline_count, baseli
     return estimate, variance
 
 
-def compare_log_loss(canary: Moments, baseline: Moments, *, ratio: float, alpha: float = 0.05,
-                     min_samples: int = 200, resolution: float | None = None) -> Comparison:  # fmt: skip
+def compare_log_loss(
+    canary: Moments,
+    baseline: Moments,
+    *,
+    ratio: float,
+    alpha: float = 0.05,
+    min_samples: int = 200,
+    resolution: float | None = None,
+) -> Comparison:
     """Is the canary's mean log loss at most `ratio` times the baseline's? Tested on the log of the ratio;
     `resolution` is on that scale (default log(ratio), or log(1.02) for a ratio of 1)."""
     if ratio <= 0:
         raise ValueError("the log-loss ratio limit must be positive")
-    estimate, variance = log_ratio(canary.count, canary.mean, canary.variance,
-                                   baseline.count, baseline.mean, baseline.variance)  # fmt: skip
-    tau2 = mixture_variance(resolution or max(math.log(ratio), math.log(1.02)), alpha)
+    estimate, variance = log_ratio(
+        canary.count, canary.mean, canary.variance, baseline.count, baseline.mean, baseline.variance
+    )
     return _comparison(
-        "log loss", canary.mean, baseline.mean, estimate, variance,
-        min(canary.count, baseline.count) >= min_samples, limit=math.log(ratio), higher_is_worse=True,
-        alpha=alpha, tau2=tau2, samples=(canary.count, baseline.count), min_samples=min_samples, shown=np.exp,
-    )  # fmt: skip
+        "log loss",
+        (canary.mean, baseline.mean),
+        (canary.count, baseline.count),
+        estimate,
+        variance,
+        min_samples=min_samples,
+        limit=math.log(ratio),
+        higher_is_worse=True,
+        alpha=alpha,
+        tau2=mixture_variance(resolution or max(math.log(ratio), math.log(1.02)), alpha),
+        shown=np.exp,
+    )

@@ -8,8 +8,10 @@ from statistics import NormalDist
 
 import numpy as np
 import pytest
+from sklearn.metrics import log_loss as sk_log_loss
 
 from meshserve.quality.auc import AucEstimate, histogram_auc
+from meshserve.quality.metrics import log_losses
 from meshserve.quality.sequential import (
     BREACH,
     PASS,
@@ -100,6 +102,13 @@ def test_auc_and_log_loss_verdicts_and_what_they_say():
     assert compare_log_loss(baseline, baseline, ratio=1.05).verdict == "pass"
     assert Comparison.from_dict(loss.to_dict()) == loss
     assert "e-value" in loss.describe() and "5000 canary" in loss.describe()
+
+
+def test_moments_of_row_log_losses_give_scikit_learns_log_loss():
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, 3000)
+    p = np.clip(rng.beta(2, 2, 3000) + 0.2 * y - 0.1, 0, 1)
+    assert Moments.of(log_losses(p, y)).mean == pytest.approx(sk_log_loss(y, p), abs=1e-9)
 
 
 def test_moments_add_up_to_the_mean_and_sample_variance():
