@@ -215,7 +215,7 @@ class Outcome:
     decision: str  # promoted | rolled_back (a breach) | expired (a step did not pass within its longest wait)
     step: int  # the step that decided: index into the plan's steps
     at_s: float  # simulated seconds since the rollout started
-    comparison: Comparison | None  # the judge's look that decided (None: a step expired before any data)
+    comparison: Comparison | None  # the look that decided, or an expired step's last (None: it had no look)
 
 
 def simulate(
@@ -228,7 +228,7 @@ def simulate(
     tau2 = mixture_variance(resolution, alpha)
     elapsed, last = 0.0, None
     for step, share in enumerate(judged):
-        decided = None
+        decided, looks = None, None
         for looks in case.looks(rng, plan, traffic, share / 100.0):
             ready = np.minimum(looks.canary_n, looks.baseline_n) >= plan.min_samples
             codes, *_ = decide(looks.estimate, looks.variance, ready, limit=limit,
@@ -238,8 +238,9 @@ def simulate(
                 i = int(np.argmax(hit))
                 decided = (looks.t[i], case.comparison(looks, i, plan, alpha))
                 break
-        if decided is None:
-            return Outcome("expired", step, elapsed + plan.longest_wait_s, last)
+        if decided is None:  # the step's last look, if it had any, says how far it got
+            final = None if looks is None else case.comparison(looks, -1, plan, alpha)
+            return Outcome("expired", step, elapsed + plan.longest_wait_s, final)
         at, last = decided
         elapsed += at
         assert last.verdict in ("breach", "pass"), last  # the public API sees what the vectorised judge saw

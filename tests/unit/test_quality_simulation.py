@@ -87,6 +87,12 @@ def test_a_step_that_cannot_pass_within_its_longest_wait_expires():
     short = Plan(longest_wait_s=1800.0)  # labels take an hour: nothing arrives in time
     out = simulate(short, TRAFFIC, QualityCase(STABLE, STABLE), np.random.default_rng(0))
     assert out == Outcome("expired", 0, 1800.0, None)
+    at_the_limit = simulate(
+        PLAN, TRAFFIC, QualityCase(STABLE, Classifier(0.79)), np.random.default_rng([4, 0])
+    )
+    assert at_the_limit.decision == "expired" and at_the_limit.at_s == PLAN.longest_wait_s
+    assert at_the_limit.comparison is not None and at_the_limit.comparison.verdict == "undecided"
+    assert at_the_limit.comparison.lower < -0.01 < at_the_limit.comparison.upper
 
 
 def test_labels_arrive_as_the_delay_distribution_integrates():
