@@ -25,6 +25,7 @@ FLOORS: dict[str, float] = {
     "meshserve.feedback": 0,
     "meshserve.monitor": 0,
     "meshserve.feature": 1,  # the feature registry and drift
+    "meshserve.quality": 1,  # model quality: metrics, sequential tests, the judge's simulation (numpy only)
     "gateway.control": 2.0,
     "gateway.routing": 2.1,
     "gateway.settings": 2.2,
