@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import socket
 import time
@@ -113,13 +114,14 @@ def comparison_from_proto(c: monitor_pb2.Comparison, alpha: float, min_samples: 
     """The monitor's comparison as the judge keeps it (quality.sequential's shape), with the alpha it was asked
     at and the plan's label minimum."""
     metric = METRICS.get(c.metric, c.metric)
-    limit = (
-        -abs(c.limit) if metric == "AUC" else c.limit
-    )  # a decrease: on the difference's scale it is negative
+    limit = -abs(c.limit) if metric == "AUC" else c.limit  # a decrease is negative on the difference's scale
+    verdict = c.verdict or "waiting"
+    # a comparison still waiting has no bounds or statistic yet (proto3 would say 0.0)
+    lower, upper, statistic = (math.nan,) * 3 if verdict == "waiting" else (c.lower, c.upper, c.e_value)
     return Comparison(
-        metric=metric, verdict=c.verdict or "waiting", canary=c.canary_value, baseline=c.baseline_value,
-        estimate=c.estimate, lower=c.lower, upper=c.upper, limit=limit, statistic=c.e_value, alpha=alpha,
-        canary_samples=c.canary_labels, baseline_samples=c.baseline_labels, min_samples=min_samples,
+        metric=metric, verdict=verdict, canary=c.canary_value, baseline=c.baseline_value, estimate=c.estimate,
+        lower=lower, upper=upper, limit=limit, statistic=statistic, alpha=alpha, canary_samples=c.canary_labels,
+        baseline_samples=c.baseline_labels, min_samples=min_samples,
     )  # fmt: skip
 
 

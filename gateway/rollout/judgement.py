@@ -341,7 +341,9 @@ def _with_min_labels(c: Comparison, min_labels: int) -> Comparison:
     """A comparison under the plan's `min_labels` is waiting, whatever the monitor's own minimum let it say."""
     if min(c.canary_samples, c.baseline_samples) >= min_labels:
         return c if c.min_samples >= min_labels else replace(c, min_samples=min_labels)
-    return replace(c, verdict="waiting", min_samples=min_labels)
+    return replace(
+        c, verdict="waiting", min_samples=min_labels, lower=math.nan, upper=math.nan, statistic=math.nan
+    )
 
 
 def assess(

@@ -362,3 +362,68 @@ async def test_quality_figures_reach_every_replica_through_the_control_store(tmp
         assert not math.isnan(shown["error rate"].lower) and shown["log loss"].verdict == "pass"
     finally:
         await store.close()
+
+
+async def test_quality_figures_and_bounds_are_gauges_for_rollouts_and_shadows(tmp_path):
+    from tests.unit.test_canary_judgement import scraped
+    from tests.unit.test_route_metrics import collector
+
+    monitor = Monitor(comparison("auc", "breach"), comparison("log_loss", "waiting", labels=0))
+    live, stats, rollouts, clock = mesh(tmp_path, monitor)
+    rollouts.start("a", "alice")
+    await rollouts.refresh_shadows()
+    clock.now += 10
+    healthy_traffic(stats)
+    await rollouts.evaluate()
+    metrics = scraped(collector(live, stats, rollouts))
+    at = 'metric="auc",route="a"'
+    prefix = "meshserve_gateway_rollout_quality"
+    assert metrics[f'{prefix}{{{at},side="canary"}}'] == 0.742
+    assert metrics[f'{prefix}{{{at},side="baseline"}}'] == 0.781
+    assert metrics[f"{prefix}_estimate{{{at}}}"] == -0.039 and metrics[f"{prefix}_limit{{{at}}}"] == -0.01
+    assert metrics[f'{prefix}_bound{{bound="lower",{at}}}'] == -0.061
+    assert metrics[f'{prefix}_bound{{bound="upper",{at}}}'] == -0.017
+    assert metrics[f"{prefix}_e_value{{{at}}}"] == 4200 and metrics[
+        f"{prefix}_alpha{{{at}}}"
+    ] == pytest.approx(0.05 / 6)
+    assert metrics[f'{prefix}_samples{{{at},side="canary"}}'] == 500
+    assert metrics[f'{prefix}_verdict{{{at},verdict="breach"}}'] == 1
+    assert metrics[f'{prefix}_verdict{{{at},verdict="pass"}}'] == 0
+    errors = 'metric="error_rate",route="a"'
+    assert (
+        metrics[f'{prefix}{{{errors},side="canary"}}'] == 0.0
+        and f'{prefix}_bound{{bound="upper",{errors}}}' in metrics
+    )
+    # a comparison still waiting has no bounds yet: absent, not NaN
+    assert not any('metric="log_loss"' in key and "_bound" in key for key in metrics)
+    assert metrics['meshserve_gateway_rollout_verdict{route="a",verdict="breach"}'] == 1
+    shadow = 'metric="auc",route="a"'
+    assert metrics[f'meshserve_gateway_shadow_quality{{{shadow},side="canary",variant="canary"}}'] == 0.742
+    assert (
+        metrics[f'meshserve_gateway_shadow_quality_bound{{bound="lower",{shadow},variant="canary"}}']
+        == -0.061
+    )
+
+
+def test_the_admin_api_carries_every_comparison_of_a_judgement():
+    from gateway.api.admin import to_judgement
+    from gateway.rollout.judgement import Window, assess
+    from gateway.routing.routes import Rollout
+
+    plan = Rollout(**{**PLAN, "require_shadow": None})
+    judged = assess(
+        plan, 0, Window("canary", 3, 0, 0.01), Window("stable", 3, 0, 0.01), 5.0, quality_note=NO_MONITOR
+    )
+    message = to_judgement(judged)
+    (errors,) = message.comparisons  # no quality comparisons without a monitor: the reason says why
+    assert (errors.metric, errors.verdict, errors.canary_samples, errors.min_samples) == (
+        "error rate",
+        "waiting",
+        3,
+        5,
+    )
+    assert math.isnan(errors.lower) and errors.alpha == pytest.approx(0.05 / 6 / 2)  # its share, over 2 tests
+    assert (
+        message.reason
+        == f"waiting for 5 requests on each side (canary 3, baseline 3); AUC: {NO_MONITOR}; log loss: {NO_MONITOR}"
+    )
