@@ -79,6 +79,9 @@ ACTIVE = ("running", "paused")
 # How often the controller asks the monitor service to compare quality: labels arrive over minutes or hours, and
 # each look costs the monitor a pass over the window; anytime-valid bounds allow any schedule of looks.
 COMPARE_EVERY_S = 5.0
+# The longest the judge waits for the monitor's answer: shorter than the judge's lease, so a slow monitor never lets
+# the lease lapse mid-evaluation (another replica would start judging too).
+COMPARE_TIMEOUT_S = 1.0
 SHADOW_WINDOW_S = 3600.0  # the window a shadow is compared on outside a rollout's gate
 NO_MONITOR = "no monitor service configured: quality criteria cannot be judged"
 # A shadow of a route whose quality block is on but whose plan has no quality criteria is shown against these.
@@ -147,6 +150,7 @@ class RolloutController:
         lease_s: float = 2.0,
         compare: Compare | None = None,
         compare_every_s: float = COMPARE_EVERY_S,
+        compare_timeout_s: float = COMPARE_TIMEOUT_S,
     ) -> None:
         self.live = live
         self.stats = stats
@@ -158,6 +162,7 @@ class RolloutController:
         self.lease_s = lease_s
         self.compare = compare  # the monitor's Compare (MonitorClient.compare); None: no monitor service
         self.compare_every_s = compare_every_s
+        self.compare_timeout_s = min(compare_timeout_s, lease_s / 2)
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.leading = False
         self._local: dict[str, RolloutState] = {}
@@ -424,7 +429,9 @@ class RolloutController:
             criteria=[monitor_pb2.Criterion(metric=metric, limit=limit) for metric, limit in quality.criteria],
         )  # fmt: skip
         try:
-            reply = await self.compare(request)
+            reply = await asyncio.wait_for(self.compare(request), self.compare_timeout_s)
+        except TimeoutError:
+            return None, f"the monitor service did not answer within {self.compare_timeout_s:g} s"
         except MeshError as exc:
             return None, f"the monitor service could not compare: {exc.message}"
         except Exception as exc:  # noqa: BLE001 - a failed look makes the step wait; it never stops the judge

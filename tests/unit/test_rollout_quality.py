@@ -5,6 +5,7 @@ required shadow gates the first step. Without a monitor, or while it fails, the 
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import pytest
@@ -268,8 +269,18 @@ async def test_a_failing_monitor_makes_the_step_wait_and_never_stops_the_judge(t
     clock.now += 2
     await rollouts.evaluate()  # logged (throttled), not raised
     assert "could not compare: RuntimeError" in rollouts.state("a").judgement.reason
+    hung = asyncio.Event()
+
+    async def never_answers(request):
+        await hung.wait()
+
+    rollouts.compare, rollouts.compare_timeout_s = never_answers, 0.01
+    clock.now += 2
+    await rollouts.evaluate()  # bounded: a slow monitor never holds the judge past its lease
+    assert "AUC: the monitor service did not answer within 0.01 s" in rollouts.state("a").judgement.reason
     monitor.fails = None
     monitor.answer = [comparison("auc", "pass"), comparison("log_loss", "pass")]
+    rollouts.compare = monitor.compare
     clock.now += 2
     await rollouts.evaluate()
     assert rollouts.state("a").step == 1
