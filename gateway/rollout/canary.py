@@ -509,9 +509,11 @@ class RolloutController:
             return
         plan = route.rollout
         judgement = await self._judgement(name, route, plan, state, remote)
-        if not state.gate and promotes(
-            plan, state.step
-        ):  # e.g. a plan of [100]: nothing left to compare with
+        now = self.state(name)
+        if (now.state, now.step, now.gate) != (state.state, state.step, state.gate):
+            return  # changed while the monitor answered (stopped by hand, paused): this judgement is of the past
+        # a step at 100 % (a plan of [100]): no baseline traffic is left to compare with
+        if not state.gate and promotes(plan, state.step):
             await self._complete(name, state, plan, judgement, promoted=True)
             return
         action = next_action(plan, judgement, self.clock() - state.step_started)

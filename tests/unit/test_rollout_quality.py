@@ -438,3 +438,21 @@ def test_the_admin_api_carries_every_comparison_of_a_judgement():
         message.reason
         == f"waiting for 5 requests on each side (canary 3, baseline 3); AUC: {NO_MONITOR}; log loss: {NO_MONITOR}"
     )
+
+
+async def test_a_manual_change_while_the_monitor_answers_is_not_overwritten(tmp_path):
+    monitor = Monitor(comparison("auc", "pass"), comparison("log_loss", "pass"))
+    live, stats, rollouts, clock = mesh(tmp_path, monitor)
+    answer = monitor.compare
+
+    async def meanwhile(request):  # bob holds the canary at 30 % while the judge waits for the monitor
+        live.set_weights("a", {"stable": 70, "canary": 30}, "bob", reason="hold")
+        return await answer(request)
+
+    rollouts.compare = meanwhile
+    rollouts.start("a", "alice")
+    clock.now += 10
+    healthy_traffic(stats)
+    await rollouts.evaluate()  # the judgement would step up; the rollout was stopped meanwhile
+    assert rollouts.state("a").state == "stopped" and weights(live) == {"stable": 70, "canary": 30}
+    assert [e.action for e in live.audit.tail(10)] == ["rollout_step", "set_weights", "rollout_stopped"]
