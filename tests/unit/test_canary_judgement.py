@@ -84,8 +84,7 @@ def test_a_noisy_canary_is_not_rolled_back_by_chance_but_a_broken_one_is_within_
     assert noisy.verdict == "healthy" and noisy.comparisons[0].verdict == "undecided"
     assert noisy.comparisons[0].lower < 0.02 < noisy.comparisons[0].upper
     broken = [
-        assess(plan, 0, Window("canary", n, n, 0.01), Window("stable", n, 0, 0.01), at=5.0)
-        for n in (5, 7)
+        assess(plan, 0, Window("canary", n, n, 0.01), Window("stable", n, 0, 0.01), at=5.0) for n in (5, 7)
     ]
     assert [j.verdict for j in broken] == ["healthy", "breach"]  # 7 calls, each one failed: rolled back
     assert broken[1].reason.startswith("canary error rate 100.0% exceeds baseline 0.0% by more than 2.0%")
