@@ -11,6 +11,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from gateway.rollout.canary import Judgement, RolloutController
+from gateway.rollout.judgement import VERDICTS, metric_key
 from gateway.routing.admission import Admission
 from gateway.routing.dispatch import Dispatcher
 from gateway.routing.live import LiveRoutes
@@ -18,9 +19,10 @@ from gateway.routing.shadow import ShadowRunner
 from gateway.serving.prediction_cache import PredictionCache
 from meshserve.core.coalesce import Coalescer
 from meshserve.feature.drift import DriftMonitor
+from meshserve.quality import VERDICTS as COMPARISON_VERDICTS
+from meshserve.quality import Comparison
 
 ROLLOUT_STATES = ("none", "running", "paused", "completed", "rolled_back", "stopped")
-VERDICTS = ("waiting", "healthy", "breach")
 
 
 class GatewayCollector(Collector):
@@ -114,6 +116,15 @@ class GatewayCollector(Collector):
             step.add_metric([route], rollout.step)
         yield from (state, step)
         yield from self._judgements(prefix, [(route, j) for route, j in judged if j is not None])
+        yield from self._comparisons(
+            f"{prefix}_rollout_quality", "the rollout judge's last", ["route"],
+            [((route, ), j.comparisons) for route, j in judged if j is not None],
+        )  # fmt: skip
+        shadow_looks = self.rollouts.shadow_looks
+        yield from self._comparisons(
+            f"{prefix}_shadow_quality", "a shadow's paired (against the primary variant)", ["route", "variant"],
+            [(key, look.found or ()) for key, look in shadow_looks.items()],
+        )  # fmt: skip
 
         lookups = CounterMetricFamily(
             f"{prefix}_cache_lookups", "Prediction cache lookups by result", labels=["route", "result"]
@@ -209,6 +220,66 @@ class GatewayCollector(Collector):
                 verdict.add_metric([route, name], float(j.verdict == name))
             judged_at.add_metric([route], j.at)
         yield from (error_rate, p99, requests, threshold, verdict, judged_at)
+
+    @staticmethod
+    def _comparisons(
+        name: str, whose: str, labels: list[str], judged: list[tuple[tuple[str, ...], tuple[Comparison, ...]]]
+    ) -> Iterator[GaugeMetricFamily]:
+        """Anytime-valid comparisons (error rate, AUC, log loss): both sides' values, the difference or ratio with
+        its bounds, the limit, the e-value, the samples and the verdict; label `metric` error_rate | auc |
+        log_loss. Bounds are absent while a comparison waits for samples."""
+        labels = [*labels, "metric"]
+        value = GaugeMetricFamily(
+            name, f"The metric on each side in {whose} comparison", labels=[*labels, "side"]
+        )
+        estimate = GaugeMetricFamily(
+            f"{name}_estimate",
+            f"Canary - baseline (a ratio for log loss) in {whose} comparison",
+            labels=labels,
+        )
+        bound = GaugeMetricFamily(
+            f"{name}_bound",
+            f"Anytime-valid bounds on the estimate in {whose} comparison",
+            labels=[*labels, "bound"],
+        )
+        limit = GaugeMetricFamily(f"{name}_limit", "The plan's limit on the estimate's scale", labels=labels)
+        e_value = GaugeMetricFamily(
+            f"{name}_e_value", "Evidence against estimate == limit (decides at 1/alpha)", labels=labels
+        )
+        alpha = GaugeMetricFamily(
+            f"{name}_alpha", "The comparison's share of the plan's alpha", labels=labels
+        )
+        samples = GaugeMetricFamily(
+            f"{name}_samples",
+            "Requests (error rate) or labelled predictions compared",
+            labels=[*labels, "side"],
+        )
+        verdict = GaugeMetricFamily(
+            f"{name}_verdict", "1 for the comparison's verdict", labels=[*labels, "verdict"]
+        )
+
+        def finite(family: GaugeMetricFamily, labels: list[str], x: float) -> None:
+            if x == x and abs(x) != float("inf"):  # a waiting comparison has no bounds yet
+                family.add_metric(labels, x)
+
+        for key, comparisons in judged:
+            for c in comparisons:
+                at = [*key, metric_key(c.metric)]
+                for side, x, n in (
+                    ("canary", c.canary, c.canary_samples),
+                    ("baseline", c.baseline, c.baseline_samples),
+                ):
+                    finite(value, [*at, side], x)
+                    samples.add_metric([*at, side], n)
+                finite(estimate, at, c.estimate)
+                finite(bound, [*at, "lower"], c.lower)
+                finite(bound, [*at, "upper"], c.upper)
+                finite(limit, at, c.limit)
+                finite(e_value, at, c.statistic)
+                alpha.add_metric(at, c.alpha)
+                for name_ in COMPARISON_VERDICTS:
+                    verdict.add_metric([*at, name_], float(c.verdict == name_))
+        yield from (value, estimate, bound, limit, e_value, alpha, samples, verdict)
 
     def _coalescing(self, prefix: str) -> Iterator[CounterMetricFamily]:
         """Calls the gateway made to each target and the callers they carried: members / calls is the merge."""

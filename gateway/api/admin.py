@@ -28,6 +28,7 @@ from meshserve.core.errors import InvalidArgument, MeshError
 from meshserve.core.lifecycle import GrpcService
 from meshserve.core.settings import ServiceSettings
 from meshserve.feature.drift import DriftMonitor
+from meshserve.quality import Comparison
 
 UNGUARDED_PREFIXES = ("/grpc.health.v1.Health/",)
 
@@ -43,11 +44,20 @@ def _window(w: Window) -> admin_pb2.JudgedWindow:
     )
 
 
+def to_comparison(c: Comparison) -> admin_pb2.Comparison:
+    return admin_pb2.Comparison(
+        metric=c.metric, verdict=c.verdict, canary=c.canary, baseline=c.baseline, estimate=c.estimate,
+        lower=c.lower, upper=c.upper, limit=c.limit, e_value=c.statistic, alpha=c.alpha,
+        canary_samples=c.canary_samples, baseline_samples=c.baseline_samples, min_samples=c.min_samples,
+    )  # fmt: skip
+
+
 def to_judgement(j: Judgement) -> admin_pb2.Judgement:
     return admin_pb2.Judgement(
         time=j.at, step=j.step, verdict=j.verdict, canary=_window(j.canary), baseline=_window(j.baseline),
         max_error_rate_increase=j.max_error_rate_increase, max_p99_ratio=j.max_p99_ratio,
-        min_requests=j.min_requests, reason=j.reason,
+        min_requests=j.min_requests, reason=j.reason, comparisons=[to_comparison(c) for c in j.comparisons],
+        shadow=j.shadow,
     )  # fmt: skip
 
 
@@ -92,16 +102,22 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 )
             )  # fmt: skip
         shadows = []
+        looks = self.rollouts.shadow_looks
         for s in route.shadows:
             tally = self.shadow.tally(name, s.variant)
+            look = looks.get((name, s.variant))
             shadows.append(
                 admin_pb2.ShadowStatus(
                     variant=s.variant, percent=s.percent, compared=tally.compared, failed=tally.failed,
                     mean_abs_score_diff=tally.mean_abs_diff, label_agreement=tally.label_agreement,
+                    quality=[to_comparison(c) for c in (look.found or ())] if look else [],
+                    quality_note=look.note if look else "",
                 )
             )  # fmt: skip
         state = self.rollouts.state(name)
-        rollout = admin_pb2.RolloutStatus(state=state.state, step=state.step, last_reason=state.last_reason)
+        rollout = admin_pb2.RolloutStatus(
+            state=state.state, step=state.step, last_reason=state.last_reason, gate=state.gate
+        )
         if state.judgement is not None:
             rollout.last_judgement.CopyFrom(to_judgement(state.judgement))
         if route.rollout is not None:

@@ -280,11 +280,16 @@ class LiveRoutes:
         action: str = "set_weights",
         reason: str = "",
         rollouts: Callable[[dict], dict] | None = None,
+        records: tuple[Record, ...] = (),
     ) -> Route:
-        """Change weights: in the control store when there is one (UNAVAILABLE when it cannot be reached)."""
-        await self._commit(
-            lambda table: self._weights_edit(table, name, weights, who, action, reason), rollouts
-        )
+        """Change weights: in the control store when there is one (UNAVAILABLE when it cannot be reached), with
+        `records` audited after the change's own entry, in the same write."""
+
+        def edit(table: RouteTable) -> Edit:
+            changed, own, changes = self._weights_edit(table, name, weights, who, action, reason)
+            return changed, [*own, *records], changes
+
+        await self._commit(edit, rollouts)
         return self._logged(name, who, action)
 
     async def change_rollouts(self, rollouts: Callable[[dict], dict], records: list[Record]) -> None:

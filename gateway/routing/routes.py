@@ -33,6 +33,7 @@ __all__ = [
     "RouteAuth",
     "RouteTable",
     "Rollout",
+    "RolloutQuality",
     "RoutesFileError",
     "Shadow",
     "Sticky",
@@ -127,15 +128,45 @@ class Shadow(_Strict):
     label_threshold: float = Field(0.5, description="scores at or above it count as a positive label")
 
 
+class RolloutQuality(_Strict):
+    """A rollout's quality criteria, judged on labelled predictions (the monitor service joins labels to the
+    prediction log): each step must show, with an anytime-valid test, that the canary is within every limit before
+    it steps up. Labels arrive late, so a step waits for them, at most `max_wait_s`; a step that could not be judged
+    by then is rolled back (its reason says so): a plan promises an answer within its waits, and an unproven canary
+    goes back to the stable rather than keep its share unjudged."""
+
+    min_labels: int = Field(200, ge=1)  # labelled predictions per side in a step's window before it is judged
+    max_wait_s: float = Field(4 * 3600.0, gt=0)  # longest a step waits to be judged; then rolled back
+    alpha: float = Field(
+        0.05, gt=0, lt=1
+    )  # false-rollback rate of the whole rollout: every criterion and step
+    max_auc_decrease: float | None = Field(None, ge=0, lt=1)  # canary AUC at least baseline AUC - this
+    max_log_loss_ratio: float | None = Field(None, gt=0)  # canary log loss at most this times the baseline's
+
+    @model_validator(mode="after")
+    def _a_criterion(self) -> RolloutQuality:
+        if self.max_auc_decrease is None and self.max_log_loss_ratio is None:
+            raise ValueError("quality criteria need max_auc_decrease or max_log_loss_ratio (or both)")
+        return self
+
+    @property
+    def criteria(self) -> list[tuple[str, float]]:
+        """(metric, limit) as the monitor's Compare names them, in a fixed order."""
+        named = (("auc", self.max_auc_decrease), ("log_loss", self.max_log_loss_ratio))
+        return [(metric, limit) for metric, limit in named if limit is not None]
+
+
 class Rollout(_Strict):
     """An automated canary: step the canary's weight up while it is as healthy as the baseline, else roll back."""
 
     canary: str
     steps: list[float] = Field(min_length=1)  # canary weights in percent, e.g. [5, 25, 50, 100]
     interval_s: float = Field(30.0, gt=0)  # time at each step before judging it
-    min_requests: int = Field(20, ge=1)  # canary requests needed in a window to judge it
+    min_requests: int = Field(20, ge=1)  # requests needed on each side of a window to judge it
     max_error_rate_increase: float = Field(0.02, ge=0)  # canary error rate - baseline error rate
     max_p99_ratio: float = Field(2.0, gt=0)  # canary p99 / baseline p99
+    quality: RolloutQuality | None = None  # absent: judged on errors and p99 alone
+    require_shadow: str | None = None  # a shadow of the route that must pass on quality before the first step
 
     @model_validator(mode="after")
     def _steps_increase(self) -> Rollout:
@@ -144,6 +175,13 @@ class Rollout(_Strict):
             or not 0 < self.steps[-1] <= 100
         ):
             raise ValueError("steps must increase, within (0, 100]")
+        if self.quality is not None and self.quality.max_wait_s < self.interval_s:
+            raise ValueError(
+                f"quality.max_wait_s ({self.quality.max_wait_s:g}) must be at least interval_s "
+                f"({self.interval_s:g}): no step could step up before its wait ran out"
+            )
+        if self.require_shadow is not None and self.quality is None:
+            raise ValueError("require_shadow needs quality criteria to judge the shadow on")
         return self
 
 
@@ -195,6 +233,12 @@ class Route(_Strict):
             named.append(self.rollout.canary)
             if self.rollout.canary == self.variants[0].name:
                 raise ValueError("the rollout's canary cannot be the baseline (first) variant")
+            shadows = [s.variant for s in self.shadows]
+            if self.rollout.require_shadow is not None and self.rollout.require_shadow not in shadows:
+                raise ValueError(
+                    f"rollout.require_shadow names {self.rollout.require_shadow!r}, which is not a shadow of "
+                    f"this route; shadows: {shadows}"
+                )
         for name in named:
             if name not in names:
                 raise ValueError(f"names unknown variant {name!r}; variants: {names}")

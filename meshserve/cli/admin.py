@@ -16,10 +16,12 @@ from typing import Annotated
 
 import typer
 from rich.console import Console, Group, RenderableType
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from meshserve.admin.v1 import admin_pb2, admin_pb2_grpc
+from meshserve.cli.comparisons import comparison_dict, comparison_lines
 from meshserve.cli.errors import EXIT_FAILED, EXIT_USAGE, CliError, dial
 from meshserve.cli.output import FittedTable, Output, OutputOption, indented, print_json
 
@@ -82,14 +84,15 @@ def route_dict(status: admin_pb2.RouteStatus) -> dict:
     """A route's status as `-o json` prints it: plain JSON types (numbers stay numbers)."""
     r = status.rollout
     rollout: dict = {"state": r.state, "canary": r.canary, "step": r.step, "steps": list(r.steps),
-                     "last_reason": r.last_reason, "last_judgement": None}  # fmt: skip
+                     "last_reason": r.last_reason, "gate": r.gate, "last_judgement": None}  # fmt: skip
     if r.HasField("last_judgement"):
         j = r.last_judgement
         rollout["last_judgement"] = {
-            "time": j.time, "step": j.step, "verdict": j.verdict, "reason": j.reason,
+            "time": j.time, "step": j.step, "verdict": j.verdict, "reason": j.reason, "shadow": j.shadow,
             "canary": _window(j.canary), "baseline": _window(j.baseline),
             "thresholds": {"max_error_rate_increase": j.max_error_rate_increase, "max_p99_ratio": j.max_p99_ratio,
                            "min_requests": j.min_requests},
+            "comparisons": [comparison_dict(c) for c in j.comparisons],
         }  # fmt: skip
     return {
         "route": status.route,
@@ -115,6 +118,8 @@ def route_dict(status: admin_pb2.RouteStatus) -> dict:
                 "failed": s.failed,
                 "mean_abs_score_diff": s.mean_abs_score_diff,
                 "label_agreement": s.label_agreement,
+                "quality": [comparison_dict(c) for c in s.quality],
+                "quality_note": s.quality_note,
             }
             for s in status.shadows
         ],  # fmt: skip
@@ -129,15 +134,23 @@ def _side(role: str, w: admin_pb2.JudgedWindow) -> str:
 
 def show_judgement(j: admin_pb2.Judgement) -> None:
     when = time.strftime("%H:%M:%S", time.localtime(j.time))
-    colour = {"breach": "red", "healthy": "green"}.get(j.verdict, "yellow")
-    console.print(f"  last judgement at {when}, step {j.step + 1}: [{colour}]{j.verdict}[/]"
-                  + (f" ({j.reason})" if j.reason else ""))  # fmt: skip
-    console.print(f"    {_side('canary', j.canary)}")
-    console.print(f"    {_side('baseline', j.baseline)}")
-    console.print(
-        f"    thresholds: error rate at most +{j.max_error_rate_increase:.1%} over the baseline, "
-        f"p99 at most {j.max_p99_ratio:g}x the baseline's, judged from {j.min_requests} canary calls"
-    )
+    colour = {"breach": "red", "expired": "red", "healthy": "green"}.get(j.verdict, "yellow")
+    what = f"shadow {escape(j.shadow)} (before step 1)" if j.shadow else f"step {j.step + 1}"
+    console.print(f"  last judgement at {when}, {what}: [{colour}]{j.verdict}[/]"
+                  + (f" ({escape(j.reason)})" if j.reason else ""))  # fmt: skip
+    if not j.shadow:
+        console.print(f"    {_side('canary', j.canary)}")
+        console.print(f"    {_side('baseline', j.baseline)}")
+        console.print(
+            f"    thresholds: error rate at most +{j.max_error_rate_increase:.1%} over the baseline, "
+            f"p99 at most {j.max_p99_ratio:g}x the baseline's, judged from {j.min_requests} calls a side"
+        )
+    if j.comparisons:
+        console.print("    anytime-valid comparisons (bounds that hold at every look):")
+    canary = j.shadow or j.canary.variant or "canary"
+    for c in j.comparisons:
+        for line in comparison_lines(c, canary, j.baseline.variant or "baseline"):
+            console.print(line)
 
 
 def show_route(status: admin_pb2.RouteStatus) -> None:
@@ -150,17 +163,22 @@ def show_route(status: admin_pb2.RouteStatus) -> None:
         table.add_row(v.name, v.model, v.version or "latest", f"{v.weight:g}", str(v.requests), str(v.errors),
                       "yes" if v.ejected else "")  # fmt: skip
     console.print(table)
+    primary = max(status.variants, key=lambda v: v.weight).name if status.variants else "primary"
     for s in status.shadows:
         console.print(
             f"  shadow {s.variant} at {s.percent:g}%: {s.compared} compared, {s.failed} failed, "
             f"mean |score diff| {s.mean_abs_score_diff:.4f}, label agreement {s.label_agreement:.1%}"
         )
+        if s.quality_note:
+            console.print(f"    quality: {escape(s.quality_note)}")
+        for c in s.quality:  # paired with the primary variant's answers to the same requests
+            for line in comparison_lines(c, s.variant, primary):
+                console.print(line)
     r = status.rollout
     if r.canary:
         steps = " → ".join(f"{w:g}%" for w in r.steps)
-        console.print(
-            f"  rollout of {r.canary}: {r.state} at step {r.step + 1}/{len(r.steps)} ({steps}) {r.last_reason}"
-        )
+        where = f"shadow {r.gate} must pass first" if r.gate else f"step {r.step + 1}/{len(r.steps)}"
+        console.print(f"  rollout of {r.canary}: {r.state} at {where} ({steps}) {escape(r.last_reason)}")
         if r.HasField("last_judgement"):
             show_judgement(r.last_judgement)
 

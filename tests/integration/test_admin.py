@@ -278,9 +278,12 @@ async def test_healthy_canary_is_stepped_up_to_full_traffic(gateway):
     audit = (await gateway.admin.GetAuditLog(admin_pb2.GetAuditLogRequest(), timeout=5)).entries
     assert [e.action for e in audit] == ["rollout_step", "rollout_step", "rollout_completed"]
     assert [json.loads(e.after)["canary"] for e in audit[:2]] == [30, 100]
+    # reaching 100 % is promotion (no baseline traffic is left to compare with): the judgement of step 1 decided it
     judged = status.rollout.last_judgement
-    assert judged.verdict == "healthy" and judged.step == 1 and judged.canary.requests >= 5
-    assert f"healthy at step 2: canary canary {judged.canary.requests} requests" in audit[-1].reason
+    assert judged.verdict == "healthy" and judged.step == 0 and judged.canary.requests >= 5
+    assert f"healthy at step 1: canary canary {judged.canary.requests} requests" in audit[-1].reason
+    assert audit[-1].reason.startswith("canary promoted at 100.0% (no baseline traffic left to compare with)")
+    assert [c.metric for c in judged.comparisons] == ["error rate"]  # and its anytime-valid bounds
 
 
 async def test_retry_budget_and_ejection_stop_a_dead_canary_costing_attempts_then_probe_it_back(gateway):

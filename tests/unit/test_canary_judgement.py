@@ -4,6 +4,9 @@ it decided. An injected clock over real LiveRoutes, as in test_rollout_state."""
 
 from __future__ import annotations
 
+import json
+import math
+
 import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -57,23 +60,54 @@ def test_assess_waits_for_min_requests_then_judges_against_the_thresholds():
     plan = Rollout(**PLAN)
     baseline = Window("stable", 100, 1, 0.010)
     waiting = assess(plan, 0, Window("canary", 4, 4, 0.5), baseline, at=5.0)
-    assert (waiting.verdict, waiting.reason) == ("waiting", "")  # 100 % errors, but only 4 calls: not judged
+    assert waiting.verdict == "waiting"  # 100 % errors, but only 4 calls: not judged
+    assert waiting.reason == "waiting for 5 requests on each side (canary 4, baseline 100)"
     healthy = assess(plan, 0, Window("canary", 50, 1, 0.020), baseline, at=5.0)
     assert healthy.verdict == "healthy" and healthy.canary.error_rate == 0.02
     slow = assess(plan, 1, Window("canary", 50, 0, 0.040), baseline, at=5.0)
     assert slow.verdict == "breach" and "p99 40.0 ms is over 3.0x the baseline's 10.0 ms" in slow.reason
-    failing = assess(plan, 1, Window("canary", 50, 5, 0.010), baseline, at=5.0)
-    assert failing.verdict == "breach" and "error rate 10.0%" in failing.reason
+    failing = assess(plan, 1, Window("canary", 1000, 100, 0.010), Window("stable", 1000, 10, 0.010), at=5.0)
+    assert (
+        failing.verdict == "breach"
+        and "error rate 10.0% exceeds baseline 1.0% by more than 2.0%" in failing.reason
+    )
+    assert "anytime-valid 97.5 % bounds on the difference [+" in failing.reason  # alpha 5 % over 2 tests
     assert (failing.max_error_rate_increase, failing.max_p99_ratio, failing.min_requests) == (0.02, 3.0, 5)
 
 
+def test_a_noisy_canary_is_not_rolled_back_by_chance_but_a_broken_one_is_within_a_few_calls():
+    """The anytime-valid test changed these verdicts: 5 errors in 50 calls against 1 in 100 used to be a breach
+    (10 % over 1 %); over every look at this plan's alpha it is no evidence yet. A canary failing each of its
+    first calls still is, within a handful of them."""
+    plan = Rollout(**PLAN)
+    noisy = assess(plan, 0, Window("canary", 50, 5, 0.010), Window("stable", 100, 1, 0.010), at=5.0)
+    assert noisy.verdict == "healthy" and noisy.comparisons[0].verdict == "undecided"
+    assert noisy.comparisons[0].lower < 0.02 < noisy.comparisons[0].upper
+    broken = [
+        assess(plan, 0, Window("canary", n, n, 0.01), Window("stable", n, 0, 0.01), at=5.0) for n in (5, 7)
+    ]
+    assert [j.verdict for j in broken] == ["healthy", "breach"]  # 7 calls, each one failed: rolled back
+    assert broken[1].reason.startswith("canary error rate 100.0% exceeds baseline 0.0% by more than 2.0%")
+
+
 def test_a_judgement_describes_its_numbers_and_survives_the_control_stores_json():
-    j = assess(Rollout(**PLAN), 0, Window("canary", 50, 5, 0.012), Window("stable", 200, 2, 0.010), at=7.5)
+    j = assess(
+        Rollout(**PLAN), 0, Window("canary", 1000, 100, 0.012), Window("stable", 2000, 20, 0.010), at=7.5
+    )
+    (errors,) = j.comparisons
     assert j.describe() == (
-        "breach at step 1: canary canary 50 requests, 10.0% errors, p99 12.0 ms; baseline stable 200 requests, "
-        "1.0% errors, p99 10.0 ms; thresholds: error rate +2.0%, p99 x3, 5 requests"
+        "breach at step 1: canary canary 1000 requests, 10.0% errors, p99 12.0 ms; baseline stable 2000 requests, "
+        "1.0% errors, p99 10.0 ms; thresholds: error rate +2.0%, p99 x3, 5 requests; error rate breach: canary "
+        f"10.00%, baseline 1.00%, difference +9.00 pts in [{100 * errors.lower:+.2f} pts, {100 * errors.upper:+.2f} "
+        f"pts] (97.5 %), limit +2.00 pts, e-value {errors.statistic:.3g}, 1000/2000 requests"
     )
     assert Judgement.from_dict(yaml.safe_load(yaml.safe_dump(j.to_dict()))) == j
+    waiting = assess(Rollout(**PLAN), 0, Window("canary", 3, 0, 0.01), Window("stable", 3, 0, 0.01), at=7.5)
+    assert "error rate waiting: 3 canary and 3 baseline requests, 5 needed on each side" in waiting.describe()
+    again = Judgement.from_dict(
+        json.loads(json.dumps(waiting.to_dict(), allow_nan=False))
+    )  # NaN bounds: null
+    assert again.to_dict() == waiting.to_dict() and math.isnan(again.comparisons[0].lower)
 
 
 # -- kept in rollout state and written into the audit log -------------------------------------------------
@@ -91,10 +125,8 @@ async def test_every_evaluation_is_kept_and_each_decision_audits_its_numbers(tmp
     assert (state.step, state.judgement.verdict, state.judgement.step, state.judgement.canary.requests) == (
         1, "healthy", 0, 13,
     )  # fmt: skip
-    clock.now += 6
-    traffic(stats, canary_ok=True)
-    await rollouts.evaluate()  # the last step, healthy: completed
-    assert rollouts.state("a").state == "completed" and rollouts.state("a").judgement.step == 1
+    # reaching 100 % is promotion (no baseline traffic is left to compare with): completed in the same step
+    assert rollouts.state("a").state == "completed" and rollouts.state("a").judgement.step == 0
     entries = live.audit.tail(10)
     assert [e.action for e in entries] == ["rollout_step", "rollout_step", "rollout_completed"]
     assert entries[0].reason == "step 1/2: canary at 10.0%"  # the start: nothing judged yet
@@ -102,9 +134,10 @@ async def test_every_evaluation_is_kept_and_each_decision_audits_its_numbers(tmp
         "step 2/2: canary at 100.0%; healthy at step 1: canary canary 13 requests"
     )
     assert entries[2].reason.startswith(
-        "canary healthy at 100.0%; healthy at step 2: canary canary 10 requests"
+        "canary promoted at 100.0% (no baseline traffic left to compare with); healthy at step 1: canary canary 13 "
+        "requests"
     )
-    assert "thresholds: error rate +2.0%, p99 x3, 5 requests" in entries[2].reason
+    assert "thresholds: error rate +2.0%, p99 x3, 5 requests; error rate " in entries[2].reason
 
 
 async def test_a_rollback_keeps_the_breaching_judgement_and_audits_it(tmp_path):
@@ -177,20 +210,19 @@ async def test_the_last_judgement_and_the_thresholds_are_gauges(tmp_path):
 
     live, stats, rollouts, clock = local(tmp_path)
     rollouts.start("a", "alice")
-    traffic(stats, canary_ok=True, n=4)
-    stats.record("a", "canary", False, 0.01)
+    traffic(stats, canary_ok=False, n=8)  # every canary call fails: a breach within a handful
     await rollouts.evaluate()
     metrics = scraped(collector(live, stats, rollouts))
     prefix = "meshserve_gateway_rollout"
-    assert metrics[f'{prefix}_judged_error_rate{{role="canary",route="a",variant="canary"}}'] == 0.2
+    assert metrics[f'{prefix}_judged_error_rate{{role="canary",route="a",variant="canary"}}'] == 1.0
     assert metrics[f'{prefix}_judged_error_rate{{role="baseline",route="a",variant="stable"}}'] == 0.0
-    assert metrics[f'{prefix}_judged_requests{{role="canary",route="a",variant="canary"}}'] == 5
+    assert metrics[f'{prefix}_judged_requests{{role="canary",route="a",variant="canary"}}'] == 8
     assert (
         0.01 <= metrics[f'{prefix}_judged_p99_seconds{{role="canary",route="a",variant="canary"}}'] <= 0.011
     )
     assert metrics[f'{prefix}_threshold{{route="a",threshold="max_error_rate_increase"}}'] == 0.02
     assert metrics[f'{prefix}_threshold{{route="a",threshold="max_p99_ratio"}}'] == 3
     assert metrics[f'{prefix}_threshold{{route="a",threshold="min_requests"}}'] == 5
-    assert metrics[f'{prefix}_verdict{{route="a",verdict="breach"}}'] == 1.0  # 20 % errors over 0 %
+    assert metrics[f'{prefix}_verdict{{route="a",verdict="breach"}}'] == 1.0
     assert metrics[f'{prefix}_verdict{{route="a",verdict="healthy"}}'] == 0.0
     assert metrics[f'{prefix}_judged_timestamp_seconds{{route="a"}}'] == clock.now

@@ -273,7 +273,9 @@ async def test_the_judge_rolls_back_a_canary_failing_only_on_another_gateway(sto
     await a_judge.begin("fraud", "alice")
     await b.sync()
     now[0] += 1
-    for _ in range(10):  # healthy on the judge; the canary fails on b only
+    for _ in range(
+        40
+    ):  # healthy on the judge; the canary fails on b only (enough calls for the test's evidence)
         a_stats.record("fraud", "stable", True, 0.01)
         a_stats.record("fraud", "canary", True, 0.01)
         b_stats.record("fraud", "stable", True, 0.01)

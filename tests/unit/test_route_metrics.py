@@ -30,6 +30,7 @@ def families(stats: VariantStats) -> dict:
 
     class NoRollouts:
         states: dict = {}
+        shadow_looks: dict = {}
 
     registry = CollectorRegistry()
     registry.register(collector(NoRoutes(), stats, NoRollouts()))

@@ -170,3 +170,57 @@ def test_a_copy_of_a_route_recomputes_what_the_route_computes_once():
                                                     for v in route.variants]})  # fmt: skip
     assert flipped.primary.name == "b" and flipped.cumulative_weights == [10, 100]
     assert route.with_weights({"a": 0, "b": 100}).cumulative_weights == [0, 100]
+
+
+def _with_rollout(**plan) -> dict:
+    return {
+        "routes": {
+            "fraud": {
+                "variants": [
+                    {"name": "stable", "model": "fraud", "version": "1", "weight": 100},
+                    {"name": "canary", "model": "fraud", "version": "3", "weight": 0},
+                ],
+                "shadows": [{"variant": "canary", "percent": 100}],
+                "rollout": {"canary": "canary", "steps": [5, 25, 50, 100], "interval_s": 600, **plan},
+            }
+        }
+    }
+
+
+def test_a_rollout_plan_takes_quality_criteria_and_a_required_shadow():
+    quality = {"min_labels": 300, "max_wait_s": 7200, "alpha": 0.1, "max_auc_decrease": 0.01,
+               "max_log_loss_ratio": 1.05}  # fmt: skip
+    plan = parse_routes(_with_rollout(quality=quality, require_shadow="canary"), "test").get("fraud").rollout
+    assert plan.quality.criteria == [("auc", 0.01), ("log_loss", 1.05)]
+    assert (plan.quality.min_labels, plan.quality.max_wait_s, plan.quality.alpha) == (300, 7200, 0.1)
+    assert plan.require_shadow == "canary"
+    defaults = parse_routes(_with_rollout(quality={"max_log_loss_ratio": 1.02}), "test").get("fraud").rollout
+    assert (defaults.quality.min_labels, defaults.quality.max_wait_s, defaults.quality.alpha) == (
+        200,
+        14400,
+        0.05,
+    )
+    assert defaults.quality.criteria == [("log_loss", 1.02)] and defaults.require_shadow is None
+    assert (
+        parse_routes(_with_rollout(), "test").get("fraud").rollout.quality is None
+    )  # as before: errors, p99
+
+
+@pytest.mark.parametrize(
+    ("plan", "says"),
+    [
+        ({"quality": {"min_labels": 100}}, "quality criteria need max_auc_decrease or max_log_loss_ratio"),
+        ({"quality": {"max_auc_decrease": 0.01, "max_wait_s": 60}},
+         "quality.max_wait_s (60) must be at least interval_s (600)"),
+        ({"quality": {"max_auc_decrease": 0.01, "alpha": 1}}, "alpha: Input should be less than 1"),
+        ({"quality": {"max_auc_decrease": -0.01}}, "max_auc_decrease: Input should be greater than or equal to 0"),
+        ({"quality": {"max_auc_decrease": 0.01, "lag": 3}}, "lag: Extra inputs are not permitted"),
+        ({"require_shadow": "canary"}, "require_shadow needs quality criteria to judge the shadow on"),
+        ({"require_shadow": "stable", "quality": {"max_auc_decrease": 0.01}},
+         "rollout.require_shadow names 'stable', which is not a shadow of this route; shadows: ['canary']"),
+    ],
+)  # fmt: skip
+def test_a_quality_plan_that_cannot_be_judged_is_refused_naming_why(plan, says):
+    with pytest.raises(RoutesFileError) as refused:
+        parse_routes(_with_rollout(**plan), "routes file r.yaml")
+    assert says in str(refused.value)

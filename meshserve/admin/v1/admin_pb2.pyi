@@ -117,20 +117,54 @@ class VariantStatus(_message.Message):
     def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., weight: _Optional[float] = ..., ejected: _Optional[bool] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ...) -> None: ...
 
 class ShadowStatus(_message.Message):
-    __slots__ = ("variant", "percent", "compared", "failed", "mean_abs_score_diff", "label_agreement")
+    __slots__ = ("variant", "percent", "compared", "failed", "mean_abs_score_diff", "label_agreement", "quality", "quality_note")
     VARIANT_FIELD_NUMBER: _ClassVar[int]
     PERCENT_FIELD_NUMBER: _ClassVar[int]
     COMPARED_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
     MEAN_ABS_SCORE_DIFF_FIELD_NUMBER: _ClassVar[int]
     LABEL_AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_NOTE_FIELD_NUMBER: _ClassVar[int]
     variant: str
     percent: float
     compared: int
     failed: int
     mean_abs_score_diff: float
     label_agreement: float
-    def __init__(self, variant: _Optional[str] = ..., percent: _Optional[float] = ..., compared: _Optional[int] = ..., failed: _Optional[int] = ..., mean_abs_score_diff: _Optional[float] = ..., label_agreement: _Optional[float] = ...) -> None: ...
+    quality: _containers.RepeatedCompositeFieldContainer[Comparison]
+    quality_note: str
+    def __init__(self, variant: _Optional[str] = ..., percent: _Optional[float] = ..., compared: _Optional[int] = ..., failed: _Optional[int] = ..., mean_abs_score_diff: _Optional[float] = ..., label_agreement: _Optional[float] = ..., quality: _Optional[_Iterable[_Union[Comparison, _Mapping]]] = ..., quality_note: _Optional[str] = ...) -> None: ...
+
+class Comparison(_message.Message):
+    __slots__ = ("metric", "verdict", "canary", "baseline", "estimate", "lower", "upper", "limit", "e_value", "alpha", "canary_samples", "baseline_samples", "min_samples")
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    CANARY_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATE_FIELD_NUMBER: _ClassVar[int]
+    LOWER_FIELD_NUMBER: _ClassVar[int]
+    UPPER_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    E_VALUE_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    CANARY_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    MIN_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    metric: str
+    verdict: str
+    canary: float
+    baseline: float
+    estimate: float
+    lower: float
+    upper: float
+    limit: float
+    e_value: float
+    alpha: float
+    canary_samples: int
+    baseline_samples: int
+    min_samples: int
+    def __init__(self, metric: _Optional[str] = ..., verdict: _Optional[str] = ..., canary: _Optional[float] = ..., baseline: _Optional[float] = ..., estimate: _Optional[float] = ..., lower: _Optional[float] = ..., upper: _Optional[float] = ..., limit: _Optional[float] = ..., e_value: _Optional[float] = ..., alpha: _Optional[float] = ..., canary_samples: _Optional[int] = ..., baseline_samples: _Optional[int] = ..., min_samples: _Optional[int] = ...) -> None: ...
 
 class JudgedWindow(_message.Message):
     __slots__ = ("variant", "requests", "errors", "error_rate", "p99_seconds")
@@ -147,7 +181,7 @@ class JudgedWindow(_message.Message):
     def __init__(self, variant: _Optional[str] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., error_rate: _Optional[float] = ..., p99_seconds: _Optional[float] = ...) -> None: ...
 
 class Judgement(_message.Message):
-    __slots__ = ("time", "step", "verdict", "canary", "baseline", "max_error_rate_increase", "max_p99_ratio", "min_requests", "reason")
+    __slots__ = ("time", "step", "verdict", "canary", "baseline", "max_error_rate_increase", "max_p99_ratio", "min_requests", "reason", "comparisons", "shadow")
     TIME_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     VERDICT_FIELD_NUMBER: _ClassVar[int]
@@ -157,6 +191,8 @@ class Judgement(_message.Message):
     MAX_P99_RATIO_FIELD_NUMBER: _ClassVar[int]
     MIN_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    COMPARISONS_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FIELD_NUMBER: _ClassVar[int]
     time: float
     step: int
     verdict: str
@@ -166,23 +202,27 @@ class Judgement(_message.Message):
     max_p99_ratio: float
     min_requests: int
     reason: str
-    def __init__(self, time: _Optional[float] = ..., step: _Optional[int] = ..., verdict: _Optional[str] = ..., canary: _Optional[_Union[JudgedWindow, _Mapping]] = ..., baseline: _Optional[_Union[JudgedWindow, _Mapping]] = ..., max_error_rate_increase: _Optional[float] = ..., max_p99_ratio: _Optional[float] = ..., min_requests: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+    comparisons: _containers.RepeatedCompositeFieldContainer[Comparison]
+    shadow: str
+    def __init__(self, time: _Optional[float] = ..., step: _Optional[int] = ..., verdict: _Optional[str] = ..., canary: _Optional[_Union[JudgedWindow, _Mapping]] = ..., baseline: _Optional[_Union[JudgedWindow, _Mapping]] = ..., max_error_rate_increase: _Optional[float] = ..., max_p99_ratio: _Optional[float] = ..., min_requests: _Optional[int] = ..., reason: _Optional[str] = ..., comparisons: _Optional[_Iterable[_Union[Comparison, _Mapping]]] = ..., shadow: _Optional[str] = ...) -> None: ...
 
 class RolloutStatus(_message.Message):
-    __slots__ = ("state", "canary", "step", "steps", "last_reason", "last_judgement")
+    __slots__ = ("state", "canary", "step", "steps", "last_reason", "last_judgement", "gate")
     STATE_FIELD_NUMBER: _ClassVar[int]
     CANARY_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     LAST_REASON_FIELD_NUMBER: _ClassVar[int]
     LAST_JUDGEMENT_FIELD_NUMBER: _ClassVar[int]
+    GATE_FIELD_NUMBER: _ClassVar[int]
     state: str
     canary: str
     step: int
     steps: _containers.RepeatedScalarFieldContainer[float]
     last_reason: str
     last_judgement: Judgement
-    def __init__(self, state: _Optional[str] = ..., canary: _Optional[str] = ..., step: _Optional[int] = ..., steps: _Optional[_Iterable[float]] = ..., last_reason: _Optional[str] = ..., last_judgement: _Optional[_Union[Judgement, _Mapping]] = ...) -> None: ...
+    gate: str
+    def __init__(self, state: _Optional[str] = ..., canary: _Optional[str] = ..., step: _Optional[int] = ..., steps: _Optional[_Iterable[float]] = ..., last_reason: _Optional[str] = ..., last_judgement: _Optional[_Union[Judgement, _Mapping]] = ..., gate: _Optional[str] = ...) -> None: ...
 
 class RouteStatus(_message.Message):
     __slots__ = ("route", "variants", "fallback", "sticky", "shadows", "rollout")
