@@ -331,7 +331,9 @@ class MonitorClient:
     def __init__(self, target: str, timeout_s: float = 5.0, tls: ClientTls | None = None) -> None:
         self.target = target
         self.timeout_s = timeout_s
-        self.channel = open_channel(target, tls=tls, server_name=self.tls_name)
+        # a monitor that comes back is reached again within seconds: the log holds records until then
+        reconnect = [("grpc.initial_reconnect_backoff_ms", 250), ("grpc.max_reconnect_backoff_ms", 5000)]
+        self.channel = open_channel(target, tls=tls, server_name=self.tls_name, options=reconnect)
         self.stub = monitor_pb2_grpc.MonitorServiceStub(self.channel)
 
     async def log(self, records: list[monitor_pb2.PredictionRecord]) -> monitor_pb2.LogPredictionsResponse:
