@@ -1,7 +1,8 @@
 """The prediction log's writer: answers go to the monitor service behind the reply, in batches, by one task.
 
 `record()` is synchronous and never raises: a caller's answer never waits for the log and never fails because of
-it. At most `capacity` records are held (queued, or in the batch being sent); a record that finds no room is
+it. A batch leaves once it is full, or `linger_s` after its first record: a call to the monitor costs about as
+much CPU as a request, so under load many answers share one call, and when idle a record waits briefly. At most `capacity` records are held (queued, or in the batch being sent); a record that finds no room is
 dropped and counted, so a monitor that is slow or down costs bounded memory and nothing else. A batch the
 monitor could not take for a passing reason (unavailable, out of time, overloaded) is sent again after a pause
 that grows while it stays down (the monitor keeps the first of each (prediction id, variant), so a repeat is
@@ -40,6 +41,7 @@ class PredictionLog:
         *,
         capacity: int = 10_000,
         batch: int = 1000,
+        linger_s: float = 0.5,
         retry_s: float = 0.2,
         max_retry_s: float = 5.0,
         sleep: Sleep = asyncio.sleep,
@@ -50,6 +52,7 @@ class PredictionLog:
         self._send = send
         self.capacity = capacity
         self.batch = batch
+        self.linger_s = linger_s
         self.retry_s = retry_s
         self.max_retry_s = max_retry_s
         self._sleep = sleep
@@ -59,6 +62,7 @@ class PredictionLog:
         self._wake = asyncio.Event()  # set while records wait to be sent
         self._idle = asyncio.Event()  # set while nothing is held
         self._idle.set()
+        self._full = asyncio.Event()  # set once a whole batch is queued (or the log is closing)
         self._task: asyncio.Task[None] | None = None
         self.logged = 0  # taken by the monitor
         self.dropped = 0  # never sent: no room while the monitor was slow or down, or still held at close
@@ -92,6 +96,8 @@ class PredictionLog:
         if added:
             self._idle.clear()
             self._wake.set()
+            if len(self._queue) >= self.batch:
+                self._full.set()
 
     def run(self) -> None:
         """Start sending (in the running loop)."""
@@ -107,6 +113,7 @@ class PredictionLog:
                     self._idle.set()
                     await self._wake.wait()
                     continue
+                await self._gather()
                 take = min(self.batch, len(self._queue))
                 self._sending = [self._queue.popleft() for _ in range(take)]
             if await self._send_batch():
@@ -114,6 +121,14 @@ class PredictionLog:
             else:
                 await self._sleep(delay)
                 delay = min(delay * 2, self.max_retry_s)
+
+    async def _gather(self) -> None:
+        """Until a whole batch is queued, or for `linger_s` at most."""
+        if len(self._queue) >= self.batch or self.linger_s <= 0:
+            return
+        self._full.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._full.wait(), self.linger_s)
 
     async def _send_batch(self) -> bool:
         """Send the batch out; False when it is kept for another try."""
@@ -152,6 +167,8 @@ class PredictionLog:
     async def close(self, timeout_s: float = 2.0) -> None:
         """Send what is held, for up to `timeout_s`; what is still held then is dropped (counted)."""
         if self._task is not None:
+            self.linger_s = 0.0  # what is held leaves now
+            self._full.set()
             await self.flush(timeout_s)
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

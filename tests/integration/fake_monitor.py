@@ -26,6 +26,8 @@ class FakeMonitor(monitor_pb2_grpc.MonitorServiceServicer):
     async def LogPredictions(self, request, context):
         self.metadata.append({k: v for k, v in context.invocation_metadata() if isinstance(v, str)})
         if self.hang:
+            async with self._changed:
+                self._changed.notify_all()
             await asyncio.Event().wait()
         self.records.extend(request.records)
         self.batches.append(len(request.records))

@@ -382,6 +382,8 @@ async def test_a_hanging_monitor_never_slows_an_answer(mesh, tmp_path):
             mesh, tmp_path, ROUTES, monitor_url=f"127.0.0.1:{port}", monitor_timeout_s=120
         ) as gw,
     ):
+        await gw.predict_stub.Predict(predict_request("fraud", instance(*ACCOUNTS[1], "hung")), timeout=10)
+        await monitor.wait_for(lambda: len(monitor.metadata) == 1)  # its batch is out, and hangs
         started = time.monotonic()
         for n in range(20):
             await gw.predict_stub.Predict(

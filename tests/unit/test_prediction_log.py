@@ -64,10 +64,29 @@ async def test_records_go_out_in_batches_of_the_configured_size_in_order():
     await writer.close()
 
 
+async def test_a_batch_leaves_when_full_or_a_moment_after_its_first_record_so_answers_share_calls():
+    monitor = Monitor()
+    writer = PredictionLog(monitor.send, capacity=100, batch=5, linger_s=0.2)
+    writer.run()
+    started = asyncio.get_running_loop().time()
+    for n in range(3):  # a trickle: they wait for the batch to fill, up to the linger
+        writer.record(records(1, start=n))
+        await asyncio.sleep(0.01)
+    assert monitor.batches == []
+    await settle(writer)
+    assert monitor.batches == [["p0", "p1", "p2"]]
+    assert asyncio.get_running_loop().time() - started >= 0.2
+    writer.record(records(5, start=3))  # a whole batch leaves at once: within a few loop turns, no linger
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert monitor.batches[-1] == ["p3", "p4", "p5", "p6", "p7"]
+    await writer.close()
+
+
 async def test_a_slow_monitor_costs_bounded_memory_and_the_excess_is_dropped_and_counted():
     monitor = Monitor()
     monitor.gate = asyncio.Event()  # the monitor takes no batch until told
-    writer = PredictionLog(monitor.send, capacity=10, batch=4)
+    writer = PredictionLog(monitor.send, capacity=10, batch=4, linger_s=0)
     writer.run()
     writer.record(records(3))
     await asyncio.sleep(0)  # the first batch leaves and hangs
@@ -106,8 +125,8 @@ async def test_a_monitor_that_is_down_gets_the_batch_again_after_growing_pauses_
     down = [Unavailable("monitor service unavailable: connection refused")] * 5
     monitor = Monitor(down + [MeshError("no answer in time", ErrorCode.DEADLINE_EXCEEDED)])
     sleeps = Sleeps()
-    writer = PredictionLog(monitor.send, capacity=100, batch=50, retry_s=0.1, max_retry_s=1.0, sleep=sleeps,
-                           throttle=Throttle(interval_s=3600))  # fmt: skip
+    writer = PredictionLog(monitor.send, capacity=100, batch=50, linger_s=0, retry_s=0.1, max_retry_s=1.0,
+                           sleep=sleeps, throttle=Throttle(interval_s=3600))  # fmt: skip
     writer.record(records(5))
     writer.run()
     await settle(writer)
