@@ -1,7 +1,8 @@
 """The Open Inference Protocol over HTTP/REST, as Triton serves it (`tritonclient.http` and curl work unchanged):
 each route reads its request, awaits one `InferenceApi` call and writes the reply. Conversions live in
 `gateway.api.http_codec`; domain errors become HTTP statuses in one map, `HTTP_STATUS_FOR`, with Triton's error body
-`{"error": "<message>"}`.
+`{"error": "<message>"}`. Labels for the prediction log come in on the same port, `POST /v1/feedback` (JSON, see
+`gateway.api.feedback_codec`), and are passed on to the monitor by the gateway's FeedbackHandler.
 
 Callers authenticate from their headers (`authorization: Bearer <token>`) before any route runs, health excepted,
 with the gateway's own Authenticator (set by the gateway: `authenticator`); an unknown caller is 401 with
