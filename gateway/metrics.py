@@ -17,6 +17,7 @@ from gateway.routing.dispatch import Dispatcher
 from gateway.routing.live import LiveRoutes
 from gateway.routing.shadow import ShadowRunner
 from gateway.serving.prediction_cache import PredictionCache
+from gateway.serving.prediction_log import PredictionLog
 from meshserve.core.coalesce import Coalescer
 from meshserve.feature.drift import DriftMonitor
 from meshserve.quality import VERDICTS as COMPARISON_VERDICTS
@@ -37,7 +38,9 @@ class GatewayCollector(Collector):
         answers: Counter[tuple[str, str]] | None = None,
         coalescers: Callable[[], Mapping[str, Coalescer]] | None = None,
         admission: Admission | None = None,
+        prediction_log: PredictionLog | None = None,
     ) -> None:
+        self.prediction_log = prediction_log
         self.coalescers = coalescers
         self.admission = admission
         self.cache = cache
@@ -146,6 +149,8 @@ class GatewayCollector(Collector):
             yield from self._coalescing(prefix)
         if self.admission is not None:
             yield from self._admission(prefix, self.admission)
+        if self.prediction_log is not None:
+            yield from self._prediction_log(prefix, self.prediction_log)
 
         if self.drift is not None:
             psi = GaugeMetricFamily(
@@ -306,6 +311,24 @@ class GatewayCollector(Collector):
             families["abandoned"].add_metric([target], stats.abandoned)
             families["expired"].add_metric([target], stats.expired)
         yield from families.values()
+
+    def _prediction_log(
+        self, prefix: str, writer: PredictionLog
+    ) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        records = CounterMetricFamily(
+            f"{prefix}_prediction_log_records",
+            "Answers for the prediction log: logged (the monitor took them), dropped (no room while it was slow "
+            "or down), failed (it refused them), unreadable (no record could be built)",
+            labels=["outcome"],
+        )
+        for outcome in ("logged", "dropped", "failed", "unreadable"):
+            records.add_metric([outcome], getattr(writer, outcome))
+        yield records
+        yield GaugeMetricFamily(
+            f"{prefix}_prediction_log_held",
+            "Answers held for the monitor (queued or being sent)",
+            value=writer.held,
+        )
 
     def _admission(
         self, prefix: str, admission: Admission

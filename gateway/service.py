@@ -11,8 +11,8 @@ from importlib.metadata import version
 
 from gateway.api.admin import AdminServer, AdminServicer
 from gateway.api.http_server import HttpFrontend
-from gateway.api.servicers import OpenInferenceServicer, PredictionServicer, add_servicers
-from gateway.control.audit import AuditLog
+from gateway.api.servicers import FeedbackServicer, OpenInferenceServicer, PredictionServicer, add_servicers
+from gateway.control.audit import AuditLog, FeedbackAudit
 from gateway.control.plane import ControlStoreUnavailable, RouteWatcher, WatcherCollector, open_store
 from gateway.metrics import GatewayCollector
 from gateway.rollout.canary import RolloutController, StatsPublisher
@@ -22,10 +22,12 @@ from gateway.routing.live import LiveRoutes
 from gateway.routing.routes import load_routes
 from gateway.routing.shadow import ShadowRunner
 from gateway.serving.catalog import ModelCatalog
-from gateway.serving.clients import CacheClient, FeatureClient, InferenceClient
+from gateway.serving.clients import CacheClient, FeatureClient, InferenceClient, MonitorClient
+from gateway.serving.feedback import FeedbackHandler
 from gateway.serving.inference_api import InferenceApi
 from gateway.serving.predict import PredictHandler
 from gateway.serving.prediction_cache import PredictionCache
+from gateway.serving.prediction_log import PredictionLog
 from gateway.serving.repository import ModelRepository
 from gateway.settings import GatewaySettings
 from meshserve.core.auth import Authenticator, Principal
@@ -79,13 +81,33 @@ class GatewayService(GrpcService):
         self.prediction_cache = PredictionCache(self.cache, settings.cache_timeout_s, near)
         self.routes.invalidate = self.prediction_cache.invalidate
         self.inference = InferenceClient(settings.inference_url, coalescing, tls)
+        # the prediction log and labels; not a dependency the gateway waits for: its answers never need it
+        self.monitor = (
+            MonitorClient(settings.monitor_url, settings.monitor_timeout_s, tls)
+            if settings.monitor_url
+            else None
+        )
+        self.prediction_log = (
+            PredictionLog(self.monitor.log, capacity=settings.prediction_log_queue,
+                          batch=settings.prediction_log_batch)
+            if self.monitor is not None
+            else None
+        )  # fmt: skip
+        self.feedback_audit = FeedbackAudit(audit)
+        self.feedback = FeedbackHandler(
+            self.monitor, self.feedback_audit, auth_required=settings.auth_required
+        )
         self.catalog = ModelCatalog(self.inference)
         self.dispatcher = Dispatcher(max_deadline_s=settings.max_deadline_s)
         policy = settings.admission_policy()
         self.admission = Admission(policy) if policy else Admission.unlimited()
         self.answers: Counter[tuple[str, str]] = Counter()  # (route, tier) -> answers
         self.shadow = ShadowRunner()
-        self.rollouts = RolloutController(self.routes, self.dispatcher.stats)
+        self.rollouts = RolloutController(
+            self.routes,
+            self.dispatcher.stats,
+            compare=self.monitor.compare if self.monitor is not None else None,
+        )
         # several replicas: each publishes its outcomes for the judge, wherever its lease is; none without a store
         self.stats_publisher = (
             StatsPublisher(self.routes, self.dispatcher.stats, self.rollouts.holder)
@@ -113,6 +135,7 @@ class GatewayService(GrpcService):
             max_instances=settings.max_instances_per_predict,
             feature_timeout_s=settings.feature_timeout_s,
             admission=self.admission,
+            prediction_log=self.prediction_log,
         )
         self.repository = ModelRepository(
             self.inference, self.routes, self.catalog, settings.repository_refresh_s
@@ -121,6 +144,7 @@ class GatewayService(GrpcService):
         self.api = InferenceApi(
             self.routes, self.catalog, self.inference, self.dispatcher, version("meshserve"),
             admission=self.admission, repository=self.repository, auth_required=settings.auth_required,
+            prediction_log=self.prediction_log, registry=self.registry,
         )  # fmt: skip
         admin_settings = ServiceSettings(
             host=settings.admin_host,
@@ -156,6 +180,7 @@ class GatewayService(GrpcService):
         )  # fmt: skip
         if self.http is not None:
             self.http.rest.authenticator = self.authenticator
+            self.http.rest.feedback = self.feedback
         self.http_port: int | None = None
         self.metrics.registry.register(
             GatewayCollector(
@@ -168,6 +193,7 @@ class GatewayService(GrpcService):
                 self.answers,
                 self._coalescers,
                 self.admission,
+                prediction_log=self.prediction_log,
             )  # fmt: skip
         )
         self.ready = False
@@ -193,7 +219,8 @@ class GatewayService(GrpcService):
 
     def register(self, server):
         oip = OpenInferenceServicer(self.api, lambda: self.ready, self.answers)
-        return add_servicers(server, PredictionServicer(self.predict, self.answers), oip)
+        predict = PredictionServicer(self.predict, self.answers)
+        return add_servicers(server, predict, oip, FeedbackServicer(self.feedback))
 
     async def start(self) -> int:
         if self.watcher is not None:
@@ -203,6 +230,9 @@ class GatewayService(GrpcService):
         if self.http is not None:
             self.http_port = await self.http.start()
         self.rollouts.run()
+        if self.prediction_log is not None:
+            self.prediction_log.run()
+        self.feedback_audit.run()
         if self.watcher is not None:
             self.watcher.run()
             self.audit.run(self.settings.control_poll_s)
@@ -269,7 +299,10 @@ class GatewayService(GrpcService):
     async def close(self) -> None:
         await self.predict.drain()
         await self.shadow.drain()
-        for client in (self.features, self.cache, self.inference):
+        if self.prediction_log is not None:  # what is held goes out, briefly: the answers were given already
+            await self.prediction_log.close(min(2.0, self.settings.grace_s))
+        await self.feedback_audit.close()
+        for client in (self.features, self.cache, self.inference, *([self.monitor] if self.monitor else [])):
             await client.close()
         if self.watcher is not None:
             await self.audit.close()

@@ -3,7 +3,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from gateway.routing.admission import AdmissionPolicy
@@ -51,6 +51,18 @@ class GatewaySettings(ServiceSettings):
     feature_url: str = Field("127.0.0.1:50052", description="feature service (host:port)")
     cache_url: str = Field("127.0.0.1:50053", description="cache service (host:port)")
     inference_url: str = Field("127.0.0.1:50054", description="inference service (host:port)")
+    monitor_url: str | None = Field(
+        "127.0.0.1:50057", description="monitor service (host:port): the prediction log and labels; unset or empty: "
+        "no log, and the feedback API answers UNAVAILABLE",
+    )  # fmt: skip
+    monitor_timeout_s: float = Field(5.0, gt=0, description="deadline of each call to the monitor service")
+    prediction_log_queue: int = Field(
+        10_000, gt=0, description="logged answers held while the monitor is slow or down; beyond it they are "
+        "dropped (and counted), never waited for",
+    )  # fmt: skip
+    prediction_log_batch: int = Field(
+        1000, gt=0, description="logged answers sent in one call to the monitor"
+    )
     max_instances_per_predict: int = Field(
         1024, gt=0, description="larger Predicts are refused before any work"
     )
@@ -155,6 +167,11 @@ class GatewaySettings(ServiceSettings):
         le=5,
         description="how often the control store's revision is read: replicas converge within it",
     )
+
+    @field_validator("monitor_url")
+    @classmethod
+    def _empty_is_unset(cls, value: str | None) -> str | None:
+        return value or None
 
     def auth_config(self) -> AuthConfig:
         return AuthConfig(

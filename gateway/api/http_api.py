@@ -1,7 +1,8 @@
 """The Open Inference Protocol over HTTP/REST, as Triton serves it (`tritonclient.http` and curl work unchanged):
 each route reads its request, awaits one `InferenceApi` call and writes the reply. Conversions live in
 `gateway.api.http_codec`; domain errors become HTTP statuses in one map, `HTTP_STATUS_FOR`, with Triton's error body
-`{"error": "<message>"}`.
+`{"error": "<message>"}`. Labels for the prediction log come in on the same port, `POST /v1/feedback` (JSON, see
+`gateway.api.feedback_codec`), and are passed on to the monitor by the gateway's FeedbackHandler.
 
 Callers authenticate from their headers (`authorization: Bearer <token>`) before any route runs, health excepted,
 with the gateway's own Authenticator (set by the gateway: `authenticator`); an unknown caller is 401 with
@@ -30,11 +31,14 @@ from starlette.routing import Route
 from tritonclient.grpc import service_pb2
 
 from gateway.api import http_codec as codec
+from gateway.api.feedback_codec import feedback_json, feedback_labels, feedback_request
+from gateway.serving.feedback import NO_MONITOR, FeedbackHandler
 from gateway.serving.inference_api import MODEL_VERSION_HEADER, TIER_HEADER, VARIANT_HEADER, InferenceApi
 from meshserve.core.auth import Authenticator
 from meshserve.core.context import adopt_call, set_principal
-from meshserve.core.errors import ErrorCode, InvalidArgument, MeshError
+from meshserve.core.errors import ErrorCode, InvalidArgument, MeshError, Unavailable
 from meshserve.core.metrics import ServiceMetrics
+from meshserve.core.prediction_ids import PREDICTION_ID_HEADER
 
 __all__ = ["HTTP_STATUS_FOR", "OpenInferenceRest", "error_response"]
 
@@ -195,6 +199,7 @@ class OpenInferenceRest:
         self.answers = answers if answers is not None else Counter()  # (route, tier) -> answers, for metrics
         self.metrics = metrics
         self.authenticator: Authenticator | None = None  # the gateway's; None: every caller is anonymous
+        self.feedback: FeedbackHandler | None = None  # the gateway's; None: POST /v1/feedback is UNAVAILABLE
 
     def app(self) -> Starlette:
         return Starlette(routes=self.routes(), exception_handlers={HTTPException: _no_such_endpoint})
@@ -224,6 +229,7 @@ class OpenInferenceRest:
             ("POST", "/v2/repository/index", self.repository_index),
             ("POST", "/v2/repository/models/{model}/load", self.load),
             ("POST", "/v2/repository/models/{model}/unload", self.unload),
+            ("POST", "/v1/feedback", self.send_feedback),
         ]
         for kind in ("system", "cuda"):
             base, region = f"/v2/{kind}sharedmemory", f"/v2/{kind}sharedmemory/region/{{region}}"
@@ -344,6 +350,7 @@ class OpenInferenceRest:
             VARIANT_HEADER: served.variant,
             MODEL_VERSION_HEADER: served.model_version,
             TIER_HEADER: tier,
+            PREDICTION_ID_HEADER: served.prediction_id,
         }
         media_type = _JSON
         if header_length is not None:
@@ -354,6 +361,17 @@ class OpenInferenceRest:
             body = _compress(body, encoding)
             headers["content-encoding"] = encoding
         return Response(body, headers=headers, media_type=media_type)
+
+    # -- labels (meshserve.feedback.v1 as JSON), passed on to the monitor -----------------------------------
+    async def send_feedback(self, request: Request) -> Response:
+        handler = self.feedback
+        if handler is None:
+            raise Unavailable(NO_MONITOR)
+        handler.authorize()  # before the body is read
+        document = await self._document(request)
+        handler.check_size(len(feedback_labels(document)))  # before any label is read
+        reply = await handler.send(feedback_request(document))  # REST carries no deadline: the client's own
+        return _json(feedback_json(reply))
 
     # -- model repository, shared memory, trace and log settings (passed through to Triton) --------------------
     async def repository_index(self, request: Request) -> Response:

@@ -1,4 +1,4 @@
-"""gRPC adapters for the gateway's two APIs: meshserve's Predict and the Open Inference Protocol."""
+"""gRPC adapters for the gateway's APIs: meshserve's Predict, the Open Inference Protocol, and feedback."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from gateway.serving.feedback import FeedbackHandler
 from gateway.serving.inference_api import (
     MODEL_VERSION_HEADER,
     SEQUENCE_ID,
@@ -19,7 +20,9 @@ from gateway.serving.predict import Instance, PredictHandler
 from meshserve.core.context import budget_left, call_headers
 from meshserve.core.errors import ErrorCode, InvalidArgument, MeshError
 from meshserve.core.interceptors import HandlerRegistry
+from meshserve.core.prediction_ids import PREDICTION_ID_HEADER
 from meshserve.core.telemetry import annotate
+from meshserve.feedback.v1 import feedback_pb2, feedback_pb2_grpc
 from meshserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from meshserve.inference import triton_control
 
@@ -31,7 +34,7 @@ def _instance(message: gateway_pb2.Instance, n: int) -> Instance:
         if kind not in ("double_value", "int64_value"):
             raise InvalidArgument(f"instance {n}: request feature {name!r} must be a number")
         features[name] = getattr(value, kind)
-    return Instance(message.entity_key, features)
+    return Instance(message.entity_key, features, message.prediction_id)
 
 
 class PredictionServicer(gateway_pb2_grpc.PredictionServiceServicer):
@@ -69,10 +72,19 @@ class PredictionServicer(gateway_pb2_grpc.PredictionServiceServicer):
                     model_version=p.model_version,
                     tier=int(p.tier),
                     defaulted_features=p.defaulted,
+                    prediction_id=p.prediction_id,
                 )
                 for p in result.predictions
             ],
         )
+
+
+class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
+    def __init__(self, handler: FeedbackHandler) -> None:
+        self.handler = handler
+
+    async def SendFeedback(self, request, context):
+        return await self.handler.send(request, budget_left(context.time_remaining()))
 
 
 class OpenInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
@@ -126,6 +138,7 @@ class OpenInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 (VARIANT_HEADER, served.variant),
                 (MODEL_VERSION_HEADER, served.model_version),
                 (TIER_HEADER, tier),
+                (PREDICTION_ID_HEADER, served.prediction_id),
             )
         )
         self.answers[(reply.model_name, tier)] += 1
@@ -139,7 +152,11 @@ class OpenInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         """Unrelated requests on a stream run concurrently (so Triton can batch them); the requests of one
         sequence (same `sequence_id`) run one after another, in the order sent, so Triton sees them in order and
         their answers come back in order. A failed request is reported in-band with `error_message`, as Triton
-        does, and the stream goes on."""
+        does, and the stream goes on.
+
+        A stream carries many predictions, so each request names its own id in its string parameter
+        `prediction_id` (taken off before the request goes on), or gets a new one; each answer carries its id in
+        the same parameter. The stream's `x-meshserve-prediction-id` header is not used."""
         headers = call_headers()
         results: asyncio.Queue[service_pb2.ModelStreamInferResponse | None] = asyncio.Queue()
         pending: set[asyncio.Task[None]] = set()
@@ -150,7 +167,11 @@ class OpenInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 await asyncio.wait([after])  # its predecessor in the sequence has its answer
             request_id = request.id
             try:
-                reply, _ = await self.api.model_infer(request, budget_left(context.time_remaining()), headers)
+                given = _stream_prediction_id(request)
+                reply, served = await self.api.model_infer(
+                    request, budget_left(context.time_remaining()), headers, given, STREAM_ID_FIELD
+                )
+                reply.parameters[STREAM_PREDICTION_ID].string_param = served.prediction_id
                 await results.put(service_pb2.ModelStreamInferResponse(infer_response=reply))
             except MeshError as exc:
                 failed = service_pb2.ModelInferResponse(id=request_id, model_name=request.model_name)
@@ -187,6 +208,23 @@ class OpenInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 task.cancel()
 
 
+# ModelStreamInfer: each request's own prediction id, and each answer's, in this string parameter
+STREAM_PREDICTION_ID = "prediction_id"
+STREAM_ID_FIELD = f"parameter {STREAM_PREDICTION_ID}"
+
+
+def _stream_prediction_id(request: service_pb2.ModelInferRequest) -> str:
+    """The request's own prediction id (its parameter, removed: Triton has no use for it, and requests that
+    differ only in their ids still merge), or "" for a new one."""
+    if STREAM_PREDICTION_ID not in request.parameters:
+        return ""
+    value = request.parameters[STREAM_PREDICTION_ID]
+    del request.parameters[STREAM_PREDICTION_ID]
+    if value.WhichOneof("parameter_choice") != "string_param":
+        raise InvalidArgument(f"{STREAM_ID_FIELD} must be a string")
+    return value.string_param
+
+
 def _passed_through(name: str):
     async def method(self, request, context):
         return await self.api.control(name, request, budget_left(context.time_remaining()))
@@ -215,9 +253,16 @@ for _name in dir(service_pb2_grpc.GRPCInferenceServiceServicer):
 
 
 def add_servicers(
-    server: HandlerRegistry, predict: PredictionServicer, oip: OpenInferenceServicer
+    server: HandlerRegistry,
+    predict: PredictionServicer,
+    oip: OpenInferenceServicer,
+    feedback: FeedbackServicer | None = None,
 ) -> list[str]:
     gateway_pb2_grpc.add_PredictionServiceServicer_to_server(predict, server)
     inference = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     server.add_service(inference, oip)
-    return [gateway_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name, inference.full_name]
+    names = [gateway_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name, inference.full_name]
+    if feedback is not None:
+        feedback_pb2_grpc.add_FeedbackServiceServicer_to_server(feedback, server)
+        names.append(feedback_pb2.DESCRIPTOR.services_by_name["FeedbackService"].full_name)
+    return names

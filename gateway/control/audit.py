@@ -138,3 +138,71 @@ class AuditLog:
                 await self._task
             with contextlib.suppress(Exception):  # best effort: the local file has them all
                 await asyncio.wait_for(self.flush(), 1.0)
+
+
+FEEDBACK_COUNTS = ("requests", "labels", "accepted", "duplicates", "corrected", "pending", "refused", "failed",
+                   "denied")  # fmt: skip
+
+
+class FeedbackAudit:
+    """Labels are audited in bulk: one entry per caller per minute (action `feedback`) with the minute's counts,
+    never one per label. Counting is in memory; a minute's entries are written once it is over (by `flush`,
+    which counting calls on the next minute's first request, and the gateway calls every few seconds)."""
+
+    def __init__(
+        self, audit: AuditLog, clock: Callable[[], float] = time.time, period_s: float = 60.0
+    ) -> None:
+        self.audit = audit
+        self.clock = clock
+        self.period_s = period_s
+        self._period: int | None = None  # the period being counted
+        self._counts: dict[str, dict[str, int]] = {}  # caller -> counts
+        self._task: asyncio.Task[None] | None = None
+
+    def count(self, who: str, **counts: int) -> None:
+        """Add to `who`'s counts for the current minute (FEEDBACK_COUNTS names them)."""
+        with contextlib.suppress(OSError):  # an unwritable audit file never fails the feedback it counts
+            self.flush()
+        tally = self._counts.get(who)
+        if tally is None:
+            tally = self._counts[who] = dict.fromkeys(FEEDBACK_COUNTS, 0)
+        for name, value in counts.items():
+            tally[name] += value
+
+    def flush(self, force: bool = False) -> list[AuditEntry]:
+        """Write the entries of a minute that is over (every minute counted so far with `force`)."""
+        period = int(self.clock() // self.period_s)
+        if self._period == period and not force:
+            return []
+        written = []
+        if self._counts:
+            since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime((self._period or period) * self.period_s))
+            for who, tally in sorted(self._counts.items()):
+                written.append(self.audit.append(
+                    who, "feedback", "", None, {"since": since, **tally},
+                    f"{tally['labels']} labels in {tally['requests']} requests", peer="", method="SendFeedback",
+                ))  # fmt: skip
+                # written: should the file fail for a later caller, only the rest wait for the next try
+                del self._counts[who]
+        self._period = period
+        return written
+
+    async def _flush_loop(self, every_s: float) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                self.flush()
+            except OSError:  # the audit file is not writable: the counts are kept for the next try
+                pass
+
+    def run(self, every_s: float = 5.0) -> None:
+        self._task = asyncio.create_task(self._flush_loop(every_s), name="feedback-audit")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        with contextlib.suppress(OSError):
+            self.flush(force=True)

@@ -133,10 +133,7 @@ def shadow_criteria(route: Route) -> RolloutQuality | None:
     criteria, else SHADOW_CRITERIA where the route's own quality block is on; None: not compared."""
     if route.rollout is not None and route.rollout.quality is not None:
         return route.rollout.quality
-    block = getattr(
-        route, "quality", None
-    )  # the route's prediction-log block (gateway data path), when it has one
-    return SHADOW_CRITERIA if block is not None and getattr(block, "enabled", False) else None
+    return SHADOW_CRITERIA if route.logged is not None else None
 
 
 class RolloutController:

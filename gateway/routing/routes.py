@@ -28,6 +28,8 @@ __all__ = [
     "CachePolicy",
     "DefaultAnswer",
     "Fault",
+    "Quality",
+    "QualityTask",
     "RetryPolicy",
     "Route",
     "RouteAuth",
@@ -156,6 +158,34 @@ class RolloutQuality(_Strict):
         return [(metric, limit) for metric, limit in named if limit is not None]
 
 
+class QualityTask(StrEnum):
+    BINARY = "binary"  # the score is the probability of the positive class; labels are 0 or 1
+    REGRESSION = "regression"  # the score is a number; labels are any finite number
+
+
+class Quality(_Strict):
+    """The route's answers go to the prediction log (`gateway.serving.prediction_log`), to be joined with labels
+    that arrive later: which output is the score, and how to judge it."""
+
+    enabled: bool = True
+    task: QualityTask = QualityTask.BINARY
+    output: str = Field("score", min_length=1, description="the output tensor holding the score (ModelInfer)")
+    index: int = Field(0, ge=0, description="the score's column in that output, per row")
+    threshold: float = Field(0.5, allow_inf_nan=False, description="decision threshold (binary)")
+    sample_features: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="share of predictions (by a hash of their id) logged with the model's inputs",
+    )
+
+    @model_validator(mode="after")
+    def _threshold_is_a_probability(self) -> Quality:
+        if self.task is QualityTask.BINARY and not 0 <= self.threshold <= 1:
+            raise ValueError(f"a binary route's threshold is a probability in [0, 1], got {self.threshold}")
+        return self
+
+
 class Rollout(_Strict):
     """An automated canary: step the canary's weight up while it is as healthy as the baseline, else roll back."""
 
@@ -220,6 +250,7 @@ class Route(_Strict):
     shadows: list[Shadow] = Field(default_factory=list)
     rollout: Rollout | None = None
     auth: RouteAuth | None = None  # who may call it; absent: any authenticated caller
+    quality: Quality | None = None  # answers logged for quality (labels joined later); absent: none
 
     @model_validator(mode="after")
     def _consistent(self) -> Route:
@@ -243,6 +274,11 @@ class Route(_Strict):
             if name not in names:
                 raise ValueError(f"names unknown variant {name!r}; variants: {names}")
         return self
+
+    @property
+    def logged(self) -> Quality | None:
+        """The quality block when the route's answers are logged, else None."""
+        return self.quality if self.quality is not None and self.quality.enabled else None
 
     @property
     def baseline(self) -> Variant:

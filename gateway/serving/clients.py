@@ -1,4 +1,4 @@
-"""Typed clients for the gateway's three dependencies: one channel each, a deadline on every call.
+"""Typed clients for the gateway's dependencies: one channel each, a deadline on every call.
 
 Concurrent calls to the same target are coalesced (`meshserve.core.coalesce`): cache lookups travel as one Get,
 feature lookups as one GetOnlineFeatures, cache writes as one Set, and ModelInfer requests that Triton could
@@ -35,8 +35,10 @@ from meshserve.core.errors import DeadlineExceeded, ErrorCode, MeshError
 from meshserve.core.logs import Throttle
 from meshserve.core.tls import ClientTls
 from meshserve.feature.v1 import feature_pb2, feature_pb2_grpc
+from meshserve.feedback.v1 import feedback_pb2
 from meshserve.inference import triton_control
 from meshserve.inference.v1 import inference_pb2, inference_pb2_grpc
+from meshserve.monitor.v1 import monitor_pb2, monitor_pb2_grpc
 
 log = logging.getLogger(__name__)
 MODEL_INFER = "/meshserve.inference.v1.InferenceService/ModelInfer"
@@ -316,3 +318,57 @@ class InferenceClient(_Client):
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc, self.hop) from None
         return list(reply.ready_versions)
+
+
+class MonitorClient:
+    """The monitor service: the prediction log written behind the answers, labels passed on from the feedback
+    API, and quality read by the rollout judge. One channel, a deadline on every call; failures are MeshErrors by
+    status (never by message text), so the log writer can tell a monitor that is down from one that refuses."""
+
+    hop = "monitor service"
+    tls_name = "monitor"
+
+    def __init__(self, target: str, timeout_s: float = 5.0, tls: ClientTls | None = None) -> None:
+        self.target = target
+        self.timeout_s = timeout_s
+        # a monitor that comes back is reached again within seconds: the log holds records until then
+        reconnect = [("grpc.initial_reconnect_backoff_ms", 250), ("grpc.max_reconnect_backoff_ms", 5000)]
+        self.channel = open_channel(target, tls=tls, server_name=self.tls_name, options=reconnect)
+        self.stub = monitor_pb2_grpc.MonitorServiceStub(self.channel)
+
+    async def log(self, records: list[monitor_pb2.PredictionRecord]) -> monitor_pb2.LogPredictionsResponse:
+        request = monitor_pb2.LogPredictionsRequest(records=records)
+        return await self._call(self.stub.LogPredictions, request, self.timeout_s)
+
+    async def send_feedback(
+        self, request: feedback_pb2.SendFeedbackRequest, timeout_s: float | None = None
+    ) -> feedback_pb2.SendFeedbackResponse:
+        return await self._call(self.stub.SendFeedback, request, self._timeout(timeout_s))
+
+    async def quality(
+        self, request: monitor_pb2.GetQualityRequest, timeout_s: float | None = None
+    ) -> monitor_pb2.GetQualityResponse:
+        return await self._call(self.stub.GetQuality, request, self._timeout(timeout_s))
+
+    async def compare(
+        self, request: monitor_pb2.CompareRequest, timeout_s: float | None = None
+    ) -> monitor_pb2.CompareResponse:
+        return await self._call(self.stub.Compare, request, self._timeout(timeout_s))
+
+    def _timeout(self, timeout_s: float | None) -> float:
+        """The caller's time left, within this client's deadline."""
+        return self.timeout_s if timeout_s is None else min(timeout_s, self.timeout_s)
+
+    async def _call(self, method, request, timeout_s: float):
+        if timeout_s <= 0:
+            raise DeadlineExceeded(f"{self.hop}: no time left for the call")
+        try:
+            return await method(request, timeout=timeout_s, metadata=outgoing_metadata())
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc, self.hop) from None
+
+    async def wait_until_serving(self, timeout_s: float) -> None:
+        await wait_until_serving(self.channel, timeout_s=timeout_s)
+
+    async def close(self) -> None:
+        await self.channel.close()

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from tritonclient.grpc import service_pb2
@@ -25,12 +26,21 @@ from gateway.routing.live import LiveRoutes
 from gateway.routing.routes import Route, StickyKey, Variant, choose_variant, unknown_model
 from gateway.serving.catalog import ModelCatalog, ModelInfo
 from gateway.serving.clients import InferenceClient
+from gateway.serving.prediction_log import PredictionLog
+from gateway.serving.prediction_records import AnswerSource, infer_records
 from gateway.serving.repository import ModelRepository
 from gateway.serving.statistics import route_statistics
 from gateway.serving.tensors import validate_infer_request
 from meshserve.core.auth import ADMIN_ROLE, require_role
 from meshserve.core.context import current_principal
 from meshserve.core.errors import MeshError, PermissionDenied, Unauthenticated
+from meshserve.core.prediction_ids import (
+    PREDICTION_ID_HEADER,
+    check_base_for_rows,
+    check_prediction_id,
+    new_prediction_id,
+)
+from meshserve.feature.registry import FeatureRegistry
 
 SERVER_NAME = "meshserve"
 _NO_HEADERS: Mapping[str, str] = {}
@@ -46,6 +56,7 @@ SEQUENCE_ID = "sequence_id"
 VARIANT_HEADER = "x-meshserve-variant"
 MODEL_VERSION_HEADER = "x-meshserve-model-version"
 TIER_HEADER = "x-meshserve-tier"
+ID_HEADER_FIELD = f"header {PREDICTION_ID_HEADER}"
 # Control calls that change what Triton serves or how it traces and logs: role admin (settings only when set)
 MODEL_CONTROL = frozenset({"RepositoryModelLoad", "RepositoryModelUnload"})
 SETTINGS_CONTROL = frozenset({"TraceSetting", "LogSettings"})
@@ -57,6 +68,7 @@ class Answered:
     variant: str
     model_version: str
     tier: Tier
+    prediction_id: str = ""  # the request's base id (row i of N > 1 rows is `<id>:<i>`)
 
 
 class InferenceApi:
@@ -71,7 +83,13 @@ class InferenceApi:
         admission: Admission | None = None,
         repository: ModelRepository | None = None,
         auth_required: bool = False,
+        prediction_log: PredictionLog | None = None,
+        registry: FeatureRegistry | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        self.prediction_log = prediction_log  # None: no answer is logged, whatever the routes say
+        self.registry = registry  # names the logged input features of the models it describes
+        self.clock = clock
         self.auth_required = auth_required  # off: anonymous callers may also use model control
         self.repository = repository or ModelRepository(inference, routes, catalog)
         self.dispatcher = dispatcher
@@ -177,12 +195,23 @@ class InferenceApi:
         request: service_pb2.ModelInferRequest,
         time_left_s: float | None,
         headers: Mapping[str, str] | None = None,
+        prediction_id: str | None = None,
+        id_field: str = ID_HEADER_FIELD,
     ) -> tuple[service_pb2.ModelInferResponse, Answered]:
-        """Route one request down its route's tiers; tensors are checked against each tier's model, never decoded."""
+        """Route one request down its route's tiers; tensors are checked against each tier's model, and decoded
+        only to log the answer on a route whose quality block is on. The prediction id is `prediction_id` (the
+        caller's `id_field`), else the caller's `x-meshserve-prediction-id` header, else a new one."""
         route_name = request.model_name
         route = await self._route(route_name)
+        headers = headers or _NO_HEADERS
+        if prediction_id is None:
+            prediction_id = headers.get(PREDICTION_ID_HEADER, "")
+        if prediction_id:
+            check_prediction_id(prediction_id, id_field)
         with self.admission.admit(f"{route_name}:infer", time_left_s):
-            return await self._model_infer(request, route_name, route, time_left_s, headers or _NO_HEADERS)
+            return await self._model_infer(
+                request, route_name, route, time_left_s, headers, prediction_id, id_field
+            )
 
     async def _model_infer(
         self,
@@ -191,6 +220,8 @@ class InferenceApi:
         route: Route,
         time_left_s: float | None,
         headers: Mapping[str, str],
+        given_id: str,
+        id_field: str,
     ) -> tuple[service_pb2.ModelInferResponse, Answered]:
         sticky = headers.get(route.sticky.header or "") if route.sticky.key is StickyKey.HEADER else None
         if sticky is None and SEQUENCE_ID in request.parameters:
@@ -200,9 +231,14 @@ class InferenceApi:
         first = choose_variant(route, self.rng, version=asked, sticky_key=sticky, forced=forced)
         deadline = self.dispatcher.deadline(route, time_left_s)
 
+        batched: dict[str, bool] = {}  # variant -> whether its model batches (the first dimension is rows)
+
         async def attempt(variant: Variant, time_left: float) -> service_pb2.ModelInferResponse:
             info = await self.catalog.get(variant.model, variant.version or asked)
             validate_infer_request(request, info.metadata, info.max_batch_size, route_name)
+            batched[variant.name] = info.max_batch_size > 0
+            if given_id:  # each row's id (`<id>:<row>`) must be a valid id too
+                check_base_for_rows(given_id, _rows(request, batched[variant.name]), id_field)
             request.model_name = variant.model
             request.model_version = info.version
             return await self.inference.infer(request, time_left, info.plan)
@@ -210,4 +246,27 @@ class InferenceApi:
         served = await self.dispatcher.run(route_name, route, first, attempt, deadline)
         reply = served.value
         reply.model_name = route_name
-        return reply, Answered(served.variant.name, reply.model_version, served.tier)
+        answered = Answered(
+            served.variant.name, reply.model_version, served.tier, given_id or new_prediction_id()
+        )
+        quality = route.logged if self.prediction_log is not None else None
+        if quality is not None:
+            source = AnswerSource(route_name, quality, self.clock())
+            records = infer_records(
+                source, answered.prediction_id, served.variant.name, served.variant.model, reply.model_version,
+                served.tier, request, reply, batched[served.variant.name], self._input_names(served.variant.model),
+            )  # fmt: skip
+            self.prediction_log.record(records)  # type: ignore[union-attr]
+        return reply, answered
+
+    def _input_names(self, model: str) -> Mapping[str, Sequence[str]]:
+        """The feature names of the model's input tensor, where the registry describes the model."""
+        spec = self.registry.models.get(model) if self.registry is not None else None
+        return {spec.input: spec.vector} if spec is not None else {}
+
+
+def _rows(request: service_pb2.ModelInferRequest, batched: bool) -> int:
+    """Rows of a request: its batch dimension where the model batches, else one."""
+    if batched and request.inputs and request.inputs[0].shape:
+        return request.inputs[0].shape[0]
+    return 1

@@ -10,7 +10,8 @@ import asyncio
 import logging
 import math
 import random
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -20,12 +21,22 @@ from gateway.routing.admission import Admission
 from gateway.routing.dispatch import AllTiersFailed, Dispatcher, Tier
 from gateway.routing.live import LiveRoutes
 from gateway.routing.resilience import try_elsewhere
-from gateway.routing.routes import FeatureAction, FeaturePolicy, Route, StickyKey, Variant, choose_variant
+from gateway.routing.routes import (
+    FeatureAction,
+    FeaturePolicy,
+    Quality,
+    Route,
+    StickyKey,
+    Variant,
+    choose_variant,
+)
 from gateway.routing.shadow import ShadowRunner
 from gateway.serving.cache_keys import prediction_key
 from gateway.serving.catalog import ModelCatalog, ModelInfo
 from gateway.serving.clients import FeatureClient, InferenceClient
 from gateway.serving.prediction_cache import PredictionCache, prediction_scopes
+from gateway.serving.prediction_log import PredictionLog
+from gateway.serving.prediction_records import AnswerSource, features_of, tier_name
 from meshserve.core.context import current_principal
 from meshserve.core.errors import (
     FailedPrecondition,
@@ -34,6 +45,7 @@ from meshserve.core.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from meshserve.core.prediction_ids import check_prediction_id, new_prediction_id, row_id
 from meshserve.feature.drift import DriftMonitor
 from meshserve.feature.registry import FeatureRegistry
 from meshserve.feature.v1 import feature_pb2
@@ -45,6 +57,7 @@ log = logging.getLogger(__name__)
 class Instance:
     entity_key: str
     features: Mapping[str, float]  # request-time features
+    prediction_id: str = ""  # the caller's own; empty: the gateway makes one
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +69,9 @@ class Prediction:
     model_version: str
     tier: Tier
     defaulted: tuple[str, ...] = ()  # stored features without a usable value, scored with their defaults
+    prediction_id: str = ""
+    # the model's input row (the registry's vector order) where a model scored it now, for the prediction log
+    inputs: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +82,7 @@ class _Scored:
     version: str
     scores: list[float]
     defaulted: list[tuple[str, ...]]
+    inputs: np.ndarray  # one row per instance
 
 
 @dataclass(slots=True, eq=False)
@@ -75,6 +92,7 @@ class _Item:
 
     instance: Instance
     chosen: Variant
+    prediction_id: str
     key: str = ""
     scopes: list[str] = field(default_factory=list)
     answer: Prediction | None = None
@@ -104,8 +122,12 @@ class PredictHandler:
         feature_timeout_s: float,
         rng: random.Random | None = None,
         admission: Admission | None = None,
+        prediction_log: PredictionLog | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.admission = admission or Admission.unlimited()
+        self.prediction_log = prediction_log  # None: no answer is logged, whatever the routes say
+        self.clock = clock
         self.routes = routes
         self.registry = registry
         self.catalog = catalog
@@ -147,14 +169,17 @@ class PredictHandler:
     ) -> PredictResult:
         deadline = self.dispatcher.deadline(route, time_left_s)
         forced = self._forced(route, headers)
+        base = new_prediction_id() if not all(i.prediction_id for i in instances) else ""
+        count = len(instances)
         items = [
             _Item(
                 i,
                 choose_variant(
                     route, self.rng, sticky_key=self._sticky_key(route, i, headers), forced=forced
                 ),
+                i.prediction_id or row_id(base, n, count),
             )
-            for i in instances
+            for n, i in enumerate(instances)
         ]
         groups: dict[str, list[_Item]] = {}
         for item in items:
@@ -165,26 +190,58 @@ class PredictHandler:
         await (serving[0] if len(serving) == 1 else asyncio.gather(*serving))
         predictions = [item.answer for item in items]
         assert all(predictions), "every instance is answered or the Predict fails"
+        quality = route.logged if self.prediction_log is not None else None
+        if quality is not None:
+            source = AnswerSource(route_name, quality, self.clock())
+            self.prediction_log.record(self._records(source, route, predictions))  # type: ignore[union-attr, arg-type]
         if route.shadows:
-            self._mirror(route_name, route, instances, predictions)  # type: ignore[arg-type]
+            self._mirror(route_name, route, instances, predictions, quality)  # type: ignore[arg-type]
         first = predictions[0].variant if predictions else ""  # type: ignore[union-attr]
         return PredictResult(route_name, route.variant(first).model if first else "", predictions)  # type: ignore[arg-type]
 
+    def _records(self, source: AnswerSource, route: Route, predictions: list[Prediction]):
+        """One log record per answer (a generator: run inside the log's guard)."""
+        vectors = self.registry.models
+        for p in predictions:
+            model = route.variant(p.variant).model if p.variant else ""
+            features = None
+            if p.inputs is not None and source.wants_features(p.prediction_id):
+                features = features_of(vectors[model].vector, p.inputs)
+            yield source.record(p.prediction_id, p.variant, model, p.model_version, tier_name(p.tier, p.from_cache),
+                                p.score, features=features)  # fmt: skip
+
     def _mirror(
-        self, route_name: str, route: Route, instances: Sequence[Instance], predictions: list[Prediction]
+        self,
+        route_name: str,
+        route: Route,
+        instances: Sequence[Instance],
+        predictions: list[Prediction],
+        quality: Quality | None,
     ) -> None:
         answered = [(i, p) for i, p in zip(instances, predictions, strict=True) if p.tier is not Tier.DEFAULT]
         if not answered:
             return
         mirrored = [i for i, _ in answered]
+        ids = [p.prediction_id for _, p in answered]
 
         async def score(variant: Variant, time_left_s: float) -> list[float]:
             await self.dispatcher.inject_faults(
                 route, variant, time_left_s
             )  # shadows are tested like any variant
-            return (await self._run_model(route, mirrored, variant, time_left_s, observe=False)).scores
+            scored = await self._run_model(route, mirrored, variant, time_left_s, observe=False)
+            if quality is not None:  # the shadow's answers, under the ids the caller was given
+                source = AnswerSource(route_name, quality, self.clock())
+                self.prediction_log.record(self._shadow_records(source, variant, ids, scored))  # type: ignore[union-attr]
+            return scored.scores
 
         self.shadow.mirror(route_name, route, [p.score for _, p in answered], score)
+
+    def _shadow_records(self, source: AnswerSource, variant: Variant, ids: list[str], scored: _Scored):
+        names = self.registry.models[variant.model].vector
+        for prediction_id, score, row in zip(ids, scored.scores, scored.inputs, strict=True):
+            features = features_of(names, row) if source.wants_features(prediction_id) else None
+            yield source.record(prediction_id, variant.name, variant.model, scored.version, "model", score,
+                                shadow=True, features=features)  # fmt: skip
 
     @staticmethod
     def _sticky_key(route: Route, instance: Instance, headers: Mapping[str, str]) -> str | None:
@@ -205,9 +262,18 @@ class PredictHandler:
                 "describe it; call it with ModelInfer"
             )
         wanted = self.registry.request_features(route.primary.model)
+        given: dict[str, int] = {}
         for n, instance in enumerate(instances):
             if not instance.entity_key:
                 raise InvalidArgument(f"instance {n}: entity_key is empty")
+            if instance.prediction_id:
+                check_prediction_id(instance.prediction_id, f"instance {n}: prediction_id")
+                first = given.setdefault(instance.prediction_id, n)
+                if first != n:
+                    raise InvalidArgument(
+                        f"instance {n}: prediction_id {instance.prediction_id!r} is instance {first}'s too; "
+                        "each prediction needs its own"
+                    )
             for name in wanted:
                 if name not in instance.features:
                     raise InvalidArgument(f"instance {n}: missing request feature {name!r}")
@@ -263,8 +329,9 @@ class PredictHandler:
                 misses.append(item)
             else:
                 item.answer = Prediction(
-                    item.instance.entity_key, hit[0], True, chosen.name, version, Tier.PRIMARY, hit[1]
-                )
+                    item.instance.entity_key, hit[0], True, chosen.name, version, Tier.PRIMARY, hit[1],
+                    item.prediction_id,
+                )  # fmt: skip
         if not misses:
             return
         # Single-flight: an identical miss already being scored is waited for, not scored again.
@@ -282,7 +349,12 @@ class PredictHandler:
         for n, future in following.items():
             shared: Prediction = await asyncio.shield(future)
             self.cache.route_stats(route_name).coalesced += 1
-            misses[n].answer = replace(shared, entity_key=misses[n].instance.entity_key, from_cache=False)
+            misses[n].answer = replace(
+                shared,
+                entity_key=misses[n].instance.entity_key,
+                from_cache=False,
+                prediction_id=misses[n].prediction_id,
+            )
 
     async def _score(
         self,
@@ -309,15 +381,19 @@ class PredictHandler:
                 raise
             for item in items:  # the default answer is never cached
                 item.answer = Prediction(
-                    item.instance.entity_key, route.default.score, False, "", "", Tier.DEFAULT
-                )
+                    item.instance.entity_key, route.default.score, False, "", "", Tier.DEFAULT,
+                    prediction_id=item.prediction_id,
+                )  # fmt: skip
             return
         scored: _Scored = served.value
         version = scored.version
-        for item, score, defaulted in zip(items, scored.scores, scored.defaulted, strict=True):
+        for item, score, defaulted, row in zip(
+            items, scored.scores, scored.defaulted, scored.inputs, strict=True
+        ):
             item.answer = Prediction(
-                item.instance.entity_key, score, False, served.variant.name, version, served.tier, defaulted
-            )
+                item.instance.entity_key, score, False, served.variant.name, version, served.tier, defaulted,
+                item.prediction_id, row,
+            )  # fmt: skip
         cacheable = served.tier is Tier.PRIMARY or route.cache.cache_fallbacks
         if (
             cached_version is not None
@@ -360,7 +436,7 @@ class PredictHandler:
         chunks = [matrix[start : start + step] for start in range(0, len(instances), step)]
         calls = [self._infer(c, variant, model, time_left_s) for c in chunks]
         outputs = [await calls[0]] if len(calls) == 1 else await asyncio.gather(*calls)
-        return _Scored(model.version, [float(s) for chunk in outputs for s in chunk], defaulted)
+        return _Scored(model.version, [float(s) for chunk in outputs for s in chunk], defaulted, matrix)
 
     def _stored_values(
         self, vectors: Sequence[feature_pb2.FeatureVector], names: list[str], policy: FeaturePolicy
