@@ -45,8 +45,15 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-async def store(tmp_path):
-    store = SqliteStore(str(tmp_path / "monitor.db"))
+def open_store(tmp_path):
+    """Opens the test's store; again after a close, the same one (tests/integration runs these tests on Redis)."""
+    path = str(tmp_path / "monitor.db")
+    return lambda: SqliteStore(path)
+
+
+@pytest.fixture
+async def store(open_store):
+    store = open_store()
     yield store
     await store.close()
 
@@ -274,15 +281,14 @@ async def test_a_shadow_keeps_the_label_while_its_id_still_holds_a_record(store,
     assert [(r.variant, r.label) for r in await exported(handler)] == [("shadow", 1.0)]
 
 
-async def test_nothing_is_lost_when_the_store_is_reopened(tmp_path, clock):
-    path = str(tmp_path / "restart.db")
-    first = SqliteStore(path)
+async def test_nothing_is_lost_when_the_store_is_reopened(open_store, clock):
+    first = open_store()
     handler = make_handler(first, clock)
     await handler.log_predictions([record("p1"), record("p2")])
     await handler.send_feedback([label("p1", 1.0), label("p1", 1.0), label("early", 0.0)], correct=False)
     before = await handler.quality("fraud")
     await first.close()
-    second = SqliteStore(path)
+    second = open_store()
     try:
         handler = make_handler(second, clock)
         after = await handler.quality("fraud")

@@ -36,8 +36,14 @@ class Clock:
 
 
 @pytest.fixture
-async def handler(tmp_path):
-    store = SqliteStore(str(tmp_path / "quality.db"))
+def open_store(tmp_path):
+    path = str(tmp_path / "quality.db")
+    return lambda: SqliteStore(path)
+
+
+@pytest.fixture
+async def handler(open_store):
+    store = open_store()
     yield MonitorHandler(
         store, retention_s=1e9, max_records=10**7, label_grace_s=3600, max_records_per_request=10_000,
         clock=Clock(),
