@@ -11,6 +11,7 @@ import pytest
 from services.monitor.redis_store import RedisStore
 from services.monitor.sqlite_store import SqliteStore
 from tests.unit.test_monitor_handler import *  # noqa: F403 - the tests themselves, collected here again
+from tests.unit.test_monitor_handler import T0, make_handler, record
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -20,3 +21,27 @@ def open_store(request, tmp_path, redis_url):
         return lambda: SqliteStore(path)
     prefix = f"test:{time.monotonic_ns()}:"  # the same on reopening, its own per test
     return lambda: RedisStore(redis_url, prefix=prefix)
+
+
+async def test_paging_and_pruning_in_small_steps_miss_nothing_and_repeat_nothing(
+    open_store, clock, monkeypatch
+):
+    """Redis reads a window a page at a time (ties in time across a page's edge included) and prunes in bounded
+    steps: with tiny pages and steps, every record comes back once, in time order, and the oldest go first."""
+    monkeypatch.setattr("services.monitor.redis_store.PAGE", 4)
+    monkeypatch.setattr("services.monitor.redis_store.PRUNE_LIMIT", 3)
+    store = open_store()
+    try:
+        times = [T0 + k // 5 for k in range(30)]  # five records share each time
+        records = [record(f"p{k:02}", time=t) for k, t in enumerate(times)]
+        await make_handler(store, clock).log_predictions(records)
+        rows = [r async for chunk in store.export("fraud", 0.0, False, page=7) for r in chunk]
+        assert [r.time for r in rows] == times
+        assert sorted(r.prediction_id for r in rows) == [f"p{k:02}" for k in range(30)]
+        await make_handler(store, clock, max_records=20).upkeep(force=True)
+        rows = [r async for chunk in store.export("fraud", 0.0, False, page=7) for r in chunk]
+        assert [r.time for r in rows] == times[10:]
+        assert sorted(r.prediction_id for r in rows) == [f"p{k:02}" for k in range(10, 30)]
+        assert len((await store.joined("fraud", T0 + 2)).prediction_id) == 20
+    finally:
+        await store.close()
