@@ -17,7 +17,9 @@ class Task(IntEnum):
     REGRESSION = 2
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(
+    slots=True
+)  # not frozen: tens of thousands a second, and a frozen __init__ costs several times more
 class Record:
     """One answer of one variant (a shadow's under the primary's prediction id)."""
 

@@ -2,7 +2,8 @@
 bounded by `max_records` and retention, like the file's.
 
 Keys under the prefix P (a record's member is `<prediction id>\\x1f<variant>`; ids are printable ASCII):
-  P rec             hash   member -> `<route>\\x1f<JSON of the rest of the record>`
+  P rec             hash   member -> the record's fields after its id and variant, \\x1f-separated (route, model,
+                           version, tier, time, score, shadow, task, threshold, features as JSON or empty)
   P t:<route>       zset   member -> time        (a route's window, in time order)
   P all             zset   member -> time        (oldest first, for retention)
   P ids             hash   id -> `<records held>\\x1f<task>\\x1f<route>` (of its first record)
@@ -11,7 +12,10 @@ Keys under the prefix P (a record's member is `<prediction id>\\x1f<variant>`; i
   P pending_at      zset   id -> received
   P counts:<route>  hash   outcome -> count     (route "" for labels no route can claim)
   P routes          set    routes ever logged
-Writes that must see what they change run as Lua scripts (atomic, one round trip a batch)."""
+Writes that must see what they change run as Lua scripts (atomic, one round trip a batch). A window is read a
+page at a time by a script that joins each record with its label and returns the page as one string: parsing one
+reply instead of three elements a row is most of what a read costs here. Names (route, variant, model, version,
+tier) hold no control characters (validation refuses them), ids are printable ASCII, and JSON escapes them."""
 
 from __future__ import annotations
 
@@ -24,20 +28,26 @@ from meshserve.core.tls import ClientTls, redis_options
 from services.monitor.records import ExportedRow, Logged, Record, Rows, StoredLabel
 from services.monitor.store import Added, CountKey
 
-SEP = "\x1f"
-PAGE = 10_000  # members read per round trip
+SEP = "\x1f"  # between fields
+REC_END = "\x1e"  # between a record and its label, in a page
+ROW_END = "\x1d"  # between rows, in a page
+PAGE = 5000  # records read per round trip (under Lua's limit on unpack, about 8000)
 PRUNE_LIMIT = 10_000  # records one prune script drops at most (keeps each script short)
 
-# ARGV: count, then per record: id, variant, route, time, task, blob. Returns {stored, {id, label, ...}}.
+# ARGV: one per record, `<id>\x1f<variant>\x1f<record>` (the member, then the record as `P rec` holds it): one
+# argument a record, since packing arguments is most of what a batch costs the client. Returns {stored, {id,
+# label, ...}} with the pending labels of the records it stored.
 _LOG = r"""
-local P, stored, waiting, pos = KEYS[1], 0, {}, 2
-for _ = 1, tonumber(ARGV[1]) do
-  local id, variant, route, t, task, blob =
-    ARGV[pos], ARGV[pos + 1], ARGV[pos + 2], ARGV[pos + 3], ARGV[pos + 4], ARGV[pos + 5]
-  pos = pos + 6
-  local member = id .. '\31' .. variant
+local P, stored, waiting = KEYS[1], 0, {}
+local any_pending = redis.call('HLEN', P .. 'pending') > 0
+for i = 1, #ARGV do
+  local arg = ARGV[i]
+  local a = string.find(arg, '\31', 1, true)
+  local b = string.find(arg, '\31', a + 1, true)
+  local id, member, blob = string.sub(arg, 1, a - 1), string.sub(arg, 1, b - 1), string.sub(arg, b + 1)
   if redis.call('HSETNX', P .. 'rec', member, blob) == 1 then
     stored = stored + 1
+    local route, t, task = string.match(blob, '^([^\31]*)\31[^\31]*\31[^\31]*\31[^\31]*\31([^\31]*)\31[^\31]*\31[^\31]*\31([^\31]*)')
     redis.call('ZADD', P .. 't:' .. route, t, member)
     redis.call('ZADD', P .. 'all', t, member)
     local held = redis.call('HGET', P .. 'ids', id)
@@ -47,7 +57,7 @@ for _ = 1, tonumber(ARGV[1]) do
     else
       redis.call('HSET', P .. 'ids', id, '1\31' .. task .. '\31' .. route)
     end
-    local label = redis.call('HGET', P .. 'pending', id)
+    local label = any_pending and redis.call('HGET', P .. 'pending', id)
     if label then
       waiting[#waiting + 1] = id
       waiting[#waiting + 1] = label
@@ -55,6 +65,35 @@ for _ = 1, tonumber(ARGV[1]) do
   end
 end
 return {stored, waiting}
+"""
+# ARGV: route, lowest time (inclusive), offset, count. Returns {rows, records read, the last time read, how many
+# records read had that time}; rows are `<member>\x1f<record>\x1e<label or empty>` joined by \x1d.
+_READ = r"""
+local P, route = KEYS[1], ARGV[1]
+local key = P .. 't:' .. route
+local members = redis.call('ZRANGEBYSCORE', key, ARGV[2], '+inf', 'LIMIT', ARGV[3], ARGV[4])
+local n = #members
+if n == 0 then return {'', 0, '', 0} end
+local ids = {}
+for i = 1, n do
+  local member = members[i]
+  ids[i] = string.sub(member, 1, string.find(member, '\31', 1, true) - 1)
+end
+local records = redis.call('HMGET', P .. 'rec', unpack(members))
+local labels = redis.call('HMGET', P .. 'labels', unpack(ids))
+local rows = {}
+for i = 1, n do
+  if records[i] then  -- else dropped by retention since the range was read
+    rows[#rows + 1] = members[i] .. '\31' .. records[i] .. '\30' .. (labels[i] or '')
+  end
+end
+-- the last time read, and how many of those read had it (scores only for them: formatting each costs)
+local last, ties = redis.call('ZSCORE', key, members[n]), 1
+for i = n - 1, 1, -1 do
+  if redis.call('ZSCORE', key, members[i]) ~= last then break end
+  ties = ties + 1
+end
+return {table.concat(rows, '\29'), n, last, ties}
 """
 # ARGV: joined count, joined ids, then refused ids.
 _RESOLVE = r"""
@@ -116,8 +155,11 @@ return #doomed
 
 
 def _blob(r: Record) -> str:
-    rest = [r.model, r.model_version, r.tier, r.time, r.score, r.shadow, int(r.task), r.threshold, r.features]
-    return r.route + SEP + json.dumps(rest, separators=(",", ":"))
+    features = json.dumps(r.features, separators=(",", ":")) if r.features else ""
+    return SEP.join(
+        (r.route, r.model, r.model_version, r.tier, repr(r.time), repr(r.score), "1" if r.shadow else "",
+         str(int(r.task)), repr(r.threshold), features)
+    )  # fmt: skip
 
 
 def _label_text(x: StoredLabel) -> str:
@@ -139,6 +181,7 @@ class RedisStore:
         self._resolve = self.client.register_script(_RESOLVE)
         self._expire = self.client.register_script(_EXPIRE)
         self._prune = self.client.register_script(_PRUNE)
+        self._read = self.client.register_script(_READ)
 
     def _key(self, name: str) -> str:
         return self.prefix + name
@@ -147,9 +190,7 @@ class RedisStore:
         await self.client.ping()
 
     async def add_records(self, records: Sequence[Record]) -> Added:
-        args: list[str | float | int] = [len(records)]
-        for r in records:
-            args += [r.prediction_id, r.variant, r.route, repr(r.time), int(r.task), _blob(r)]
+        args = [f"{r.prediction_id}{SEP}{r.variant}{SEP}{_blob(r)}" for r in records]
         async with self.client.pipeline(transaction=False) as pipe:
             await self._log(keys=[self.prefix], args=args, client=pipe)
             pipe.sadd(self._key("routes"), *{r.route for r in records})
@@ -240,34 +281,24 @@ class RedisStore:
     async def record_count(self) -> int:
         return int(await self.client.zcard(self._key("all")))
 
-    async def _pages(self, route: str, since: float) -> AsyncIterator[list[tuple[str, str, list]]]:
-        """A route's records answered at or after `since`, in time order, a page at a time: (id, variant,
-        decoded rest of the record) each. Paged by score, ties at a page's edge skipped by count."""
-        key, lowest, skip = self._key(f"t:{route}"), repr(since), 0
+    async def _pages(self, route: str, since: float) -> AsyncIterator[list[list[str]]]:
+        """A route's records answered at or after `since` in time order, a page at a time, each as its fields:
+        id, variant, route, model, version, tier, time, score, shadow, task, threshold, features, then the label's
+        value, event time and received (or one empty string). Paged by time, ties at a page's edge skipped by
+        count."""
+        lowest, skip = repr(since), 0
         while True:
-            found = await self.client.zrangebyscore(
-                key, lowest, "+inf", start=skip, num=PAGE, withscores=True
-            )
-            if not found:
+            packed, n, last, ties = await self._read(keys=[self.prefix], args=[route, lowest, skip, PAGE])
+            if packed:
+                yield [
+                    head.split(SEP) + label.split(SEP)
+                    for head, label in (row.split(REC_END) for row in packed.decode().split(ROW_END))
+                ]
+            if n < PAGE:
                 return
-            members = [m for m, _ in found]
-            blobs = await self.client.hmget(self._key("rec"), members)
-            page = []
-            for member, blob in zip(members, blobs, strict=True):
-                if blob is None:  # dropped by retention since the range was read
-                    continue
-                pid, variant = member.decode().split(SEP, 1)
-                page.append((pid, variant, json.loads(blob[len(route.encode()) + 1 :])))
-            yield page
-            if len(found) < PAGE:
-                return
-            last = found[-1][1]
-            ties = sum(1 for _, score in found if score == last)
-            skip = skip + ties if repr(last) == lowest else ties
-            lowest = repr(last)
-
-    async def _labels(self, ids: list[str]) -> list[bytes | None]:
-        return await self.client.hmget(self._key("labels"), ids) if ids else []
+            last = last.decode()
+            skip = skip + ties if float(last) == float(lowest) else ties
+            lowest = last
 
     async def joined(
         self, route: str, since: float, variants: Sequence[str] = (), labelled_only: bool = False
@@ -275,19 +306,19 @@ class RedisStore:
         wanted = set(variants)
         out = []
         async for page in self._pages(route, since):
-            if wanted:
-                page = [x for x in page if x[1] in wanted]
-            for (pid, variant, rest), raw in zip(page, await self._labels([x[0] for x in page]), strict=True):
-                if raw is None and labelled_only:
+            for pid, variant, _, model, version, _, t, score, shadow, task, threshold, _, *label in page:
+                if wanted and variant not in wanted:
                     continue
-                model, version, _, time, score, shadow, task, threshold, _ = rest
-                label = label_time = None
-                if raw is not None:
-                    stored = _label(raw, pending=False)
-                    label, label_time = stored.value, stored.time
+                value = label_time = None
+                if len(label) == 3:
+                    value, event_time = float(label[0]), float(label[1])
+                    label_time = event_time or float(label[2])
+                elif labelled_only:
+                    continue
                 out.append(
-                    (pid, variant, model, version, shadow, task, threshold, time, score, label, label_time)
-                )
+                    (pid, variant, model, version, shadow == "1", int(task), float(threshold), float(t),
+                     float(score), value, label_time)
+                )  # fmt: skip
         return Rows.from_tuples(out)
 
     async def export(
@@ -295,16 +326,15 @@ class RedisStore:
     ) -> AsyncIterator[list[ExportedRow]]:
         chunk: list[ExportedRow] = []
         async for found in self._pages(route, since):
-            for (pid, variant, rest), raw in zip(
-                found, await self._labels([x[0] for x in found]), strict=True
-            ):
-                if raw is None and with_labels:
+            for pid, variant, _, model, version, _, t, score, shadow, _, _, features, *label in found:
+                if with_labels and len(label) != 3:
                     continue
-                model, version, _, time, score, shadow, _, _, features = rest
-                label = _label(raw, pending=False).value if raw is not None else None
                 chunk.append(
-                    ExportedRow(pid, variant, version, time, score, label, features or {}, shadow, model)
-                )
+                    ExportedRow(
+                        pid, variant, version, float(t), float(score), float(label[0]) if len(label) == 3 else None,
+                        json.loads(features) if features else {}, shadow == "1", model,
+                    )
+                )  # fmt: skip
                 if len(chunk) == page:
                     yield chunk
                     chunk = []

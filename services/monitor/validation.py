@@ -31,28 +31,56 @@ def score_problem(score: float, task: int) -> str | None:
     return None
 
 
+def _unprintable(r: Record) -> str | None:
+    for name in ("route", "variant", "model", "model_version", "tier"):
+        if not getattr(r, name).isprintable():
+            return name
+    return None
+
+
+def record_problem(r: Record) -> str | None:
+    """What is wrong with a record, naming the field, or None."""
+    if (why := id_problem(r.prediction_id)) is not None:
+        return f"prediction_id {why}"
+    if not r.route:
+        return "route is empty"
+    if not r.variant:
+        return "variant is empty"
+    if (name := _unprintable(r)) is not None:
+        return f"{name} holds control characters"
+    if r.task not in (Task.BINARY, Task.REGRESSION):
+        return f"task {r.task} is neither BINARY nor REGRESSION"
+    if not (math.isfinite(r.time) and r.time >= 0):
+        return f"time {r.time} is not a time (Unix seconds, 0: now)"
+    if (why := score_problem(r.score, r.task)) is not None:
+        return f"score {why}"
+    if r.task == Task.BINARY and not math.isfinite(r.threshold):
+        return f"threshold {r.threshold} is not a finite number"
+    return None
+
+
 def validate_records(records: Sequence[Record]) -> None:
-    """Raise InvalidArgument naming the first bad field and its record's index."""
+    """Raise InvalidArgument naming the first bad field and its record's index. Every record of every batch
+    passes here, so the common case is one expression; the message is worked out only for a bad one."""
+    binary, regression, isfinite = Task.BINARY, Task.REGRESSION, math.isfinite
     for index, r in enumerate(records):
-        problem = None
-        if (why := id_problem(r.prediction_id)) is not None:
-            problem = f"prediction_id {why}"
-        elif not r.route:
-            problem = "route is empty"
-        elif not r.route.isprintable():
-            problem = "route holds control characters"
-        elif not r.variant:
-            problem = "variant is empty"
-        elif r.task not in (Task.BINARY, Task.REGRESSION):
-            problem = f"task {r.task} is neither BINARY nor REGRESSION"
-        elif not (math.isfinite(r.time) and r.time >= 0):
-            problem = f"time {r.time} is not a time (Unix seconds, 0: now)"
-        elif (why := score_problem(r.score, r.task)) is not None:
-            problem = f"score {why}"
-        elif r.task == Task.BINARY and not math.isfinite(r.threshold):
-            problem = f"threshold {r.threshold} is not a finite number"
-        if problem is not None:
-            raise InvalidArgument(f"records[{index}]: {problem}")
+        pid = r.prediction_id
+        if (
+            0 < len(pid) <= MAX_ID_CHARS
+            and pid.isascii()
+            and pid.isprintable()
+            and r.route
+            and r.variant
+            and (r.route + r.variant + r.model + r.model_version + r.tier).isprintable()
+            and r.time >= 0
+            and isfinite(r.time)
+            and (
+                (r.task == binary and 0.0 <= r.score <= 1.0 and isfinite(r.threshold))
+                or (r.task == regression and isfinite(r.score))
+            )
+        ):
+            continue
+        raise InvalidArgument(f"records[{index}]: {record_problem(r)}")
 
 
 def label_problem(label: IncomingLabel) -> str | None:

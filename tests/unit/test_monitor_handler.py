@@ -106,6 +106,7 @@ async def test_a_record_without_a_time_is_stamped_when_received(handler, clock):
         ),
         ({"route": ""}, "records[1]: route is empty"),
         ({"variant": ""}, "records[1]: variant is empty"),
+        ({"tier": "model\x1fcache"}, "records[1]: tier holds control characters"),
         ({"task": 0}, "records[1]: task 0 is neither BINARY nor REGRESSION"),
         ({"score": math.nan}, "records[1]: score nan is not a finite number"),
         ({"score": 1.5}, "records[1]: score 1.5 is not a probability"),
