@@ -1,11 +1,14 @@
 """Prometheus at scrape time: quality per route, variant and version over the last `window_s` (computed on the
-service's event loop from the store, so a scrape costs what a GetQuality of every route costs), and the
-monitor's own counts of records and labels since it started."""
+service's event loop from the store, so a scrape costs what a GetQuality of every route costs: exact metrics read
+every row of the window; hence `max_age_s`, within which scrapes share one computation), and the monitor's own
+counts of records and labels since it started."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -26,22 +29,32 @@ _BINARY = {  # gauge name suffix -> BinaryQuality attribute
 
 
 class QualityCollector(Collector):
-    def __init__(self, handler: MonitorHandler, window_s: float) -> None:
+    def __init__(self, handler: MonitorHandler, window_s: float, max_age_s: float = 0.0) -> None:
         self.handler = handler
         self.window_s = window_s
+        self.max_age_s = max_age_s
         self.loop: asyncio.AbstractEventLoop | None = None  # the service's, set once it runs
+        self._lock = threading.Lock()  # scrapes come on the metrics server's threads
+        self._last: tuple[float, list[RouteQuality]] | None = None
 
     async def _qualities(self) -> list[RouteQuality]:
         return [await self.handler.quality(route, self.window_s) for route in await self.handler.routes()]
 
     def _read(self) -> list[RouteQuality]:
-        if self.loop is None or self.loop.is_closed():
-            return []
-        try:
-            return asyncio.run_coroutine_threadsafe(self._qualities(), self.loop).result(SCRAPE_TIMEOUT_S)
-        except Exception:  # a scrape must still answer the counters
-            log.exception("quality metrics could not be computed")
-            return []
+        with self._lock:
+            if self._last is not None and time.monotonic() - self._last[0] < self.max_age_s:
+                return self._last[1]
+            if self.loop is None or self.loop.is_closed():
+                return []
+            try:
+                found = asyncio.run_coroutine_threadsafe(self._qualities(), self.loop).result(
+                    SCRAPE_TIMEOUT_S
+                )
+            except Exception:  # a scrape must still answer the counters
+                log.exception("quality metrics could not be computed")
+                return []
+            self._last = (time.monotonic(), found)
+            return found
 
     def collect(self):
         records = CounterMetricFamily(

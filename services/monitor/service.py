@@ -53,7 +53,9 @@ class MonitorService(GrpcService):
             feature_order=feature_order,
             upkeep_interval_s=settings.upkeep_interval_s,
         )
-        self.collector = QualityCollector(self.handler, settings.quality_window_s)
+        self.collector = QualityCollector(
+            self.handler, settings.quality_window_s, settings.quality_metrics_max_age_s
+        )
         self.metrics.registry.register(self.collector)
         self._upkeep: asyncio.Task[None] | None = None
 

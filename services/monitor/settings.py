@@ -37,6 +37,12 @@ class MonitorSettings(ServiceSettings):
     quality_window_s: float = Field(
         3600.0, gt=0, description="the window of predictions the Prometheus quality gauges cover"
     )
+    quality_metrics_max_age_s: float = Field(
+        10.0,
+        ge=0,
+        description="scrapes within this long of the last computation of the quality gauges share it (each reads "
+        "every prediction of the window); 0: every scrape computes them",
+    )
     max_records_per_request: int = Field(10_000, gt=0, description="records (or labels) in one request")
     min_labels: int = Field(
         200, gt=0, description="Compare: labelled predictions a side needs before any verdict but waiting"
