@@ -19,15 +19,21 @@ tier) hold no control characters (validation refuses them), ids are printable AS
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from meshserve.core.errors import Unavailable
 from meshserve.core.tls import ClientTls, redis_options
 from services.monitor.records import ExportedRow, Logged, Record, Rows, StoredLabel
 from services.monitor.store import Added, CountKey
 
+log = logging.getLogger(__name__)
 SEP = "\x1f"  # between fields
 REC_END = "\x1e"  # between a record and its label, in a page
 ROW_END = "\x1d"  # between rows, in a page
@@ -154,6 +160,31 @@ return #doomed
 """
 
 
+DOWN = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+)  # Redis unreachable (a script's error is a bug: not these)
+
+
+def _unavailable(exc: BaseException) -> Unavailable:
+    log.warning("monitor store unreachable: %s", exc)
+    return Unavailable("the monitor's store (Redis) is unavailable; try again")
+
+
+def _answers(method):
+    """The store's coroutine method, with Redis unreachable answered as UNAVAILABLE (callers may retry)."""
+
+    @functools.wraps(method)
+    async def call(self, *args, **kwargs):
+        try:
+            return await method(self, *args, **kwargs)
+        except DOWN as exc:
+            raise _unavailable(exc) from exc
+
+    return call
+
+
 def _blob(r: Record) -> str:
     features = json.dumps(r.features, separators=(",", ":")) if r.features else ""
     return SEP.join(
@@ -189,6 +220,7 @@ class RedisStore:
     async def ping(self) -> None:
         await self.client.ping()
 
+    @_answers
     async def add_records(self, records: Sequence[Record]) -> Added:
         args = [f"{r.prediction_id}{SEP}{r.variant}{SEP}{_blob(r)}" for r in records]
         async with self.client.pipeline(transaction=False) as pipe:
@@ -207,6 +239,7 @@ class RedisStore:
             if n:
                 pipe.hincrby(self._key(f"counts:{route}"), outcome, n)
 
+    @_answers
     async def resolve_pending(
         self, joined: Sequence[str], refused: Sequence[str], counts: Mapping[CountKey, int]
     ) -> None:
@@ -215,6 +248,7 @@ class RedisStore:
             self._count(pipe, counts)
             await pipe.execute()
 
+    @_answers
     async def labels_for(self, ids: Sequence[str]) -> tuple[dict[str, StoredLabel], dict[str, Logged]]:
         unique = list(dict.fromkeys(ids))
         async with self.client.pipeline(transaction=False) as pipe:
@@ -233,6 +267,7 @@ class RedisStore:
                 logged[pid] = Logged(route, int(task))
         return stored, logged
 
+    @_answers
     async def put_labels(self, writes: Mapping[str, StoredLabel], counts: Mapping[CountKey, int]) -> None:
         joined = {pid: _label_text(x) for pid, x in writes.items() if not x.pending}
         pending = {pid: _label_text(x) for pid, x in writes.items() if x.pending}
@@ -247,9 +282,11 @@ class RedisStore:
             self._count(pipe, counts)
             await pipe.execute()
 
+    @_answers
     async def expire_pending(self, received_before: float) -> int:
         return int(await self._expire(keys=[self.prefix], args=[repr(received_before)]))
 
+    @_answers
     async def prune(self, older_than: float, max_records: int) -> int:
         total = 0
         while True:
@@ -260,6 +297,7 @@ class RedisStore:
             if dropped < PRUNE_LIMIT:
                 return total
 
+    @_answers
     async def counts(self, routes: Iterable[str]) -> dict[CountKey, int]:
         wanted = list(dict.fromkeys(routes))
         async with self.client.pipeline(transaction=False) as pipe:
@@ -272,12 +310,15 @@ class RedisStore:
             for outcome, n in found.items()
         }
 
+    @_answers
     async def pending_count(self) -> int:
         return int(await self.client.hlen(self._key("pending")))
 
+    @_answers
     async def routes(self) -> list[str]:
         return sorted(r.decode() for r in await self.client.smembers(self._key("routes")))
 
+    @_answers
     async def record_count(self) -> int:
         return int(await self.client.zcard(self._key("all")))
 
@@ -288,7 +329,10 @@ class RedisStore:
         count."""
         lowest, skip = repr(since), 0
         while True:
-            packed, n, last, ties = await self._read(keys=[self.prefix], args=[route, lowest, skip, PAGE])
+            try:
+                packed, n, last, ties = await self._read(keys=[self.prefix], args=[route, lowest, skip, PAGE])
+            except DOWN as exc:
+                raise _unavailable(exc) from exc
             if packed:
                 yield [
                     head.split(SEP) + label.split(SEP)
@@ -300,6 +344,7 @@ class RedisStore:
             skip = skip + ties if float(last) == float(lowest) else ties
             lowest = last
 
+    @_answers
     async def joined(
         self, route: str, since: float, variants: Sequence[str] = (), labelled_only: bool = False
     ) -> Rows:

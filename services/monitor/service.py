@@ -15,7 +15,7 @@ from meshserve.feedback.v1 import feedback_pb2, feedback_pb2_grpc
 from meshserve.monitor.v1 import monitor_pb2, monitor_pb2_grpc
 from services.monitor.collector import QualityCollector
 from services.monitor.handler import MonitorHandler
-from services.monitor.redis_store import RedisStore
+from services.monitor.redis_store import DOWN, RedisStore
 from services.monitor.servicer import FeedbackServicer, MonitorServicer
 from services.monitor.settings import MonitorSettings
 from services.monitor.sqlite_store import SqliteStore
@@ -69,8 +69,15 @@ class MonitorService(GrpcService):
         ]
 
     async def until_ready(self) -> None:
-        if isinstance(self.store, RedisStore):
-            await self.store.ping()  # NOT_SERVING until Redis answers
+        while isinstance(
+            self.store, RedisStore
+        ):  # NOT_SERVING until Redis answers (bounded by the lifecycle)
+            try:
+                await self.store.ping()
+                break
+            except DOWN as exc:
+                log.warning("waiting for Redis: %s", exc)
+                await asyncio.sleep(0.5)
         self.collector.loop = asyncio.get_running_loop()
         if self._upkeep is None:
             self._upkeep = asyncio.create_task(self._keep_up(), name="monitor-upkeep")

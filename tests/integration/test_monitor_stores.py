@@ -8,6 +8,8 @@ import time
 
 import pytest
 
+from meshserve.core.errors import Unavailable
+from meshserve.core.process import free_port
 from services.monitor.redis_store import RedisStore
 from services.monitor.sqlite_store import SqliteStore
 from tests.unit.test_monitor_handler import *  # noqa: F403 - the tests themselves, collected here again
@@ -43,5 +45,17 @@ async def test_paging_and_pruning_in_small_steps_miss_nothing_and_repeat_nothing
         assert [r.time for r in rows] == times[10:]
         assert sorted(r.prediction_id for r in rows) == [f"p{k:02}" for k in range(10, 30)]
         assert len((await store.joined("fraud", T0 + 2)).prediction_id) == 20
+    finally:
+        await store.close()
+
+
+async def test_an_unreachable_redis_is_unavailable_not_an_internal_error(clock):
+    store = RedisStore(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    try:
+        handler = make_handler(store, clock)
+        with pytest.raises(Unavailable, match=r"the monitor's store \(Redis\) is unavailable"):
+            await handler.log_predictions([record("p1")])
+        with pytest.raises(Unavailable):
+            [chunk async for chunk in handler.export("fraud", 0.0, False)]
     finally:
         await store.close()
