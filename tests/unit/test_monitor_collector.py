@@ -76,7 +76,8 @@ async def test_scrape_shows_quality_per_route_variant_and_version(handler):
     assert found["meshserve_quality_label_delay_seconds", (("quantile", "0.5"), *key)] == pytest.approx(
         stable.labels.delay_p50_s
     )
-    assert found["meshserve_quality_positive_rate", (("kind", "actual"), *key)] == 0.4  # labels 6 and 8 of 0-8
+    actual = (("kind", "actual"), *key)
+    assert found["meshserve_quality_positive_rate", actual] == 0.4  # labels 6 and 8 of 0-8
     price = (("route", "price"), ("variant", "stable"), ("version", "7"))
     assert (found["meshserve_quality_mae", price], found["meshserve_quality_rmse", price]) == (2.0, 2.0)
     assert ("meshserve_quality_auc", price) not in found
