@@ -25,7 +25,7 @@ from services.monitor.feedback import (
     plan_feedback,
     resolve_pending,
 )
-from services.monitor.records import ExportedRow, IncomingLabel, Record, Task
+from services.monitor.records import ExportedRow, IncomingLabel, Logged, Record, StoredLabel, Task
 from services.monitor.store import MonitorStore
 from services.monitor.validation import validate_records
 
@@ -84,6 +84,9 @@ class MonitorHandler:
         self._next_upkeep = -math.inf
         self._written_since_prune = 0
         self._upkeep_lock = asyncio.Lock()
+        # Log writes and label writes one at a time: a label planned as pending while its record is being
+        # stored would otherwise wait in vain. (Between replicas on Redis, expiry joins such a label instead.)
+        self._lock = asyncio.Lock()
 
     # -- upkeep ---------------------------------------------------------------------------------------
     async def upkeep(self, force: bool = False) -> None:
@@ -91,13 +94,21 @@ class MonitorHandler:
         due = now >= self._next_upkeep or self._written_since_prune >= self.prune_every
         if not (force or due) or self._upkeep_lock.locked():
             return
-        async with self._upkeep_lock:
+        async with self._upkeep_lock, self._lock:
             self._next_upkeep = now + self.upkeep_interval_s
             self._written_since_prune = 0
-            self.labels["unknown"] += await self.store.expire_pending(now - self.label_grace_s)
+            expired = await self.store.expire_pending(now - self.label_grace_s)
+            self.labels["unknown"] += expired.unknown
+            if expired.waiting:  # their records came while they were being sent (another replica's write)
+                await self._resolve(expired.waiting, expired.arrived)
             self.records["dropped_retention"] += await self.store.prune(
                 now - self.retention_s, self.max_records
             )
+
+    async def _resolve(self, waiting: dict[str, StoredLabel], arrived: dict[str, Logged]) -> None:
+        resolution = resolve_pending(waiting, arrived)
+        await self.store.resolve_pending(resolution.joined, resolution.refused, resolution.counts)
+        self.labels["refused"] += len(resolution.refused)
 
     def admit(self, count: int, what: str = "records") -> None:
         """Refuse an oversized request before any work on it."""
@@ -112,11 +123,10 @@ class MonitorHandler:
             return LogResult(0, 0)
         now = self.clock()
         records = [r if r.time else dataclasses.replace(r, time=now) for r in records]
-        added = await self.store.add_records(records)
-        if added.waiting:
-            resolution = resolve_pending(added.waiting, added.arrived)
-            await self.store.resolve_pending(resolution.joined, resolution.refused, resolution.counts)
-            self.labels["refused"] += len(resolution.refused)
+        async with self._lock:
+            added = await self.store.add_records(records)
+            if added.waiting:
+                await self._resolve(added.waiting, added.arrived)
         self.records["stored"] += added.stored
         self.records["duplicate"] += len(records) - added.stored
         self._written_since_prune += added.stored
@@ -129,9 +139,10 @@ class MonitorHandler:
         await self.upkeep()
         if not labels:
             return FeedbackResult()
-        stored, logged = await self.store.labels_for([x.prediction_id for x in labels])
-        plan = plan_feedback(labels, correct, stored, logged, self.clock())
-        await self.store.put_labels(plan.writes, plan.counts)
+        async with self._lock:  # what the plan reads is still so when it writes (in this process)
+            stored, logged = await self.store.labels_for([x.prediction_id for x in labels])
+            plan = plan_feedback(labels, correct, stored, logged, self.clock())
+            await self.store.put_labels(plan.writes, plan.counts)
         result = plan.result
         self.labels.update(
             accepted=result.accepted,

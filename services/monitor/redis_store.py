@@ -31,7 +31,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from meshserve.core.errors import Unavailable
 from meshserve.core.tls import ClientTls, redis_options
 from services.monitor.records import ExportedRow, Logged, Record, Rows, StoredLabel
-from services.monitor.store import Added, CountKey
+from services.monitor.store import Added, CountKey, Expired
 
 log = logging.getLogger(__name__)
 SEP = "\x1f"  # between fields
@@ -115,16 +115,27 @@ for i = 2, #ARGV do
 end
 return 0
 """
-# ARGV: received before. Pops the expired pending labels and counts them unknown, exactly once.
+# ARGV: received before. Pops the expired pending labels and counts them unknown, exactly once; returns {count,
+# {id, label, held, ...}} with those whose record is here after all (left pending, for the caller to resolve).
 _EXPIRE = r"""
 local P = KEYS[1]
 local ids = redis.call('ZRANGEBYSCORE', P .. 'pending_at', '-inf', '(' .. ARGV[1])
+local gone, found = 0, {}
 for _, id in ipairs(ids) do
-  redis.call('HDEL', P .. 'pending', id)
-  redis.call('ZREM', P .. 'pending_at', id)
+  local held = redis.call('HGET', P .. 'ids', id)
+  local label = redis.call('HGET', P .. 'pending', id)
+  if held and label then
+    found[#found + 1] = id
+    found[#found + 1] = label
+    found[#found + 1] = held
+  else
+    redis.call('HDEL', P .. 'pending', id)
+    redis.call('ZREM', P .. 'pending_at', id)
+    gone = gone + 1
+  end
 end
-if #ids > 0 then redis.call('HINCRBY', P .. 'counts:', 'unknown', #ids) end
-return #ids
+if gone > 0 then redis.call('HINCRBY', P .. 'counts:', 'unknown', gone) end
+return {gone, found}
 """
 # ARGV: older than, max records, limit. Drops records past retention, then the oldest beyond max records, and the
 # labels of the ids left without a record. Returns how many records it dropped.
@@ -283,8 +294,15 @@ class RedisStore:
             await pipe.execute()
 
     @_answers
-    async def expire_pending(self, received_before: float) -> int:
-        return int(await self._expire(keys=[self.prefix], args=[repr(received_before)]))
+    async def expire_pending(self, received_before: float) -> Expired:
+        gone, found = await self._expire(keys=[self.prefix], args=[repr(received_before)])
+        waiting, arrived = {}, {}
+        for i in range(0, len(found), 3):
+            pid = found[i].decode()
+            waiting[pid] = _label(found[i + 1], pending=True)
+            _, task, route = found[i + 2].decode().split(SEP, 2)
+            arrived[pid] = Logged(route, int(task))
+        return Expired(int(gone), waiting, arrived)
 
     @_answers
     async def prune(self, older_than: float, max_records: int) -> int:

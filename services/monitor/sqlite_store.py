@@ -14,7 +14,7 @@ from typing import TypeVar
 
 from services.monitor.feedback import NO_ROUTE
 from services.monitor.records import ExportedRow, Logged, Record, Rows, StoredLabel
-from services.monitor.store import Added, CountKey, batches
+from services.monitor.store import Added, CountKey, Expired, batches
 
 T = TypeVar("T")
 IN_CHUNK = 500  # ids per IN (...) list: well under SQLite's limit on bound parameters
@@ -174,13 +174,27 @@ class SqliteStore:
 
         await self._write(put)
 
-    async def expire_pending(self, received_before: float) -> int:
-        def expire(db: sqlite3.Connection) -> int:
-            gone = db.execute(
-                "DELETE FROM labels WHERE pending = 1 AND received < ?", (received_before,)
-            ).rowcount
-            _add_counts(db, {(NO_ROUTE, "unknown"): gone})
-            return gone
+    async def expire_pending(self, received_before: float) -> Expired:
+        def expire(db: sqlite3.Connection) -> Expired:
+            expired = db.execute(
+                "SELECT prediction_id, value, event_time, received FROM labels WHERE pending = 1 AND received < ?",
+                (received_before,),
+            ).fetchall()
+            if not expired:
+                return Expired(0, {}, {})
+            arrived: dict[str, Logged] = {}
+            for chunk in batches([pid for pid, *_ in expired], IN_CHUNK):
+                query = (
+                    "SELECT prediction_id, route, task FROM records "
+                    f"WHERE prediction_id IN ({','.join('?' * len(chunk))}) ORDER BY rowid"
+                )
+                for pid, route, task in db.execute(query, chunk):
+                    arrived.setdefault(pid, Logged(route, task))
+            gone = [(pid,) for pid, *_ in expired if pid not in arrived]
+            db.executemany("DELETE FROM labels WHERE prediction_id = ?", gone)
+            _add_counts(db, {(NO_ROUTE, "unknown"): len(gone)})
+            waiting = {pid: StoredLabel(v, e, r, True) for pid, v, e, r in expired if pid in arrived}
+            return Expired(len(gone), waiting, arrived)
 
         return await self._write(expire)
 

@@ -12,7 +12,7 @@ import pytest
 from meshserve.core.errors import InvalidArgument, ResourceExhausted
 from services.monitor.evaluation import Criterion
 from services.monitor.handler import EXPORT_ROWS_PER_CHUNK, MonitorHandler
-from services.monitor.records import IncomingLabel, Record, Task
+from services.monitor.records import IncomingLabel, Record, StoredLabel, Task
 from services.monitor.sqlite_store import SqliteStore
 
 T0 = 1_750_000_000.0
@@ -233,6 +233,26 @@ async def test_a_pending_label_that_does_not_fit_its_route_is_refused_when_the_r
     assert (fraud.feedback["refused"], fraud.variants[0].labels.labelled) == (1, 0)
     assert (price.feedback["accepted"], price.variants[0].labels.labelled) == (1, 1)
     assert handler.labels["refused"] == 1
+
+
+async def test_a_label_left_pending_beside_its_record_joins_at_expiry_rather_than_going_unknown(
+    handler, store, clock
+):
+    """Two replicas on one Redis: one plans a label as pending while another stores its record. At the end of the
+    grace period the label is joined (or refused if it does not fit), never counted unknown."""
+    await store.add_records([record("p1"), record("p2")])  # stored without looking for labels...
+    await store.put_labels(  # ...that were being planned as pending at that moment
+        {"p1": StoredLabel(1.0, 0.0, clock.now, True), "p2": StoredLabel(2.0, 0.0, clock.now, True)}, {}
+    )
+    clock.now += GRACE_S + 1
+    feedback = (await handler.quality("fraud")).feedback
+    assert (feedback["unknown"], feedback["pending"], feedback["accepted"], feedback["refused"]) == (
+        0,
+        0,
+        1,
+        1,
+    )
+    assert [(r.prediction_id, r.label) for r in await exported(handler, with_labels=True)] == [("p1", 1.0)]
 
 
 async def test_a_repeat_of_a_pending_label_is_a_duplicate_and_a_correction_replaces_it(handler):
