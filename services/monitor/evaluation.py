@@ -80,6 +80,8 @@ def variant_reports(rows: Rows) -> list[VariantReport]:
         latest = index[np.argmax(rows.time[index])]
         task = Task(int(rows.task[latest]))
         labelled = index[~np.isnan(rows.label[index]) & (rows.task[index] == task)]
+        if task is Task.BINARY:  # an id shared with a regression route's record may carry another number
+            labelled = labelled[np.isin(rows.label[labelled], (0.0, 1.0))]
         score, label = rows.score[labelled], rows.label[labelled]
         binary = regression = None
         if task is Task.BINARY:
@@ -92,7 +94,7 @@ def variant_reports(rows: Rows) -> list[VariantReport]:
 
 
 def _side(rows: Rows, variant: str, ids: set[str] | None) -> tuple[np.ndarray, np.ndarray]:
-    mask = np.array([v == variant for v in rows.variant], dtype=bool)
+    mask = np.array([v == variant for v in rows.variant], dtype=bool) & np.isin(rows.label, (0.0, 1.0))
     if ids is not None:
         mask &= np.array([pid in ids for pid in rows.prediction_id], dtype=bool)
     return rows.score[mask], rows.label[mask]

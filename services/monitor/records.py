@@ -113,23 +113,6 @@ class Rows:
         none = np.zeros(0)
         return cls([], [], [], [], none.astype(bool), none.astype(np.int64), none, none, none, none, none)
 
-    def take(self, mask: np.ndarray) -> Rows:
-        index = np.flatnonzero(mask)
-        pick = [int(i) for i in index]
-        return Rows(
-            [self.prediction_id[i] for i in pick],
-            [self.variant[i] for i in pick],
-            [self.model[i] for i in pick],
-            [self.model_version[i] for i in pick],
-            self.shadow[index],
-            self.task[index],
-            self.threshold[index],
-            self.time[index],
-            self.score[index],
-            self.label[index],
-            self.label_time[index],
-        )
-
 
 @dataclass(frozen=True, slots=True)
 class ExportedRow:

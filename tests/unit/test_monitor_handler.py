@@ -264,6 +264,20 @@ async def test_a_repeat_of_a_pending_label_is_a_duplicate_and_a_correction_repla
     assert [r.label for r in await exported(handler, with_labels=True)] == [0.0]
 
 
+async def test_an_id_shared_by_a_binary_and_a_regression_route_keeps_each_route_readable(handler):
+    await handler.log_predictions([record("x", route="price", task=int(Task.REGRESSION), score=3.0)])
+    await handler.send_feedback(
+        [label("x", 3.5)], correct=False
+    )  # judged by the id's first record: regression
+    await handler.log_predictions(
+        [record("x", variant="fraud-stable")]
+    )  # a binary route's, under the same id
+    (fraud,) = (await handler.quality("fraud")).variants
+    assert (fraud.labels.predictions, fraud.binary.count) == (1, 0)  # 3.5 is no binary label: not counted
+    (price,) = (await handler.quality("price")).variants
+    assert price.regression.mae == 0.5
+
+
 # -- retention ----------------------------------------------------------------------------------------------
 
 
