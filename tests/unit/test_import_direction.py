@@ -44,7 +44,7 @@ FLOORS: dict[str, float] = {
     "meshserve": 5,  # the package's own __init__
 }
 # Rooms on the same level that never import each other: the gateway and the services, and one service another.
-APART = ("gateway", "services.cache", "services.feature", "services.inference")
+APART = ("gateway", "services.cache", "services.feature", "services.inference", "services.monitor")
 
 
 def floor_of(module: str) -> tuple[str, float]:
