@@ -78,6 +78,7 @@ UP_FLAGS = {  # MeshSettings field -> the `up` flag that sets it
     "gateway_port": "--port",
     "admin_port": "--admin-port",
     "gateway_http_port": "--http-port",
+    "monitor_port": "--monitor-port",
     "host": "--host",
     "routes_path": "--routes",
     "model_repositories": "--model-repository",
@@ -94,11 +95,17 @@ def up(
     http_port: Annotated[
         int | None, typer.Option(help="gateway REST port, Triton's HTTP API (default 50056)")
     ] = None,
+    monitor_port: Annotated[
+        int | None,
+        typer.Option(
+            help="the monitor service's port: prediction log, labels, quality (default: a free port)"
+        ),
+    ] = None,
     host: Annotated[
         str | None,
         typer.Option(
             help="address the gateway's gRPC and REST ports listen on (default 127.0.0.1); the other processes "
-            "stay on loopback (with --tls the feature, cache and inference services follow it)"
+            "stay on loopback (with --tls the feature, cache, inference and monitor services follow it)"
         ),
     ] = None,
     admin_host: Annotated[
@@ -145,7 +152,7 @@ def up(
         ),
     ] = None,
 ) -> None:
-    """Start Triton, the feature, cache and inference services and the gateway; serve until Ctrl-C."""
+    """Start Triton, the feature, cache, inference and monitor services and the gateway; serve until Ctrl-C."""
     from meshserve.cli.up import run_up
     from meshserve.core.logs import configure_logging
     from meshserve.launcher.mesh import MeshSettings
@@ -154,6 +161,7 @@ def up(
         "gateway_port": port,
         "admin_port": admin_port,
         "gateway_http_port": http_port,
+        "monitor_port": monitor_port,
         "host": host,
         "admin_host": admin_host,
         "routes_path": routes,
