@@ -213,7 +213,13 @@ def predict(
 @app.command()
 def score(
     file: Annotated[
-        Path, typer.Argument(exists=True, dir_okay=False, help="CSV or Parquet: key + request features")
+        Path,
+        typer.Argument(
+            exists=True,
+            dir_okay=False,
+            help="CSV or Parquet: key + request features, and optionally prediction_id (each row's own id, "
+            "which labels will name; else the gateway makes one). The output has a prediction_id column",
+        ),
     ],
     route: Annotated[str, typer.Option(help="route name, e.g. fraud")],
     out: Annotated[
