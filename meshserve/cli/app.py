@@ -24,11 +24,13 @@ def _register_admin_commands() -> None:
     from meshserve.cli.admin import cache_app, canary_app, drift, routes_app
     from meshserve.cli.deploy import deploy_app
     from meshserve.cli.features import features_app
+    from meshserve.cli.feedback import feedback_app
     from meshserve.cli.keys import keys_app
     from meshserve.cli.status import status
 
     for group, name in ((keys_app, "keys"), (routes_app, "routes"), (canary_app, "canary"),
-                        (cache_app, "cache"), (deploy_app, "deploy"), (features_app, "features")):  # fmt: skip
+                        (cache_app, "cache"), (deploy_app, "deploy"), (features_app, "features"),
+                        (feedback_app, "feedback")):  # fmt: skip
         app.add_typer(group, name=name, cls=GuardedGroup)  # errors name the whole command
     app.command("drift")(drift)
     app.command("status")(status)
