@@ -26,6 +26,7 @@ def _register_admin_commands() -> None:
     from meshserve.cli.features import features_app
     from meshserve.cli.feedback import feedback_app
     from meshserve.cli.keys import keys_app
+    from meshserve.cli.quality import quality
     from meshserve.cli.status import status
 
     for group, name in ((keys_app, "keys"), (routes_app, "routes"), (canary_app, "canary"),
@@ -34,6 +35,7 @@ def _register_admin_commands() -> None:
         app.add_typer(group, name=name, cls=GuardedGroup)  # errors name the whole command
     app.command("drift")(drift)
     app.command("status")(status)
+    app.command("quality")(quality)
 
 
 _register_admin_commands()
