@@ -26,12 +26,13 @@ def _register_admin_commands() -> None:
     from meshserve.cli.features import features_app
     from meshserve.cli.feedback import feedback_app
     from meshserve.cli.keys import keys_app
+    from meshserve.cli.predictions import predictions_app
     from meshserve.cli.quality import quality
     from meshserve.cli.status import status
 
     for group, name in ((keys_app, "keys"), (routes_app, "routes"), (canary_app, "canary"),
                         (cache_app, "cache"), (deploy_app, "deploy"), (features_app, "features"),
-                        (feedback_app, "feedback")):  # fmt: skip
+                        (feedback_app, "feedback"), (predictions_app, "predictions")):  # fmt: skip
         app.add_typer(group, name=name, cls=GuardedGroup)  # errors name the whole command
     app.command("drift")(drift)
     app.command("status")(status)
