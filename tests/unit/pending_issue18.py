@@ -14,7 +14,35 @@ from pydantic_settings import SettingsConfigDict
 from gateway.settings import GatewaySettings as _RealGatewaySettings
 from meshserve.core.settings import ServiceSettings
 
-__all__ = ["GatewaySettings", "MonitorSettings"]
+__all__ = ["QUALITY_METRICS", "GatewaySettings", "MonitorSettings"]
+
+# The series the Grafana dashboard reads from the monitor (quality per route, variant and version, computed at
+# scrape time; labels and records by outcome) and the gateway's prediction log counter, by the contract's names.
+# The dashboard tests take them from here; once merged, take them from the monitor's collector and the gateway's
+# metrics instead, as tests/unit/test_dashboard_metrics.py does for the other processes.
+QUALITY_METRICS = {
+    f"meshserve_quality_{name}"
+    for name in (
+        "auc",
+        "log_loss",
+        "brier",
+        "precision",
+        "recall",
+        "f1",
+        "positive_rate",
+        "calibration_error",
+        "mae",
+        "rmse",
+        "label_coverage",
+        "label_delay_seconds",
+        "predictions",
+        "labels",
+    )
+} | {  # fmt: skip
+    "meshserve_monitor_labels_total",
+    "meshserve_monitor_records_total",
+    "meshserve_gateway_prediction_log_records_total",
+}
 
 try:
     from services.monitor.settings import MonitorSettings
