@@ -555,7 +555,12 @@ class LocalMesh:
             "monitor": self._python(
                 "monitor",
                 "services.monitor",
-                env("MONITOR", port=port["monitor"], store_path=run_dir / MONITOR_STORE_FILE),
+                env(
+                    "MONITOR",
+                    port=port["monitor"],
+                    store_path=run_dir / MONITOR_STORE_FILE,
+                    registry_path=s.registry_path,  # the order of the features an export writes
+                ),
             ),
             # the first keeps its name (tools and tests address mesh.children["gateway"]); each has its metrics
             **{

@@ -52,13 +52,14 @@ except ModuleNotFoundError:  # the monitor's branch is not merged yet
         model_config = SettingsConfigDict(env_prefix="MESHSERVE_MONITOR_", extra="forbid")
 
         port: int = Field(50057, ge=0, le=65535)
-        store_path: Path = Path("monitor.db")
+        store_path: str = "monitor.db"
         redis_url: str | None = None
         retention_s: float = 30 * 24 * 3600.0
         max_records: int = 5_000_000
         label_grace_s: float = 3600.0
         quality_window_s: float = 3600.0
         max_records_per_request: int = 10_000
+        registry_path: Path | None = None
 
     MonitorSettings.__module__ = "services.monitor.settings"  # what `python -m` runs, as the real one says
 

@@ -530,10 +530,9 @@ def named_volume_holding(service: dict, path: Path) -> str | None:
 def test_the_monitor_keeps_its_log_and_labels_on_a_named_volume_of_its_own(services, monkeypatch):
     settings = load_settings("monitor", services, monkeypatch)
     assert settings.redis_url is None, "one machine: the embedded store"
-    assert settings.store_path.is_absolute(), (
-        "relative to the working directory, it would die with the container"
-    )
-    volume = named_volume_holding(services["monitor"], settings.store_path)
+    store = Path(settings.store_path)
+    assert store.is_absolute(), "relative to the working directory, it would die with the container"
+    volume = named_volume_holding(services["monitor"], store)
     assert volume in (yaml.safe_load(COMPOSE_FILE.read_text()).get("volumes") or {}), volume
     others = [n for n, s in services.items() if n != "monitor" and any(str(v).startswith(f"{volume}:") for v in
                                                                        s.get("volumes", []))]  # fmt: skip

@@ -528,7 +528,7 @@ def test_configured_files_are_mounted_from_a_configmap_and_load(render, tmp_path
             (tmp_path / path.name).write_text(data[path.name])
             loaders[suffix](tmp_path / path.name)  # the service's own loader accepts it
             checked += 1
-    assert checked >= 3  # the gateway's routes and registry, the feature service's registry
+    assert checked >= 4  # the gateway's routes and registry, the feature service's and the monitor's registry
 
 
 def test_files_our_services_write_are_on_writable_volumes(render):

@@ -257,11 +257,19 @@ def test_the_monitor_is_a_child_on_its_own_port_with_its_store_in_the_run_direct
     }
     assert not set(ports) & others, "the monitor's ports are its own"
     assert "redis_url" not in env  # SQLite, the embedded store
+    assert "registry_path" not in env  # the embedded registry, as the gateway's
     assert not [key for key in env if key.startswith("tls")]  # no TLS without --tls
     for gateway in ("gateway", "gateway-2"):  # every gateway logs to it and forwards labels to it
         assert mesh.children[gateway].env["MESHSERVE_GATEWAY_MONITOR_URL"] == ep.monitor
     assert mesh.targets()["monitor"] == ep.monitor  # health-checked like the others
     assert mesh.ports["monitor"] == [PortUse(int(env["port"]), "monitor", None)]  # chosen afresh: no flag
+
+
+def test_the_monitor_exports_features_in_the_order_of_the_gateways_registry(monkeypatch, tmp_path):
+    registry = tmp_path / "features.yaml"
+    mesh = planned(monkeypatch, tmp_path, registry_path=registry)
+    assert monitor_env(mesh)["registry_path"] == str(registry)
+    assert mesh.children["gateway"].env["MESHSERVE_GATEWAY_REGISTRY_PATH"] == str(registry)
 
 
 def test_a_fixed_monitor_port_is_used_and_checked_before_anything_starts(monkeypatch, tmp_path):
