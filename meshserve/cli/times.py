@@ -43,8 +43,11 @@ def parse_since(text: str, now: float) -> float:
 
 
 def describe_duration(seconds: float) -> str:
-    """`1h`, `30m`, `1d 2h`, `45s`: the largest whole units, for headings."""
-    if seconds <= 0:
+    """`1h`, `30m`, `1d 2h`, `45s`: the largest whole units, for headings and label delays (negative when a label's
+    event time is before its prediction's)."""
+    if seconds < 0:
+        return "-" + describe_duration(-seconds)
+    if round(seconds) == 0:
         return "0s"
     parts = []
     rest = round(seconds)

@@ -147,10 +147,13 @@ def test_since_is_a_duration_ago_or_an_iso_time():
     assert parse_since("2026-12-01T13:00:00+01:00", now=0) == noon
     with pytest.raises(ValueError, match="or an ISO 8601 time"):
         parse_since("last tuesday", now=0)
-    assert [describe_duration(s) for s in (0, 45, 3600, 3720, 90_000)] == [
+    shown = [describe_duration(s) for s in (0, 0.2, 45, 3600, 3720, 90_000, -281_227.7)]
+    assert shown == [
+        "0s",
         "0s",
         "45s",
         "1h",
         "1h 2m",
         "1d 1h",
-    ]
+        "-3d 6h 7m 8s",
+    ]  # a label dated before its prediction
