@@ -11,6 +11,8 @@
 #   up       every service that can run here, awaited healthy (compose's own healthchecks)
 #   score    one Predict through Envoy and one straight to the gateway (TLS, checked against the stack's CA),
 #            from the host's CLI, with an API key made by `meshserve keys create` in the gateway container
+#   labels   a label for the last answer through the gateway's feedback API (`meshserve feedback load`), then
+#            `meshserve quality` from the monitor's published port counts it
 #   scrape   every Prometheus target reports up (/api/v1/targets)
 #   down     `docker-compose down -v`, always, even after a failure
 # Each phase prints how long it took. The stack's ports are published on free ports of 127.0.0.1 for the run.
@@ -229,13 +231,15 @@ mkdir -p "$work/run"
 docker cp "$certs:/certs" "$work/run/certs"
 key=$(compose exec -T gateway meshserve keys create compose-test --role scorer 2>/dev/null | tail -n 1)
 [ -n "$key" ] || fail "meshserve keys create printed no key"
-predict() { # predict LABEL TARGET [ENV...]: one Predict, its answer checked, its score in $score
+predict() { # predict LABEL TARGET [ENV...]: one Predict, its answer checked, its score and prediction id in
+  # $score and $prediction_id
   local label=$1 target=$2
   shift 2
   local answer
   answer=$(env MESHSERVE_RUN_DIR="$work/run" "$@" "$MESHSERVE" predict fraud acct-00042 amount=250 merchant_category=3 \
     --target "$target" --timeout 10 -o json) || fail "Predict through $label"
-  score=$("$PYTHON" - "$label" "$answer" <<'EOF'
+  local result
+  result=$("$PYTHON" - "$label" "$answer" <<'EOF'
 
 import json, sys
 label, answer = sys.argv[1], json.loads(sys.argv[2])
@@ -245,9 +249,11 @@ assert 0.0 <= prediction["score"] <= 1.0 and prediction["model_version"], answer
 print(f"[compose-test]   through {label}: score {prediction['score']:.4f}, variant {prediction['variant']}, "
       f"fraud v{prediction['model_version']}, tier {prediction['tier']}"
       + (" (from the cache)" if prediction["from_cache"] else ""), file=sys.stderr)
-print(prediction["score"])
+assert prediction["prediction_id"], answer  # what a label names
+print(prediction["score"], prediction["prediction_id"])
 EOF
   ) || fail "Predict through $label answered $answer"
+  read -r score prediction_id <<<"$result"
 }
 # Envoy's listener is plaintext (deploy/envoy/envoy.yaml); the API key authenticates the caller to the gateway.
 envoy=127.0.0.1:$(published envoy:8080)
@@ -265,6 +271,31 @@ MESHSERVE_RUN_DIR="$work/run" MESHSERVE_TLS=1 "$MESHSERVE" features load "$work/
 say "  features load through $feature: $(tail -n 1 "$work/load.log")"
 predict "the gateway, after the load" "$gateway" MESHSERVE_TLS=1 MESHSERVE_API_KEY="$key"
 [ "$score" != "$before" ] || fail "the score did not change after new features were loaded ($score)"
+
+# -- labels -------------------------------------------------------------------------------------------------
+phase labels
+# A label for the last answer through the gateway's feedback API (TLS, a key with role feedback), then its
+# route's quality from the monitor's published port (mTLS, the `admin` certificate): the gateway logged the
+# prediction behind its answer, so the label joins it within a few seconds.
+labels_key=$(compose exec -T gateway meshserve keys create compose-labels --role feedback 2>/dev/null | tail -n 1)
+[ -n "$labels_key" ] || fail "meshserve keys create printed no key"
+printf 'prediction_id,label\n%s,1\n' "$prediction_id" >"$work/labels.csv"
+MESHSERVE_RUN_DIR="$work/run" MESHSERVE_TLS=1 MESHSERVE_API_KEY="$labels_key" "$MESHSERVE" feedback load \
+  "$work/labels.csv" --target "$gateway" >"$work/labels.log" 2>&1 ||
+  { cat "$work/labels.log"; fail "meshserve feedback load through $gateway"; }
+say "  feedback load through $gateway: $(tail -n 1 "$work/labels.log")"
+monitor=127.0.0.1:$(published monitor:50057)
+labelled() { # how many labelled predictions `meshserve quality fraud` counts; fails when it does
+  MESHSERVE_RUN_DIR="$work/run" MESHSERVE_TLS=1 "$MESHSERVE" quality fraud --target "$monitor" -o json \
+    2>"$work/quality.log" |
+    "$PYTHON" -c 'import json, sys; print(sum(v["labelled"] for v in json.load(sys.stdin)["variants"]))'
+}
+deadline=$((SECONDS + 30))
+until count=$(labelled) && [ "${count:-0}" -ge 1 ]; do
+  [ $SECONDS -lt $deadline ] || fail "meshserve quality through $monitor counts no label after 30s: $(cat "$work/quality.log")"
+  sleep 1
+done
+say "  quality through $monitor: $count labelled prediction(s) on route fraud"
 
 # -- scrape -------------------------------------------------------------------------------------------------
 phase scrape

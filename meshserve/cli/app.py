@@ -24,14 +24,19 @@ def _register_admin_commands() -> None:
     from meshserve.cli.admin import cache_app, canary_app, drift, routes_app
     from meshserve.cli.deploy import deploy_app
     from meshserve.cli.features import features_app
+    from meshserve.cli.feedback import feedback_app
     from meshserve.cli.keys import keys_app
+    from meshserve.cli.predictions import predictions_app
+    from meshserve.cli.quality import quality
     from meshserve.cli.status import status
 
     for group, name in ((keys_app, "keys"), (routes_app, "routes"), (canary_app, "canary"),
-                        (cache_app, "cache"), (deploy_app, "deploy"), (features_app, "features")):  # fmt: skip
+                        (cache_app, "cache"), (deploy_app, "deploy"), (features_app, "features"),
+                        (feedback_app, "feedback"), (predictions_app, "predictions")):  # fmt: skip
         app.add_typer(group, name=name, cls=GuardedGroup)  # errors name the whole command
     app.command("drift")(drift)
     app.command("status")(status)
+    app.command("quality")(quality)
 
 
 _register_admin_commands()
@@ -78,6 +83,7 @@ UP_FLAGS = {  # MeshSettings field -> the `up` flag that sets it
     "gateway_port": "--port",
     "admin_port": "--admin-port",
     "gateway_http_port": "--http-port",
+    "monitor_port": "--monitor-port",
     "host": "--host",
     "routes_path": "--routes",
     "model_repositories": "--model-repository",
@@ -94,11 +100,17 @@ def up(
     http_port: Annotated[
         int | None, typer.Option(help="gateway REST port, Triton's HTTP API (default 50056)")
     ] = None,
+    monitor_port: Annotated[
+        int | None,
+        typer.Option(
+            help="the monitor service's port: prediction log, labels, quality (default: a free port)"
+        ),
+    ] = None,
     host: Annotated[
         str | None,
         typer.Option(
             help="address the gateway's gRPC and REST ports listen on (default 127.0.0.1); the other processes "
-            "stay on loopback (with --tls the feature, cache and inference services follow it)"
+            "stay on loopback (with --tls the feature, cache, inference and monitor services follow it)"
         ),
     ] = None,
     admin_host: Annotated[
@@ -145,7 +157,7 @@ def up(
         ),
     ] = None,
 ) -> None:
-    """Start Triton, the feature, cache and inference services and the gateway; serve until Ctrl-C."""
+    """Start Triton, the feature, cache, inference and monitor services and the gateway; serve until Ctrl-C."""
     from meshserve.cli.up import run_up
     from meshserve.core.logs import configure_logging
     from meshserve.launcher.mesh import MeshSettings
@@ -154,6 +166,7 @@ def up(
         "gateway_port": port,
         "admin_port": admin_port,
         "gateway_http_port": http_port,
+        "monitor_port": monitor_port,
         "host": host,
         "admin_host": admin_host,
         "routes_path": routes,
@@ -205,7 +218,13 @@ def predict(
 @app.command()
 def score(
     file: Annotated[
-        Path, typer.Argument(exists=True, dir_okay=False, help="CSV or Parquet: key + request features")
+        Path,
+        typer.Argument(
+            exists=True,
+            dir_okay=False,
+            help="CSV or Parquet: key + request features, and optionally prediction_id (each row's own id, "
+            "which labels will name; else the gateway makes one). The output has a prediction_id column",
+        ),
     ],
     route: Annotated[str, typer.Option(help="route name, e.g. fraud")],
     out: Annotated[

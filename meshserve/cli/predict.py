@@ -80,7 +80,7 @@ def _to_dict(reply: gateway_pb2.PredictResponse) -> dict[str, object]:
         "predictions": [
             {"entity_key": p.entity_key, "score": p.score, "variant": p.variant,
              "model_version": p.model_version, "tier": gateway_pb2.Tier.Name(p.tier), "from_cache": p.from_cache,
-             "defaulted_features": list(p.defaulted_features)}
+             "defaulted_features": list(p.defaulted_features), "prediction_id": p.prediction_id}
             for p in reply.predictions
         ],
     }  # fmt: skip
@@ -98,6 +98,8 @@ def _show(answer: Mapping[str, object]) -> None:
                       "yes" if p["from_cache"] else "no")  # fmt: skip
     console.print(table)
     for p in answer["predictions"]:  # type: ignore[attr-defined]
+        if p["prediction_id"]:  # what a label for this answer names (`meshserve feedback load`)
+            console.print(Text(f"prediction id: {p['prediction_id']}"), soft_wrap=True)
         if p["defaulted_features"]:
             console.print(Text(defaulted_note(p["entity_key"], p["defaulted_features"]), style="yellow"))
 

@@ -45,7 +45,9 @@ def to_request(route: str, rows: list[ValidRow]) -> gateway_pb2.PredictRequest:
         route=route,
         instances=[
             gateway_pb2.Instance(
-                entity_key=r.entity_key, features={k: value(v) for k, v in r.features.items()}
+                entity_key=r.entity_key,
+                features={k: value(v) for k, v in r.features.items()},
+                prediction_id=r.prediction_id,
             )
             for r in rows
         ],
@@ -61,6 +63,7 @@ def from_reply(reply: gateway_pb2.PredictResponse) -> list[ScoredRow]:
             p.model_version,
             gateway_pb2.Tier.Name(p.tier),
             tuple(p.defaulted_features),
+            p.prediction_id,
         )
         for p in reply.predictions
     ]

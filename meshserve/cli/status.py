@@ -110,7 +110,16 @@ async def collect(mesh: MeshEndpoints) -> dict[str, object]:
         "tls": mesh.tls,
         "endpoints": {
             k: mesh.address(k)
-            for k in ("gateway", "gateway_http", "admin", "feature", "cache", "inference", "triton_grpc")
+            for k in (
+                "gateway",
+                "gateway_http",
+                "admin",
+                "feature",
+                "cache",
+                "inference",
+                "monitor",
+                "triton_grpc",
+            )
         },  # fmt: skip
         "processes": [p.to_dict() for p in processes],
         "routes": routes,

@@ -35,7 +35,7 @@ from meshserve.launcher.repository import RepositoryError, ServedRepository
 from meshserve.launcher.startup_checks import RunDirLock, StartupError
 
 console = Console(stderr=True)
-PROCESSES = ["triton", "feature", "cache", "inference", "gateway"]
+PROCESSES = ["triton", "feature", "cache", "inference", "monitor", "gateway"]
 
 
 def _endpoints_table(ep: Endpoints) -> FittedTable:
@@ -57,6 +57,7 @@ def _endpoints_table(ep: Endpoints) -> FittedTable:
                 ("feature", ep.feature),
                 ("cache", ep.cache),
                 ("inference", ep.inference),
+                ("monitor", ep.monitor),
             )
             for row in ((service, address), (f"{service} metrics", ep.service_metrics[service]))
         ),
@@ -144,7 +145,7 @@ def mesh_endpoints(mesh: LocalMesh, ep: Endpoints) -> MeshEndpoints:
     return MeshEndpoints(
         up_pid=os.getpid(), tls=mesh.settings.tls, gateway=ep.gateway, gateway_http=ep.gateway_http,
         admin=ep.admin, feature=ep.feature, cache=ep.cache, inference=ep.inference,
-        triton_grpc=ep.triton_grpc, processes=processes,
+        triton_grpc=ep.triton_grpc, processes=processes, monitor=ep.monitor,
         log_dir=str(mesh.log_dir) if mesh.log_dir is not None else None,
     )  # fmt: skip
 
@@ -256,7 +257,7 @@ async def _serve(mesh: LocalMesh, settings: MeshSettings) -> int:
     with _progress() as progress:
         gateways = "gateway" if settings.gateways == 1 else f"{settings.gateways} gateways"
         task = progress.add_task(
-            f"starting triton, feature, cache, inference, {gateways}", total=len(mesh.children)
+            f"starting triton, feature, cache, inference, monitor, {gateways}", total=len(mesh.children)
         )
 
         def ready(name: str) -> None:

@@ -21,7 +21,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 __all__ = ["DEFAULT_NAMES", "Issued", "issue_certificates"]
 
-DEFAULT_NAMES = ("gateway", "feature", "cache", "inference", "triton", "redis", "admin", "client")
+DEFAULT_NAMES = ("gateway", "feature", "cache", "inference", "monitor", "triton", "redis", "admin", "client")
 DEFAULT_DAYS = 825  # the longest validity clients commonly accept for a leaf
 
 

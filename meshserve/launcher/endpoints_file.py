@@ -24,6 +24,7 @@ DEFAULT_ADDRESSES: dict[str, str] = {
     "feature": "127.0.0.1:50052",
     "admin": "127.0.0.1:50055",
     "gateway_http": "127.0.0.1:50056",
+    "monitor": "127.0.0.1:50057",
 }
 
 
@@ -53,6 +54,7 @@ class MeshEndpoints:
     triton_grpc: str
     processes: list[ProcessEndpoint] = field(default_factory=list)
     log_dir: str | None = None  # this run's logs (absent from files of older versions)
+    monitor: str | None = None  # the monitor service (absent from files of older versions)
 
     def address(self, kind: str) -> str | None:
         value = getattr(self, kind, None)

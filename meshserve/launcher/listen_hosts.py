@@ -2,14 +2,15 @@
 
 `--host` says where callers reach the mesh, so it moves the gateway's client ports (gRPC and REST) and nothing
 else. Everything else answers the gateway or an operator on this machine and stays on loopback:
-- the feature, cache and inference services: without TLS they are plaintext and unauthenticated (a feature
-  load writes the store; the inference port reaches Triton around the gateway's auth and admission);
+- the feature, cache, inference and monitor services: without TLS they are plaintext and unauthenticated (a
+  feature load writes the store; the inference port reaches Triton around the gateway's auth and admission; the
+  monitor takes labels and hands out the prediction log, features included);
 - every /metrics: even with TLS they ask no client certificate;
 - the admin API, unless `admin_host` moves it (it changes routes: keep it off public networks);
 - Triton (services.inference.tritonserver.BIND_ADDRESS, not planned here): its mTLS checks only that a
   certificate comes from the mesh's CA, and `up --tls` hands `client.pem` to callers.
 
-With `--tls` the mesh gives the feature, cache and inference services mTLS and a peer check (only the
+With `--tls` the mesh gives the feature, cache, inference and monitor services mTLS and a peer check (only the
 certificates that must call each one, mesh.ALLOWED_PEERS), so they follow `--host`: another host's gateway can
 then use them, and nobody else can.
 """
@@ -39,7 +40,7 @@ def is_loopback(host: str) -> bool:
 class ListenHosts:
     gateway: str  # the gateway's gRPC and REST ports: where callers come from
     admin: str  # the gateway's admin API
-    services: str  # the feature, cache and inference services
+    services: str  # the feature, cache, inference and monitor services
     metrics: str  # every process's /metrics
 
     def probe_host(self) -> str:

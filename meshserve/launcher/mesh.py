@@ -1,4 +1,5 @@
-"""The whole mesh on one machine: Triton, the three services and the gateway, as supervised child processes.
+"""The whole mesh on one machine: Triton, the feature, cache, inference and monitor services and the gateway, as
+supervised child processes.
 
 `meshserve up` and the integration tests start it the same way, so the tests exercise what users run. Once every
 process is healthy, one that exits without being asked to is restarted with backoff (`Supervisor`); `wait()`
@@ -89,8 +90,8 @@ class MeshSettings(BaseSettings):
     host: str = Field(
         "127.0.0.1",
         description="address the gateway's gRPC and REST ports listen on; the other processes and every /metrics "
-        "stay on loopback, except the feature, cache and inference services with tls (mTLS and peer checks), "
-        "which follow it (meshserve.launcher.listen_hosts)",
+        "stay on loopback, except the feature, cache, inference and monitor services with tls (mTLS and peer "
+        "checks), which follow it (meshserve.launcher.listen_hosts)",
     )
     admin_host: str | None = Field(
         None,
@@ -101,6 +102,13 @@ class MeshSettings(BaseSettings):
     admin_port: int = Field(50055, ge=0, le=65535, description="the gateway's admin port; 0 = any free port")
     gateway_http_port: int = Field(
         50056, ge=0, le=65535, description="the gateway's REST port (Triton's HTTP API); 0 = any free port"
+    )
+    monitor_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="the monitor service's port (`meshserve up --monitor-port`): the prediction log, labels and "
+        "quality; 0 = a free port chosen afresh each start (CLI commands find it in endpoints.json)",
     )
     gateways: int = Field(
         1,
@@ -249,6 +257,10 @@ ALLOWED_PEERS: dict[str, list[str]] = {
     "feature": ["gateway", "admin"],
     "cache": ["gateway", "feature", "admin"],  # the feature service invalidates cached answers
     "inference": ["gateway", "admin"],
+    "monitor": [
+        "gateway",
+        "admin",
+    ],  # the gateways log and forward labels; `admin`: quality, export, the judge's CLI
     "gateway": [],  # any certificate from the mesh's CA (`client`, `admin`...); callers are part B's concern
 }
 
@@ -269,6 +281,7 @@ def cli_channel(target: str, server_name: str = "gateway", tls: bool | None = No
 
 
 CONTROL_STORE_FILE = "control.db"  # in the run directory: what several gateway processes share
+MONITOR_STORE_FILE = "monitor.db"  # in the run directory: the prediction log and labels, kept between runs
 
 
 def gateway_names(count: int) -> list[str]:
@@ -286,6 +299,7 @@ class Endpoints:
     feature: str
     cache: str
     inference: str
+    monitor: str  # the prediction log, labels and quality (services.monitor)
     triton_grpc: str
     triton_metrics: str
 
@@ -314,29 +328,39 @@ class _MeshCertificates:
 # Started only once these are SERVING. The feature service seeds its store at start-up and tells the cache to
 # drop answers for the seeded entities (right after a restart of the feature service, whose in-memory store
 # comes back as the seed); with the cache not yet listening that invalidation could only fail.
-START_AFTER: dict[str, tuple[str, ...]] = {"feature": ("cache",)}
+# The gateways start once the monitor serves, so that the prediction log of their first answers is not dropped
+# (the log never waits for the monitor: records it cannot hand over are counted as dropped).
+START_AFTER: dict[str, tuple[str, ...]] = {"feature": ("cache",), "gateway": ("monitor",)}
 
 
 # Who calls whom inside the mesh (gateway-2... count as the gateway). Stopping, a process is signalled only once
 # every process that calls it has exited, so what each one drains can still finish: the gateway's Predicts need the
-# feature, cache and inference services, the feature service's writes invalidate the cache, and the inference
-# service's calls go to Triton. Processes apart from one another stop side by side.
+# feature, cache and inference services and its prediction log and labels go to the monitor, the feature
+# service's writes invalidate the cache, and the inference service's calls go to Triton. Processes apart from one
+# another stop side by side.
 CALLERS: dict[str, tuple[str, ...]] = {
     "feature": ("gateway",),
     "cache": ("gateway", "feature"),
     "inference": ("gateway",),
+    "monitor": ("gateway",),
     "triton": ("inference",),
 }
 
 
+def role_of(process: str) -> str:
+    """A child's role: gateway-2... are gateways."""
+    return "gateway" if process.startswith("gateway") else process
+
+
 def stop_after(name: str, names: Iterable[str]) -> list[str]:
     """Those of `names` that must have exited before `name` is stopped (CALLERS)."""
+    callers = CALLERS.get(role_of(name), ())
+    return [other for other in names if role_of(other) in callers]
 
-    def role(process: str) -> str:
-        return "gateway" if process.startswith("gateway") else process
 
-    callers = CALLERS.get(role(name), ())
-    return [other for other in names if role(other) in callers]
+def start_after(name: str) -> tuple[str, ...]:
+    """The children that must be SERVING before `name` starts (START_AFTER)."""
+    return START_AFTER.get(role_of(name), ())
 
 
 class StartupFailure(RuntimeError):
@@ -382,7 +406,7 @@ class LocalMesh:
 
         s = self.settings
         hosts = self.listen_hosts()
-        services = ("gateway", "feature", "cache", "inference")
+        services = ("gateway", "feature", "cache", "inference", "monitor")
         gateways = gateway_names(s.gateways)
         names = (
             "admin",
@@ -397,6 +421,7 @@ class LocalMesh:
         gateway_port = s.gateway_port or port["gateway"]
         port["admin"] = s.admin_port or port["admin"]
         port["gateway_http"] = s.gateway_http_port or port["gateway_http"]
+        port["monitor"] = s.monitor_port or port["monitor"]
         scheme = "https" if s.tls else "http"  # our /metrics serve TLS with each process's certificate
         # each address is where that process really listens (meshserve.launcher.listen_hosts)
         ep = Endpoints(
@@ -411,6 +436,7 @@ class LocalMesh:
             feature=f"{hosts.services}:{port['feature']}",
             cache=f"{hosts.services}:{port['cache']}",
             inference=f"{hosts.services}:{port['inference']}",
+            monitor=f"{hosts.services}:{port['monitor']}",
             triton_grpc=f"{TRITON_HOST}:{port['grpc']}",
             triton_metrics=f"http://{TRITON_HOST}:{port['metrics']}/metrics",
         )
@@ -421,6 +447,7 @@ class LocalMesh:
                 (hosts.gateway, s.gateway_port, "gateway", "--port"),
                 (hosts.admin, s.admin_port, "admin", "--admin-port"),
                 (hosts.gateway, s.gateway_http_port, "REST", "--http-port"),
+                (hosts.services, s.monitor_port, "monitor", "--monitor-port"),
             )
             if number
         ]
@@ -450,6 +477,7 @@ class LocalMesh:
         self.ports = {
             "triton": [PortUse(port["grpc"], "triton gRPC", None)],
             **{name: [PortUse(port[name], name, None)] for name in ("feature", "cache", "inference")},
+            "monitor": [PortUse(port["monitor"], "monitor", "--monitor-port" if s.monitor_port else None)],
             **{name: gateway_ports for name in gateways},
         }
         self.port_hosts = {
@@ -461,6 +489,7 @@ class LocalMesh:
                 ep.feature,
                 ep.cache,
                 ep.inference,
+                ep.monitor,
                 ep.triton_grpc,
             )
         }
@@ -495,6 +524,7 @@ class LocalMesh:
             feature_url=ep.feature,
             cache_url=ep.cache,
             inference_url=ep.inference,
+            monitor_url=ep.monitor,
             routes_path=routes_path,
             registry_path=s.registry_path,
             admin_host=hosts.admin,
@@ -521,6 +551,17 @@ class LocalMesh:
                 "services.inference",
                 env("INFERENCE", port=port["inference"], triton_url=ep.triton_grpc),
             ),
+            # SQLite in the run directory: the log and its labels outlive a restart of the monitor or the mesh
+            "monitor": self._python(
+                "monitor",
+                "services.monitor",
+                env(
+                    "MONITOR",
+                    port=port["monitor"],
+                    store_path=run_dir / MONITOR_STORE_FILE,
+                    registry_path=s.registry_path,  # the order of the features an export writes
+                ),
+            ),
             # the first keeps its name (tools and tests address mesh.children["gateway"]); each has its metrics
             **{
                 name: self._python(
@@ -536,7 +577,9 @@ class LocalMesh:
         """Where each process listens: the gateway's client ports at `host`, the rest on loopback unless every
         internal service runs with mTLS and a peer check (meshserve.launcher.listen_hosts)."""
         s = self.settings
-        peer_checked = s.tls and all(ALLOWED_PEERS[name] for name in ("feature", "cache", "inference"))
+        peer_checked = s.tls and all(
+            ALLOWED_PEERS[name] for name in ("feature", "cache", "inference", "monitor")
+        )
         return plan_listen_hosts(s.host, s.admin_host, peer_checked)
 
     def _nothing_to_serve(self) -> list[str]:
@@ -572,6 +615,7 @@ class LocalMesh:
             "feature": ep.feature,
             "cache": ep.cache,
             "inference": ep.inference,
+            "monitor": ep.monitor,
             # gateways sharing the port: whichever answers; _until_healthy also awaits each one's own port
             **{name: ep.gateway for name in gateway_names(self.settings.gateways)},
         }
@@ -609,7 +653,7 @@ class LocalMesh:
         return endpoints
 
     async def _start_one(self, name: str, healthy: dict[str, asyncio.Event], on_ready) -> None:
-        for first in START_AFTER.get(name, ()):
+        for first in start_after(name):
             await healthy[first].wait()  # bounded: `first` is healthy, or its failure cancels this
         await self.children[name].start()
         await self._until_healthy(name, during_start=True)
@@ -731,8 +775,8 @@ class LocalMesh:
         on_stopped: Callable[[str, int | None], None] = lambda name, code: None,
     ) -> None:
         """Every process at once by process group, except that each waits until every process that calls it
-        (CALLERS) has exited: the gateways first (they drain their callers), then the feature and inference
-        services, then the cache and Triton. `on_stopped(name, exit code)` hears of each started one as it exits.
+        (CALLERS) has exited: the gateways first (they drain their callers), then the feature, inference and
+        monitor services, then the cache and Triton. `on_stopped(name, exit code)` hears of each started one as it exits.
         Supervision stops first, so these exits are not taken for crashes."""
         if self.supervisor is not None:
             await self.supervisor.stop()

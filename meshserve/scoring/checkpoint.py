@@ -25,6 +25,7 @@ class ScoredRow:
     model_version: str
     tier: str
     defaulted_features: tuple[str, ...] = ()  # stored features scored with defaults (missing or too old)
+    prediction_id: str = ""  # the caller's, or the one the gateway made: what labels name
 
 
 @dataclass
@@ -47,7 +48,7 @@ class PartResult:
         data = json.loads(text)
         return cls(
             data["index"],
-            [ScoredRow(*r[:5], tuple(r[5]) if len(r) > 5 else ()) for r in data["rows"]],
+            [ScoredRow(*r[:5], tuple(r[5]) if len(r) > 5 else (), *r[6:7]) for r in data["rows"]],
             [Reject(*r) for r in data["rejects"]],
         )
 

@@ -11,7 +11,15 @@ from meshserve.scoring.rows import RawRow, Reject
 
 __all__ = ["count_rows", "read_columns", "read_rows", "rejects_path", "write_outputs"]
 
-OUTPUT_COLUMNS = ["entity_key", "score", "variant", "model_version", "tier", "defaulted_features"]
+OUTPUT_COLUMNS = [
+    "entity_key",
+    "score",
+    "variant",
+    "model_version",
+    "tier",
+    "defaulted_features",
+    "prediction_id",
+]
 
 
 def _is_parquet(path: Path) -> bool:
@@ -91,6 +99,7 @@ def write_outputs(out: Path, checkpoint: Checkpoint, chunks: int) -> tuple[int, 
                 "model_version": pa.array([r.model_version for r in rows], pa.string()),
                 "tier": pa.array([r.tier for r in rows], pa.string()),
                 "defaulted_features": pa.array([_names(r) for r in rows], pa.string()),
+                "prediction_id": pa.array([r.prediction_id for r in rows], pa.string()),
             }
         )
         pq.write_table(table, out)
@@ -99,7 +108,8 @@ def write_outputs(out: Path, checkpoint: Checkpoint, chunks: int) -> tuple[int, 
             writer = csv.writer(f)
             writer.writerow(OUTPUT_COLUMNS)
             writer.writerows(
-                [r.entity_key, repr(r.score), r.variant, r.model_version, r.tier, _names(r)] for r in rows
+                [r.entity_key, repr(r.score), r.variant, r.model_version, r.tier, _names(r), r.prediction_id]
+                for r in rows
             )
     defaulted = sum(1 for r in rows if r.defaulted_features)
     if not rejects:

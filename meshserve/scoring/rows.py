@@ -12,7 +12,13 @@ from itertools import islice
 
 from meshserve.feature.registry import FeatureRegistry, allowed_range
 
-__all__ = ["FeatureSpec", "RawRow", "Reject", "RowSchema", "ValidRow", "chunks"]
+__all__ = ["PREDICTION_ID_COLUMN", "FeatureSpec", "RawRow", "Reject", "RowSchema", "ValidRow", "chunks"]
+
+# An optional input column: the caller's own id for each row's prediction (a transaction id, say), sent as
+# Instance.prediction_id so that labels can later name it; without it the gateway makes one. Either way the output
+# says it.
+PREDICTION_ID_COLUMN = "prediction_id"
+MAX_PREDICTION_ID = 128  # characters, printable ASCII: the gateway's own limit
 
 
 @dataclass(frozen=True)
@@ -27,6 +33,7 @@ class ValidRow:
     line: int
     entity_key: str
     features: dict[str, int | float]  # int for integral features, float otherwise
+    prediction_id: str = ""  # the row's own (PREDICTION_ID_COLUMN); empty: the gateway makes one
 
 
 @dataclass(frozen=True)
@@ -95,17 +102,34 @@ class RowSchema:
             return Reject(
                 row.line, key, f"{row.extra_fields} field(s) beyond the header's {len(row.values)} columns"
             )
-        known = set(self.columns)
+        known = {*self.columns, PREDICTION_ID_COLUMN}
         unknown = [c for c in row.values if c not in known and _text(row.values[c])]
         if unknown:
-            return Reject(row.line, key, f"unknown column {unknown[0]!r}; expected {self.columns}")
+            return Reject(
+                row.line,
+                key,
+                f"unknown column {unknown[0]!r}; expected {self.columns} (and optionally {PREDICTION_ID_COLUMN!r})",
+            )
+        prediction_id = _text(row.values.get(PREDICTION_ID_COLUMN))
+        problem = prediction_id_problem(prediction_id)
+        if problem:
+            return Reject(row.line, key, problem)
         features: dict[str, int | float] = {}
         for spec in self.features:
             value = parse_feature(spec, row.values.get(spec.name))
             if isinstance(value, str):
                 return Reject(row.line, key, value)
             features[spec.name] = value
-        return ValidRow(row.line, key, features)
+        return ValidRow(row.line, key, features, prediction_id)
+
+
+def prediction_id_problem(prediction_id: str) -> str | None:
+    """Why the gateway would refuse this id (INVALID_ARGUMENT), or None; an empty one asks the gateway for one."""
+    if len(prediction_id) > MAX_PREDICTION_ID:
+        return f"{PREDICTION_ID_COLUMN} is {len(prediction_id)} characters long; at most {MAX_PREDICTION_ID}"
+    if not all(" " <= c <= "~" for c in prediction_id):
+        return f"{PREDICTION_ID_COLUMN} {prediction_id!r} is not printable ASCII"
+    return None
 
 
 def _text(value: object) -> str:

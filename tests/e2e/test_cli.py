@@ -17,7 +17,7 @@ from meshserve.core.channels import wait_until_serving
 from tests.e2e.meshserve_up import MESHSERVE, meshserve_up, run_logs
 from tests.helpers import alive, descendants
 
-PROCESSES = {"triton", "feature", "cache", "inference", "gateway"}
+PROCESSES = {"triton", "feature", "cache", "inference", "monitor", "gateway"}
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ async def wait_for_exit(process, timeout: float = 60) -> tuple[int, str]:
 async def test_up_serves_tritonclient_and_predict_then_stops_every_process(up):
     process, port, run_dir = up
     family = children_of(process.pid)
-    assert len(family) >= len(PROCESSES)  # Triton, its python stubs, our four services
+    assert len(family) >= len(PROCESSES)  # Triton, its python stubs, our five services
 
     client = triton_grpc.InferenceServerClient(f"127.0.0.1:{port}")
     tensor = triton_grpc.InferInput("features", [1, 5], "FP32")

@@ -76,7 +76,7 @@ async def test_up_on_all_interfaces_exposes_only_the_gateways_client_ports_and_r
         assert code == 0, err
         status = json.loads(out)
         assert {p["name"]: p["health"] for p in status["processes"]} == dict.fromkeys(
-            ("triton", "feature", "cache", "inference", "gateway"), "SERVING"
+            ("triton", "feature", "cache", "inference", "monitor", "gateway"), "SERVING"
         )
         in_status = reported(json.dumps({"processes": status["processes"], "endpoints": status["endpoints"]}))
         for source, addresses in (("endpoints.json", in_file), ("up", in_table), ("status", in_status)):

@@ -20,7 +20,7 @@ from meshserve.core.process import free_port, free_ports
 from meshserve.launcher.mesh import LocalMesh, MeshSettings, StartupFailure
 from tests.e2e.meshserve_up import meshserve_up, meshserve_up_fails, run_logs
 
-PROCESSES = {"triton", "feature", "cache", "inference", "gateway"}
+PROCESSES = {"triton", "feature", "cache", "inference", "monitor", "gateway"}
 RAISES_IN_INITIALIZE = """\
 class TritonPythonModel:
     def initialize(self, args):

@@ -22,7 +22,7 @@ from meshserve.launcher.endpoints_file import (
 from tests.e2e.meshserve_up import MESHSERVE, meshserve_up
 from tests.helpers import alive
 
-PROCESSES = {"triton", "feature", "cache", "inference", "gateway"}
+PROCESSES = {"triton", "feature", "cache", "inference", "monitor", "gateway"}
 
 
 async def run_cli(*args: str, env: dict[str, str], timeout: float = 60) -> tuple[int, str, str]:

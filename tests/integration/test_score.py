@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import random
+import re
 import signal
 import sys
 from pathlib import Path
@@ -20,6 +21,9 @@ from meshserve.scoring.runner import ScoringInterrupted
 
 HEADER = ["account_id", "amount", "merchant_category"]
 MESHSERVE = str(Path(sys.executable).parent / "meshserve")
+GATEWAY_ID = (
+    r"[0-9a-f]{32}(:\d+)?"  # one the gateway made: a request's base, and the row's index when it had several
+)
 
 
 def write_input(path, n: int, seed: int = 7) -> list[list[str]]:
@@ -71,7 +75,22 @@ async def test_score_matches_single_predicts_and_resumes_identically(mesh, tmp_p
     assert '"done": [' in state
     again = await run_score(src, "fraud", resumed, mesh.endpoints.gateway, batch=256, in_flight=4, quiet=True)
     assert again.resumed_chunks == 5
-    assert pq.read_table(resumed).equals(pq.read_table(whole))
+    # the same answers; each run's predictions have ids of their own (the gateway makes one per instance)
+    ids = [r["prediction_id"] for r in table]
+    assert len(set(ids)) == len(ids) and all(re.fullmatch(GATEWAY_ID, i) for i in ids)
+    assert pq.read_table(resumed).drop(["prediction_id"]).equals(pq.read_table(whole).drop(["prediction_id"]))
+
+
+async def test_a_prediction_id_column_names_each_rows_prediction(mesh, tmp_path):
+    src = tmp_path / "ids.csv"
+    src.write_text(
+        "account_id,amount,merchant_category,prediction_id\nacct-00042,250,3,txn-1\nacct-00043,10,2,\n"
+    )
+    out = tmp_path / "ids.parquet"
+    summary = await run_score(src, "fraud", out, mesh.endpoints.gateway, quiet=True)
+    assert (summary.rows, summary.rejects) == (2, 0)
+    first, second = pq.read_table(out).column("prediction_id").to_pylist()
+    assert first == "txn-1" and re.fullmatch(GATEWAY_ID, second)  # the caller's own, else the gateway's
 
 
 async def test_bad_rows_go_to_rejects_with_line_numbers(mesh, tmp_path):

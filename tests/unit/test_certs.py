@@ -35,6 +35,7 @@ def test_writes_a_ca_and_one_certificate_per_default_name_with_private_keys_0600
         "feature",
         "cache",
         "inference",
+        "monitor",
         "triton",
         "redis",
         "admin",

@@ -85,7 +85,7 @@ def status(metrics_port: int = 38703) -> dict:
     processes = [
         {"name": name, "pid": 20150 + i, "alive": i != 3, "address": f"127.0.0.1:{56950 + i}",
          "metrics": f"http://127.0.0.1:{metrics_port + i}/metrics", "health": "SERVING" if i != 3 else "UNAVAILABLE"}
-        for i, name in enumerate(("triton", "feature", "cache", "inference", "gateway"))
+        for i, name in enumerate(("triton", "feature", "cache", "inference", "monitor", "gateway"))
     ]  # fmt: skip
     return {"up_pid": 20149, "tls": False, "processes": processes}
 
@@ -128,16 +128,18 @@ def test_cache_stats_are_a_table_where_they_fit():
 @pytest.mark.parametrize("scheme", ["http", "https"])
 def test_the_up_table_at_80_columns_has_every_endpoint_whole_on_the_line_of_its_name(scheme):
     metrics = {name: f"{scheme}://127.0.0.1:{port}/metrics" for name, port in
-               (("feature", 60257), ("cache", 58807), ("inference", 41539), ("gateway-2", 41540))}  # fmt: skip
+               (("feature", 60257), ("cache", 58807), ("inference", 41539), ("monitor", 41541),
+                ("gateway-2", 41540))}  # fmt: skip
     ep = Endpoints(gateway="127.0.0.1:56413", gateway_http="127.0.0.1:43249", admin="127.0.0.1:33801",
                    gateway_metrics=f"{scheme}://127.0.0.1:60925/metrics", service_metrics=metrics,
                    feature="127.0.0.1:32871", cache="127.0.0.1:34929", inference="127.0.0.1:35697",
-                   triton_grpc="127.0.0.1:56953", triton_metrics=f"{scheme}://127.0.0.1:38703/metrics")  # fmt: skip
+                   monitor="127.0.0.1:35699", triton_grpc="127.0.0.1:56953", triton_metrics=f"{scheme}://127.0.0.1:38703/metrics")  # fmt: skip
     readable(
         render(_endpoints_table(ep), NARROW), NARROW,
         ["meshserve is up", "gateway gRPC (Predict + Open Inference Protocol): 127.0.0.1:56413",
          "gateway REST (Triton's HTTP API): 127.0.0.1:43249", f"gateway metrics: {ep.gateway_metrics}",
          f"gateway-2 metrics: {metrics['gateway-2']}", f"inference metrics: {metrics['inference']}",
+         "monitor: 127.0.0.1:35699", f"monitor metrics: {metrics['monitor']}",
          f"triton metrics: {ep.triton_metrics}"],
     )  # fmt: skip
     wide = render(_endpoints_table(ep), 120)

@@ -29,7 +29,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from pydantic_settings import BaseSettings
 
 from gateway.metrics import GatewayCollector
-from gateway.settings import GatewaySettings
 from meshserve.core import healthcheck
 from meshserve.core.metrics import ServiceMetrics
 from meshserve.core.telemetry import tracing_enabled
@@ -39,6 +38,7 @@ from services.cache.settings import CacheSettings
 from services.feature.service import FreshnessCollector
 from services.feature.settings import FeatureSettings
 from services.inference.settings import InferenceSettings
+from tests.unit.pending_issue18 import QUALITY_METRICS, GatewaySettings, MonitorSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"  # the whole stack, Triton on the CPU from our own image
@@ -51,6 +51,7 @@ SETTINGS: dict[str, type[BaseSettings]] = {
     "feature": FeatureSettings,
     "cache": CacheSettings,
     "inference": InferenceSettings,
+    "monitor": MonitorSettings,
     "gateway": GatewaySettings,
 }
 TRITON_DEFAULT_PORTS = {"grpc": 8001, "http": 8000, "metrics": 8002}  # unless its command says otherwise
@@ -75,7 +76,12 @@ ONE_SHOT = {"certs"}
 CERTS = Path("/certs")  # where the certs volume is mounted in every container
 # Who may call whom over mTLS (first DNS SAN of the caller's certificate), beyond the process itself (its own
 # healthcheck) and `admin` (tools).
-CALLERS = {"feature": {"gateway"}, "cache": {"gateway", "feature"}, "inference": {"gateway"}}
+CALLERS = {
+    "feature": {"gateway"},
+    "cache": {"gateway", "feature"},
+    "inference": {"gateway"},
+    "monitor": {"gateway"},
+}
 
 PROMETHEUS_CONFIG = REPO_ROOT / "deploy/prometheus/prometheus.yml"
 GRAFANA = REPO_ROOT / "deploy/grafana"
@@ -339,7 +345,8 @@ def test_the_serving_image_leaves_out_only_real_dependencies_serving_never_impor
     # serving imports none of them at module level (the CLI's Parquet and Envoy commands import them lazily)
     modules = {"pyarrow": "pyarrow", "envoy-data-plane": "envoy_data_plane", "nvidia-pytriton": "pytriton"}
     modules["onnxruntime"] = "onnxruntime"
-    for package in ("gateway", "services/feature", "services/cache", "services/inference", "meshserve/core"):
+    packages = ("gateway", "services/feature", "services/cache", "services/inference", "services/monitor")
+    for package in (*packages, "meshserve/core"):
         for source in (REPO_ROOT / package).rglob("*.py"):
             for name in skip:
                 pattern = rf"^(import|from) {modules[name]}\b"
@@ -403,7 +410,7 @@ def test_every_url_names_a_service_and_the_port_it_listens_on(services, monkeypa
                 f"{name}: {variable}={value}, but {host} listens on {listening_port(host, services, monkeypatch)}"
             )
             urls += 1
-    assert urls >= 4  # the gateway's three dependencies and the inference service's Triton
+    assert urls >= 5  # the gateway's four dependencies and the inference service's Triton
 
 
 def test_stop_grace_period_outlasts_each_service_drain(services, monkeypatch):
@@ -451,7 +458,7 @@ def test_start_up_order(services):
         return set(services[name].get("depends_on", {}))
 
     assert "triton" in waits_for("inference")
-    assert {"feature", "cache", "inference"} <= waits_for("gateway")
+    assert {"feature", "cache", "inference", "monitor"} <= waits_for("gateway")
 
 
 def test_healthchecks_ask_each_process_on_its_own_port(services, monkeypatch):
@@ -469,6 +476,7 @@ def test_healthchecks_ask_each_process_on_its_own_port(services, monkeypatch):
 PUBLISHED = {
     "gateway": {50051, 50055, 50056},  # gRPC, admin API, REST
     "feature": {50052},  # `meshserve features load`
+    "monitor": {50057},  # `meshserve quality`, `meshserve predictions export`
     "envoy": {8080},
     "prometheus": {9090},
     "grafana": {3000},
@@ -508,6 +516,29 @@ def test_gateway_audit_log_is_on_a_named_volume(services, monkeypatch):
     holding = [target for target in named if audit_log.is_relative_to(target)]
     assert holding, f"{audit_log} is on no named volume: the audit trail would die with the container"
     assert named[holding[0]] in (yaml.safe_load(COMPOSE_FILE.read_text()).get("volumes") or {})
+
+
+def named_volume_holding(service: dict, path: Path) -> str | None:
+    """The named volume of a service that `path` lies on, if any."""
+    for volume in service.get("volumes", []):
+        source, target = volume.split(":")[:2]
+        if not source.startswith((".", "/")) and path.is_relative_to(target):
+            return source
+    return None
+
+
+def test_the_monitor_keeps_its_log_and_labels_on_a_named_volume_of_its_own(services, monkeypatch):
+    settings = load_settings("monitor", services, monkeypatch)
+    assert settings.redis_url is None, "one machine: the embedded store"
+    store = Path(settings.store_path)
+    assert store.is_absolute(), "relative to the working directory, it would die with the container"
+    volume = named_volume_holding(services["monitor"], store)
+    assert volume in (yaml.safe_load(COMPOSE_FILE.read_text()).get("volumes") or {}), volume
+    others = [n for n, s in services.items() if n != "monitor" and any(str(v).startswith(f"{volume}:") for v in
+                                                                       s.get("volumes", []))]  # fmt: skip
+    assert not others, f"{others} mount the monitor's store"
+    gateway = load_settings("gateway", services, monkeypatch)
+    assert gateway.monitor_url == f"monitor:{settings.port}"
 
 
 def test_only_the_gpu_file_reserves_the_gpus(services, gpu_triton):
@@ -801,6 +832,19 @@ def test_dashboard_shows_canaries_shadows_rollouts_services_and_triton(dashboard
     assert wanted <= used, f"no panel shows {sorted(wanted - used)}"
 
 
+def test_dashboard_shows_quality_per_variant(dashboard):
+    used = set().union(*map(promql_metrics, expressions(dashboard)))
+    wanted = {f"meshserve_quality_{name}" for name in ("auc", "log_loss", "brier", "calibration_error",
+                                                       "label_coverage")}  # fmt: skip
+    assert wanted <= used, f"no panel shows {sorted(wanted - used)}"
+    for panel in panels(dashboard):
+        for target in panel.get("targets", []):
+            if promql_metrics(target["expr"]) & wanted:  # one series per route, variant and version
+                assert {"route", "variant", "version"} <= set(
+                    re.findall(r"\{\{(\w+)\}\}", target["legendFormat"])
+                )
+
+
 def test_dashboard_queries_only_metrics_that_exist(dashboard):
     queries = expressions(dashboard)
     for variable in dashboard.get("templating", {}).get("list", []):
@@ -809,7 +853,7 @@ def test_dashboard_queries_only_metrics_that_exist(dashboard):
         assert selector, f"variable {variable['name']}: {variable['definition']!r}"
         queries.append(selector[1])
     for expr in queries:
-        unknown = promql_metrics(expr) - OUR_METRICS - TRITON_METRICS
+        unknown = promql_metrics(expr) - OUR_METRICS - QUALITY_METRICS - TRITON_METRICS
         assert not unknown, f"{expr!r} reads {sorted(unknown)}, which nothing exports"
 
 

@@ -4,6 +4,7 @@ an address in (flag, MESHSERVE_TARGET_*, the running mesh's file, the default)."
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import pytest
 
@@ -101,3 +102,19 @@ def test_tls_comes_from_the_file_unless_meshserve_tls_is_set(tmp_path):
 def test_a_broken_file_falls_back_to_the_default(tmp_path):
     endpoints_path(tmp_path).write_text("[]")
     assert locate("admin", env={"MESHSERVE_RUN_DIR": str(tmp_path)}).address == "127.0.0.1:50055"
+
+
+def test_the_monitor_is_found_like_the_others_and_an_older_file_without_it_falls_to_the_default(tmp_path):
+    run_dir = tmp_path / "run"
+    env = {"MESHSERVE_RUN_DIR": str(run_dir)}
+    assert locate("monitor", env=env).address == "127.0.0.1:50057"  # the monitor's own default port
+    write_endpoints(run_dir, replace(endpoints(), monitor="127.0.0.1:41008"))
+    assert (locate("monitor", env=env).address, locate("monitor", env=env).source) == (
+        "127.0.0.1:41008",
+        "file",
+    )
+    assert locate("monitor", env={**env, "MESHSERVE_TARGET_MONITOR": "m:1"}).address == "m:1"
+    assert locate("monitor", "flag:2", env=env).address == "flag:2"
+    write_endpoints(run_dir, endpoints())  # written by an `up` that had no monitor
+    assert read_endpoints(run_dir).monitor is None
+    assert locate("monitor", env=env).source == "default"

@@ -16,6 +16,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
@@ -23,11 +24,11 @@ import yaml
 from pydantic_settings import BaseSettings
 
 from gateway.routing.routes import load_routes
-from gateway.settings import GatewaySettings
 from meshserve.feature.registry import load_registry
 from services.cache.settings import CacheSettings
 from services.feature.settings import FeatureSettings
 from services.inference.settings import InferenceSettings
+from tests.unit.pending_issue18 import GatewaySettings, MonitorSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 K8S = REPO_ROOT / "deploy" / "k8s"
@@ -44,6 +45,7 @@ SETTINGS: dict[str, type[BaseSettings]] = {
     "feature": FeatureSettings,
     "cache": CacheSettings,
     "inference": InferenceSettings,
+    "monitor": MonitorSettings,
 }
 # Copies kustomize may read (inside the kustomization root) -> the file each one must equal.
 COPIES = {
@@ -76,7 +78,10 @@ REACHES = {
     ("triton", 8001): {"inference"},
     ("triton", 8000): set(),  # HTTP without TLS: only the kubelet's probes
     ("redis", 6379): {"gateway", "feature", "cache"},  # the control store, and the services once they use it
+    ("monitor", 50057): {"gateway"},  # the prediction log, labels, the judge's comparisons
+    ("monitor-redis", 6379): {"monitor"},  # the monitor's store
 }
+REDIS = ("redis", "monitor-redis")  # Deployments of Redis: the control store, the monitor's store
 METRICS_PORTS = {"envoy": None, "triton": 8002}  # others: 9464; Envoy's admin API stays on its loopback
 
 
@@ -292,12 +297,25 @@ def socket_addresses(node: Any) -> Iterator[dict]:
 
 
 def listening_port(name: str, render: Render) -> int:
-    """The port the process of Deployment `name` serves gRPC on, by its own configuration."""
+    """The port the process of Deployment `name` serves on (gRPC; Redis's TLS port), by its own configuration."""
     if name in SETTINGS:
         return load_settings(name, render).port
     if name == "triton":
         return flag(argv(render.container("triton")), "--grpc-port")
-    raise AssertionError(f"no known gRPC port for {name}")
+    if name in REDIS:
+        args = argv(render.container(name))
+        return int(args[args.index("--tls-port") + 1])
+    raise AssertionError(f"no known port for {name}")
+
+
+def url_address(value: str) -> tuple[str, int]:
+    """host and port of `host:port` or of a URL such as rediss://host:port/0."""
+    if "://" in value:
+        parts = urlsplit(value)
+        assert parts.hostname and parts.port, value
+        return parts.hostname, parts.port
+    host, _, port = value.rpartition(":")
+    return host, int(port)
 
 
 def container_port(container: dict, port: int | str) -> int:
@@ -349,8 +367,8 @@ def test_every_namespaced_object_lands_in_the_meshserve_namespace(render):
 
 
 def test_the_mesh_is_all_there(render):
-    assert render.of("Deployment").keys() == {"envoy", "triton", "redis", *SETTINGS}
-    assert render.of("Service").keys() == {"envoy", "triton", "redis", *SETTINGS}
+    assert render.of("Deployment").keys() == {"envoy", "triton", *REDIS, *SETTINGS}
+    assert render.of("Service").keys() == {"envoy", "triton", *REDIS, *SETTINGS}
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with its kustomize) is not installed")
@@ -417,6 +435,8 @@ def test_every_generated_configmap_file_is_a_checked_copy():
 # The admin token and API keys are files of the compose volumes there and Secrets you create here.
 COMPOSE_ONLY = {"MESHSERVE_GATEWAY_ADMIN_HOST", "MESHSERVE_GATEWAY_ADMIN_PORT", "MESHSERVE_GATEWAY_AUDIT_LOG"}
 COMPOSE_ONLY |= {"MESHSERVE_GATEWAY_ADMIN_TOKEN_FILE", "MESHSERVE_GATEWAY_AUTH_API_KEYS_FILE"}
+# The monitor's store: SQLite on a volume of one machine there, its own Redis here (MESHSERVE_MONITOR_REDIS_URL).
+COMPOSE_ONLY |= {"MESHSERVE_MONITOR_STORE_PATH"}
 
 
 def _without_tracing(command: list[str]) -> list[str]:
@@ -470,11 +490,10 @@ def test_every_url_names_a_service_that_reaches_the_port_its_process_serves(rend
     for name in SETTINGS:
         for variable, value in environment(render.container(name)).items():
             if variable.endswith("_URL"):
-                host, _, port = value.rpartition(":")
-                deployment, target = service_backend(render, host, int(port))
+                deployment, target = service_backend(render, *url_address(value))
                 assert target == listening_port(deployment, render), f"{name}: {variable}={value}"
                 urls += 1
-    assert urls >= 4  # the gateway's three dependencies and the inference service's Triton
+    assert urls >= 6  # the gateway's four dependencies, the inference service's Triton, the monitor's Redis
 
 
 def test_our_services_metrics_are_declared_and_announced_for_scraping(render):
@@ -509,13 +528,16 @@ def test_configured_files_are_mounted_from_a_configmap_and_load(render, tmp_path
             (tmp_path / path.name).write_text(data[path.name])
             loaders[suffix](tmp_path / path.name)  # the service's own loader accepts it
             checked += 1
-    assert checked >= 3  # the gateway's routes and registry, the feature service's registry
+    assert checked >= 4  # the gateway's routes and registry, the feature service's and the monitor's registry
 
 
 def test_files_our_services_write_are_on_writable_volumes(render):
     for name in SETTINGS:
         settings = load_settings(name, render)
-        for field in ("audit_log", "db_path"):
+        fields = ["audit_log", "db_path"]
+        if getattr(settings, "redis_url", None) is None:  # the monitor's SQLite file, where it has no Redis
+            fields.append("store_path")
+        for field in fields:
             value = getattr(settings, field, None)
             if value is None or str(value) == ":memory:":
                 continue
@@ -916,8 +938,37 @@ def test_every_gateway_pod_shares_one_control_store_over_mtls(render):
     assert flags["--tls-auth-clients"] == "yes" and flags["--tls-ca-cert-file"] == str(CERTS / "ca.pem")
 
 
+def test_the_monitor_keeps_its_log_in_its_own_redis_on_disk_over_mtls(render):
+    monitor = load_settings("monitor", render)
+    assert monitor.redis_url == "rediss://monitor-redis:6379/0"  # TLS, with the monitor's certificate
+    assert load_settings("gateway", render).monitor_url == f"monitor:{monitor.port}"
+    args = argv(render.container("monitor-redis"))
+    flags = dict(zip(args[::2], args[1::2], strict=True))
+    assert flags["--port"] == "0" and flags["--tls-port"] == "6379"  # no plaintext port at all
+    assert flags["--tls-auth-clients"] == "yes" and flags["--tls-ca-cert-file"] == str(CERTS / "ca.pem")
+    assert (
+        flags["--appendonly"] == "yes" and flags["--maxmemory-policy"] == "noeviction"
+    )  # nothing dropped at random
+    assert quantity(flags["--maxmemory"].replace("gb", "Gi").replace("mb", "Mi")) < quantity(
+        render.container("monitor-redis")["resources"]["limits"]["memory"]
+    )
+    pod = render.deployment("monitor-redis")["spec"]
+    (data,) = [
+        m for m in render.container("monitor-redis")["volumeMounts"] if m["mountPath"] == flags["--dir"]
+    ]
+    volumes = {v["name"]: v for v in pod["template"]["spec"]["volumes"]}
+    claim = volumes[data["name"]]["persistentVolumeClaim"]["claimName"]  # the log outlives the pod
+    assert "ReadWriteOnce" in render.of("PersistentVolumeClaim")[claim]["spec"]["accessModes"]
+    assert pod["strategy"]["type"] == "Recreate" and pod.get("replicas", 1) == 1
+    certificates = {c["spec"]["secretName"]: c for c in render.of("Certificate").values()}
+    secret = volumes["certs"]["secret"]["secretName"]
+    assert certificates[secret]["spec"]["dnsNames"][0] == "monitor-redis"
+    assert render.deployment("monitor")["spec"].get("replicas", 1) == 1, "one pod exports each quality gauge"
+
+
 def test_mtls_and_authentication_are_on_by_default(render):
-    callers = {"feature": {"gateway"}, "cache": {"gateway", "feature"}, "inference": {"gateway"}}
+    callers = {"feature": {"gateway"}, "cache": {"gateway", "feature"}, "inference": {"gateway"},
+               "monitor": {"gateway"}}  # fmt: skip
     for name, calling in callers.items():
         settings = load_settings(name, render)
         assert settings.tls_client_auth is True, name
@@ -1036,9 +1087,8 @@ def test_the_urls_each_process_calls_are_hops_the_policies_admit(render):
     graph = PolicyGraph(render)
     for name in SETTINGS:
         for variable, value in environment(render.container(name)).items():
-            if variable.endswith("_URL") and not variable.endswith("REDIS_URL"):
-                host, _, port = value.rpartition(":")
-                target, target_port = service_backend(render, host, int(port))
+            if variable.endswith("_URL"):
+                target, target_port = service_backend(render, *url_address(value))
                 admitted = graph.who_reaches(target, target_port)
                 assert name in admitted or "*" in admitted, f"{name} -> {target}:{target_port} is blocked"
     (gateway,) = envoy_config()["static_resources"]["clusters"]

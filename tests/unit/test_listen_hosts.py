@@ -99,7 +99,7 @@ def triton_addresses(mesh: LocalMesh) -> set[str]:
 def reported_hosts(mesh: LocalMesh) -> dict[str, str]:
     ep = mesh.endpoints
     grpc = {k: getattr(ep, k).rsplit(":", 1)[0] for k in ("gateway", "gateway_http", "admin", "feature", "cache",
-                                                          "inference", "triton_grpc")}  # fmt: skip
+                                                          "inference", "monitor", "triton_grpc")}  # fmt: skip
     urls = {"gateway_metrics": ep.gateway_metrics, "triton_metrics": ep.triton_metrics,
             **{f"{n}_metrics": u for n, u in ep.service_metrics.items()}}  # fmt: skip
     return grpc | {k: u.split("//", 1)[1].rsplit(":", 1)[0] for k, u in urls.items()}
@@ -109,7 +109,7 @@ def test_up_on_all_interfaces_gives_and_reports_loopback_for_all_but_the_gateway
     mesh, probed = planned(monkeypatch, tmp_path, host="0.0.0.0", gateways=2)
     private = {"host": "127.0.0.1", "metrics_host": "127.0.0.1"}
     gateway = {"host": "0.0.0.0", "admin_host": "127.0.0.1", "metrics_host": "127.0.0.1"}
-    assert hosts_given(mesh) == {"feature": private, "cache": private, "inference": private,
+    assert hosts_given(mesh) == {"feature": private, "cache": private, "inference": private, "monitor": private,
                                  "gateway": gateway, "gateway-2": gateway}  # fmt: skip
     assert triton_addresses(mesh) == {"127.0.0.1"}
     hosts = reported_hosts(mesh)
@@ -117,8 +117,11 @@ def test_up_on_all_interfaces_gives_and_reports_loopback_for_all_but_the_gateway
     assert hosts["gateway"] == "0.0.0.0" and hosts["gateway_http"] == "0.0.0.0"
     # the gateway dials its dependencies where they listen
     env = mesh.children["gateway"].env
-    for name in ("feature", "cache", "inference"):
+    for name in ("feature", "cache", "inference", "monitor"):
         assert env[f"MESHSERVE_GATEWAY_{name.upper()}_URL"] == getattr(mesh.endpoints, name)
+        assert mesh.children["gateway-2"].env[f"MESHSERVE_GATEWAY_{name.upper()}_URL"] == getattr(
+            mesh.endpoints, name
+        )
     assert mesh.children["inference"].env["MESHSERVE_INFERENCE_TRITON_URL"] == mesh.endpoints.triton_grpc
     assert probed == ["0.0.0.0"]
 
@@ -126,7 +129,7 @@ def test_up_on_all_interfaces_gives_and_reports_loopback_for_all_but_the_gateway
 def test_up_with_tls_lets_the_peer_checked_services_follow_the_host(monkeypatch, tmp_path):
     mesh, _ = planned(monkeypatch, tmp_path, host="0.0.0.0", tls=True)
     given = hosts_given(mesh)
-    for name in ("feature", "cache", "inference"):
+    for name in ("feature", "cache", "inference", "monitor"):
         assert given[name] == {"host": "0.0.0.0", "metrics_host": "127.0.0.1"}
         env = mesh.children[name].env
         assert env[f"MESHSERVE_{name.upper()}_TLS_CLIENT_AUTH"] == "true"
@@ -135,7 +138,7 @@ def test_up_with_tls_lets_the_peer_checked_services_follow_the_host(monkeypatch,
     assert triton_addresses(mesh) == {"127.0.0.1"}
     hosts = reported_hosts(mesh)
     assert {k for k, host in hosts.items() if host != "127.0.0.1"} == {
-        "gateway", "gateway_http", "feature", "cache", "inference"
+        "gateway", "gateway_http", "feature", "cache", "inference", "monitor"
     }  # fmt: skip
 
 

@@ -3,7 +3,9 @@ first command `up` suggests. Nothing starts: plan() only builds each child's com
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from typer.testing import CliRunner
 
 from meshserve.cli.app import app
 from meshserve.cli.up import start_hint
+from meshserve.core.process import free_port
 from meshserve.launcher.mesh import (
     EMPTY_ROUTES,
     SAMPLE_REPOSITORY,
@@ -20,6 +23,7 @@ from meshserve.launcher.mesh import (
     describe_settings_error,
     parse_path_list,
 )
+from meshserve.launcher.startup_checks import PortUse, StartupError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 OWN_REPOSITORY = FIXTURES / "own_repository"
@@ -212,14 +216,90 @@ def test_the_up_table_names_every_process_metrics_endpoint():
     from meshserve.launcher.mesh import Endpoints
 
     metrics = {name: f"http://127.0.0.1:{port}/metrics" for name, port in
-               (("feature", 9101), ("cache", 9102), ("inference", 9103))}  # fmt: skip
+               (("feature", 9101), ("cache", 9102), ("inference", 9103), ("monitor", 9105))}  # fmt: skip
     ep = Endpoints(gateway="127.0.0.1:50051", gateway_http="127.0.0.1:50056", admin="127.0.0.1:50055",
                    gateway_metrics="http://127.0.0.1:9100/metrics", service_metrics=metrics,
-                   feature="127.0.0.1:1", cache="127.0.0.1:2", inference="127.0.0.1:3",
+                   feature="127.0.0.1:1", cache="127.0.0.1:2", inference="127.0.0.1:3", monitor="127.0.0.1:5",
                    triton_grpc="127.0.0.1:4", triton_metrics="http://127.0.0.1:9104/metrics")  # fmt: skip
     console = Console(width=200, record=True)
     console.print(_endpoints_table(ep))
     text = console.export_text()
     for url in [*metrics.values(), ep.gateway_metrics, ep.triton_metrics]:
         assert url in text
-    assert "feature metrics" in text and "inference metrics" in text
+    assert "feature metrics" in text and "inference metrics" in text and "monitor metrics" in text
+    assert "│ monitor " in text and "127.0.0.1:5 " in text
+
+
+def monitor_env(mesh: LocalMesh) -> dict[str, str]:
+    prefix = "MESHSERVE_MONITOR_"
+    return {
+        k.removeprefix(prefix).lower(): v
+        for k, v in mesh.children["monitor"].env.items()
+        if k.startswith(prefix)
+    }
+
+
+def test_the_monitor_is_a_child_on_its_own_port_with_its_store_in_the_run_directory(monkeypatch, tmp_path):
+    mesh = planned(monkeypatch, tmp_path, gateways=2)
+    child, ep = mesh.children["monitor"], mesh.endpoints
+    assert child.argv[-2:] == ["-m", "services.monitor"]
+    env = monitor_env(mesh)
+    assert env["store_path"] == str((tmp_path / "run" / "monitor.db").resolve())  # kept between runs
+    assert ep.monitor == f"127.0.0.1:{env['port']}" and env["host"] == "127.0.0.1"
+    assert ep.service_metrics["monitor"] == f"http://127.0.0.1:{env['metrics_port']}/metrics"
+    ports = [int(env["port"]), int(env["metrics_port"])]
+    others = {
+        int(value)
+        for name, other in mesh.children.items()
+        if name != "monitor"
+        for key, value in other.env.items()
+        if key.startswith("MESHSERVE_") and key.endswith("_PORT") and value.isdigit()
+    }
+    assert not set(ports) & others, "the monitor's ports are its own"
+    assert "redis_url" not in env  # SQLite, the embedded store
+    assert "registry_path" not in env  # the embedded registry, as the gateway's
+    assert not [key for key in env if key.startswith("tls")]  # no TLS without --tls
+    for gateway in ("gateway", "gateway-2"):  # every gateway logs to it and forwards labels to it
+        assert mesh.children[gateway].env["MESHSERVE_GATEWAY_MONITOR_URL"] == ep.monitor
+    assert mesh.targets()["monitor"] == ep.monitor  # health-checked like the others
+    assert mesh.ports["monitor"] == [PortUse(int(env["port"]), "monitor", None)]  # chosen afresh: no flag
+
+
+def test_the_monitor_exports_features_in_the_order_of_the_gateways_registry(monkeypatch, tmp_path):
+    registry = tmp_path / "features.yaml"
+    mesh = planned(monkeypatch, tmp_path, registry_path=registry)
+    assert monitor_env(mesh)["registry_path"] == str(registry)
+    assert mesh.children["gateway"].env["MESHSERVE_GATEWAY_REGISTRY_PATH"] == str(registry)
+
+
+def test_a_fixed_monitor_port_is_used_and_checked_before_anything_starts(monkeypatch, tmp_path):
+    port = free_port()
+    mesh = planned(monkeypatch, tmp_path, monitor_port=port)
+    assert mesh.endpoints.monitor == f"127.0.0.1:{port}" and monitor_env(mesh)["port"] == str(port)
+    assert mesh.ports["monitor"] == [PortUse(port, "monitor", "--monitor-port")]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        with pytest.raises(StartupError) as refused:
+            planned(monkeypatch, tmp_path / "again", monitor_port=port)
+    (problem,) = refused.value.problems
+    assert problem.startswith(f"port {port} (monitor) is in use") and problem.endswith("pass --monitor-port")
+
+
+def test_up_takes_the_monitor_port_from_its_flag_or_variable(monkeypatch):
+    monkeypatch.setenv("MESHSERVE_MONITOR_PORT", "50057")
+    assert MeshSettings().monitor_port == 50057
+    result = CliRunner().invoke(app, ["up", "--monitor-port", "70000"])
+    assert result.exit_code == 2
+    assert result.output == (
+        "meshserve up: --monitor-port: Input should be less than or equal to 65535 (got 70000)\n"
+    )
+
+
+def test_a_mesh_with_tls_gives_the_monitor_mtls_admitting_the_gateway_and_admin(monkeypatch, tmp_path):
+    mesh = planned(monkeypatch, tmp_path, tls=True)
+    env = monitor_env(mesh)
+    certs = (tmp_path / "run" / "certs").resolve()
+    assert env["tls_cert_file"] == str(certs / "monitor.pem") and env["tls_client_auth"] == "true"
+    assert json.loads(env["tls_allowed_peers"]) == ["gateway", "admin"]
+    assert (certs / "monitor.pem").is_file()

@@ -1,5 +1,6 @@
 """LocalMesh.stop stops processes side by side, each only once every process that calls it has exited, and says
-each one as it exits. Fake children whose stop the test releases one by one: no process, no clock."""
+each one as it exits; LocalMesh.start starts each once those it needs serve. Fake children whose stop (or health)
+the test releases one by one: no process, no clock."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import asyncio
 
 import pytest
 
-from meshserve.launcher.mesh import LocalMesh, MeshSettings, stop_after
+from meshserve.launcher.mesh import LocalMesh, MeshSettings, start_after, stop_after
 
-NAMES = ["triton", "feature", "cache", "inference", "gateway", "gateway-2"]
+NAMES = ["triton", "feature", "cache", "inference", "monitor", "gateway", "gateway-2"]
 
 
 class FakeChild:
@@ -37,6 +38,13 @@ def test_each_process_waits_for_its_callers_only():
     assert stop_after("inference", NAMES) == ["gateway", "gateway-2"]
     assert stop_after("cache", NAMES) == ["feature", "gateway", "gateway-2"]
     assert stop_after("triton", NAMES) == ["inference"]
+    assert stop_after("monitor", NAMES) == ["gateway", "gateway-2"]  # the gateways' last log records land
+
+
+def test_every_gateway_starts_once_the_monitor_serves_and_the_feature_service_once_the_cache_does():
+    assert start_after("gateway") == start_after("gateway-2") == ("monitor",)
+    assert start_after("feature") == ("cache",)
+    assert start_after("monitor") == start_after("triton") == start_after("cache") == ()
 
 
 async def test_stop_signals_together_what_can_go_together_in_callers_first_order(tmp_path):
@@ -54,7 +62,9 @@ async def test_stop_signals_together_what_can_go_together_in_callers_first_order
     assert set(begun) == {"gateway", "gateway-2"} and stopped == [("gateway", 0)]  # gateway-2 still drains
     children["gateway-2"].release.set()
     await settle()
-    assert set(begun) == {"gateway", "gateway-2", "feature", "inference"}  # side by side
+    assert set(begun) == {"gateway", "gateway-2", "feature", "inference", "monitor"}  # side by side
+    children["monitor"].release.set()
+    await settle()
     children["inference"].release.set()
     await settle()
     assert "triton" in begun and "cache" not in begun  # the feature service may still write to the cache
@@ -67,6 +77,7 @@ async def test_stop_signals_together_what_can_go_together_in_callers_first_order
     assert [name for name, _ in stopped] == [
         "gateway",
         "gateway-2",
+        "monitor",
         "inference",
         "feature",
         "triton",
@@ -89,4 +100,38 @@ async def test_a_failed_stop_still_stops_the_rest_and_is_raised(tmp_path):
     mesh.children = children  # type: ignore[assignment]
     with pytest.raises(OSError, match="no such process group"):
         await asyncio.wait_for(mesh.stop(), 5)
-    assert set(begun) == {"triton", "feature", "cache", "inference"}
+    assert set(begun) == {"triton", "feature", "cache", "inference", "monitor"}
+
+
+class FakeStarting:
+    """A child whose start is recorded; it is healthy when the test says so."""
+
+    def __init__(self, name: str, started: list[str]) -> None:
+        self.name, self.started, self.healthy = name, started, asyncio.Event()
+
+    async def start(self) -> None:
+        self.started.append(self.name)
+
+
+async def test_start_holds_each_gateway_until_the_monitor_serves(tmp_path):
+    mesh = LocalMesh(MeshSettings(gateways=2, run_dir=tmp_path))
+    started: list[str] = []
+    children = {name: FakeStarting(name, started) for name in NAMES}
+    mesh.children = children  # type: ignore[assignment]
+
+    async def until_healthy(name: str, during_start: bool = False) -> None:
+        await children[name].healthy.wait()
+
+    mesh._until_healthy = until_healthy  # type: ignore[method-assign]
+    ready: list[str] = []
+    healthy = {name: asyncio.Event() for name in NAMES}
+    tasks = [asyncio.create_task(mesh._start_one(name, healthy, ready.append)) for name in NAMES]
+    await settle()
+    assert set(started) == {"triton", "cache", "inference", "monitor"}  # nobody waits for these
+    children["monitor"].healthy.set()
+    await settle()
+    assert {"gateway", "gateway-2"} <= set(started) and "feature" not in started  # still waits for the cache
+    for child in children.values():
+        child.healthy.set()
+    await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    assert set(ready) == set(NAMES) and ready.index("monitor") < ready.index("gateway")

@@ -220,9 +220,9 @@ def test_the_output_names_the_features_scored_with_defaults_and_old_parts_still_
     assert Checkpoint(out, fingerprint(tmp_path)).load(0).rows[1] == unknown
     assert write_outputs(out, cp, 1) == (2, 0, 1)
     assert out.read_text().splitlines() == [
-        "entity_key,score,variant,model_version,tier,defaulted_features",
-        "a,0.25,stable,1,PRIMARY,",
-        'nosuch,0.5,stable,1,PRIMARY,"avg_amount_30d,txn_count_24h"',
+        "entity_key,score,variant,model_version,tier,defaulted_features,prediction_id",
+        "a,0.25,stable,1,PRIMARY,,",
+        'nosuch,0.5,stable,1,PRIMARY,"avg_amount_30d,txn_count_24h",',
     ]
     old = PartResult.from_json('{"index": 0, "rows": [["a", 0.25, "stable", "1", "PRIMARY"]], "rejects": []}')
     assert old.rows == [
@@ -237,3 +237,44 @@ def test_the_output_names_the_features_scored_with_defaults_and_old_parts_still_
         "",
         "avg_amount_30d,txn_count_24h",
     ]
+
+
+def test_a_prediction_id_column_is_taken_as_the_rows_own_id_and_checked_as_the_gateway_would():
+    values = {"account_id": "a", "amount": "1", "merchant_category": "3"}
+    assert SCHEMA.validate(row(2, **values, prediction_id=" txn-9 ")) == ValidRow(
+        2, "a", {"amount": 1.0, "merchant_category": 3}, "txn-9"
+    )
+    assert SCHEMA.validate(row(3, **values, prediction_id="")).prediction_id == ""  # the gateway makes one
+    assert SCHEMA.validate(row(4, **values)).prediction_id == ""
+    too_long = SCHEMA.validate(row(5, **values, prediction_id="x" * 129))
+    assert (
+        isinstance(too_long, Reject)
+        and too_long.reason == "prediction_id is 129 characters long; at most 128"
+    )
+    assert "not printable ASCII" in SCHEMA.validate(row(6, **values, prediction_id="tx\u00e9")).reason
+    assert "(and optionally 'prediction_id')" in SCHEMA.validate(row(7, **values, colour="red")).reason
+
+
+def test_the_prediction_id_travels_to_predict_and_back_into_the_output(tmp_path):
+    from meshserve.cli.score import from_reply, to_request
+    from meshserve.gateway.v1 import gateway_pb2
+
+    rows = [ValidRow(2, "a", {"amount": 1.0}, "txn-9"), ValidRow(3, "b", {"amount": 2.0})]
+    request = to_request("fraud", rows)
+    assert [i.prediction_id for i in request.instances] == ["txn-9", ""]
+    reply = gateway_pb2.PredictResponse(
+        predictions=[
+            gateway_pb2.Prediction(entity_key="a", score=0.5, variant="stable", prediction_id="txn-9"),
+            gateway_pb2.Prediction(entity_key="b", score=0.25, variant="stable", prediction_id="f" * 32),
+        ]
+    )
+    scored = from_reply(reply)
+    assert [r.prediction_id for r in scored] == ["txn-9", "f" * 32]
+    out = tmp_path / "out.parquet"
+    cp = Checkpoint(out, fingerprint(tmp_path))
+    cp.save(PartResult(0, scored), cp.open())
+    assert Checkpoint(out, fingerprint(tmp_path)).load(0).rows == scored  # kept across a resume
+    write_outputs(out, cp, 1)
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(out).column("prediction_id").to_pylist() == ["txn-9", "f" * 32]
