@@ -112,6 +112,14 @@ class QualityCollector(Collector):
         yield from g.values()
 
 
+def exported_series() -> frozenset[str]:
+    """Every series name a scrape can show (the dashboard and its tests read them from here)."""
+    gauges = [*_BINARY, "positive_rate", "calibration_error", "mae", "rmse", "label_coverage",
+              "label_delay_seconds", "predictions", "labels"]  # fmt: skip
+    counters = ("meshserve_monitor_records_total", "meshserve_monitor_labels_total")
+    return frozenset({f"meshserve_quality_{name}" for name in gauges} | set(counters))
+
+
 def _maybe(family: GaugeMetricFamily, labels: list[str], value: float | None) -> None:
     if value is not None:
         family.add_metric(labels, value)

@@ -29,6 +29,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from pydantic_settings import BaseSettings
 
 from gateway.metrics import GatewayCollector
+from gateway.settings import GatewaySettings
 from meshserve.core import healthcheck
 from meshserve.core.metrics import ServiceMetrics
 from meshserve.core.telemetry import tracing_enabled
@@ -38,7 +39,8 @@ from services.cache.settings import CacheSettings
 from services.feature.service import FreshnessCollector
 from services.feature.settings import FeatureSettings
 from services.inference.settings import InferenceSettings
-from tests.unit.pending_issue18 import QUALITY_METRICS, GatewaySettings, MonitorSettings
+from services.monitor.collector import exported_series as monitor_series
+from services.monitor.settings import MonitorSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"  # the whole stack, Triton on the CPU from our own image
@@ -108,6 +110,7 @@ OUR_METRICS = {f"meshserve_{name}_{metric}" for name in SETTINGS for metric in R
     "meshserve_gateway_rollout_state",
     "meshserve_gateway_rollout_step",
     # canary analysis per route and variant, and the judge's last numbers
+    "meshserve_gateway_prediction_log_records_total",  # the prediction log: logged, dropped, failed
     "meshserve_gateway_route_requests_total",
     "meshserve_gateway_route_request_duration_seconds_bucket",
     "meshserve_gateway_rollout_judged_error_rate",
@@ -853,7 +856,7 @@ def test_dashboard_queries_only_metrics_that_exist(dashboard):
         assert selector, f"variable {variable['name']}: {variable['definition']!r}"
         queries.append(selector[1])
     for expr in queries:
-        unknown = promql_metrics(expr) - OUR_METRICS - QUALITY_METRICS - TRITON_METRICS
+        unknown = promql_metrics(expr) - OUR_METRICS - monitor_series() - TRITON_METRICS
         assert not unknown, f"{expr!r} reads {sorted(unknown)}, which nothing exports"
 
 

@@ -9,7 +9,7 @@ import inspect
 from gateway.metrics import GatewayCollector
 from meshserve.core.metrics import ServiceMetrics
 from services.feature.service import FreshnessCollector
-from tests.unit.pending_issue18 import QUALITY_METRICS
+from services.monitor.collector import exported_series as monitor_series
 from tests.unit.test_compose import DASHBOARD, SETTINGS, TRITON_METRICS, expressions, promql_metrics
 from tests.unit.test_compose import dashboard as dashboard  # noqa: F401 - the fixture
 
@@ -49,7 +49,7 @@ def our_series() -> set[str]:
 
 
 def test_every_metric_the_dashboard_queries_is_exported(dashboard):  # noqa: F811
-    known = our_series() | QUALITY_METRICS | TRITON_METRICS
+    known = our_series() | monitor_series() | TRITON_METRICS
     for expr in expressions(dashboard):
         unknown = promql_metrics(expr) - known
         assert not unknown, f"{DASHBOARD.name}: {expr!r} reads {sorted(unknown)}, which nothing exports"

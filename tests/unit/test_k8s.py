@@ -24,11 +24,12 @@ import yaml
 from pydantic_settings import BaseSettings
 
 from gateway.routing.routes import load_routes
+from gateway.settings import GatewaySettings
 from meshserve.feature.registry import load_registry
 from services.cache.settings import CacheSettings
 from services.feature.settings import FeatureSettings
 from services.inference.settings import InferenceSettings
-from tests.unit.pending_issue18 import GatewaySettings, MonitorSettings
+from services.monitor.settings import MonitorSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 K8S = REPO_ROOT / "deploy" / "k8s"

@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.monitor.collector import QualityCollector
+from services.monitor.collector import QualityCollector, exported_series
 from services.monitor.handler import MonitorHandler
 from services.monitor.records import IncomingLabel, Record, Task
 from services.monitor.sqlite_store import SqliteStore
@@ -87,6 +87,7 @@ async def test_scrape_shows_quality_per_route_variant_and_version(handler):
     assert found["meshserve_monitor_records_total", (("outcome", "duplicate"),)] == 3
     assert found["meshserve_monitor_labels_total", (("outcome", "accepted"),)] == 60
     assert found["meshserve_monitor_labels_total", (("outcome", "duplicate"),)] == 1
+    assert {name for name, _ in found} == exported_series()  # what the dashboard may read, all of it shown
 
 
 async def test_a_scrape_before_the_service_runs_still_answers_the_counters(handler):

@@ -174,7 +174,7 @@ def test_a_plain_mesh_has_no_tls_anywhere(tmp_path):
 
 
 def test_an_auth_mesh_requires_callers_to_authenticate_at_the_gateway_only(tmp_path):
-    from tests.unit.pending_issue18 import GatewaySettings
+    from gateway.settings import GatewaySettings
 
     env = _planned(tmp_path, auth=True).children["gateway"].env
     prefix = "MESHSERVE_GATEWAY_"
