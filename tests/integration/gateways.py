@@ -58,6 +58,7 @@ async def in_process_gateway(
         "port": 0, "admin_port": 0, "http_port": 0, "metrics_port": 0, "routes_path": routes_file,
         "audit_log": tmp_path / "audit.jsonl", "feature_url": mesh.endpoints.feature,
         "cache_url": mesh.endpoints.cache, "inference_url": mesh.endpoints.inference,
+        "monitor_url": mesh.endpoints.monitor,
     }  # fmt: skip
     service = GatewayService(GatewaySettings(**{**settings, **overrides}))
     port = await service.start()

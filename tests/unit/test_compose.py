@@ -708,8 +708,10 @@ def test_the_known_metric_names_are_what_our_code_exports():
     parameters = inspect.signature(GatewayCollector).parameters.values()
     state = [None if p.default is None else _NoState() for p in parameters]  # optional parts left out
     exported |= exported_series(GatewayCollector(*state).collect())
-    # the optional parts a gateway in the compose stack has: drift scores and answers by tier
-    exported |= exported_series(GatewayCollector(*state[:5], drift=_NoState(), answers=Counter()).collect())
+    # the optional parts a gateway in the compose stack has: drift scores and answers by tier, the prediction log
+    exported |= exported_series(
+        GatewayCollector(*state[:5], drift=_NoState(), answers=Counter(), prediction_log=_NoState()).collect()
+    )
     exported |= exported_series(FreshnessCollector(_NoState()).collect())
     assert OUR_METRICS <= exported, f"no longer exported: {sorted(OUR_METRICS - exported)}"
 
