@@ -91,6 +91,7 @@ def gateway_env(mesh, port: int, tmp_path: Path, **extra: str) -> dict[str, str]
         "MESHSERVE_GATEWAY_FEATURE_URL": mesh.endpoints.feature,
         "MESHSERVE_GATEWAY_CACHE_URL": mesh.endpoints.cache,
         "MESHSERVE_GATEWAY_INFERENCE_URL": mesh.endpoints.inference,
+        "MESHSERVE_GATEWAY_MONITOR_URL": mesh.endpoints.monitor,
         "MESHSERVE_GATEWAY_ROUTES_PATH": str(FIXTURES / "routes.yaml"),
         "MESHSERVE_GATEWAY_GRACE_S": "15",
         "MESHSERVE_GATEWAY_ADMIN_PORT": "0",
