@@ -49,8 +49,9 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: $(STAMP)       ## benchmark the mesh against direct Triton (writes bench-results/)
+bench: $(STAMP)       ## benchmark the mesh against direct Triton (writes bench-results/), then the monitor alone
 	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks.monitor
 
 soak: $(STAMP)        ## a long steady load, memory per process over time (not in CI; `--minutes 30` for the long run)
 	$(BIN)/python -m benchmarks.soak

@@ -36,6 +36,7 @@ from rich.progress import (
 from benchmarks.bulk import BulkResult, bulk_table, measure_bulk_score
 from benchmarks.cpu import CpuMeter, descendants
 from benchmarks.load import LoadResult, closed_loop, open_loop
+from benchmarks.logcost import counts_delta, log_costs, log_table, read_log_counts
 from benchmarks.peers import EnvoyPeer
 from benchmarks.report import (
     Summary,
@@ -48,14 +49,9 @@ from benchmarks.report import (
 )
 from benchmarks.scenarios import (
     BENCH_MODELS,
-    DENSE,
-    DENSE_ROUTE_SPEC,
-    NOCACHE_ROUTE,
-    NOCACHE_ROUTE_SPEC,
     SCENARIOS,
-    SPLIT_ROUTE,
-    SPLIT_ROUTE_SPEC,
     Targets,
+    bench_routes,
     tls_options,
     triton_counts,
 )
@@ -97,6 +93,7 @@ class Bench:
     cpu: CpuMeter
     config: BenchConfig
     sequence: Iterator[int]
+    log_urls: list[str] = dataclasses.field(default_factory=list)  # the gateways' metrics (prediction log)
 
     async def measure(self, name: str, concurrency: int, say, rate_rps: float | None = None) -> Summary:
         scenario = SCENARIOS[name]
@@ -104,14 +101,16 @@ class Bench:
             say("warm-up")
             await self._load(send, concurrency, self.config.warmup_s, rate_rps)
             before = await triton_counts(self.stats, scenario.model)
+            logged_before = await read_log_counts(self.log_urls)  # read outside the CPU window
             say("measuring")
             self.cpu.start()
             load = await self._load(send, concurrency, self.config.duration_s, rate_rps)
             cpu_s = self.cpu.stop()
             after = await triton_counts(self.stats, scenario.model)
+            logged = counts_delta(logged_before, await read_log_counts(self.log_urls))
         return summarize(name, concurrency, load.latencies_s, load.errors, load.elapsed_s, before, after,
                          load.cache_hits, load.first_error, baseline=scenario.baseline, cpu_s=cpu_s,
-                         rate_rps=rate_rps)  # fmt: skip
+                         rate_rps=rate_rps, prediction_log=logged)  # fmt: skip
 
     async def _load(self, send, concurrency: int, duration_s: float, rate_rps: float | None) -> LoadResult:
         if rate_rps is None:
@@ -121,10 +120,7 @@ class Bench:
 
 def _routes_file(run_dir: Path) -> Path:
     """The embedded routes plus the benchmark's own, written where the mesh can read them."""
-    routes = load_yaml(None, "routes.yaml")
-    routes["routes"][SPLIT_ROUTE] = SPLIT_ROUTE_SPEC
-    routes["routes"][NOCACHE_ROUTE] = NOCACHE_ROUTE_SPEC
-    routes["routes"][DENSE] = DENSE_ROUTE_SPEC
+    routes = bench_routes(load_yaml(None, "routes.yaml"))
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "routes.yaml"
     path.write_text(yaml.safe_dump(routes))
@@ -148,6 +144,17 @@ def _cpu_groups(mesh: LocalMesh, envoy: EnvoyPeer | None) -> dict:
     if envoy is not None:
         groups["envoy"] = lambda: {envoy.pid}
     return groups
+
+
+def _log_urls(mesh: LocalMesh) -> list[str]:
+    """Every gateway process's metrics endpoint, where each counts its prediction log (plain HTTP only: on a TLS
+    mesh they serve HTTPS, and nothing there is measured against its twin)."""
+    ep = mesh.endpoints
+    assert ep is not None
+    if mesh.settings.tls:
+        return []
+    others = [url for name, url in ep.service_metrics.items() if name.startswith("gateway")]
+    return [ep.gateway_metrics, *others]
 
 
 def _stats_client(mesh: LocalMesh) -> triton_aio.InferenceServerClient:
@@ -194,7 +201,7 @@ async def run_all(config: BenchConfig, run_dir: Path) -> tuple[list[Summary], Bu
     if many_ep is not None:
         targets = dataclasses.replace(targets, gateway_many=many_ep.gateway)
     stats = _stats_client(mesh)
-    bench = Bench(targets, stats, CpuMeter(_cpu_groups(mesh, envoy)), config, sequence)
+    bench = Bench(targets, stats, CpuMeter(_cpu_groups(mesh, envoy)), config, sequence, _log_urls(mesh))
     tls_bench = None
     if tls_mesh is not None:
         tls_cpu = CpuMeter(_cpu_groups(tls_mesh, None))
@@ -202,7 +209,9 @@ async def run_all(config: BenchConfig, run_dir: Path) -> tuple[list[Summary], Bu
     many_bench = None
     if many_mesh is not None:
         many_cpu = CpuMeter(_cpu_groups(many_mesh, None))
-        many_bench = Bench(targets, _stats_client(many_mesh), many_cpu, config, sequence)
+        many_bench = Bench(
+            targets, _stats_client(many_mesh), many_cpu, config, sequence, _log_urls(many_mesh)
+        )
     benches = {"plain": bench, "tls": tls_bench, "gateways": many_bench}
     results: list[Summary] = []
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -304,6 +313,9 @@ def main(
 
     console.print(results_table(results))
     console.print(cpu_table(results))
+    costs = log_costs(results)
+    if costs:
+        console.print(log_table(costs))
     if bulk is not None:
         console.print(bulk_table(bulk))
     for r in results:
@@ -321,7 +333,8 @@ def main(
     path = out or Path("bench-results") / f"bench-{stamp}.json"
     settings = {"scenarios": names, "concurrency": config.concurrency, "duration_s": duration,
                 "warmup_s": warmup, "timeout_s": timeout, "gateways": gateways, "open_loop_load": OPEN_LOOP_LOAD if open_loop else None, "score_rows": score_rows}  # fmt: skip
-    write_json(path, run_info(REPO_ROOT), settings, results, bulk.to_json() if bulk else None)
+    write_json(path, run_info(REPO_ROOT), settings, results, bulk.to_json() if bulk else None,
+               [dataclasses.asdict(c) for c in costs])  # fmt: skip
     console.print(f"wrote {path}")
 
 

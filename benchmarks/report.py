@@ -37,8 +37,9 @@ __all__ = [
 ]
 
 BASELINE = "direct"
-# the processes whose CPU is reported, in table order; "mesh" is meshserve's own (gateway + the three services)
-PROCESSES = ("client", "gateway", "inference", "feature", "cache", "triton", "stub", "envoy")
+# the processes whose CPU is reported, in table order; "mesh" is meshserve's request path (gateway + the three
+# services a request goes through): the monitor, which takes the prediction log behind the replies, is shown apart
+PROCESSES = ("client", "gateway", "inference", "feature", "cache", "monitor", "triton", "stub", "envoy")
 MESH = ("gateway", "inference", "feature", "cache")
 
 
@@ -89,6 +90,9 @@ class Summary:
         default_factory=dict
     )  # CPU microseconds per answered request, by process
     rate_rps: float | None = None  # open loop: the arrival rate
+    # the gateways' prediction-log counters over the window, by outcome (logged: the monitor took them); empty
+    # when not read
+    prediction_log: dict[str, int] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -97,6 +101,14 @@ class Summary:
     @property
     def mesh_cpu_us(self) -> float | None:
         return sum(self.cpu_us.get(p, 0.0) for p in MESH) if self.cpu_us else None
+
+    @property
+    def monitor_cpu_per_logged_us(self) -> float | None:
+        """The monitor's CPU over the window per prediction it took from the log in that window."""
+        logged, per_request = self.prediction_log.get("logged", 0), self.cpu_us.get("monitor")
+        if logged <= 0 or per_request is None:
+            return None
+        return per_request * (self.requests - self.errors) / logged
 
 
 def summarize(
@@ -113,6 +125,7 @@ def summarize(
     baseline: str = BASELINE,
     cpu_s: Mapping[str, float] | None = None,
     rate_rps: float | None = None,
+    prediction_log: Mapping[str, int] | None = None,
 ) -> Summary:
     ok = len(latencies_s)
     return Summary(
@@ -133,6 +146,7 @@ def summarize(
         baseline=baseline,
         cpu_us={name: seconds * 1e6 / ok for name, seconds in (cpu_s or {}).items()} if ok else {},
         rate_rps=rate_rps,
+        prediction_log=dict(prediction_log or {}),
     )
 
 
@@ -177,6 +191,10 @@ class _Run:
     def comparison(self, scenario: str, concurrency: int) -> Comparison:
         return self.compared.get((scenario, concurrency), Comparison(None, None, None, None))
 
+    def cpu_ratio(self, process: str, scenario: str, baseline: str, concurrency: int) -> float | None:
+        a, b = self.summaries.get((scenario, concurrency)), self.summaries.get((baseline, concurrency))
+        return ratio(a.cpu_us.get(process), b.cpu_us.get(process)) if a and b else None
+
     def mesh_cpu(self, scenario: str, concurrency: int) -> float | None:
         found = self.summaries.get((scenario, concurrency))
         return found.mesh_cpu_us if found else None
@@ -212,6 +230,11 @@ TARGETS: list[tuple[str, Callable[[_Run], float | None], str, float]] = [
     # scale-out on one machine: N gateway processes on one port against one, the same 8 connections (issue 12)
     ("gateway ModelInfer, N gateway processes / 1, c=64",
      lambda r: r.throughput_ratio("gateway-infer-gateways", "gateway-infer-spread", 64), "min", 1.0),
+    # the prediction log's cost where requests are served: the same route with the log on and off (issue 18)
+    ("gateway CPU per ModelInfer, prediction log on / off, c=16",
+     lambda r: r.cpu_ratio("gateway", "gateway-infer", "gateway-infer-nolog", 16), "max", 1.1),
+    ("gateway CPU per Predict, prediction log on / off, c=16",
+     lambda r: r.cpu_ratio("gateway", "gateway-predict", "gateway-predict-nolog", 16), "max", 1.1),
 ]
 # fmt: on
 
@@ -322,13 +345,19 @@ def run_info(repo: Path) -> dict:
 
 
 def write_json(
-    path: Path, info: dict, settings: dict, results: Sequence[Summary], bulk_score: dict | None = None
+    path: Path,
+    info: dict,
+    settings: dict,
+    results: Sequence[Summary],
+    bulk_score: dict | None = None,
+    prediction_log: list[dict] | None = None,
 ) -> Path:
     rows = [
-        {**asdict(r), "vs_baseline": asdict(c)} for r, c in zip(results, comparisons(results), strict=True)
+        {**asdict(r), "monitor_cpu_per_logged_us": r.monitor_cpu_per_logged_us, "vs_baseline": asdict(c)}
+        for r, c in zip(results, comparisons(results), strict=True)
     ]
     document = {**info, "settings": settings, "results": rows, "targets": check_targets(results),
-                "bulk_score": bulk_score}  # fmt: skip
+                "bulk_score": bulk_score, "prediction_log": prediction_log}  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(_without_nan(document), indent=2, allow_nan=False) + "\n")
     return path

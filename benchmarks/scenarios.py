@@ -9,6 +9,7 @@ give its average batch size.
 
 from __future__ import annotations
 
+import copy
 import csv
 import itertools
 from collections.abc import AsyncIterator, Callable
@@ -28,7 +29,7 @@ from meshserve.feature.registry import load_registry
 from meshserve.feature.v1 import feature_pb2
 from meshserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
-__all__ = ["BENCH_MODELS", "SCENARIOS", "Scenario", "Targets", "triton_counts"]
+__all__ = ["BENCH_MODELS", "SCENARIOS", "Scenario", "Targets", "bench_routes", "triton_counts"]
 
 MODEL, VERSION, ROUTE = "fraud", "1", "fraud"
 DENSE = "dense"  # the compute-bound benchmark model (benchmarks/model_repository)
@@ -209,17 +210,24 @@ def _mixed_requests(hit_share: float) -> Callable[[int], gateway_pb2.PredictRequ
     return lambda n: _miss_request(n) if n % every == 0 else hits(n)
 
 
-def _uncached_miss_request(n: int) -> gateway_pb2.PredictRequest:
-    request = _miss_request(n)
-    request.route = NOCACHE_ROUTE
-    return request
+def _miss_request_on(route: str) -> Callable[[int], gateway_pb2.PredictRequest]:
+    def make(n: int) -> gateway_pb2.PredictRequest:
+        request = _miss_request(n)
+        request.route = route
+        return request
+
+    return make
 
 
-NOCACHE_ROUTE = "fraud-nocache"
-NOCACHE_ROUTE_SPEC = {
-    "cache": {"enabled": False},
-    "variants": [{"name": "stable", "model": MODEL, "version": "1", "weight": 100}],
-}
+# Copies of the sample route `fraud` with one thing turned off, so that a pair of scenarios differs in that alone
+NOCACHE_ROUTE = "fraud-nocache"  # the cache off (the prediction log on, as on fraud)
+NOLOG_ROUTE = "fraud-nolog"  # the prediction log off (the cache on, as on fraud)
+
+
+def _turned_off(route: dict, block: str) -> dict:
+    changed = copy.deepcopy(route)
+    changed[block] = {**changed.get(block, {}), "enabled": False}
+    return changed
 
 
 DENSE_ROUTE_SPEC = {
@@ -227,6 +235,18 @@ DENSE_ROUTE_SPEC = {
     "timeout_ms": 5000,
     "variants": [{"name": "stable", "model": DENSE, "version": "1", "weight": 100}],
 }
+
+
+def bench_routes(routes: dict) -> dict:
+    """The embedded routes file (`routes: {name: spec}`) plus the benchmark's own routes, as a new dict."""
+    fraud = routes["routes"][ROUTE]
+    own = {
+        SPLIT_ROUTE: SPLIT_ROUTE_SPEC,
+        NOCACHE_ROUTE: _turned_off(fraud, "cache"),
+        NOLOG_ROUTE: _turned_off(fraud, "quality"),
+        DENSE: DENSE_ROUTE_SPEC,
+    }
+    return {**routes, "routes": {**routes["routes"], **copy.deepcopy(own)}}
 
 
 @dataclass(frozen=True)
@@ -257,8 +277,14 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario(
             "gateway-infer",
-            "tritonclient.grpc.aio -> gateway ModelInfer route fraud -> inference service -> Triton",
+            "tritonclient.grpc.aio -> gateway ModelInfer route fraud -> inference service -> Triton (prediction "
+            "log on)",
             lambda t, timeout_s: open_infer(t.gateway, "", timeout_s),
+        ),
+        Scenario(
+            "gateway-infer-nolog",
+            f"as gateway-infer, on route {NOLOG_ROUTE}: fraud with the prediction log off (log on vs off)",
+            lambda t, timeout_s: open_infer(t.gateway, "", timeout_s, NOLOG_ROUTE),
         ),
         Scenario(
             "gateway-infer-tls",
@@ -289,13 +315,19 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario(
             "gateway-predict",
-            "Predict, a new amount every request: gateway -> cache miss -> feature -> inference -> Triton",
+            "Predict, a new amount every request: gateway -> cache miss -> feature -> inference -> Triton (prediction "
+            "log on)",
             lambda t, timeout_s: open_predict(t.gateway, _miss_request, timeout_s),
+        ),
+        Scenario(
+            "gateway-predict-nolog",
+            f"as gateway-predict, on route {NOLOG_ROUTE}: fraud with the prediction log off (log on vs off)",
+            lambda t, timeout_s: open_predict(t.gateway, _miss_request_on(NOLOG_ROUTE), timeout_s),
         ),
         Scenario(
             "gateway-predict-nocache",
             f"as gateway-predict, on route {NOCACHE_ROUTE} with the cache off (cache on vs off on all misses)",
-            lambda t, timeout_s: open_predict(t.gateway, _uncached_miss_request, timeout_s),
+            lambda t, timeout_s: open_predict(t.gateway, _miss_request_on(NOCACHE_ROUTE), timeout_s),
         ),
         Scenario(
             "gateway-predict-90hit",
