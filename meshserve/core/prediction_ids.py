@@ -18,6 +18,7 @@ __all__ = [
     "PREDICTION_ID_HEADER",
     "check_prediction_id",
     "check_base_for_rows",
+    "id_problem",
     "new_prediction_id",
     "row_id",
     "sampled",
@@ -34,9 +35,21 @@ def new_prediction_id() -> str:
     return uuid.uuid4().hex
 
 
+def id_problem(value: str) -> str | None:
+    """Why `value` is no usable id (to follow the field's name: `prediction_id is empty`), or None: the one rule,
+    1 to 128 printable ASCII characters, for the gateway, the monitor and the CLI's file readers alike."""
+    if not value:
+        return "is empty"
+    if len(value) > MAX_PREDICTION_ID_LENGTH:
+        return f"is {len(value)} characters long; at most {MAX_PREDICTION_ID_LENGTH}"
+    if not _PRINTABLE_ASCII.fullmatch(value):
+        return f"{value[:40]!r} is not printable ASCII"
+    return None
+
+
 def check_prediction_id(value: str, field: str) -> str:
-    """`value` if it is a usable id: 1 to 128 printable ASCII characters; else InvalidArgument naming `field`."""
-    if len(value) > MAX_PREDICTION_ID_LENGTH or not _PRINTABLE_ASCII.fullmatch(value):
+    """`value` if it is a usable id (`id_problem`); else InvalidArgument naming `field`."""
+    if id_problem(value) is not None:
         shown = value[:40] + ("..." if len(value) > 40 else "")
         raise InvalidArgument(
             f"{field} must be 1 to {MAX_PREDICTION_ID_LENGTH} printable ASCII characters; got {len(value)} "

@@ -1,5 +1,5 @@
 """Bulk scoring: rows from a file, validated against the route's request features, scored in large Predicts.
-Imports the feature registry only; imported by the CLI."""
+Imports the feature registry and the core's prediction-id rule; imported by the CLI."""
 
 from meshserve.scoring.checkpoint import Checkpoint, Fingerprint, PartResult
 from meshserve.scoring.rows import FeatureSpec, Reject, RowSchema, ValidRow

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
 
+from meshserve.core.prediction_ids import id_problem
 from meshserve.feature.registry import FeatureRegistry, allowed_range
 
 __all__ = ["PREDICTION_ID_COLUMN", "FeatureSpec", "RawRow", "Reject", "RowSchema", "ValidRow", "chunks"]
@@ -18,7 +19,6 @@ __all__ = ["PREDICTION_ID_COLUMN", "FeatureSpec", "RawRow", "Reject", "RowSchema
 # Instance.prediction_id so that labels can later name it; without it the gateway makes one. Either way the output
 # says it.
 PREDICTION_ID_COLUMN = "prediction_id"
-MAX_PREDICTION_ID = 128  # characters, printable ASCII: the gateway's own limit
 
 
 @dataclass(frozen=True)
@@ -125,11 +125,8 @@ class RowSchema:
 
 def prediction_id_problem(prediction_id: str) -> str | None:
     """Why the gateway would refuse this id (INVALID_ARGUMENT), or None; an empty one asks the gateway for one."""
-    if len(prediction_id) > MAX_PREDICTION_ID:
-        return f"{PREDICTION_ID_COLUMN} is {len(prediction_id)} characters long; at most {MAX_PREDICTION_ID}"
-    if not all(" " <= c <= "~" for c in prediction_id):
-        return f"{PREDICTION_ID_COLUMN} {prediction_id!r} is not printable ASCII"
-    return None
+    problem = id_problem(prediction_id) if prediction_id else None
+    return f"{PREDICTION_ID_COLUMN} {problem}" if problem else None
 
 
 def _text(value: object) -> str:

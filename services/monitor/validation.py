@@ -8,19 +8,8 @@ import math
 from collections.abc import Sequence
 
 from meshserve.core.errors import InvalidArgument
+from meshserve.core.prediction_ids import MAX_PREDICTION_ID_LENGTH, id_problem
 from services.monitor.records import IncomingLabel, Record, Task
-
-MAX_ID_CHARS = 128  # as the gateway's own check of a caller's prediction id
-
-
-def id_problem(prediction_id: str) -> str | None:
-    if not prediction_id:
-        return "is empty"
-    if len(prediction_id) > MAX_ID_CHARS:
-        return f"is longer than {MAX_ID_CHARS} characters"
-    if not (prediction_id.isascii() and prediction_id.isprintable()):
-        return "holds characters other than printable ASCII"
-    return None
 
 
 def score_problem(score: float, task: int) -> str | None:
@@ -66,7 +55,7 @@ def validate_records(records: Sequence[Record]) -> None:
     for index, r in enumerate(records):
         pid = r.prediction_id
         if (
-            0 < len(pid) <= MAX_ID_CHARS
+            0 < len(pid) <= MAX_PREDICTION_ID_LENGTH
             and pid.isascii()
             and pid.isprintable()
             and r.route

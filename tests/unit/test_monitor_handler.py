@@ -99,10 +99,10 @@ async def test_a_record_without_a_time_is_stamped_when_received(handler, clock):
     ("fields", "message"),
     [
         ({"prediction_id": ""}, "records[1]: prediction_id is empty"),
-        ({"prediction_id": "x" * 129}, "records[1]: prediction_id is longer than 128 characters"),
+        ({"prediction_id": "x" * 129}, "records[1]: prediction_id is 129 characters long; at most 128"),
         (
             {"prediction_id": "caf\u00e9"},
-            "records[1]: prediction_id holds characters other than printable ASCII",
+            "records[1]: prediction_id 'caf\u00e9' is not printable ASCII",
         ),
         ({"route": ""}, "records[1]: route is empty"),
         ({"variant": ""}, "records[1]: variant is empty"),
