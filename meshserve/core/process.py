@@ -9,7 +9,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 # Runs between our fork and the real program: arms the parent-death signal, then becomes that program (same pid;
@@ -26,14 +26,19 @@ os.execvp(argv[0], argv)
 """
 
 
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+def free_ports(count: int, host: str = "127.0.0.1", avoid: Iterable[int] = ()) -> list[int]:
     """Ask the OS for `count` distinct free ports (for children that cannot bind port 0 and report it back, like
-    Triton). All sockets stay open until every port is chosen, so the OS cannot hand out one port twice."""
+    Triton). All sockets stay open until every port is chosen, so the OS cannot hand out one port twice; ports in
+    `avoid` (fixed ports someone else will bind, free right now) are drawn again, since the OS may offer them."""
+    avoid = set(avoid)
     with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
-        for sock in socks:
+        chosen: list[int] = []
+        while len(chosen) < count:
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
             sock.bind((host, 0))
-        return [sock.getsockname()[1] for sock in socks]
+            if (number := sock.getsockname()[1]) not in avoid:
+                chosen.append(number)
+        return chosen
 
 
 def free_port(host: str = "127.0.0.1") -> int:

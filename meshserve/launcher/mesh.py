@@ -417,7 +417,8 @@ class LocalMesh:
             *services,
             *(f"{name}_metrics" for name in (*services, *gateways[1:])),
         )
-        port = dict(zip(names, free_ports(len(names), hosts.probe_host()), strict=True))
+        fixed_ports = {s.gateway_port, s.admin_port, s.gateway_http_port, s.monitor_port} - {0, None}
+        port = dict(zip(names, free_ports(len(names), hosts.probe_host(), avoid=fixed_ports), strict=True))
         gateway_port = s.gateway_port or port["gateway"]
         port["admin"] = s.admin_port or port["admin"]
         port["gateway_http"] = s.gateway_http_port or port["gateway_http"]

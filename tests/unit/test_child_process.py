@@ -18,6 +18,7 @@ from meshserve.core.process import (
     command_line,
     describe_process,
     display_command,
+    free_ports,
     is_meshserve_up,
     listening_sockets,
     socket_holders,
@@ -184,3 +185,28 @@ async def test_a_child_of_a_meshserve_up_run_from_a_long_path_is_named_as_such(t
         if up.returncode is None:
             up.kill()
             await up.wait()
+
+
+def test_free_ports_never_offer_a_port_someone_else_was_promised(monkeypatch):
+    """The OS may offer again a port a caller checked and released (the user's fixed --port, say): avoided ports are
+    drawn again, so no child binds the port another one was given."""
+    offered = iter([41001, 41002, 41003, 41004])
+
+    class Socket:
+        def __init__(self, *args):
+            self.port = 0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def bind(self, address):
+            self.port = next(offered)
+
+        def getsockname(self):
+            return ("127.0.0.1", self.port)
+
+    monkeypatch.setattr("meshserve.core.process.socket.socket", Socket)
+    assert free_ports(2, avoid={41001, 41003}) == [41002, 41004]

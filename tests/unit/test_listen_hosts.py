@@ -64,7 +64,7 @@ def planned(monkeypatch, tmp_path, **settings) -> tuple[LocalMesh, list[str]]:
     """The mesh planned (nothing starts), with the host free ports were looked for."""
     ports, probed = iter(range(42000, 42100)), []
 
-    def free_ports(n, host):
+    def free_ports(n, host, avoid=()):
         probed.append(host)
         return [next(ports) for _ in range(n)]
 

@@ -122,10 +122,23 @@ def test_a_bad_value_is_named_by_the_flag_or_the_variable_it_came_from(
 
 
 def planned(monkeypatch, tmp_path, **settings) -> LocalMesh:
+    """The mesh planned (nothing starts) on ports 41000 on, skipping those it was told to avoid."""
     ports = iter(range(41000, 41100))
-    monkeypatch.setattr("meshserve.launcher.mesh.free_ports", lambda n, host: [next(ports) for _ in range(n)])
+
+    def free_ports(n, host, avoid=()):
+        return [port for port, _ in zip((p for p in ports if p not in avoid), range(n), strict=False)]
+
+    monkeypatch.setattr("meshserve.launcher.mesh.free_ports", free_ports)
     mesh = LocalMesh(
-        MeshSettings(gateway_port=0, admin_port=0, gateway_http_port=0, run_dir=tmp_path / "run", **settings)
+        MeshSettings(
+            **{
+                "gateway_port": 0,
+                "admin_port": 0,
+                "gateway_http_port": 0,
+                "run_dir": tmp_path / "run",
+                **settings,
+            }
+        )
     )
     mesh.plan()
     return mesh
@@ -284,6 +297,29 @@ def test_a_fixed_monitor_port_is_used_and_checked_before_anything_starts(monkeyp
             planned(monkeypatch, tmp_path / "again", monitor_port=port)
     (problem,) = refused.value.problems
     assert problem.startswith(f"port {port} (monitor) is in use") and problem.endswith("pass --monitor-port")
+
+
+def test_no_child_is_given_a_port_the_user_fixed(monkeypatch, tmp_path):
+    """The OS may offer a free port again that the user fixed for another process (a test's free --port, say):
+    the children's ports are drawn around every fixed one, or two processes would race for it."""
+    fixed = {"gateway_port": 41000, "admin_port": 41002, "gateway_http_port": 41004, "monitor_port": 41006}
+    mesh = planned(monkeypatch, tmp_path, **fixed)
+    ep = mesh.endpoints
+    ports = {
+        name: int(address.rsplit(":", 1)[1].split("/")[0])
+        for name, address in vars(ep).items()
+        if isinstance(address, str)
+    }
+    assert (ports["gateway"], ports["admin"], ports["gateway_http"], ports["monitor"]) == (
+        41000,
+        41002,
+        41004,
+        41006,
+    )
+    others = [
+        port for name, port in ports.items() if name not in {"gateway", "admin", "gateway_http", "monitor"}
+    ]
+    assert len(others) >= 5 and not set(others) & set(fixed.values())
 
 
 def test_up_takes_the_monitor_port_from_its_flag_or_variable(monkeypatch):
