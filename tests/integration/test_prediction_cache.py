@@ -70,8 +70,9 @@ async def test_concurrent_identical_misses_cause_one_inference(mesh, gateway):
     assert after[0] - before[0] == 1  # one row reached Triton for 16 identical requests
     assert len({a.score for a in answers}) == 1
     stats = (await gateway.admin.CacheStats(admin_pb2.CacheStatsRequest(route="cached"), timeout=5)).routes[0]
-    # every request but the one that scored was coalesced onto it or, arriving later, answered by the cache
-    assert stats.coalesced + stats.hits == 15 and stats.coalesced >= 1
+    # every request but the one that scored was coalesced onto it or, arriving later, answered by the cache; which
+    # of the two depends on how fast this machine sends the 16 (coalescing alone: tests/unit/test_coalesce.py)
+    assert stats.coalesced + stats.hits == 15
 
 
 async def test_cache_down_is_bypassed_and_counted(mesh, tmp_path):
