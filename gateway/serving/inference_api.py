@@ -41,6 +41,7 @@ from meshserve.core.prediction_ids import (
     new_prediction_id,
 )
 from meshserve.feature.registry import FeatureRegistry
+from meshserve.inference.model_control import check_model_load
 
 SERVER_NAME = "meshserve"
 _NO_HEADERS: Mapping[str, str] = {}
@@ -188,6 +189,8 @@ class InferenceApi:
                         "denied", extra={"method": method, "who": principal.name, "reason": exc.message}
                     )
                     raise
+        if method == "RepositoryModelLoad":
+            check_model_load(request)  # a load that would crash or misuse Triton never leaves the gateway
         return await self.repository.control(method, request, time_left_s)
 
     async def model_infer(
