@@ -4,6 +4,7 @@ those the gateway does not serve (gateway.serving.server_metadata)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 from tritonclient.grpc import service_pb2
@@ -78,7 +79,8 @@ def test_meshserve_says_who_it_is_beside_the_answer():
     assert server_identity("1.4.0") == "meshserve/1.4.0"
 
 
-async def test_triton_is_asked_once_and_concurrent_first_callers_share_the_call():
+async def test_triton_is_asked_once_and_concurrent_first_callers_share_the_call(caplog):
+    caplog.set_level(logging.INFO, logger="gateway.serving.server_metadata")  # the log line is made, too
     inference = FakeInference(triton())
     inference.gate = asyncio.Event()
     metadata = TritonMetadata(inference, clock=Clock())
@@ -88,6 +90,7 @@ async def test_triton_is_asked_once_and_concurrent_first_callers_share_the_call(
     answers = await asyncio.gather(*waiting)
     assert {a.version for a in answers} == {"2.51.0"} and inference.calls == 1
     assert (await metadata.get()).version == "2.51.0" and inference.calls == 1
+    assert [r.server_version for r in caplog.records if r.msg == "Triton's server metadata"] == ["2.51.0"]
 
 
 async def test_an_old_answer_is_given_while_triton_is_asked_again_in_the_background():
