@@ -90,7 +90,9 @@ class TritonMetadata:
         reply = await self.inference.control("ServerMetadata", request, self.timeout_s)
         served = as_served(reply)
         if served != self.known:
-            log.info("Triton's server metadata", extra={"server": reply.name, "server_version": reply.version})
+            log.info(
+                "Triton's server metadata", extra={"server": reply.name, "server_version": reply.version}
+            )
         self.known = served
         return served
 
