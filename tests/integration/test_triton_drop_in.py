@@ -294,7 +294,7 @@ def test_typed_contents_beside_raw_contents_are_refused_in_tritons_exact_words(g
 def test_a_load_whose_file_path_would_crash_or_misuse_triton_never_reaches_it(gateway, triton, mesh, path):
     """simple_grpc_model_control.py: a `file:` path component over 255 bytes made the bundled Triton abort; the
     example expects newer Triton's answer (INTERNAL, "failed to poll from model repository") and a live server.
-    The gateway refuses it, and the inference service refuses it again for callers that reach it directly."""
+    The gateway refuses it (gRPC and REST), and the inference service again for callers that reach it directly."""
     for address in (mesh.endpoints.gateway, mesh.endpoints.inference):
         with triton_grpc.InferenceServerClient(address) as client:
             refused = refusal(
@@ -304,5 +304,11 @@ def test_a_load_whose_file_path_would_crash_or_misuse_triton_never_reaches_it(ga
         assert refused.message().startswith(
             "failed to load 'spare', failed to poll from model repository: Invalid file parameter 'file:"
         )
+    import tritonclient.http as triton_http
+
+    with triton_http.InferenceServerClient(mesh.endpoints.gateway_http) as rest:
+        refused = refusal(lambda: rest.load_model("spare", config="{}", files={f"file:{path}": b"a"}))
+    assert refused.status() == "500"  # INTERNAL on REST
+    assert "failed to poll from model repository: Invalid file parameter 'file:" in refused.message()
     assert triton.is_server_live() and triton.is_model_ready("spare")  # Triton never saw it
     assert gateway.is_model_ready("spare")
