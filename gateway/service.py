@@ -263,6 +263,10 @@ class GatewayService(GrpcService):
             self.features.wait_until_serving(timeout), self.inference.wait_until_serving(timeout)
         )
         await self.repository.refresh()  # every model Triton serves is a name callers can use
+        try:
+            await self.api.triton_metadata.get()  # ServerMetadata answers with Triton's name and version
+        except MeshError as exc:  # asked again by the first caller
+            log.warning("Triton's server metadata not read yet", extra={"reason": exc.message})
         self._repository_task = asyncio.create_task(self.repository.follow(), name="repository")
         for name, route in self.routes.routes.items():
             for variant in route.variants:

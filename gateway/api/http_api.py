@@ -34,6 +34,7 @@ from gateway.api import http_codec as codec
 from gateway.api.feedback_codec import feedback_json, feedback_labels, feedback_request
 from gateway.serving.feedback import NO_MONITOR, FeedbackHandler
 from gateway.serving.inference_api import MODEL_VERSION_HEADER, TIER_HEADER, VARIANT_HEADER, InferenceApi
+from gateway.serving.server_metadata import SERVER_HEADER
 from meshserve.core.auth import Authenticator
 from meshserve.core.context import adopt_call, set_principal
 from meshserve.core.errors import ErrorCode, InvalidArgument, MeshError, Unavailable
@@ -321,7 +322,8 @@ class OpenInferenceRest:
         return Response(status_code=200 if self.is_ready() else 400)  # as Triton: 400 when not ready
 
     async def server_metadata(self, request: Request) -> Response:
-        return _json(codec.message_json(self.api.server_metadata()))
+        headers = {SERVER_HEADER: self.api.server_identity}  # Triton's answer; who really answered, beside it
+        return _json(codec.message_json(await self.api.server_metadata()), headers=headers)
 
     async def model_ready(self, request: Request) -> Response:
         return Response(status_code=200 if await self.api.model_ready(*_model(request)) else 400)

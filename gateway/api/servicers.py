@@ -17,6 +17,7 @@ from gateway.serving.inference_api import (
     InferenceApi,
 )
 from gateway.serving.predict import Instance, PredictHandler
+from gateway.serving.server_metadata import SERVER_HEADER
 from meshserve.core.context import budget_left, call_headers
 from meshserve.core.errors import ErrorCode, InvalidArgument, MeshError
 from meshserve.core.interceptors import HandlerRegistry
@@ -92,7 +93,9 @@ class OpenInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     itself, and Triton's own control calls passed through (`PASSED_THROUGH`); anything newer answers
     UNIMPLEMENTED naming what is served."""
 
-    PASSED_THROUGH = tuple(m for m in triton_control.FORWARDED if m != "ModelStatistics")
+    PASSED_THROUGH = tuple(
+        m for m in triton_control.FORWARDED if m not in ("ServerMetadata", "ModelStatistics")
+    )
     IMPLEMENTED = (
         "ServerLive", "ServerReady", "ServerMetadata", "ModelReady", "ModelMetadata", "ModelConfig",
         "ModelInfer", "ModelStreamInfer", "ModelStatistics", *PASSED_THROUGH,
@@ -112,7 +115,10 @@ class OpenInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return service_pb2.ServerReadyResponse(ready=self.is_ready())
 
     async def ServerMetadata(self, request, context):
-        return self.api.server_metadata()
+        """Triton's answer; meshserve's own name and version in trailing metadata, as a proxy would say it."""
+        reply = await self.api.server_metadata()
+        context.set_trailing_metadata(((SERVER_HEADER, self.api.server_identity),))
+        return reply
 
     async def ModelReady(self, request, context):
         return service_pb2.ModelReadyResponse(ready=await self.api.model_ready(request.name, request.version))

@@ -29,6 +29,7 @@ from gateway.serving.clients import InferenceClient
 from gateway.serving.prediction_log import PredictionLog
 from gateway.serving.prediction_records import AnswerSource, infer_records
 from gateway.serving.repository import ModelRepository
+from gateway.serving.server_metadata import TritonMetadata, server_identity
 from gateway.serving.statistics import route_statistics
 from gateway.serving.tensors import validate_infer_request
 from meshserve.core.auth import ADMIN_ROLE, require_role
@@ -41,16 +42,9 @@ from meshserve.core.prediction_ids import (
     new_prediction_id,
 )
 from meshserve.feature.registry import FeatureRegistry
+from meshserve.inference.model_control import check_model_load
 
-SERVER_NAME = "meshserve"
 _NO_HEADERS: Mapping[str, str] = {}
-# What works through the gateway as it does against Triton (cuda_shared_memory: passed to Triton, which must be
-# on the caller's host and have a GPU)
-EXTENSIONS = [
-    "classification", "sequence", "model_repository", "model_repository(unload_dependents)", "schedule_policy",
-    "model_configuration", "system_shared_memory", "cuda_shared_memory", "binary_tensor_data", "parameters",
-    "statistics", "trace", "logging",
-]  # fmt: skip
 SEQUENCE_ID = "sequence_id"
 # Which variant, model version and tier answered: trailing metadata on gRPC, headers on REST
 VARIANT_HEADER = "x-meshserve-variant"
@@ -82,6 +76,7 @@ class InferenceApi:
         rng: random.Random | None = None,
         admission: Admission | None = None,
         repository: ModelRepository | None = None,
+        triton_metadata: TritonMetadata | None = None,
         auth_required: bool = False,
         prediction_log: PredictionLog | None = None,
         registry: FeatureRegistry | None = None,
@@ -98,12 +93,14 @@ class InferenceApi:
         self.catalog = catalog
         self.inference = inference
         self.version = version
+        self.server_identity = server_identity(version)  # meshserve's own name and version, beside Triton's
+        self.triton_metadata = triton_metadata or TritonMetadata(inference)
         self.rng = rng or random.Random()
 
-    def server_metadata(self) -> service_pb2.ServerMetadataResponse:
-        return service_pb2.ServerMetadataResponse(
-            name=SERVER_NAME, version=self.version, extensions=EXTENSIONS
-        )
+    async def server_metadata(self) -> service_pb2.ServerMetadataResponse:
+        """As Triton answers it (name, version, the extensions that work through the gateway): clients written for
+        Triton check them. meshserve's own is `server_identity`."""
+        return await self.triton_metadata.get()
 
     async def _route(self, name: str) -> Route:
         """The route `name`; a name nobody serves is looked up in Triton's repository again first (at most once a
@@ -188,6 +185,8 @@ class InferenceApi:
                         "denied", extra={"method": method, "who": principal.name, "reason": exc.message}
                     )
                     raise
+        if method == "RepositoryModelLoad":
+            check_model_load(request)  # a load that would crash or misuse Triton never leaves the gateway
         return await self.repository.control(method, request, time_left_s)
 
     async def model_infer(

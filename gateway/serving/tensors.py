@@ -56,6 +56,7 @@ def validate_infer_request(
     seen: set[str] = set()
     raw = list(request.raw_input_contents)
     in_memory = [in_shared_memory(t) for t in request.inputs]
+    _check_sources(request, in_memory, bool(raw), model)
     if raw and len(raw) != in_memory.count(False):
         raise InvalidArgument(
             f"expected {in_memory.count(False)} raw_input_contents but got {len(raw)} for model '{model}'; "
@@ -111,10 +112,28 @@ def _size_mismatch(where: str, expected: int, got: int) -> InvalidArgument:
     return InvalidArgument(f"input byte size mismatch for {where}. Expected {expected}, got {got}")
 
 
+def _check_sources(
+    request: service_pb2.ModelInferRequest, in_memory: list[bool], raw: bool, model: str
+) -> None:
+    """Each input's data comes from one place. Checked first, input by input, in Triton's words: Triton reads
+    where the data is before it looks at names, types and shapes, and clients check for these messages."""
+    for tensor, shared in zip(request.inputs, in_memory, strict=True):
+        if not tensor.HasField("contents"):
+            continue
+        if shared:
+            raise InvalidArgument(
+                f"unexpected 'content' provided when using shared memory for input tensor '{tensor.name}' "
+                f"for model '{model}'"
+            )
+        if raw:
+            raise InvalidArgument(
+                "contents field must not be specified when using raw_input_contents for "
+                f"'{tensor.name}' for model '{model}'"
+            )
+
+
 def _check_shared(where: str, tensor, shape: list[int]) -> None:
     """Data in a shared-memory region is Triton's to read; only the declared size can be checked here."""
-    if tensor.HasField("contents"):
-        raise InvalidArgument(f"contents field must not be specified with shared memory for {where}")
     size = ELEMENT_BYTES.get(tensor.datatype)
     declared = tensor.parameters.get("shared_memory_byte_size")
     if size is not None and declared is not None and declared.int64_param != prod(shape) * size:
@@ -125,10 +144,6 @@ def _check_size(where: str, tensor, shape: list[int], raw: bytes | None) -> None
     count = prod(shape)
     size = ELEMENT_BYTES.get(tensor.datatype)
     if raw is not None:
-        if tensor.HasField("contents"):
-            raise InvalidArgument(
-                f"contents field must not be specified when using raw_input_contents for {where}"
-            )
         if size is not None and len(raw) != count * size:
             raise _size_mismatch(where, count * size, len(raw))
         if tensor.datatype == "BYTES":

@@ -1,5 +1,6 @@
 """`meshserve status`: the running mesh from its `<run_dir>/endpoints.json`: each process (pid alive, address,
-grpc.health.v1 status) and the routes with their live weights from the admin API."""
+grpc.health.v1 status), meshserve's and Triton's versions (from the gateway's ServerMetadata) and the routes with
+their live weights from the admin API."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import typer
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.console import Console, Group
 from rich.text import Text
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from meshserve.admin.v1 import admin_pb2, admin_pb2_grpc
 from meshserve.cli.output import FittedTable, indented
@@ -94,6 +96,25 @@ async def _routes(mesh: MeshEndpoints) -> tuple[list[dict[str, object]], str | N
     return routes, None
 
 
+async def _versions(mesh: MeshEndpoints) -> dict[str, str]:
+    """meshserve's version and Triton's, as the gateway's ServerMetadata gives them (Triton's name and version in
+    the answer, meshserve's in its `x-meshserve-server` trailing metadata), or why it did not say."""
+    from meshserve.cli.admin import credentials
+    from meshserve.launcher.mesh import cli_channel
+
+    async with cli_channel(mesh.address("gateway"), tls=mesh.tls) as channel:
+        call = service_pb2_grpc.GRPCInferenceServiceStub(channel).ServerMetadata(
+            service_pb2.ServerMetadataRequest(), timeout=HEALTH_TIMEOUT_S, metadata=credentials()
+        )
+        try:
+            reply = await call
+            trailing = dict(await call.trailing_metadata() or ())
+        except grpc.aio.AioRpcError as exc:
+            return {"error": f"{exc.code().name}: {exc.details()}"}
+    meshserve = str(trailing.get("x-meshserve-server", ""))
+    return {"meshserve": meshserve.removeprefix("meshserve/"), "triton": f"{reply.name} {reply.version}"}
+
+
 async def collect(mesh: MeshEndpoints) -> dict[str, object]:
     """The whole status, as `-o json` prints it."""
 
@@ -101,11 +122,12 @@ async def collect(mesh: MeshEndpoints) -> dict[str, object]:
         alive = pid_alive(endpoint.pid)
         return ProcessStatus(endpoint, alive, await _health(endpoint, mesh.tls))
 
-    processes, (routes, routes_error) = await asyncio.gather(
-        asyncio.gather(*(one(p) for p in mesh.processes)), _routes(mesh)
+    processes, (routes, routes_error), versions = await asyncio.gather(
+        asyncio.gather(*(one(p) for p in mesh.processes)), _routes(mesh), _versions(mesh)
     )
     return {
         "running": True,
+        "versions": versions,
         "up_pid": mesh.up_pid,
         "tls": mesh.tls,
         "endpoints": {
@@ -168,6 +190,11 @@ def _show(status: dict[str, object]) -> None:
     console.print(
         f"gateway {endpoints['gateway']}  REST {endpoints['gateway_http']}  admin {endpoints['admin']}"
     )  # type: ignore[index]
+    versions = status["versions"]
+    if "error" in versions:  # type: ignore[operator]
+        console.print(f"versions: [red]{versions['error']}[/]")  # type: ignore[index]
+    else:
+        console.print(f"meshserve {versions['meshserve']} in front of {versions['triton']}")  # type: ignore[index]
     if status["routes_error"]:
         console.print(f"routes: [red]{status['routes_error']}[/]")
         return

@@ -1,6 +1,6 @@
 """The Open Inference Protocol calls that the inference service forwards to Triton as they are (bytes in, bytes
 out), under Triton's own service and method names: the contract between the gateway, which calls them, and the
-inference service, which serves them. Model control, statistics, shared memory, trace and log settings."""
+inference service, which serves them. Triton's server metadata, model control, statistics, shared memory, trace and log settings."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ __all__ = ["FORWARDED", "SERVICE", "messages", "path"]
 
 SERVICE = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 FORWARDED = (
+    "ServerMetadata",  # Triton's name and version, which the gateway's own ServerMetadata answers with
     "ModelStatistics",
     "RepositoryIndex",
     "RepositoryModelLoad",

@@ -9,6 +9,7 @@ from tritonclient.grpc import service_pb2
 from meshserve.core.context import budget_left
 from meshserve.core.telemetry import annotate, recording
 from meshserve.inference import triton_control
+from meshserve.inference.model_control import check_model_load
 from meshserve.inference.v1 import inference_pb2, inference_pb2_grpc
 from services.inference.replicas import TritonReplicas
 from services.inference.triton import TritonBackend
@@ -46,6 +47,10 @@ class TritonForwarder:
 
 def _forwarding(method: str):
     async def forward(self, request: bytes, context) -> bytes:
+        if (
+            method == "RepositoryModelLoad"
+        ):  # refused here too, whoever the caller: the gateway is not the only one
+            check_model_load(service_pb2.RepositoryModelLoadRequest.FromString(request))
         return await self.triton.forward_control(method, request, budget_left(context.time_remaining()))
 
     forward.__name__ = method

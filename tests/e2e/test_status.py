@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -63,12 +64,14 @@ async def test_status_and_commands_find_the_running_mesh_and_the_file_goes_with_
     assert {p["name"]: (p["alive"], p["health"]) for p in status["processes"]} == dict.fromkeys(
         PROCESSES, (True, "SERVING")
     )
+    assert status["versions"] == {"meshserve": version("meshserve"), "triton": "triton 2.51.0"}
     fraud = next(r for r in status["routes"] if r["route"] == "fraud")
     assert {v["name"]: v["weight"] for v in fraud["variants"]} == {"stable": 100.0, "canary": 0.0}
 
     code, out, err = await run_cli("status", env=env)
     assert code == 0, err
     assert "SERVING" in out and "route fraud: stable" in out
+    assert f"meshserve {version('meshserve')} in front of triton 2.51.0" in out
 
     # no address given: each command finds the mesh through <run_dir>/endpoints.json
     for args in (

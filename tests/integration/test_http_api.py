@@ -84,7 +84,7 @@ async def test_sync_client_sees_a_live_ready_server_and_route_named_models(rest)
         assert client.is_model_ready("fraud") and client.is_model_ready("fraud", "2")
         assert not client.is_model_ready("no-such-route")
         server = client.get_server_metadata()
-        assert server["name"] == "meshserve" and "binary_tensor_data" in server["extensions"]
+        assert server["name"] == "triton" and "binary_tensor_data" in server["extensions"]
         metadata = client.get_model_metadata("fraud")
         assert metadata["name"] == "fraud" and metadata["versions"] == ["1", "2"]
         assert [(t["name"], t["datatype"], t["shape"]) for t in metadata["inputs"]] == [

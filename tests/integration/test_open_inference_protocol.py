@@ -36,7 +36,7 @@ def test_sync_client_sees_a_live_ready_server_and_route_named_models(mesh):
     assert client.is_server_live() and client.is_server_ready()
     assert client.is_model_ready("fraud")
     assert not client.is_model_ready("no-such-route")
-    assert client.get_server_metadata().name == "meshserve"
+    assert client.get_server_metadata().name == "triton"  # as Triton's own examples require
     metadata = client.get_model_metadata("fraud")
     assert metadata.name == "fraud"
     assert list(metadata.versions) == ["1", "2"]

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import queue
 import time
+import urllib.request
 import uuid
 from contextlib import contextmanager
+from importlib.metadata import version
 
 import numpy as np
 import pytest
@@ -219,3 +221,94 @@ def test_the_mesh_gateway_serves_tritons_rest_api_on_its_own_port(mesh):
     np.testing.assert_allclose(
         result.as_numpy("score")[:, 0], score_directly(mesh.endpoints.triton_grpc, ROWS), rtol=SCORE_RTOL
     )
+
+
+# -- what Triton's own example clients check (triton-inference-server/client src/python/examples) --------------
+
+
+def test_server_metadata_is_tritons_and_meshserve_says_who_it_is_beside_it(gateway, triton, mesh):
+    """simple_grpc_health_metadata.py and simple_http_health_metadata.py require the name "triton"."""
+    import grpc
+    import tritonclient.http as triton_http
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    direct = triton.get_server_metadata()
+    through = gateway.get_server_metadata()
+    assert (through.name, through.version) == ("triton", direct.version) == ("triton", "2.51.0")
+    assert list(through.extensions) == list(
+        direct.extensions
+    )  # every one the bundled Triton has works through it
+    with grpc.insecure_channel(mesh.endpoints.gateway) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        _, call = stub.ServerMetadata.with_call(service_pb2.ServerMetadataRequest())
+    assert dict(call.trailing_metadata())["x-meshserve-server"] == f"meshserve/{version('meshserve')}"
+
+    with triton_http.InferenceServerClient(mesh.endpoints.gateway_http) as rest:
+        assert rest.get_server_metadata() == {"name": "triton", "version": "2.51.0",
+                                              "extensions": list(direct.extensions)}  # fmt: skip
+    with urllib.request.urlopen(f"http://{mesh.endpoints.gateway_http}/v2", timeout=10) as reply:
+        assert reply.headers["x-meshserve-server"] == f"meshserve/{version('meshserve')}"
+
+
+def test_typed_contents_beside_raw_contents_are_refused_in_tritons_exact_words(gateway, triton, mesh):
+    """grpc_explicit_int_content_client.py: a valid typed request, then one raw entry added beside the typed
+    contents; Triton's exact message is expected, for the input and the model asked for."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    request = service_pb2.ModelInferRequest(model_name="spare")
+    tensor = request.inputs.add(name="IN", datatype="FP32", shape=[1, 4])
+    tensor.contents.fp32_contents[:] = [1.0, 2.0, 3.0, 4.0]
+    answers = {}
+    for name, address in (("gateway", mesh.endpoints.gateway), ("triton", mesh.endpoints.triton_grpc)):
+        with grpc.insecure_channel(address) as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            assert np.frombuffer(stub.ModelInfer(request).raw_output_contents[0], np.float32).tolist() == [
+                2,
+                3,
+                4,
+                5,
+            ]
+            mixed = service_pb2.ModelInferRequest()
+            mixed.CopyFrom(request)
+            mixed.raw_input_contents.append(np.zeros(4, np.float32).tobytes())
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.ModelInfer(mixed)
+            answers[name] = (refused.value.code(), refused.value.details())
+            assert stub.ModelInfer(request).outputs[0].name == "OUT"  # and the next valid request succeeds
+    assert (
+        answers["gateway"]
+        == answers["triton"]
+        == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "contents field must not be specified when using raw_input_contents for 'IN' for model 'spare'",
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["A" * 256, "a/" * 2100 + "x", "../escape.py", "/etc/cron.d/job"],
+    ids=["component-over-NAME_MAX", "path-over-PATH_MAX", "climbing-out", "absolute"],
+)
+def test_a_load_whose_file_path_would_crash_or_misuse_triton_never_reaches_it(gateway, triton, mesh, path):
+    """simple_grpc_model_control.py: a `file:` path component over 255 bytes made the bundled Triton abort; the
+    example expects newer Triton's answer (INTERNAL, "failed to poll from model repository") and a live server.
+    The gateway refuses it (gRPC and REST), and the inference service again for callers that reach it directly."""
+    for address in (mesh.endpoints.gateway, mesh.endpoints.inference):
+        with triton_grpc.InferenceServerClient(address) as client:
+            refused = refusal(
+                lambda c=client: c.load_model("spare", config="{}", files={f"file:{path}": b"a"})
+            )
+        assert refused.status() == "StatusCode.INTERNAL"
+        assert refused.message().startswith(
+            "failed to load 'spare', failed to poll from model repository: Invalid file parameter 'file:"
+        )
+    import tritonclient.http as triton_http
+
+    with triton_http.InferenceServerClient(mesh.endpoints.gateway_http) as rest:
+        refused = refusal(lambda: rest.load_model("spare", config="{}", files={f"file:{path}": b"a"}))
+    assert refused.status() == "500"  # INTERNAL on REST
+    assert "failed to poll from model repository: Invalid file parameter 'file:" in refused.message()
+    assert triton.is_server_live() and triton.is_model_ready("spare")  # Triton never saw it
+    assert gateway.is_model_ready("spare")

@@ -37,10 +37,12 @@ class FakeApi:
         if self.fail is not None:
             raise self.fail
 
-    def server_metadata(self):
+    server_identity = "meshserve/9.9"
+
+    async def server_metadata(self):
         self._check("server_metadata")
         return service_pb2.ServerMetadataResponse(
-            name="meshserve", version="9", extensions=["binary_tensor_data"]
+            name="triton", version="2.51.0", extensions=["binary_tensor_data"]
         )
 
     async def model_ready(self, route, version):
@@ -199,7 +201,9 @@ async def test_health_metadata_config_and_readiness():
     assert (await call(rest_for(api), "GET", "/v2/health/live")).status == 200
     assert (await call(rest_for(api), "GET", "/v2/health/ready")).status == 200
     assert (await call(rest_for(api, ready=False), "GET", "/v2/health/ready")).status == 400
-    assert (await call(rest_for(api), "GET", "/v2")).json()["name"] == "meshserve"
+    server = await call(rest_for(api), "GET", "/v2")
+    assert server.json() == {"name": "triton", "version": "2.51.0", "extensions": ["binary_tensor_data"]}
+    assert server.headers["x-meshserve-server"] == "meshserve/9.9"  # who answered, beside Triton's answer
     assert (await call(rest_for(api), "GET", "/v2/models/fraud/versions/2/ready")).status == 200
     assert (await call(rest_for(api), "GET", "/v2/models/nope/ready")).status == 400
     assert (await call(rest_for(api), "GET", "/v2/models/fraud/versions/2")).json()["versions"] == ["1", "2"]

@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2
@@ -125,13 +127,52 @@ def test_typed_values_outside_a_narrow_datatype_are_refused(datatype, field, val
     validate_infer_request(request, _one_input(datatype, [2]), 8, "m")
 
 
-def test_typed_contents_alongside_raw_contents_are_refused():
+def _exactly(message: str) -> str:
+    return "^" + re.escape(message) + "$"
+
+
+def test_typed_contents_alongside_raw_contents_are_refused_in_tritons_words():
     request = raw_request()
     request.inputs[0].contents.fp32_contents.extend([0.0] * 5)
-    with pytest.raises(
-        InvalidArgument, match="contents field must not be specified when using raw_input_contents"
-    ):
+    with pytest.raises(InvalidArgument, match=_exactly(
+        "contents field must not be specified when using raw_input_contents for 'features' for model 'fraud'"
+    )):  # fmt: skip
         check(request)
+
+
+def test_mixed_contents_are_named_before_a_raw_count_an_unknown_name_or_a_wrong_type():
+    """Triton's grpc_explicit_*_content_client: two typed inputs, and one raw entry added; Triton looks at where
+    each input's data is before anything else, so its message is about the first input with typed contents."""
+    metadata = service_pb2.ModelMetadataResponse(name="simple", inputs=[
+        service_pb2.ModelMetadataResponse.TensorMetadata(name=n, datatype="INT32", shape=[-1, 16])
+        for n in ("INPUT0", "INPUT1")
+    ])  # fmt: skip
+    request = service_pb2.ModelInferRequest(model_name="simple", inputs=[
+        Tensor(name=n, datatype="INT32", shape=[1, 16], contents={"int_contents": range(16)})
+        for n in ("INPUT0", "INPUT1")
+    ])  # fmt: skip
+    validate_infer_request(request, metadata, 8, "simple")
+    request.raw_input_contents.append(np.arange(8, dtype=np.int32).tobytes())
+    request.inputs[0].contents.int_contents[:] = range(8, 16)
+    expected = (
+        "contents field must not be specified when using raw_input_contents for '{}' for model 'simple'"
+    )
+    with pytest.raises(InvalidArgument, match=_exactly(expected.format("INPUT0"))):
+        validate_infer_request(request, metadata, 8, "simple")
+    request.inputs[0].name, request.inputs[0].datatype = "NOPE", "FP32"
+    with pytest.raises(InvalidArgument, match=_exactly(expected.format("NOPE"))):
+        validate_infer_request(request, metadata, 8, "simple")
+
+
+def test_typed_contents_of_an_input_in_shared_memory_are_refused_in_tritons_words():
+    request = service_pb2.ModelInferRequest(
+        inputs=[_in_shared_memory(Tensor(name="x", datatype="FP32", shape=[1, 2]), byte_size=8)]
+    )
+    request.inputs[0].contents.fp32_contents.extend([0.0, 1.0])
+    with pytest.raises(InvalidArgument, match=_exactly(
+        "unexpected 'content' provided when using shared memory for input tensor 'x' for model 'm'"
+    )):  # fmt: skip
+        validate_infer_request(request, _one_input("FP32", [2]), 8, "m")
 
 
 def _in_shared_memory(tensor: Tensor, byte_size: int) -> Tensor:
