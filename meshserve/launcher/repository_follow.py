@@ -99,12 +99,12 @@ class RepositoryFollower:
             try:
                 await asyncio.to_thread(refresh_served_model, model_dir, self.target, self.backends)
             except (RunnerError, OSError) as exc:
-                log.warning("model not served from its repository", extra={"model": name, "reason": str(exc)})
+                log.warning("model %s not served from %s: %s", name, model_dir, exc, extra={"model": name})
                 continue
             try:
                 await self.load(name)
             except Exception as exc:  # Triton's refusal or an unreachable mesh: reported, the mesh goes on
-                log.warning("model prepared but not loaded", extra={"model": name, "reason": str(exc)})
+                log.warning("model %s prepared but not loaded: %s", name, exc, extra={"model": name})
                 continue
             log.info(
                 "model served again from its repository", extra={"model": name, "source": str(model_dir)}

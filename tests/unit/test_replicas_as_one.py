@@ -1,15 +1,20 @@
-"""Several Triton replicas answering as one, the pure parts: statistics summed over replicas, which failures go
-once to another replica, and what a replica coming back must be sent."""
+"""Several Triton replicas answering as one: statistics summed over replicas, which failures go once to another
+replica, and what a replica coming back must be sent (pure policy), then TritonReplicas' control calls against
+stand-ins for the Tritons (no network)."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 
+import pytest
 from tritonclient.grpc import service_pb2
 
+from meshserve.core.errors import ErrorCode, MeshError
 from meshserve.inference.statistics import merge_statistics
 from services.inference.desired import Control, ControlKind, DesiredModels
 from services.inference.picker import ReplicaPicker
+from services.inference.replicas import TritonReplicas
 from services.inference.retry import retry_on_another
 
 
@@ -148,3 +153,85 @@ def test_only_the_last_call_per_model_counts_in_the_order_they_were_made():
     assert desired.generation == 4
     assert desired.catch_up({("a", "1"), ("b", "1")}) == [_unload("a"), serve]
     assert desired.catch_up(set()) == [serve]
+
+
+class FakeBackend:
+    """Stands in for one Triton's client: control calls answered from `answers` (an exception is raised), what it
+    was sent recorded; its repository index lists `ready`."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.timeout_s = self.max_call_s = 5.0
+        self.sent: list[str] = []
+        self.answers: dict[str, object] = {}
+        self.ready: set[tuple[str, str]] = {("busy", "1")}
+        self.control = self
+
+    async def forward_control(self, method, request, timeout_s):
+        self.sent.append(method)
+        answer = self.answers.get(method, b"")
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    async def all_ready(self, models, timeout_s):
+        return True
+
+    async def get_model_repository_index(self, client_timeout=None):
+        index = service_pb2.RepositoryIndexResponse()
+        for name, version in sorted(self.ready):
+            index.models.add(name=name, version=version, state="READY")
+        return index
+
+    async def close(self):
+        pass
+
+
+async def _replicas():
+    replicas = TritonReplicas(["a:1", "b:1"], timeout_s=1.0, max_message_bytes=1 << 20)
+    await replicas.close()  # their real clients: never dialled here
+    fakes = [FakeBackend("a:1"), FakeBackend("b:1")]
+    replicas.backends = fakes  # type: ignore[assignment]
+    replicas._backend = dict(zip(map(id, replicas.picker.replicas), fakes, strict=True))  # type: ignore[arg-type]
+    return replicas, fakes
+
+
+async def test_a_load_that_an_unreachable_replica_missed_succeeds_takes_it_out_and_is_kept():
+    replicas, (a, b) = await _replicas()
+    assert await replicas.all_ready([], 1.0)
+    b.answers["RepositoryModelLoad"] = MeshError("triton unavailable", ErrorCode.UNAVAILABLE)
+    load = service_pb2.RepositoryModelLoadRequest(model_name="spare").SerializeToString()
+    assert await replicas.forward_control("RepositoryModelLoad", load, 5.0) == b""
+    ra, rb = replicas.picker.replicas
+    assert ra.healthy and not rb.healthy
+    assert [c.model for c in replicas.desired.controls()] == ["spare"]
+
+    # b answers again: it is sent the load before it is picked
+    del b.answers["RepositoryModelLoad"]
+    assert not await replicas._check(rb, [], 1.0)  # its catch-up runs meanwhile
+    await asyncio.gather(*replicas._catching_up.values())
+    assert b.sent == ["RepositoryModelLoad", "RepositoryModelLoad"]
+    assert await replicas._check(rb, [], 1.0) and rb.healthy
+    assert a.sent == ["RepositoryModelLoad"]  # a held it all along
+
+
+async def test_a_load_triton_refuses_fails_and_is_not_kept_and_statistics_skip_a_replica_without_the_model():
+    replicas, (a, b) = await _replicas()
+    await replicas.all_ready([], 1.0)
+    refused = MeshError("failed to load 'nope'", ErrorCode.INVALID_ARGUMENT)
+    a.answers["RepositoryModelLoad"] = b.answers["RepositoryModelLoad"] = refused
+    load = service_pb2.RepositoryModelLoadRequest(model_name="nope").SerializeToString()
+    with pytest.raises(MeshError, match="nope"):
+        await replicas.forward_control("RepositoryModelLoad", load, 5.0)
+    assert replicas.desired.controls() == [] and all(r.healthy for r in replicas.picker.replicas)
+
+    a.answers["ModelStatistics"] = _stats(_entry("m", "1", 4, 2, 10, {2: 2})).SerializeToString()
+    b.answers["ModelStatistics"] = MeshError("unknown model 'm'", ErrorCode.NOT_FOUND)
+    request = service_pb2.ModelStatisticsRequest(name="m").SerializeToString()
+    answer = service_pb2.ModelStatisticsResponse.FromString(
+        await replicas.forward_control("ModelStatistics", request, 5.0)
+    )
+    assert [(e.name, e.inference_count) for e in answer.model_stats] == [("m", 4)]
+    a.answers["ModelStatistics"] = MeshError("unknown model 'm'", ErrorCode.NOT_FOUND)
+    with pytest.raises(MeshError, match="unknown model"):  # nowhere: Triton's own answer
+        await replicas.forward_control("ModelStatistics", request, 5.0)
