@@ -187,7 +187,7 @@ class TritonReplicas:
                 index = await backend.control.get_model_repository_index(client_timeout=backend.timeout_s)
                 ready = {(m.name, m.version) for m in index.models if m.state == "READY"}
                 for control in self.desired.catch_up(ready):
-                    await self._apply(backend, control)
+                    await self._apply(replica, backend, control)
                 if self.desired.generation == generation:  # else a call came meanwhile: once more
                     self._synced[id(replica)] = generation
                     log.info(
@@ -198,11 +198,27 @@ class TritonReplicas:
             reason = exc.message if isinstance(exc, MeshError) else exc.message()
             log.warning("triton replica could not catch up", extra={"url": replica.name, "reason": reason})
 
-    async def _apply(self, backend: TritonBackend, control: Control) -> None:
-        if control.kind is ControlKind.SERVE_VERSIONS:
-            await backend.serve_versions(control.model, list(control.versions), backend.max_call_s)
-        else:
-            await backend.forward_control(control.kind.value, control.request, None)
+    async def _apply(self, replica: Replica, backend: TritonBackend, control: Control) -> None:
+        """One call of the catch-up. Triton refusing it (a model its repository lacks...) is its answer: the
+        replica then serves what it can, and gets none of the requests for what it lacks (the picker follows its
+        index). Only an unreachable replica stops the catch-up."""
+        try:
+            if control.kind is ControlKind.SERVE_VERSIONS:
+                await backend.serve_versions(control.model, list(control.versions), backend.max_call_s)
+            else:
+                await backend.forward_control(control.kind.value, control.request, None)
+        except (MeshError, TimeoutError) as exc:
+            if isinstance(exc, MeshError) and exc.code is ErrorCode.UNAVAILABLE:
+                raise
+            log.warning(
+                "triton replica refused a call of its catch-up",
+                extra={
+                    "url": replica.name,
+                    "model": control.model,
+                    "call": control.kind.value,
+                    "reason": str(exc),
+                },
+            )
 
     async def all_ready(self, models: list[str], timeout_s: float) -> bool:
         """Every replica checked at once; True while at least one is ready (with each of `models`)."""
@@ -268,6 +284,9 @@ class TritonReplicas:
             for replica in done:  # those that held every earlier call hold this one too
                 if self._synced[id(replica)] == generation:
                     self._synced[id(replica)] = now
+            for replica in self.picker.healthy():
+                if replica not in targets:  # came back during the call, without it: out until it catches up
+                    self._set_healthy(replica, False)
         errors = [result for result in results if isinstance(result, BaseException)]
         for replica, result in zip(targets, results, strict=True):
             if done and isinstance(result, MeshError) and result.code is ErrorCode.UNAVAILABLE:

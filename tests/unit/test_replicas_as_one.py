@@ -235,3 +235,38 @@ async def test_a_load_triton_refuses_fails_and_is_not_kept_and_statistics_skip_a
     a.answers["ModelStatistics"] = MeshError("unknown model 'm'", ErrorCode.NOT_FOUND)
     with pytest.raises(MeshError, match="unknown model"):  # nowhere: Triton's own answer
         await replicas.forward_control("ModelStatistics", request, 5.0)
+
+
+async def test_a_returning_replica_that_refuses_a_call_of_its_catch_up_is_picked_again_all_the_same():
+    replicas, (a, b) = await _replicas()
+    await replicas.all_ready([], 1.0)
+    ra, rb = replicas.picker.replicas
+    replicas._set_healthy(rb, False)  # b down
+    for name in ("x", "y"):
+        load = service_pb2.RepositoryModelLoadRequest(model_name=name).SerializeToString()
+        await replicas.forward_control("RepositoryModelLoad", load, 5.0)
+    assert b.sent == []
+    b.answers["RepositoryModelLoad"] = MeshError("failed to load 'x'", ErrorCode.INVALID_ARGUMENT)
+    assert not await replicas._check(rb, [], 1.0)
+    await asyncio.gather(*replicas._catching_up.values())
+    assert b.sent == ["RepositoryModelLoad", "RepositoryModelLoad"]  # x refused, y still sent
+    assert await replicas._check(rb, [], 1.0)
+
+
+async def test_a_replica_that_came_back_during_a_load_without_it_is_taken_out_to_catch_up():
+    replicas, (a, b) = await _replicas()
+    await replicas.all_ready([], 1.0)
+    ra, rb = replicas.picker.replicas
+    replicas._set_healthy(rb, False)
+
+    async def slow_load(method, request, timeout_s):
+        replicas.picker.update(rb, True)  # b's check found it ready meanwhile
+        return b""
+
+    a.forward_control = slow_load  # type: ignore[method-assign]
+    load = service_pb2.RepositoryModelLoadRequest(model_name="x").SerializeToString()
+    await replicas.forward_control("RepositoryModelLoad", load, 5.0)
+    assert not rb.healthy and b.sent == []
+    assert not await replicas._check(rb, [], 1.0)
+    await asyncio.gather(*replicas._catching_up.values())
+    assert b.sent == ["RepositoryModelLoad"] and await replicas._check(rb, [], 1.0)
