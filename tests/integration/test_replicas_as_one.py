@@ -1,5 +1,5 @@
-"""Two real Triton replicas behind the inference service, answering as one Triton: statistics are the sum of
-both, a replica killed under load fails no request (what it could not run goes once to the other), and a
+"""Two real Triton replicas behind the inference service, answering as one Triton: statistics (read through a
+gateway) are the sum of both, a replica killed under load fails no request (what it could not run goes once to the other), and a
 replica that missed a load or an unload (down, or unreachable) is brought in line before it is picked again."""
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import numpy as np
 import tritonclient.grpc.aio as triton_aio
 from tritonclient.grpc import service_pb2
 
+from gateway.service import GatewayService
+from gateway.settings import GatewaySettings
 from meshserve.core.channels import wait_until_serving
 from meshserve.core.process import ChildProcess, free_ports
 from services.inference.picker import Replica
@@ -112,6 +114,25 @@ async def _two_replicas(tmp_path: Path, *triton_args: str, **settings):
         await asyncio.gather(*(t.process.stop(30) for t in (a, b)))
 
 
+@contextlib.asynccontextmanager
+async def _gateway(inference: str, tmp_path: Path):
+    """A gateway (in this process) in front of the inference service, serving each model under its own name; its
+    feature and cache services are absent (statistics need neither)."""
+    routes = tmp_path / "routes.yaml"
+    routes.write_text("routes: {}\n")
+    feature_port, cache_port = free_ports(2)
+    settings = GatewaySettings(
+        port=0, admin_port=0, http_port=0, metrics_port=0, routes_path=routes, audit_log=tmp_path / "audit.jsonl",
+        feature_url=f"127.0.0.1:{feature_port}", cache_url=f"127.0.0.1:{cache_port}", inference_url=inference,
+    )  # fmt: skip
+    gateway = GatewayService(settings)
+    port = await gateway.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        await gateway.stop(0)
+
+
 async def _send(channel: grpc.aio.Channel, count: int, in_flight: int, outcomes: Counter) -> None:
     call, request, left = channel.unary_unary(MODEL_INFER), _busy_request(), [count]
 
@@ -140,7 +161,12 @@ async def test_statistics_are_the_sum_of_both_replicas_and_a_killed_replica_fail
         on_a, on_b = await a.inferences("busy"), await b.inferences("busy")
         assert on_a > 0 and on_b > 0, (on_a, on_b)  # spread over both
 
-        async with triton_aio.InferenceServerClient(address) as mesh:  # the mesh's own Triton API
+        async with (
+            _gateway(address, tmp_path) as gateway_address,
+            triton_aio.InferenceServerClient(
+                gateway_address
+            ) as mesh,  # the gateway, as a Triton client sees it
+        ):
             stats = await mesh.get_inference_statistics("busy", client_timeout=10)
         assert [(m.name, m.version) for m in stats.model_stats] == [("busy", "1")]
         summed = stats.model_stats[0]
