@@ -1,6 +1,7 @@
 """Two real Triton replicas behind the inference service, answering as one Triton: statistics (read through a
-gateway) are the sum of both, a replica killed under load fails no request (what it could not run goes once to the other), and a
-replica that missed a load or an unload (down, or unreachable) is brought in line before it is picked again."""
+gateway) are the sum of both, a replica killed under load fails no request (what it could not run goes once to
+the other), and a replica that missed a load or an unload (down, or unreachable) is brought in line before it is
+picked again."""
 
 from __future__ import annotations
 
