@@ -397,9 +397,8 @@ class LocalMesh:
     ports: dict[str, list[PortUse]] = field(default_factory=dict)  # what each child listens on, once planned
     port_hosts: dict[int, str] = field(default_factory=dict)  # the address each of those ports listens on
     backends: frozenset[str] = frozenset()  # the bundled Triton's backends, once planned
-    following: asyncio.Task[None] | None = (
-        None  # the repositories followed (RepositoryFollower), once started
-    )
+    follower: RepositoryFollower | None = None  # what is added to the repositories, once planned
+    following: asyncio.Task[None] | None = None  # the follower at work, once started
 
     def _python(self, name: str, module: str, env: dict[str, str]) -> ChildProcess:
         return self._child(name, [sys.executable, "-m", module], env)
@@ -467,6 +466,14 @@ class LocalMesh:
         ]
         backend_dir = prepare_backend_dir(run_dir)
         self.backends = frozenset(d.name for d in backend_dir.iterdir() if d.is_dir())
+        # what the repositories hold is taken before they are prepared: whatever is added from now on is followed
+        self.follower = RepositoryFollower(
+            s.model_repositories,
+            run_dir / SERVED_REPOSITORY,
+            self.backends,
+            self.load_model,
+            s.repository_poll_s,
+        )
         self.served = prepare_served_repository(
             s.model_repositories, run_dir / SERVED_REPOSITORY, self.backends
         )
@@ -660,16 +667,8 @@ class LocalMesh:
                 on_event,
             )
             self.supervisor.start()
-            if s.repository_poll_s > 0:
-                assert self.served is not None
-                follower = RepositoryFollower(
-                    s.model_repositories,
-                    self.served.path,
-                    self.backends,
-                    self.load_model,
-                    s.repository_poll_s,
-                )
-                self.following = asyncio.create_task(follower.follow(), name="follow-repositories")
+            if self.follower is not None and s.repository_poll_s > 0:
+                self.following = asyncio.create_task(self.follower.follow(), name="follow-repositories")
         except BaseException:
             await self.stop()
             raise
