@@ -26,6 +26,14 @@ def ready_models(index: service_pb2.RepositoryIndexResponse) -> set[str]:
     return {model.name for model in index.models if model.state == "READY"}
 
 
+def ready_versions(index: service_pb2.RepositoryIndexResponse) -> dict[str, frozenset[str]]:
+    versions: dict[str, set[str]] = {}
+    for model in index.models:
+        if model.state == "READY":
+            versions.setdefault(model.name, set()).add(model.version)
+    return {name: frozenset(v) for name, v in versions.items()}
+
+
 class ModelRepository:
     def __init__(
         self,
@@ -43,6 +51,7 @@ class ModelRepository:
         self.refresh_s = refresh_s
         self.timeout_s = timeout_s
         self.models: set[str] = set()
+        self.versions: dict[str, frozenset[str]] = {}  # the ready versions of each model
         self.look_again_s = look_again_s
         self.clock = clock
         self._looked_at = -math.inf
@@ -53,12 +62,15 @@ class ModelRepository:
             "RepositoryIndex", service_pb2.RepositoryIndexRequest(ready=True), self.timeout_s
         )
         self._looked_at = self.clock()
-        models = ready_models(index)
+        models, versions = ready_models(index), ready_versions(index)
         for gone in self.models - models:
             self.catalog.forget(gone)  # what the gateway knew of it no longer holds
+        for name in models & self.models:
+            if versions.get(name) != self.versions.get(name):
+                self.catalog.forget(name)  # a version loaded or unloaded elsewhere: the latest may be another
         if models != self.models:
             log.info("models served by Triton", extra={"models": sorted(models)})
-        self.models = models
+        self.models, self.versions = models, versions
         self.routes.follow_repository(models)
 
     async def look_again(self) -> bool:

@@ -25,6 +25,7 @@ from typing import Annotated
 import grpc
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from tritonclient.grpc import service_pb2
 
 from meshserve.core.channels import open_channel, wait_until_serving
 from meshserve.core.process import ChildProcess, free_ports
@@ -32,8 +33,10 @@ from meshserve.core.restart_policy import RestartPolicy
 from meshserve.core.supervision import ChildExited, SupervisionEvent, Supervisor
 from meshserve.core.telemetry import tracing_enabled
 from meshserve.core.tls import ClientTls
+from meshserve.inference import triton_control
 from meshserve.launcher.listen_hosts import ListenHosts, plan_listen_hosts
 from meshserve.launcher.repository import ServedRepository, prepare_served_repository
+from meshserve.launcher.repository_follow import RepositoryFollower
 from meshserve.launcher.run_logs import readable_tail, start_run_logs, triton_load_failures
 from meshserve.launcher.startup_checks import (
     PortUse,
@@ -156,6 +159,12 @@ class MeshSettings(BaseSettings):
         description="wait before restarting a crashed process; doubles with each crash in the window",
     )
     restart_backoff_max_s: float = Field(8.0, ge=0, description="the longest wait before a restart")
+    repository_poll_s: float = Field(
+        2.0,
+        ge=0,
+        description="how often the model repositories are looked at while the mesh runs: a version directory or a "
+        "model added is prepared and loaded without a restart (meshserve.launcher.repository_follow); 0 = never",
+    )
     startup_timeout_s: float = Field(180.0, gt=0)
     log_level: str = "INFO"
     triton_args: list[str] = Field(default_factory=list, description="extra tritonserver arguments")
@@ -387,6 +396,9 @@ class LocalMesh:
     log_dir: Path | None = None  # this run's logs (meshserve.launcher.run_logs), once planned
     ports: dict[str, list[PortUse]] = field(default_factory=dict)  # what each child listens on, once planned
     port_hosts: dict[int, str] = field(default_factory=dict)  # the address each of those ports listens on
+    backends: frozenset[str] = frozenset()  # the bundled Triton's backends, once planned
+    follower: RepositoryFollower | None = None  # what is added to the repositories, once planned
+    following: asyncio.Task[None] | None = None  # the follower at work, once started
 
     def _python(self, name: str, module: str, env: dict[str, str]) -> ChildProcess:
         return self._child(name, [sys.executable, "-m", module], env)
@@ -453,10 +465,17 @@ class LocalMesh:
             if number
         ]
         backend_dir = prepare_backend_dir(run_dir)
-        self.served = prepare_served_repository(
+        self.backends = frozenset(d.name for d in backend_dir.iterdir() if d.is_dir())
+        # what the repositories hold is taken before they are prepared: whatever is added from now on is followed
+        self.follower = RepositoryFollower(
             s.model_repositories,
             run_dir / SERVED_REPOSITORY,
-            {d.name for d in backend_dir.iterdir() if d.is_dir()},
+            self.backends,
+            self.load_model,
+            s.repository_poll_s,
+        )
+        self.served = prepare_served_repository(
+            s.model_repositories, run_dir / SERVED_REPOSITORY, self.backends
         )
         routes_path = s.routes_path
         self.sample_routes = routes_path is None and serves_sample(s.model_repositories)
@@ -648,10 +667,26 @@ class LocalMesh:
                 on_event,
             )
             self.supervisor.start()
+            if self.follower is not None and s.repository_poll_s > 0:
+                self.following = asyncio.create_task(self.follower.follow(), name="follow-repositories")
         except BaseException:
             await self.stop()
             raise
         return endpoints
+
+    async def load_model(self, name: str) -> None:
+        """Triton loads `name` from the served repository again, asked through the inference service (as the
+        gateway asks it: every replica, and the load kept for one that comes back)."""
+        assert self.endpoints is not None, "plan() first"
+        tls = self.client_tls()
+        async with open_channel(self.endpoints.inference, tls=tls, server_name="inference") as channel:
+            load = channel.unary_unary(
+                triton_control.path("RepositoryModelLoad"),
+                request_serializer=service_pb2.RepositoryModelLoadRequest.SerializeToString,
+                response_deserializer=service_pb2.RepositoryModelLoadResponse.FromString,
+            )
+            request = service_pb2.RepositoryModelLoadRequest(model_name=name)
+            await load(request, timeout=self.settings.startup_timeout_s)
 
     async def _start_one(self, name: str, healthy: dict[str, asyncio.Event], on_ready) -> None:
         for first in start_after(name):
@@ -779,6 +814,9 @@ class LocalMesh:
         (CALLERS) has exited: the gateways first (they drain their callers), then the feature, inference and
         monitor services, then the cache and Triton. `on_stopped(name, exit code)` hears of each started one as it exits.
         Supervision stops first, so these exits are not taken for crashes."""
+        if self.following is not None:
+            self.following.cancel()
+            await asyncio.gather(self.following, return_exceptions=True)
         if self.supervisor is not None:
             await self.supervisor.stop()
         grace = self.settings.grace_s if grace is None else grace

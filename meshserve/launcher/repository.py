@@ -13,6 +13,7 @@ and with it `meshserve up`. The user's files are only read.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ __all__ = [
     "loaded_versions",
     "prepare_served_repository",
     "read_config",
+    "refresh_served_model",
 ]
 
 ModelConfig = model_config_pb2.ModelConfig
@@ -301,3 +303,34 @@ def prepare_served_repository(
                 del served[name]
                 changed = True
     return ServedRepository(target, tuple(served.values()), tuple(skipped))
+
+
+def refresh_served_model(
+    model_dir: Path, target: Path, backends: Collection[str] = ("python",)
+) -> ServedModel:
+    """Prepare one model of the user's again into the served repository `target`, after versions were added to it:
+    prepared afresh beside `target`, then each version directory that is new moved in, and the config.pbtxt
+    replaced (an ONNX runner's is regenerated from the latest version). The version directories Triton already
+    serves are left as they are, and nothing half made is ever inside `target`. RunnerError or OSError as for
+    `prepare_served_repository`'s models (the served model then unchanged)."""
+    name = model_dir.name
+    staging = target.parent / f".{target.name}.staging" / name
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.parent.mkdir(exist_ok=True)
+    try:
+        served = _prepare_model(model_dir, staging, backends)
+        out = target / name
+        if not out.exists():  # a new model
+            staging.rename(out)
+            return served
+        for entry in staging.iterdir():
+            placed = out / entry.name
+            if entry.is_dir():
+                if not placed.exists():
+                    entry.rename(placed)
+            else:  # a file or a link: replaced in one step
+                os.replace(entry, placed)
+        return served
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

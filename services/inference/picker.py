@@ -67,14 +67,17 @@ class ReplicaPicker:
         return [r for r in self.replicas if r.healthy]
 
     # -- per request ------------------------------------------------------------------------------------------------
-    def candidates(self, model: str, version: str) -> list[Replica]:
+    def candidates(self, model: str, version: str, exclude: Replica | None = None) -> list[Replica]:
         """Healthy replicas that report the model ready; if none do (an index not refreshed yet), every healthy
-        one, and if none is healthy, every replica: Triton's own error then beats one made up here."""
-        healthy = [r for r in self.replicas if r.healthy]
-        return [r for r in healthy if r.serves(model, version)] or healthy or list(self.replicas)
+        one, and if none is healthy, every replica: Triton's own error then beats one made up here. `exclude`
+        (the replica a request just failed on) is never among them."""
+        replicas = [r for r in self.replicas if r is not exclude]
+        healthy = [r for r in replicas if r.healthy]
+        return [r for r in healthy if r.serves(model, version)] or healthy or replicas
 
-    def pick(self, model: str = "", version: str = "") -> Replica:
-        pool = self.candidates(model, version)
+    def pick(self, model: str = "", version: str = "", exclude: Replica | None = None) -> Replica:
+        """A replica for the request (`exclude` never: there must be another)."""
+        pool = self.candidates(model, version, exclude)
         if len(pool) == 1:
             return pool[0]
         a, b = self._rng.sample(pool, 2)

@@ -40,6 +40,15 @@ class ModelDescription:
     config: service_pb2.ModelConfigResponse
 
 
+class TritonCallError(MeshError):
+    """A call to one Triton that failed, with the gRPC status it ended with: whether another replica may take
+    the request is decided by that status (services.inference.retry), not by our mapping of it."""
+
+    def __init__(self, error: MeshError, status: str) -> None:
+        super().__init__(error.message, error.code, origin=error.origin, metadata=error.metadata)
+        self.status = status
+
+
 def _mesh_error(exc: InferenceServerException, what: str) -> MeshError:
     status = (exc.status() or "").rsplit(".", 1)[-1]  # tritonclient reports e.g. "StatusCode.NOT_FOUND"
     code = ErrorCode.__members__.get(status, ErrorCode.UNAVAILABLE)
@@ -166,7 +175,7 @@ class TritonBackend:
         try:
             return await self._model_infer(request, timeout=timeout, metadata=outgoing_metadata())
         except grpc.aio.AioRpcError as exc:
-            raise error_from_rpc(exc, "triton") from None
+            raise TritonCallError(error_from_rpc(exc, "triton"), exc.code().name) from None
 
     async def forward_control(self, method: str, request: bytes, timeout_s: float | None) -> bytes:
         """One of Triton's control calls (`triton_control.FORWARDED`), as bytes both ways; Triton's status and
@@ -184,4 +193,4 @@ class TritonBackend:
         await self._channel.close()
 
 
-__all__ = ["ModelDescription", "TritonBackend"]
+__all__ = ["ModelDescription", "TritonBackend", "TritonCallError"]

@@ -19,6 +19,7 @@ class FakeTriton:
 
     def __init__(self, *models: str) -> None:
         self.models = set(models)
+        self.versions: dict[str, list[str]] = {}  # a model's ready versions, when not just "1"
         self.lookups = 0
         self.down = False
 
@@ -30,7 +31,8 @@ class FakeTriton:
             raise MeshError("triton unavailable", ErrorCode.UNAVAILABLE)
         index = service_pb2.RepositoryIndexResponse()
         for name in sorted(self.models):
-            index.models.add(name=name, version="1", state="READY")
+            for version in self.versions.get(name, ["1"]):
+                index.models.add(name=name, version=version, state="READY")
         return index
 
 
@@ -90,3 +92,19 @@ async def test_a_failed_look_is_not_retried_sooner_and_keeps_the_known_models(tm
     assert not await repo.look_again()
     assert not await repo.look_again() and triton.lookups == 2
     assert set(routes.served) == {"a"}
+
+
+async def test_a_model_whose_ready_versions_change_elsewhere_is_forgotten(tmp_path):
+    triton, clock = FakeTriton("a", "b"), Clock()
+    repo, _, catalog = repository(triton, clock, tmp_path)
+    await repo.refresh()
+    triton.versions["a"] = [
+        "1",
+        "2",
+    ]  # loaded behind this gateway's back (meshserve up following a repository)
+    await repo.refresh()
+    assert catalog.forgotten == ["a"]  # its latest version is another one now
+    triton.versions["a"] = ["2"]
+    await repo.refresh()
+    await repo.refresh()
+    assert catalog.forgotten == ["a", "a"]
