@@ -882,12 +882,17 @@ def test_envoy_publishes_its_listener_and_waits_for_the_gateway(services, envoy_
 
 
 def test_envoy_forwards_to_the_gateway_service_and_port(services, envoy_config, monkeypatch):
-    (cluster,) = envoy_config["static_resources"]["clusters"]
-    for group in cluster["load_assignment"]["endpoints"]:
-        for endpoint in group["lb_endpoints"]:
-            address = endpoint["endpoint"]["address"]["socket_address"]
-            assert address["address"] == "gateway"
-            assert address["port_value"] == listening_port("gateway", services, monkeypatch)
+    """gRPC to the gateways' gRPC port, REST to their REST port; `gateway` names every gateway replica."""
+    gateway = load_settings("gateway", services, monkeypatch)
+    expected = {"gateway": gateway.port, "gateway_rest": gateway.http_port}
+    clusters = envoy_config["static_resources"]["clusters"]
+    assert {c["name"] for c in clusters} == set(expected) and gateway.http
+    for cluster in clusters:
+        for group in cluster["load_assignment"]["endpoints"]:
+            for endpoint in group["lb_endpoints"]:
+                address = endpoint["endpoint"]["address"]["socket_address"]
+                assert address["address"] == "gateway"
+                assert address["port_value"] == expected[cluster["name"]]
 
 
 def test_envoy_healthcheck_asks_its_admin_api(services, envoy_config):
@@ -985,11 +990,11 @@ def test_healthchecks_present_the_process_own_certificate(services):
 
 
 def test_envoy_verifies_the_gateway_with_the_mounted_ca(services, envoy_config):
-    (cluster,) = envoy_config["static_resources"]["clusters"]
-    context = cluster["transport_socket"]["typed_config"]
-    assert context["sni"] == "gateway"
-    ca = Path(context["common_tls_context"]["validation_context"]["trusted_ca"]["filename"])
-    assert ca == CERTS / "ca.pem" and certs_mounted(services["envoy"])
+    for cluster in envoy_config["static_resources"]["clusters"]:  # gRPC and REST alike
+        context = cluster["transport_socket"]["typed_config"]
+        assert context["sni"] == "gateway"
+        ca = Path(context["common_tls_context"]["validation_context"]["trusted_ca"]["filename"])
+        assert ca == CERTS / "ca.pem" and certs_mounted(services["envoy"])
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose is not installed")
