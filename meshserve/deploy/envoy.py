@@ -472,7 +472,9 @@ def _http_connection_manager(s: EnvoySettings) -> hcm.HttpConnectionManager:
         stat_prefix="edge",
         route_config=route.RouteConfiguration(
             name="meshserve",
-            virtual_hosts=[route.VirtualHost(name="gateway", domains=["*"], routes=[grpc_route, *rest_routes])],
+            virtual_hosts=[
+                route.VirtualHost(name="gateway", domains=["*"], routes=[grpc_route, *rest_routes])
+            ],
         ),
         http_filters=[
             # first, so calls jwt_authn refuses are counted too

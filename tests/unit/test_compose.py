@@ -605,7 +605,9 @@ def test_named_volumes_are_declared(services):
 
 def test_redis_is_checked_with_redis_cli(services):
     test = argv(services["redis"]["healthcheck"]["test"])
-    assert test[:3] == ["CMD", "redis-cli", "--tls"] and test[-1] == "ping"  # TLS only, as the gateways speak it
+    assert (
+        test[:3] == ["CMD", "redis-cli", "--tls"] and test[-1] == "ping"
+    )  # TLS only, as the gateways speak it
 
 
 def test_the_gateways_share_the_control_store_redis_over_tls(services, monkeypatch):
@@ -623,7 +625,9 @@ def test_the_gateways_share_the_control_store_redis_over_tls(services, monkeypat
     assert services["gateway"]["depends_on"]["redis"]["condition"] == "service_healthy"
     redis = argv(services["redis"]["command"])
     assert flag(redis, "--port") == "0" and flag(redis, "--tls-port") == str(REDIS_PORT)
-    assert flag(redis, "--tls-auth-clients") == "yes" and flag(redis, "--tls-ca-cert-file") == f"{CERTS}/ca.pem"
+    assert (
+        flag(redis, "--tls-auth-clients") == "yes" and flag(redis, "--tls-ca-cert-file") == f"{CERTS}/ca.pem"
+    )
     assert certs_mounted(services["redis"])
 
 

@@ -175,7 +175,9 @@ def test_envoy_accepts_the_tls_listener(tmp_path):
     assert tls["common_tls_context"]["alpn_protocols"] == ["h2", "http/1.1"]  # REST may come as HTTP/1.1
     result = validate(deploy_envoy(tmp_path / "envoy.yaml", settings))
     assert result.returncode == 0, result.stdout + result.stderr
-    grpc_only = EnvoySettings(tls_cert_file=cert, tls_key_file=key, gateway_ca_file=cert, gateway_http_port=None)
+    grpc_only = EnvoySettings(
+        tls_cert_file=cert, tls_key_file=key, gateway_ca_file=cert, gateway_http_port=None
+    )
     (listener,) = envoy_config(grpc_only)["static_resources"]["listeners"]
     tls = listener["filter_chains"][0]["transport_socket"]["typed_config"]
     assert tls["common_tls_context"]["alpn_protocols"] == ["h2"]
@@ -239,7 +241,9 @@ def test_rest_goes_to_the_gateways_rest_port_as_grpc_goes_to_its_grpc_port():
     (lb,) = rest["load_assignment"]["endpoints"][0]["lb_endpoints"]
     port = GatewaySettings.model_fields["http_port"].default
     assert lb["endpoint"]["address"]["socket_address"] == {"address": "gateway", "port_value": port}
-    options = rest["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+    options = rest["typed_extension_protocol_options"][
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    ]
     assert options["explicit_http_config"] == {"http_protocol_options": {}}
     (check,) = rest["health_checks"]
     assert check["http_health_check"] == {"path": "/v2/health/ready"}  # 400 while the gateway cannot serve
@@ -250,7 +254,10 @@ def test_rest_goes_to_the_gateways_rest_port_as_grpc_goes_to_its_grpc_port():
     context = rest["transport_socket"]["typed_config"]
     assert context["sni"] == "gateway" and context["common_tls_context"]["alpn_protocols"] == ["http/1.1"]
     validation = context["common_tls_context"]["validation_context"]
-    assert validation == grpc_cluster["transport_socket"]["typed_config"]["common_tls_context"]["validation_context"]
+    assert (
+        validation
+        == grpc_cluster["transport_socket"]["typed_config"]["common_tls_context"]["validation_context"]
+    )
 
 
 def test_without_a_rest_port_the_edge_serves_grpc_only(tmp_path):

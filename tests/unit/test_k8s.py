@@ -1097,7 +1097,9 @@ def test_the_urls_each_process_calls_are_hops_the_policies_admit(render):
                 target, target_port = service_backend(render, *url_address(value))
                 admitted = graph.who_reaches(target, target_port)
                 assert name in admitted or "*" in admitted, f"{name} -> {target}:{target_port} is blocked"
-    for gateway in envoy_config()["static_resources"]["clusters"]:  # Envoy reaches the gateway's gRPC and REST
+    for gateway in envoy_config()["static_resources"][
+        "clusters"
+    ]:  # Envoy reaches the gateway's gRPC and REST
         address = next(socket_addresses(gateway))
         target, port = service_backend(render, address["address"], address["port_value"])
         assert "*" in PolicyGraph(render).who_reaches(target, port)
