@@ -387,7 +387,8 @@ phase failover
 # detection). Each call carries an x-request-id, so Envoy's access log says which gateway answered and how many
 # attempts it took.
 victim=$(compose ps -q gateway-2)
-"$PYTHON" - "$envoy" "$key" "$victim" "${FAILOVER_S:-6}" "$work/failover.json" <<'EOF' || fail "Predicts failed through Envoy while gateway-2 died"
+loaded=0
+"$PYTHON" - "$envoy" "$key" "$victim" "${FAILOVER_S:-6}" "$work/failover.json" <<'EOF' || loaded=$?
 import asyncio, json, subprocess, sys, time
 
 import grpc
@@ -414,7 +415,7 @@ async def caller(stub, worker: int, started: float) -> None:
             assert 0.0 <= reply.predictions[0].score <= 1.0, reply
             ok.append((time.monotonic(), request_id))
         except grpc.aio.AioRpcError as error:
-            failed.append(f"{request_id}: {error.code().name} {error.details()}")
+            failed.append((request_id, f"{error.code().name} {error.details()}"))
 
 
 async def kill(started: float) -> None:
@@ -433,15 +434,16 @@ async def main() -> None:
     after = [request_id for at, request_id in ok if at > killed_at]
     print(f"[compose-test]   {len(ok) + len(failed)} Predicts through Envoy in {time.monotonic() - started:.1f}s, "
           f"{len(after)} answered after the kill at {killed_at - started:.1f}s; {len(failed)} failed", file=sys.stderr)
-    for line in failed[:5]:
-        print(f"[compose-test]     {line}", file=sys.stderr)
-    json.dump({"before": [r for at, r in ok if at <= killed_at], "after": after}, open(out, "w"))
+    for request_id, error in failed[:5]:
+        print(f"[compose-test]     {request_id}: {error}", file=sys.stderr)
+    before = [r for at, r in ok if at <= killed_at]
+    json.dump({"before": before, "after": after, "failed": [r for r, _ in failed]}, open(out, "w"))
     sys.exit(1 if failed or len(after) < 20 else 0)
 
 
 asyncio.run(main())
 EOF
-# Envoy's access log: which gateways answered before the kill, and which calls it retried.
+# Envoy's access log: which gateways answered before the kill, which calls it retried, and how failed ones ended.
 compose logs --no-color envoy >"$work/envoy.log" 2>&1
 "$PYTHON" - "$work/envoy.log" "$work/failover.json" <<'EOF' || fail "Envoy's access log does not show the calls balanced over both gateways"
 import json, sys
@@ -456,5 +458,8 @@ before = {lines[r]["upstream_host"] for r in ids["before"] if r in lines}
 retried = [lines[r] for r in ids["before"] + ids["after"] if r in lines and int(lines[r]["attempts"] or 1) > 1]
 print(f"[compose-test]   before the kill, answers from {len(before)} gateways ({', '.join(sorted(before))}); "
       f"{len(retried)} call(s) retried on the other one by Envoy", file=sys.stderr)
+for request_id in ids["failed"][:5]:
+    print(f"[compose-test]     failed {request_id}: {lines.get(request_id)}", file=sys.stderr)
 sys.exit(0 if len(before) == 2 else 1)
 EOF
+[ "$loaded" = 0 ] || fail "Predicts failed through Envoy while gateway-2 died"

@@ -80,6 +80,7 @@ JWT_PROVIDER = "meshserve"
 CERTS_DIR = Path("/certs")
 # Envoy's own gRPC health check and a Kubernetes probe through the listener carry no token.
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
+RETRY_HOST_PICKS = 10  # host picks per retry before one already tried is taken (see _http_connection_manager)
 # The REST probes the gateway answers without a credential too (gateway/api/http_api.py's _UNGUARDED).
 REST_HEALTH_PATHS = ("/v2/health/live", "/v2/health/ready")
 REST_READY_PATH = "/v2/health/ready"  # 200 once the gateway can serve, 400 again while it drains
@@ -425,7 +426,10 @@ def _http_connection_manager(s: EnvoySettings) -> hcm.HttpConnectionManager:
                 typed_config=_typed(PreviousHostsPredicate()),
             )
         ],
-        host_selection_retry_max_attempts=3,
+        # A gateway that just died has no calls in flight, so LEAST_REQUEST favours it (3 picks in 4 with two
+        # pods): only after this many picks of hosts already tried does a retry go to one of them anyway. Picks
+        # cost nothing; with 3, one retry in three went back to a killed gateway (deploy/compose/test.sh).
+        host_selection_retry_max_attempts=RETRY_HOST_PICKS,
     )
     grpc_route = route.Route(
         name="grpc",

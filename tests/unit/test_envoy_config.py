@@ -323,6 +323,8 @@ def test_envoy_retries_only_calls_no_gateway_answered():
     policy = route(envoy_config(EnvoySettings()))["route"]["retry_policy"]
     assert set(policy["retry_on"].split(",")) == {"connect-failure", "refused-stream", "reset"}
     assert policy["retry_host_predicate"][0]["name"] == "envoy.retry_host_predicates.previous_hosts"
+    # LEAST_REQUEST favours a dead gateway (nothing in flight): enough picks that a retry avoids it
+    assert int(policy["host_selection_retry_max_attempts"]) >= 10
     assert "retriable_status_codes" not in policy
 
 
