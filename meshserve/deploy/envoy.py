@@ -156,18 +156,20 @@ class EnvoySettings(BaseSettings):
         description="Envoy's retry conditions (x-envoy-retry-on); see the comment before changing them",
     )
     num_retries: int = Field(2, ge=0, description="each on another gateway pod when there is one")
-    # Envoy's circuit breakers, per cluster. The retry budget is what keeps retries from multiplying an outage: it
-    # scales with the load, where a fixed count of retries in flight (Envoy's default, 3) fails calls as soon as
-    # a gateway dies under more than a handful of calls. Half of the calls in flight may be retries: what one
-    # of two gateways dying needs, and at most one more attempt per call on average.
+    # Envoy's circuit breakers, per cluster. Retries in flight are bounded by a budget rather than Envoy's default
+    # count (3): a gateway that dies takes every call it holds with it, and each needs its retry in the same
+    # instant, just as those calls stop counting as in flight. So the floor covers what one gateway may hold
+    # (with Envoy's 3, killing one of two gateways under 8 callers failed 5 calls: compose-test's failover), and
+    # under more load the budget grows with it: never more retries than calls in flight. Retries only follow calls
+    # no gateway answered (retry_on), so they re-send work the dead gateway took along, nothing more.
     max_connections: int = Field(1024, ge=1)
     max_pending_requests: int = Field(1024, ge=1)
     max_requests: int = Field(1024, ge=1)
     retry_budget_percent: float = Field(
-        50.0, gt=0, le=100, description="retries in flight at once, as a share of the calls in flight"
+        100.0, gt=0, le=100, description="retries in flight at once, as a share of the calls in flight"
     )
     min_retry_concurrency: int = Field(
-        3, ge=1, description="retries always allowed in flight, however few calls there are"
+        256, ge=1, description="retries always allowed in flight, however few calls there are"
     )
     max_downstream_connections: int = Field(
         10_000, ge=1, description="client connections Envoy accepts at once"

@@ -222,8 +222,9 @@ def test_defaults_proxy_grpc_over_http2_with_health_checks_retries_and_limits():
     assert check["grpc_health_check"] == {}  # service "": the gateway's overall status
     (limits,) = gateway["circuit_breakers"]["thresholds"]
     assert set(limits) == {"max_connections", "max_pending_requests", "max_requests", "retry_budget"}
-    # retries in flight scale with the calls in flight: half of them may be retries when one of two gateways dies
-    assert limits["retry_budget"] == {"budget_percent": {"value": 50.0}, "min_retry_concurrency": 3}
+    # a dead gateway's calls all need their retry at once, as they stop counting as in flight: a floor covers
+    # them, and beyond it retries never outnumber the calls in flight
+    assert limits["retry_budget"] == {"budget_percent": {"value": 100.0}, "min_retry_concurrency": 256}
     assert route(config)["route"]["cluster"] == "gateway"
 
 
