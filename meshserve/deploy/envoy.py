@@ -314,8 +314,8 @@ def _jwks_url(s: EnvoySettings) -> tuple[str, int, bool] | None:
 
 def _jwt_filter(s: EnvoySettings) -> hcm.HttpFilter:
     """Every call but health checks (gRPC's, and REST's live and ready) needs a valid JWT (401 otherwise, 403 for
-    another audience). The token itself
-    is forwarded: the gateway authenticates the caller from it (principal, roles), not from anything Envoy adds."""
+    another audience). The token itself is forwarded: the gateway authenticates the caller from it (principal,
+    roles), not from anything Envoy adds."""
     assert s.jwt_jwks is not None
     remote = _jwks_url(s)
     provider = jwt_authn.JwtProvider(
@@ -451,8 +451,8 @@ def _http_connection_manager(s: EnvoySettings) -> hcm.HttpConnectionManager:
         ),
     )
     # REST: every other request, to the gateway's REST port. Same retries (a POST no gateway answered is as safe to
-    # send again as a gRPC call). No timeout either: the gateway applies its route's timeout_ms (REST carries no
-    # deadline of its own) and stream_idle_timeout_s ends a call whose gateway went silent.
+    # send again as a gRPC call). No timeout either, as for a gRPC call without a deadline: the gateway applies its
+    # own, and stream_idle_timeout_s ends a call whose gateway went silent.
     rest_routes = []
     if s.gateway_http_port is not None:
         rest_routes.append(
