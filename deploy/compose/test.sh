@@ -10,10 +10,18 @@
 #            meshserve-tools:dev (Envoy, Prometheus, Redis: deploy/compose/offline.yml)
 #   up       every service that can run here, awaited healthy (compose's own healthchecks)
 #   score    one Predict through Envoy and one straight to the gateway (TLS, checked against the stack's CA),
-#            from the host's CLI, with an API key made by `meshserve keys create` in the gateway container
+#            from the host's CLI, with an API key made by `meshserve keys create` in the gateway container; one
+#            REST inference (the Open Inference Protocol over HTTP) through Envoy and one straight to the gateway,
+#            the same scores
 #   labels   a label for the last answer through the gateway's feedback API (`meshserve feedback load`), then
 #            `meshserve quality` from the monitor's published port counts it
-#   scrape   every Prometheus target reports up (/api/v1/targets)
+#   control  new weights for route `fraud` through the first gateway's admin API (`meshserve canary weights`);
+#            both gateways serve them within a few seconds (`meshserve canary status` on each admin API), since
+#            they share Redis as their control store
+#   scrape   every Prometheus target reports up (/api/v1/targets), both gateways among them
+#   failover Predicts through Envoy from 8 callers for a few seconds, `docker kill` of gateway-2 in the middle:
+#            not one fails (Envoy retries what the dead gateway never answered on the other one), and both
+#            gateways answered before the kill (Envoy's access log)
 #   down     `docker-compose down -v`, always, even after a failure
 # Each phase prints how long it took. The stack's ports are published on free ports of 127.0.0.1 for the run.
 set -euo pipefail
@@ -40,7 +48,7 @@ total_start=$SECONDS
 say() { printf '[compose-test] %s\n' "$*"; }
 fail() { say "FAILED: $*"; exit 1; }
 phase() { # phase NAME: the previous phase's time, then the next one's name
-  if [ -n "${current:-}" ]; then say "$(printf '%-7s %4ds' "$current" $((SECONDS - phase_start)))"; fi
+  if [ -n "${current:-}" ]; then say "$(printf '%-8s %4ds' "$current" $((SECONDS - phase_start)))"; fi
   current=$1
   phase_start=$SECONDS
 }
@@ -198,7 +206,7 @@ EOF
 )
 published() { echo "$ports" | sed -n "s/^$1=//p"; }  # published SERVICE:PORT -> the host port
 compose_files=(-f "$work/stack.yml" --project-directory .)
-services=(gateway envoy prometheus redis)
+services=(gateway gateway-2 envoy prometheus redis)
 [ -z "$offline" ] && services+=(grafana jaeger)  # their images exist only in a registry
 compose_up=1
 # compose starts the dependencies first and waits for each `service_healthy` condition on the way.
@@ -271,6 +279,32 @@ MESHSERVE_RUN_DIR="$work/run" MESHSERVE_TLS=1 "$MESHSERVE" features load "$work/
 say "  features load through $feature: $(tail -n 1 "$work/load.log")"
 predict "the gateway, after the load" "$gateway" MESHSERVE_TLS=1 MESHSERVE_API_KEY="$key"
 [ "$score" != "$before" ] || fail "the score did not change after new features were loaded ($score)"
+# REST through Envoy (plaintext listener, content-type application/json: its REST route, to a gateway's REST
+# port over TLS) and straight to the gateway's REST port (TLS, checked against the stack's CA): the same scores.
+rest_body='{"id": "compose-rest", "inputs": [{"name": "features", "shape": [2, 5], "datatype": "FP32",
+  "data": [[25.0, 1, 120.0, 3, 400], [4800.0, 7, 35.0, 40, 2]]}]}'
+rest() { # rest LABEL URL [CURL ARGS...]: one REST inference of fraud, its scores and version on stdout
+  local label=$1 url=$2
+  shift 2
+  local answer
+  answer=$(curl -fsS --max-time 10 "$@" -H "authorization: Bearer $key" -H 'content-type: application/json' \
+    --data "$rest_body" "$url/v2/models/fraud/infer") || fail "REST inference through $label"
+  "$PYTHON" - "$label" "$answer" <<'EOF'
+import json, sys
+label, answer = sys.argv[1], json.loads(sys.argv[2])
+(score,) = answer["outputs"]
+assert answer["id"] == "compose-rest" and score["name"] == "score" and score["shape"] == [2, 1], answer
+assert all(0.0 <= value <= 1.0 for value in score["data"]), answer
+print(f"[compose-test]   REST through {label}: scores {score['data']}, fraud v{answer['model_version']}",
+      file=sys.stderr)
+print(" ".join(f"{value:.6f}" for value in score["data"]), answer["model_version"])
+EOF
+}
+through_envoy=$(rest "Envoy ($envoy)" "http://$envoy") || exit 1
+gateway_http=$(published gateway:50056)
+direct=$(rest "the gateway (127.0.0.1:$gateway_http)" "https://gateway:$gateway_http" \
+  --cacert "$work/run/certs/ca.pem" --resolve "gateway:$gateway_http:127.0.0.1") || exit 1
+[ "$through_envoy" = "$direct" ] || fail "REST through Envoy answered $through_envoy, the gateway $direct"
 
 # -- labels -------------------------------------------------------------------------------------------------
 phase labels
@@ -297,6 +331,31 @@ until count=$(labelled) && [ "${count:-0}" -ge 1 ]; do
 done
 say "  quality through $monitor: $count labelled prediction(s) on route fraud"
 
+# -- control ------------------------------------------------------------------------------------------------
+phase control
+# New weights through the first gateway's admin API (TLS with the `admin` certificate, the admin token); the
+# second one reads them from Redis (control_poll_s), so both serve them, each asked on its own admin API.
+admin() { env MESHSERVE_RUN_DIR="$work/run" MESHSERVE_TLS=1 MESHSERVE_ADMIN_TOKEN_FILE="$work/run/certs/admin-token" \
+  "$MESHSERVE" "$@"; }
+first=127.0.0.1:$(published gateway:50055)
+second=127.0.0.1:$(published gateway-2:50055)
+admin canary weights fraud stable=70 canary=30 --admin "$first" >"$work/weights.log" 2>&1 ||
+  { cat "$work/weights.log"; fail "meshserve canary weights through $first"; }
+weights() { # weights ADMIN: route fraud's weights as that gateway serves them, e.g. canary=30 stable=70
+  admin canary status fraud --admin "$1" -o json 2>"$work/status.log" | "$PYTHON" -c '
+import json, sys
+print(" ".join(sorted("%s=%g" % (v["name"], v["weight"]) for v in json.load(sys.stdin)["variants"])))'
+}
+for target in "$first" "$second"; do
+  start=$SECONDS
+  deadline=$((SECONDS + 15))
+  until served=$(weights "$target") && [ "$served" = "canary=30 stable=70" ]; do
+    [ $SECONDS -lt $deadline ] || fail "$target serves '${served:-}' 15s after the change: $(cat "$work/status.log")"
+    sleep 0.2
+  done
+  say "  $target serves $served (after $((SECONDS - start))s)"
+done
+
 # -- scrape -------------------------------------------------------------------------------------------------
 phase scrape
 deadline=$((SECONDS + 60))
@@ -311,8 +370,96 @@ sys.exit(1 if down or not targets else 0)
 EOF
   ); then
     say "every target up: $summary"
+    gateways=$("$PYTHON" -c 'import json, sys
+print(sum(t["labels"]["job"] == "gateway" for t in json.loads(sys.argv[1])["data"]["activeTargets"]))' "$report")
+    [ "$gateways" = 2 ] || fail "Prometheus scrapes $gateways gateway(s), not both"
     break
   fi
   [ $SECONDS -lt $deadline ] || fail "Prometheus targets not up after 60s: $summary"
   sleep 1
 done
+
+# -- failover -----------------------------------------------------------------------------------------------
+phase failover
+# Predicts through Envoy from 8 callers at once for FAILOVER_S seconds; a third of the way in, gateway-2 is
+# killed (SIGKILL: no drain, its calls in flight die with it). Every Predict must succeed: Envoy retries a call
+# whose gateway reset or refused it on the other one, and stops choosing the dead one (health checks, outlier
+# detection). Each call carries an x-request-id, so Envoy's access log says which gateway answered and how many
+# attempts it took.
+victim=$(compose ps -q gateway-2)
+loaded=0
+"$PYTHON" - "$envoy" "$key" "$victim" "${FAILOVER_S:-6}" "$work/failover.json" <<'EOF' || loaded=$?
+import asyncio, json, subprocess, sys, time
+
+import grpc
+
+from meshserve.feature.v1 import feature_pb2
+from meshserve.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+
+address, key, victim, duration, out = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), sys.argv[5]
+ok, failed, killed_at = [], [], None
+
+
+async def caller(stub, worker: int, started: float) -> None:
+    n = 0
+    while time.monotonic() - started < duration:
+        n += 1
+        request = gateway_pb2.PredictRequest(route="fraud", instances=[gateway_pb2.Instance(
+            entity_key=f"acct-{worker * 7 + n % 7:05d}",
+            features={"amount": feature_pb2.Value(double_value=10.0 + n), "merchant_category": feature_pb2.Value(int64_value=3)},
+        )])
+        request_id = f"failover-{worker}-{n}"
+        metadata = (("authorization", f"Bearer {key}"), ("x-request-id", request_id))
+        try:
+            reply = await stub.Predict(request, metadata=metadata, timeout=10)
+            assert 0.0 <= reply.predictions[0].score <= 1.0, reply
+            ok.append((time.monotonic(), request_id))
+        except grpc.aio.AioRpcError as error:
+            failed.append((request_id, f"{error.code().name} {error.details()}"))
+
+
+async def kill(started: float) -> None:
+    global killed_at
+    await asyncio.sleep(duration / 3)
+    process = await asyncio.create_subprocess_exec("docker", "kill", victim, stdout=subprocess.DEVNULL)
+    assert await process.wait() == 0, "docker kill"
+    killed_at = time.monotonic()
+
+
+async def main() -> None:
+    started = time.monotonic()
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = gateway_pb2_grpc.PredictionServiceStub(channel)
+        await asyncio.gather(kill(started), *(caller(stub, worker, started) for worker in range(8)))
+    after = [request_id for at, request_id in ok if at > killed_at]
+    print(f"[compose-test]   {len(ok) + len(failed)} Predicts through Envoy in {time.monotonic() - started:.1f}s, "
+          f"{len(after)} answered after the kill at {killed_at - started:.1f}s; {len(failed)} failed", file=sys.stderr)
+    for request_id, error in failed[:5]:
+        print(f"[compose-test]     {request_id}: {error}", file=sys.stderr)
+    before = [r for at, r in ok if at <= killed_at]
+    json.dump({"before": before, "after": after, "failed": [r for r, _ in failed]}, open(out, "w"))
+    sys.exit(1 if failed or len(after) < 20 else 0)
+
+
+asyncio.run(main())
+EOF
+# Envoy's access log: which gateways answered before the kill, which calls it retried, and how failed ones ended.
+compose logs --no-color envoy >"$work/envoy.log" 2>&1
+"$PYTHON" - "$work/envoy.log" "$work/failover.json" <<'EOF' || fail "Envoy's access log does not show the calls balanced over both gateways"
+import json, sys
+ids = json.load(open(sys.argv[2]))
+lines = {}
+for text in open(sys.argv[1]):
+    start = text.find("{")
+    if start >= 0 and "failover-" in text:
+        line = json.loads(text[start:])
+        lines[line["request_id"]] = line
+before = {lines[r]["upstream_host"] for r in ids["before"] if r in lines}
+retried = [lines[r] for r in ids["before"] + ids["after"] if r in lines and int(lines[r]["attempts"] or 1) > 1]
+print(f"[compose-test]   before the kill, answers from {len(before)} gateways ({', '.join(sorted(before))}); "
+      f"{len(retried)} call(s) retried on the other one by Envoy", file=sys.stderr)
+for request_id in ids["failed"][:5]:
+    print(f"[compose-test]     failed {request_id}: {lines.get(request_id)}", file=sys.stderr)
+sys.exit(0 if len(before) == 2 else 1)
+EOF
+[ "$loaded" = 0 ] || fail "Predicts failed through Envoy while gateway-2 died"

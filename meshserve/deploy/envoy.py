@@ -7,6 +7,10 @@ Security at the edge (docs/security.md): the listener may terminate TLS, the hop
 against the mesh's CA (with a client certificate when one is given), and `envoy.filters.http.jwt_authn` may
 reject calls without a valid JWT before they reach the gateway, which verifies the token again itself.
 
+REST (the Open Inference Protocol over HTTP, the gateway's `http_port`) shares the listener: a request whose
+content-type is application/grpc goes to the gateway's gRPC port, anything else to its REST port, each a cluster
+of its own with the same TLS, JWT check, health checks, balancing, outlier detection and retries.
+
 Observability and deadlines: per-method gRPC counters (grpc_stats) in /stats/prometheus, spans to the mesh's
 OTLP collector when one is named, a caller's grpc-timeout honoured up to the gateway's own ceiling, and retries
 only of calls no gateway answered (the gateway retries inside the mesh itself).
@@ -65,6 +69,7 @@ __all__ = [
 ]
 
 GATEWAY_CLUSTER = "gateway"
+GATEWAY_REST_CLUSTER = "gateway_rest"
 JWKS_CLUSTER = "jwks"
 OTLP_CLUSTER = "otlp"
 ADMIN_CLUSTER = "envoy_admin"
@@ -75,9 +80,14 @@ JWT_PROVIDER = "meshserve"
 CERTS_DIR = Path("/certs")
 # Envoy's own gRPC health check and a Kubernetes probe through the listener carry no token.
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
+RETRY_HOST_PICKS = 10  # host picks per retry before one already tried is taken (see _http_connection_manager)
+# The REST probes the gateway answers without a credential too (gateway/api/http_api.py's _UNGUARDED).
+REST_HEALTH_PATHS = ("/v2/health/live", "/v2/health/ready")
+REST_READY_PATH = "/v2/health/ready"  # 200 once the gateway can serve, 400 again while it drains
 DEFAULT_OUT = Path("deploy/envoy/envoy.yaml")
 REGENERATE = f"meshserve deploy envoy --out {DEFAULT_OUT}"
 _GATEWAY_PORT = GatewaySettings.model_fields["port"].default
+_GATEWAY_HTTP_PORT = GatewaySettings.model_fields["http_port"].default
 # The longest deadline the gateway honours; the edge caps a caller's grpc-timeout at the same value.
 _GATEWAY_MAX_DEADLINE_S = GatewaySettings.model_fields["max_deadline_s"].default
 # What the gateway serves on its public port: these methods get their own grpc_stats counters. Any other path
@@ -111,6 +121,13 @@ class EnvoySettings(BaseSettings):
         "gateway", description="the gateway's DNS name or IP; every address it resolves to"
     )
     gateway_port: int = Field(_GATEWAY_PORT, ge=1, le=65535)
+    gateway_http_port: int | None = Field(
+        _GATEWAY_HTTP_PORT,
+        ge=1,
+        le=65535,
+        description="the gateway's REST port (its http_port): calls that are not gRPC go there; unset: the edge "
+        "serves gRPC only and answers anything else 404",
+    )
     connect_timeout_s: float = Field(1.0, gt=0)
     # Deadlines: a caller's grpc-timeout is honoured, capped, and goes on to the gateway (Envoy rewrites the
     # header when it caps it), which spends the same deadline. A call without one gets no deadline from the
@@ -139,11 +156,21 @@ class EnvoySettings(BaseSettings):
         description="Envoy's retry conditions (x-envoy-retry-on); see the comment before changing them",
     )
     num_retries: int = Field(2, ge=0, description="each on another gateway pod when there is one")
-    # Envoy's circuit breakers, per cluster. max_retries is what keeps retries from multiplying an outage.
+    # Envoy's circuit breakers, per cluster. Retries in flight are bounded by a budget rather than Envoy's default
+    # count (3): a gateway that dies takes every call it holds with it, and each needs its retry in the same
+    # instant, just as those calls stop counting as in flight. So the floor covers what one gateway may hold
+    # (with Envoy's 3, killing one of two gateways under 8 callers failed 5 calls: compose-test's failover), and
+    # under more load the budget grows with it: never more retries than calls in flight. Retries only follow calls
+    # no gateway answered (retry_on), so they re-send work the dead gateway took along, nothing more.
     max_connections: int = Field(1024, ge=1)
     max_pending_requests: int = Field(1024, ge=1)
     max_requests: int = Field(1024, ge=1)
-    max_retries: int = Field(3, ge=0, description="retries in flight at once, across all callers")
+    retry_budget_percent: float = Field(
+        100.0, gt=0, le=100, description="retries in flight at once, as a share of the calls in flight"
+    )
+    min_retry_concurrency: int = Field(
+        256, ge=1, description="retries always allowed in flight, however few calls there are"
+    )
     max_downstream_connections: int = Field(
         10_000, ge=1, description="client connections Envoy accepts at once"
     )
@@ -286,8 +313,9 @@ def _jwks_url(s: EnvoySettings) -> tuple[str, int, bool] | None:
 
 
 def _jwt_filter(s: EnvoySettings) -> hcm.HttpFilter:
-    """Every call but health checks needs a valid JWT (401 otherwise, 403 for another audience). The token itself
-    is forwarded: the gateway authenticates the caller from it (principal, roles), not from anything Envoy adds."""
+    """Every call but health checks (gRPC's, and REST's live and ready) needs a valid JWT (401 otherwise, 403 for
+    another audience). The token itself is forwarded: the gateway authenticates the caller from it (principal,
+    roles), not from anything Envoy adds."""
     assert s.jwt_jwks is not None
     remote = _jwks_url(s)
     provider = jwt_authn.JwtProvider(
@@ -310,6 +338,10 @@ def _jwt_filter(s: EnvoySettings) -> hcm.HttpFilter:
         providers={JWT_PROVIDER: provider},
         rules=[
             jwt_authn.RequirementRule(match=route.RouteMatch(prefix=HEALTH_PREFIX)),  # no requirement
+            *(
+                jwt_authn.RequirementRule(match=route.RouteMatch(path=path))
+                for path in (REST_HEALTH_PATHS if s.gateway_http_port is not None else ())
+            ),
             jwt_authn.RequirementRule(
                 match=route.RouteMatch(prefix="/"),
                 requires=jwt_authn.JwtRequirement(provider_name=JWT_PROVIDER),
@@ -396,11 +428,15 @@ def _http_connection_manager(s: EnvoySettings) -> hcm.HttpConnectionManager:
                 typed_config=_typed(PreviousHostsPredicate()),
             )
         ],
-        host_selection_retry_max_attempts=3,
+        # A gateway that just died has no calls in flight, so LEAST_REQUEST favours it (3 picks in 4 with two
+        # pods): only after this many picks of hosts already tried does a retry go to one of them anyway. Picks
+        # cost nothing; with 3, one retry in three went back to a killed gateway (deploy/compose/test.sh).
+        host_selection_retry_max_attempts=RETRY_HOST_PICKS,
     )
     grpc_route = route.Route(
         name="grpc",
-        # gRPC only: anything else is refused at the edge with 404 rather than reaching the gateway
+        # content-type application/grpc*; anything else goes to the REST route, or without one is refused at the
+        # edge with 404 rather than reaching the gateway
         match=route.RouteMatch(prefix="/", grpc=route.RouteMatchGrpcRouteMatchOptions()),
         route=route.RouteAction(
             cluster=GATEWAY_CLUSTER,
@@ -414,6 +450,20 @@ def _http_connection_manager(s: EnvoySettings) -> hcm.HttpConnectionManager:
             retry_policy=retry,
         ),
     )
+    # REST: every other request, to the gateway's REST port. Same retries (a POST no gateway answered is as safe to
+    # send again as a gRPC call). No timeout either, as for a gRPC call without a deadline: the gateway applies its
+    # own, and stream_idle_timeout_s ends a call whose gateway went silent.
+    rest_routes = []
+    if s.gateway_http_port is not None:
+        rest_routes.append(
+            route.Route(
+                name="rest",
+                match=route.RouteMatch(prefix="/"),
+                route=route.RouteAction(
+                    cluster=GATEWAY_REST_CLUSTER, timeout=_seconds(0), retry_policy=retry
+                ),
+            )
+        )
     access_log = [
         accesslog.AccessLog(
             name="envoy.access_loggers.stdout",
@@ -428,7 +478,9 @@ def _http_connection_manager(s: EnvoySettings) -> hcm.HttpConnectionManager:
         stat_prefix="edge",
         route_config=route.RouteConfiguration(
             name="meshserve",
-            virtual_hosts=[route.VirtualHost(name="gateway", domains=["*"], routes=[grpc_route])],
+            virtual_hosts=[
+                route.VirtualHost(name="gateway", domains=["*"], routes=[grpc_route, *rest_routes])
+            ],
         ),
         http_filters=[
             # first, so calls jwt_authn refuses are counted too
@@ -457,7 +509,8 @@ def _listener(s: EnvoySettings) -> listener.Listener:
         context = tls.DownstreamTlsContext(
             common_tls_context=tls.CommonTlsContext(
                 tls_certificates=[_certificate(s.tls_cert_file, s.tls_key_file)],
-                alpn_protocols=["h2"],  # gRPC is HTTP/2 only
+                # gRPC is HTTP/2 only; REST clients may speak HTTP/1.1 as well
+                alpn_protocols=["h2"] if s.gateway_http_port is None else ["h2", "http/1.1"],
             )
         )
         chain.transport_socket = _tls_socket(context)
@@ -563,23 +616,31 @@ def _jwks_cluster(s: EnvoySettings, host: str, port: int, https: bool) -> cluste
     return jwks
 
 
-def _gateway_cluster(s: EnvoySettings) -> cluster.Cluster:
-    http2 = upstream_http.HttpProtocolOptions(
-        explicit_http_config=upstream_http.HttpProtocolOptionsExplicitHttpConfig(
+def _gateway_cluster(s: EnvoySettings, rest: bool = False) -> cluster.Cluster:
+    """Every gateway pod's gRPC port, or with `rest` its REST port (HTTP/1.1, uvicorn's protocol): the same
+    balancing, limits, health checks and outlier detection, so a gateway that fails one way is avoided by both."""
+    name, port = (GATEWAY_REST_CLUSTER, s.gateway_http_port) if rest else (GATEWAY_CLUSTER, s.gateway_port)
+    assert port is not None
+    if rest:
+        protocol = upstream_http.HttpProtocolOptionsExplicitHttpConfig(
+            http_protocol_options=core.Http1ProtocolOptions()
+        )
+    else:
+        protocol = upstream_http.HttpProtocolOptionsExplicitHttpConfig(
             http2_protocol_options=core.Http2ProtocolOptions(
                 # pings find a gateway that vanished without closing its connections (a killed container)
                 connection_keepalive=core.KeepaliveSettings(interval=_seconds(30), timeout=_seconds(5))
             )
         )
-    )
-    gateway = endpoint.LbEndpoint(
-        endpoint=endpoint.Endpoint(address=_address(s.gateway_host, s.gateway_port))
-    )
+    gateway = endpoint.LbEndpoint(endpoint=endpoint.Endpoint(address=_address(s.gateway_host, port)))
     limits = cluster.CircuitBreakersThresholds(
         max_connections=s.max_connections,
         max_pending_requests=s.max_pending_requests,
         max_requests=s.max_requests,
-        max_retries=s.max_retries,
+        retry_budget=cluster.CircuitBreakersThresholdsRetryBudget(
+            budget_percent=Percent(value=s.retry_budget_percent),
+            min_retry_concurrency=s.min_retry_concurrency,
+        ),
     )
     health_check = core.HealthCheck(
         timeout=_seconds(s.health_check_timeout_s),
@@ -589,20 +650,26 @@ def _gateway_cluster(s: EnvoySettings) -> cluster.Cluster:
         no_traffic_interval=_seconds(s.health_check_interval_s),
         unhealthy_threshold=s.unhealthy_threshold,
         healthy_threshold=s.healthy_threshold,
+    )
+    if rest:
+        # 200 only while the gateway serves: 400 until its dependencies are ready and again while it drains
+        health_check.http_health_check = core.HealthCheckHttpHealthCheck(path=REST_READY_PATH)
+    else:
         # "" is the whole server's status: the gateway says NOT_SERVING until its dependencies are ready and
         # again while it drains on SIGTERM, so Envoy stops sending it calls before it stops.
-        grpc_health_check=core.HealthCheckGrpcHealthCheck(service_name=""),
-    )
+        health_check.grpc_health_check = core.HealthCheckGrpcHealthCheck(service_name="")
     gateway_cluster = cluster.Cluster(
-        name=GATEWAY_CLUSTER,
+        name=name,
         type=cluster.ClusterDiscoveryType.STRICT_DNS,  # every address the name resolves to (compose replicas)
         dns_lookup_family=cluster.ClusterDnsLookupFamily.V4_PREFERRED,
         connect_timeout=_seconds(s.connect_timeout_s),
         load_assignment=endpoint.ClusterLoadAssignment(
-            cluster_name=GATEWAY_CLUSTER, endpoints=[endpoint.LocalityLbEndpoints(lb_endpoints=[gateway])]
+            cluster_name=name, endpoints=[endpoint.LocalityLbEndpoints(lb_endpoints=[gateway])]
         ),
         typed_extension_protocol_options={
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(http2)
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(
+                upstream_http.HttpProtocolOptions(explicit_http_config=protocol)
+            )
         },
         circuit_breakers=cluster.CircuitBreakers(thresholds=[limits]),
         health_checks=[health_check],
@@ -617,7 +684,11 @@ def _gateway_cluster(s: EnvoySettings) -> cluster.Cluster:
         # Health checks and calls alike go over it. SNI and the SAN check both name the gateway, so a
         # certificate of another meshserve process (same CA) is refused.
         gateway_cluster.transport_socket = _upstream_tls(
-            s.gateway_tls_name, ["h2"], s.gateway_ca_file, s.gateway_cert_file, s.gateway_key_file
+            s.gateway_tls_name,
+            ["http/1.1"] if rest else ["h2"],
+            s.gateway_ca_file,
+            s.gateway_cert_file,
+            s.gateway_key_file,
         )
     return gateway_cluster
 
@@ -684,6 +755,7 @@ def _clusters(s: EnvoySettings) -> list[cluster.Cluster]:
     remote = _jwks_url(s)
     return [
         _gateway_cluster(s),
+        *([_gateway_cluster(s, rest=True)] if s.gateway_http_port is not None else []),
         *([_jwks_cluster(s, *remote)] if remote is not None else []),
         *([_otlp_cluster(s)] if s.tracing_otlp_endpoint is not None else []),
         *([_admin_cluster(s)] if s.metrics_port is not None else []),

@@ -56,6 +56,9 @@ SETTINGS: dict[str, type[BaseSettings]] = {
     "monitor": MonitorSettings,
     "gateway": GatewaySettings,
 }
+# More replicas of one of them: replica -> the service it copies (same process, settings, volumes; answers to the
+# same DNS name by a network alias).
+REPLICAS = {"gateway-2": "gateway"}
 TRITON_DEFAULT_PORTS = {"grpc": 8001, "http": 8000, "metrics": 8002}  # unless its command says otherwise
 JAEGER_OTLP_PORTS = {"grpc": 4317, "http": 4318}  # the all-in-one image's OTLP receivers
 PROMETHEUS_PORT = 9090  # unless its command sets --web.listen-address
@@ -384,6 +387,7 @@ def test_triton_serves_the_mounted_model_repository(services):
 # -- configuration ------------------------------------------------------------------------------------------
 def test_every_meshserve_variable_is_a_field_of_that_service_settings(services):
     for name, service in services.items():
+        name = REPLICAS.get(name, name)
         for variable in environment(service):
             if not variable.startswith("MESHSERVE_"):
                 continue
@@ -478,6 +482,7 @@ def test_healthchecks_ask_each_process_on_its_own_port(services, monkeypatch):
 # What the CLI and a browser on the host use; nothing else is published.
 PUBLISHED = {
     "gateway": {50051, 50055, 50056},  # gRPC, admin API, REST
+    "gateway-2": {50055},  # its admin API (callers reach it through Envoy)
     "feature": {50052},  # `meshserve features load`
     "monitor": {50057},  # `meshserve quality`, `meshserve predictions export`
     "envoy": {8080},
@@ -599,7 +604,31 @@ def test_named_volumes_are_declared(services):
 
 
 def test_redis_is_checked_with_redis_cli(services):
-    assert argv(services["redis"]["healthcheck"]["test"])[:3] == ["CMD", "redis-cli", "ping"]
+    test = argv(services["redis"]["healthcheck"]["test"])
+    assert (
+        test[:3] == ["CMD", "redis-cli", "--tls"] and test[-1] == "ping"
+    )  # TLS only, as the gateways speak it
+
+
+def test_the_gateways_share_the_control_store_redis_over_tls(services, monkeypatch):
+    """Every gateway replica runs the gateway's settings and answers to its name, so Envoy and Prometheus see
+    both; their route table lives in Redis, which speaks TLS only and asks for a client certificate."""
+    for replica, original in REPLICAS.items():
+        copy, source = services[replica], services[original]
+        assert (copy["command"], copy["environment"]) == (source["command"], source["environment"])
+        assert copy["volumes"] == source["volumes"], "the API keys file is shared"
+        assert original in copy["networks"]["default"]["aliases"]
+        assert services["envoy"]["depends_on"][replica]["condition"] == "service_healthy"
+    store = load_settings("gateway", services, monkeypatch).control_store
+    host, port = host_and_port(store)
+    assert store.startswith("rediss://") and (host, port) == ("redis", REDIS_PORT)
+    assert services["gateway"]["depends_on"]["redis"]["condition"] == "service_healthy"
+    redis = argv(services["redis"]["command"])
+    assert flag(redis, "--port") == "0" and flag(redis, "--tls-port") == str(REDIS_PORT)
+    assert (
+        flag(redis, "--tls-auth-clients") == "yes" and flag(redis, "--tls-ca-cert-file") == f"{CERTS}/ca.pem"
+    )
+    assert certs_mounted(services["redis"])
 
 
 # -- tracing ------------------------------------------------------------------------------------------------
@@ -637,11 +666,15 @@ def prometheus_config() -> dict:
 
 
 def scrape_targets(config: dict) -> dict[str, list[str]]:
-    """job name -> its static targets."""
-    return {
-        job["job_name"]: [target for static in job.get("static_configs", []) for target in static["targets"]]
-        for job in config["scrape_configs"]
-    }
+    """job name -> its static targets, and host:port of the names it discovers by DNS (A records)."""
+    targets: dict[str, list[str]] = {}
+    for job in config["scrape_configs"]:
+        found = [target for static in job.get("static_configs", []) for target in static["targets"]]
+        for dns in job.get("dns_sd_configs", []):
+            assert dns.get("type") == "A" and dns.get("port"), f"job {job['job_name']}: A records and a port"
+            found += [f"{name}:{dns['port']}" for name in dns["names"]]
+        targets[job["job_name"]] = found
+    return targets
 
 
 def metrics_port(name: str, services: dict[str, dict], monkeypatch: pytest.MonkeyPatch) -> int | None:
@@ -882,12 +915,17 @@ def test_envoy_publishes_its_listener_and_waits_for_the_gateway(services, envoy_
 
 
 def test_envoy_forwards_to_the_gateway_service_and_port(services, envoy_config, monkeypatch):
-    (cluster,) = envoy_config["static_resources"]["clusters"]
-    for group in cluster["load_assignment"]["endpoints"]:
-        for endpoint in group["lb_endpoints"]:
-            address = endpoint["endpoint"]["address"]["socket_address"]
-            assert address["address"] == "gateway"
-            assert address["port_value"] == listening_port("gateway", services, monkeypatch)
+    """gRPC to the gateways' gRPC port, REST to their REST port; `gateway` names every gateway replica."""
+    gateway = load_settings("gateway", services, monkeypatch)
+    expected = {"gateway": gateway.port, "gateway_rest": gateway.http_port}
+    clusters = envoy_config["static_resources"]["clusters"]
+    assert {c["name"] for c in clusters} == set(expected) and gateway.http
+    for cluster in clusters:
+        for group in cluster["load_assignment"]["endpoints"]:
+            for endpoint in group["lb_endpoints"]:
+                address = endpoint["endpoint"]["address"]["socket_address"]
+                assert address["address"] == "gateway"
+                assert address["port_value"] == expected[cluster["name"]]
 
 
 def test_envoy_healthcheck_asks_its_admin_api(services, envoy_config):
@@ -985,11 +1023,11 @@ def test_healthchecks_present_the_process_own_certificate(services):
 
 
 def test_envoy_verifies_the_gateway_with_the_mounted_ca(services, envoy_config):
-    (cluster,) = envoy_config["static_resources"]["clusters"]
-    context = cluster["transport_socket"]["typed_config"]
-    assert context["sni"] == "gateway"
-    ca = Path(context["common_tls_context"]["validation_context"]["trusted_ca"]["filename"])
-    assert ca == CERTS / "ca.pem" and certs_mounted(services["envoy"])
+    for cluster in envoy_config["static_resources"]["clusters"]:  # gRPC and REST alike
+        context = cluster["transport_socket"]["typed_config"]
+        assert context["sni"] == "gateway"
+        ca = Path(context["common_tls_context"]["validation_context"]["trusted_ca"]["filename"])
+        assert ca == CERTS / "ca.pem" and certs_mounted(services["envoy"])
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose is not installed")
@@ -1027,7 +1065,7 @@ def test_offline_jaeger_is_a_placeholder_and_our_processes_send_no_spans(offline
         assert not tracing_enabled(
             {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://jaeger:4317", **offline[name]["environment"]}
         )
-    assert set(offline) == {"envoy", "prometheus", "redis", "jaeger", *SETTINGS}, (
+    assert set(offline) == {"envoy", "prometheus", "redis", "jaeger", *SETTINGS, *REPLICAS}, (
         "Triton and ours run as they are"
     )
 

@@ -51,15 +51,23 @@ def validate(config: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def cluster(config: dict) -> dict:
-    (gateway,) = config["static_resources"]["clusters"]
-    return gateway
+def clusters(config: dict) -> dict[str, dict]:
+    return {c["name"]: c for c in config["static_resources"]["clusters"]}
+
+
+def cluster(config: dict, name: str = "gateway") -> dict:
+    """The gateway's gRPC cluster, or another by name (`gateway_rest`: its REST port)."""
+    return clusters(config)[name]
+
+
+def routes(config: dict) -> list[dict]:
+    (listener,) = config["static_resources"]["listeners"]
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    return hcm["route_config"]["virtual_hosts"][0]["routes"]
 
 
 def route(config: dict) -> dict:
-    (listener,) = config["static_resources"]["listeners"]
-    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
-    return hcm["route_config"]["virtual_hosts"][0]["routes"][0]
+    return routes(config)[0]
 
 
 def self_signed(directory: Path, name: str = "edge") -> tuple[Path, Path]:
@@ -164,8 +172,16 @@ def test_envoy_accepts_the_tls_listener(tmp_path):
     settings = EnvoySettings(tls_cert_file=cert, tls_key_file=key, gateway_ca_file=cert)
     (listener,) = envoy_config(settings)["static_resources"]["listeners"]
     tls = listener["filter_chains"][0]["transport_socket"]["typed_config"]
-    assert tls["common_tls_context"]["alpn_protocols"] == ["h2"]
+    assert tls["common_tls_context"]["alpn_protocols"] == ["h2", "http/1.1"]  # REST may come as HTTP/1.1
     result = validate(deploy_envoy(tmp_path / "envoy.yaml", settings))
+    assert result.returncode == 0, result.stdout + result.stderr
+    grpc_only = EnvoySettings(
+        tls_cert_file=cert, tls_key_file=key, gateway_ca_file=cert, gateway_http_port=None
+    )
+    (listener,) = envoy_config(grpc_only)["static_resources"]["listeners"]
+    tls = listener["filter_chains"][0]["transport_socket"]["typed_config"]
+    assert tls["common_tls_context"]["alpn_protocols"] == ["h2"]
+    result = validate(deploy_envoy(tmp_path / "grpc-only.yaml", grpc_only))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -204,13 +220,55 @@ def test_defaults_proxy_grpc_over_http2_with_health_checks_retries_and_limits():
     assert "http2_protocol_options" in options["explicit_http_config"]
     (check,) = gateway["health_checks"]
     assert check["grpc_health_check"] == {}  # service "": the gateway's overall status
-    assert set(gateway["circuit_breakers"]["thresholds"][0]) == {
-        "max_connections",
-        "max_pending_requests",
-        "max_requests",
-        "max_retries",
-    }
+    (limits,) = gateway["circuit_breakers"]["thresholds"]
+    assert set(limits) == {"max_connections", "max_pending_requests", "max_requests", "retry_budget"}
+    # a dead gateway's calls all need their retry at once, as they stop counting as in flight: a floor covers
+    # them, and beyond it retries never outnumber the calls in flight
+    assert limits["retry_budget"] == {"budget_percent": {"value": 100.0}, "min_retry_concurrency": 256}
     assert route(config)["route"]["cluster"] == "gateway"
+
+
+def test_rest_goes_to_the_gateways_rest_port_as_grpc_goes_to_its_grpc_port():
+    """One listener: content-type application/grpc to the gRPC port, everything else to the REST port (HTTP/1.1,
+    uvicorn's protocol), each cluster balanced, limited, health-checked and ejected alike."""
+    config = envoy_config(EnvoySettings())
+    grpc_route, rest_route = routes(config)
+    assert grpc_route["match"] == {"prefix": "/", "grpc": {}} and grpc_route["route"]["cluster"] == "gateway"
+    assert rest_route["match"] == {"prefix": "/"} and rest_route["route"]["cluster"] == "gateway_rest"
+    # the same retries (only of calls no gateway answered); no fixed timeout: the gateway's route timeout rules
+    assert rest_route["route"]["retry_policy"] == grpc_route["route"]["retry_policy"]
+    assert rest_route["route"]["timeout"] == "0s"
+    grpc_cluster, rest = cluster(config), cluster(config, "gateway_rest")
+    (lb,) = rest["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    port = GatewaySettings.model_fields["http_port"].default
+    assert lb["endpoint"]["address"]["socket_address"] == {"address": "gateway", "port_value": port}
+    options = rest["typed_extension_protocol_options"][
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    ]
+    assert options["explicit_http_config"] == {"http_protocol_options": {}}
+    (check,) = rest["health_checks"]
+    assert check["http_health_check"] == {"path": "/v2/health/ready"}  # 400 while the gateway cannot serve
+    assert check["no_traffic_interval"] == check["interval"]
+    for same in ("type", "lb_policy", "least_request_lb_config", "outlier_detection", "circuit_breakers",
+                 "common_lb_config"):  # fmt: skip
+        assert rest[same] == grpc_cluster[same], same
+    context = rest["transport_socket"]["typed_config"]
+    assert context["sni"] == "gateway" and context["common_tls_context"]["alpn_protocols"] == ["http/1.1"]
+    validation = context["common_tls_context"]["validation_context"]
+    assert (
+        validation
+        == grpc_cluster["transport_socket"]["typed_config"]["common_tls_context"]["validation_context"]
+    )
+
+
+def test_without_a_rest_port_the_edge_serves_grpc_only(tmp_path):
+    settings = local_settings(gateway_http_port=None)
+    config = envoy_config(settings)
+    (only,) = routes(config)
+    assert only["match"]["grpc"] == {}  # anything else: 404 at the edge
+    assert list(clusters(config)) == ["gateway"]
+    result = validate(deploy_envoy(tmp_path / "envoy.yaml", settings))
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_gateway_pods_are_balanced_by_least_request_over_every_address_dns_gives():
@@ -266,6 +324,8 @@ def test_envoy_retries_only_calls_no_gateway_answered():
     policy = route(envoy_config(EnvoySettings()))["route"]["retry_policy"]
     assert set(policy["retry_on"].split(",")) == {"connect-failure", "refused-stream", "reset"}
     assert policy["retry_host_predicate"][0]["name"] == "envoy.retry_host_predicates.previous_hosts"
+    # LEAST_REQUEST favours a dead gateway (nothing in flight): enough picks that a retry avoids it
+    assert int(policy["host_selection_retry_max_attempts"]) >= 10
     assert "retriable_status_codes" not in policy
 
 
@@ -338,11 +398,11 @@ def test_a_metrics_listener_reaches_only_the_admin_apis_prometheus_page(tmp_path
 
 
 def test_tracing_is_off_unless_a_collector_is_named():
-    """The committed file (compose, and its Kubernetes copy) has one upstream: the gateway."""
+    """The committed file (compose, and its Kubernetes copy) has the gateway's two ports as upstreams only."""
     config = envoy_config(EnvoySettings())
     (listener,) = config["static_resources"]["listeners"]
     assert "tracing" not in listener["filter_chains"][0]["filters"][0]["typed_config"]
-    assert [c["name"] for c in config["static_resources"]["clusters"]] == ["gateway"]
+    assert [c["name"] for c in config["static_resources"]["clusters"]] == ["gateway", "gateway_rest"]
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
@@ -359,7 +419,7 @@ def test_tracing_exports_otlp_to_the_collector_and_envoy_accepts_it(tmp_path, pr
         assert tracer["grpc_service"]["envoy_grpc"] == {"cluster_name": "otlp"}
     else:
         assert tracer["http_service"]["http_uri"]["uri"] == "http://jaeger:4317/v1/traces"
-    gateway, otlp = config["static_resources"]["clusters"]
+    otlp = cluster(config, "otlp")
     (lb,) = otlp["load_assignment"]["endpoints"][0]["lb_endpoints"]
     assert lb["endpoint"]["address"]["socket_address"] == {"address": "jaeger", "port_value": 4317}
     assert ("typed_extension_protocol_options" in otlp) == (protocol == "grpc")  # OTLP/gRPC is HTTP/2
@@ -370,7 +430,7 @@ def test_tracing_exports_otlp_to_the_collector_and_envoy_accepts_it(tmp_path, pr
 def test_an_https_collector_is_verified_by_name(tmp_path):
     cert, _ = self_signed(tmp_path)
     settings = local_settings(tracing_otlp_endpoint="https://otel.example.com", jwt_jwks_ca_file=cert)
-    otlp = envoy_config(settings)["static_resources"]["clusters"][1]
+    otlp = cluster(envoy_config(settings), "otlp")
     assert otlp["transport_socket"]["typed_config"]["sni"] == "otel.example.com"
     lb = otlp["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
     assert lb["endpoint"]["address"]["socket_address"]["port_value"] == 443
@@ -423,9 +483,12 @@ def test_tls_mtls_and_jwt_authn_together_are_accepted_by_envoy(tmp_path):
     # the token goes on to the gateway, which authenticates the caller from it; the payload is for logs
     assert provider["forward"] is True and provider["forward_payload_header"] == "x-jwt-payload"
     assert provider["clock_skew_seconds"] == 30
-    health, everything = jwt["typed_config"]["rules"]
+    health, live, ready, everything = jwt["typed_config"]["rules"]
     assert health == {"match": {"prefix": "/grpc.health.v1.Health/"}}  # probes carry no token
+    assert (live, ready) == ({"match": {"path": "/v2/health/live"}}, {"match": {"path": "/v2/health/ready"}})
     assert everything == {"match": {"prefix": "/"}, "requires": {"provider_name": "meshserve"}}
+    rest = cluster(config, "gateway_rest")["transport_socket"]["typed_config"]["common_tls_context"]
+    assert rest["tls_certificates"] == upstream["tls_certificates"]  # REST goes over the same mTLS
     result = validate(deploy_envoy(tmp_path / "envoy.yaml", settings))
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -438,16 +501,14 @@ def test_a_remote_jwks_gets_its_own_verified_cluster(tmp_path):
     remote = provider["remote_jwks"]
     assert remote["http_uri"] == {"uri": url, "cluster": "jwks", "timeout": "5s"}
     assert remote["cache_duration"] == "300s" and "async_fetch" in remote
-    gateway, jwks = config["static_resources"]["clusters"]
-    assert jwks["name"] == "jwks" and jwks["type"] == "LOGICAL_DNS"
+    jwks = cluster(config, "jwks")
+    assert jwks["type"] == "LOGICAL_DNS"
     (lb,) = jwks["load_assignment"]["endpoints"][0]["lb_endpoints"]
     assert lb["endpoint"]["address"]["socket_address"] == {"address": "idp.example.com", "port_value": 443}
     assert jwks["transport_socket"]["typed_config"]["sni"] == "idp.example.com"
     result = validate(deploy_envoy(tmp_path / "envoy.yaml", settings))
     assert result.returncode == 0, result.stdout + result.stderr
-    plain = envoy_config(secured(tmp_path, jwt_jwks="http://idp:8080/jwks"))["static_resources"]["clusters"][
-        1
-    ]
+    plain = cluster(envoy_config(secured(tmp_path, jwt_jwks="http://idp:8080/jwks")), "jwks")
     assert "transport_socket" not in plain
     assert plain["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"][
         "socket_address"
@@ -460,6 +521,8 @@ def test_local_variant_stays_on_loopback():
     assert listener["address"]["socket_address"]["address"] == "127.0.0.1"
     (endpoint,) = cluster(config)["load_assignment"]["endpoints"][0]["lb_endpoints"]
     assert endpoint["endpoint"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 6000}
+    (rest,) = cluster(config, "gateway_rest")["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    assert rest["endpoint"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 50056}
     assert "transport_socket" not in cluster(config)  # `meshserve up` without --tls speaks plaintext
 
 
@@ -485,7 +548,7 @@ def test_inconsistent_settings_are_refused(values):
 
 def test_the_benchmark_peer_is_a_plain_proxy_that_envoy_accepts(tmp_path):
     config = grpc_proxy_config(("127.0.0.1", 9000), ("127.0.0.1", 9001), ("127.0.0.1", 9002))
-    upstream = cluster(config)
+    upstream = cluster(config, "upstream")
     assert "health_checks" not in upstream and "circuit_breakers" not in upstream
     assert "retry_policy" not in route(config)["route"]
     path = tmp_path / "proxy.yaml"

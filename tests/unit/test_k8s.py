@@ -798,12 +798,17 @@ def test_envoy_mounts_its_config_and_declares_its_listeners(render):
 
 
 def test_envoy_upstreams_are_services_that_reach_the_gateway(render):
+    """gRPC to the gateway's gRPC port, REST (the Open Inference Protocol over HTTP) to its REST port."""
     clusters = envoy_config()["static_resources"]["clusters"]
-    upstreams = [a for cluster in clusters for a in socket_addresses(cluster)]
-    assert upstreams
-    for address in upstreams:
-        deployment, port = service_backend(render, address["address"], address["port_value"])
-        assert (deployment, port) == ("gateway", listening_port("gateway", render))
+    gateway = load_settings("gateway", render)
+    expected = {"gateway": gateway.port, "gateway_rest": gateway.http_port}
+    assert {c["name"] for c in clusters} == set(expected) and gateway.http
+    for cluster in clusters:
+        upstreams = list(socket_addresses(cluster))
+        assert upstreams
+        for address in upstreams:
+            deployment, port = service_backend(render, address["address"], address["port_value"])
+            assert (deployment, port) == ("gateway", expected[cluster["name"]])
     # STRICT_DNS balances across the addresses DNS returns; only a headless Service returns every pod.
     if any(c.get("type") == "STRICT_DNS" for c in clusters):
         assert render.of("Service")["gateway"]["spec"].get("clusterIP") == "None"
@@ -989,12 +994,12 @@ def test_mtls_and_authentication_are_on_by_default(render):
 
 
 def test_envoy_verifies_the_gateway_with_the_ca_it_mounts():
-    (gateway,) = envoy_config()["static_resources"]["clusters"]
-    context = gateway["transport_socket"]["typed_config"]
-    assert context["sni"] == "gateway"
-    assert context["common_tls_context"]["validation_context"]["trusted_ca"]["filename"] == str(
-        CERTS / "ca.pem"
-    )
+    for gateway in envoy_config()["static_resources"]["clusters"]:  # its gRPC and REST ports alike
+        context = gateway["transport_socket"]["typed_config"]
+        assert context["sni"] == "gateway"
+        assert context["common_tls_context"]["validation_context"]["trusted_ca"]["filename"] == str(
+            CERTS / "ca.pem"
+        )
 
 
 class PolicyGraph:
@@ -1092,7 +1097,9 @@ def test_the_urls_each_process_calls_are_hops_the_policies_admit(render):
                 target, target_port = service_backend(render, *url_address(value))
                 admitted = graph.who_reaches(target, target_port)
                 assert name in admitted or "*" in admitted, f"{name} -> {target}:{target_port} is blocked"
-    (gateway,) = envoy_config()["static_resources"]["clusters"]
-    address = next(socket_addresses(gateway))
-    target, port = service_backend(render, address["address"], address["port_value"])
-    assert "*" in PolicyGraph(render).who_reaches(target, port)  # Envoy reaches the gateway
+    for gateway in envoy_config()["static_resources"][
+        "clusters"
+    ]:  # Envoy reaches the gateway's gRPC and REST
+        address = next(socket_addresses(gateway))
+        target, port = service_backend(render, address["address"], address["port_value"])
+        assert "*" in PolicyGraph(render).who_reaches(target, port)
