@@ -39,6 +39,7 @@ from meshserve.core.context import adopt_call, set_principal
 from meshserve.core.errors import ErrorCode, InvalidArgument, MeshError, Unavailable
 from meshserve.core.metrics import ServiceMetrics
 from meshserve.core.prediction_ids import PREDICTION_ID_HEADER
+from meshserve.core.telemetry import annotate
 
 __all__ = ["HTTP_STATUS_FOR", "OpenInferenceRest", "error_response"]
 
@@ -345,6 +346,8 @@ class OpenInferenceRest:
         )
         tier = served.tier.name.lower()
         self.answers[(reply.model_name, tier)] += 1
+        annotate(route=reply.model_name, variant=served.variant, model_version=served.model_version, tier=tier,
+                 cache_hit=False)  # fmt: skip  # on the request's span, as ModelInfer over gRPC
         body, header_length = codec.encode_infer_response(reply, call.reply_form)
         headers = {
             VARIANT_HEADER: served.variant,

@@ -112,10 +112,10 @@ class Reply:
 
 async def call(
     rest: OpenInferenceRest, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None,
-    disconnect: bool = False,
+    disconnect: bool = False, app=None,
 ) -> Reply:  # fmt: skip
-    """One request through the ASGI app, as uvicorn would deliver it. After the body, the connection stays
-    open (or, with `disconnect`, the caller goes away)."""
+    """One request through the ASGI app (`rest`'s own, or `app` around it), as uvicorn would deliver it. After the
+    body, the connection stays open (or, with `disconnect`, the caller goes away)."""
     scope = {
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
         "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
@@ -136,7 +136,7 @@ async def call(
     async def send(message):
         sent.append(message)
 
-    await rest.app()(scope, receive, send)
+    await (app or rest.app())(scope, receive, send)
     start = sent[0]
     return Reply(
         start["status"],
