@@ -340,7 +340,14 @@ class OpenInferenceRest:
     # -- inference --------------------------------------------------------------------------------------------
     async def infer(self, request: Request) -> Response:
         model, version = _model(request)
-        call = codec.decode_infer_request(await self._body(request), _header_length(request), model, version)
+        header_length, body = _header_length(request), await self._body(request)
+        if (
+            header_length == codec.RAW_BINARY
+        ):  # no JSON header: the tensor is deduced from the model's one input
+            config = (await self.api.model_config(model, version)).config
+            call = codec.decode_raw_infer_request(body, model, version, config)
+        else:
+            call = codec.decode_infer_request(body, header_length, model, version)
         reply, served = await _unless_caller_leaves(
             request, self.api.model_infer(call.request, call.time_left_s, request.headers)
         )
