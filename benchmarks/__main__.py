@@ -195,7 +195,9 @@ async def run_all(config: BenchConfig, run_dir: Path) -> tuple[list[Summary], Bu
             f"mesh of {config.gateways} gateways up: gateway {many_ep.gateway}, Triton {many_ep.triton_grpc}"
         )
     sequence = itertools.count()  # one sequence for the run: gateway-predict never repeats an input
-    targets = Targets(ep.gateway, ep.triton_grpc, envoy.address)
+    targets = Targets(
+        ep.gateway, ep.triton_grpc, envoy.address, gateway_http=ep.gateway_http, triton_http=ep.triton_http
+    )
     if tls_mesh is not None and tls_ep is not None:
         targets = dataclasses.replace(targets, gateway_tls=tls_ep.gateway, tls=tls_mesh.client_tls("client"))
     if many_ep is not None:
@@ -332,7 +334,9 @@ def main(
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     path = out or Path("bench-results") / f"bench-{stamp}.json"
     settings = {"scenarios": names, "concurrency": config.concurrency, "duration_s": duration,
-                "warmup_s": warmup, "timeout_s": timeout, "gateways": gateways, "open_loop_load": OPEN_LOOP_LOAD if open_loop else None, "score_rows": score_rows}  # fmt: skip
+                "warmup_s": warmup, "timeout_s": timeout, "gateways": gateways, "open_loop_load": OPEN_LOOP_LOAD if open_loop else None, "score_rows": score_rows,
+                # the REST scenarios' gateway parser (the mesh's children inherit this environment)
+                "gateway_http_parser": os.environ.get("MESHSERVE_GATEWAY_HTTP_PARSER", "httptools")}  # fmt: skip
     write_json(path, run_info(REPO_ROOT), settings, results, bulk.to_json() if bulk else None,
                [dataclasses.asdict(c) for c in costs])  # fmt: skip
     console.print(f"wrote {path}")

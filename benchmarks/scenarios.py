@@ -21,6 +21,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 import tritonclient.grpc.aio as triton_aio
+import tritonclient.http as triton_http
+import tritonclient.http.aio as triton_http_aio
 from tritonclient.grpc import InferInput, InferRequestedOutput
 
 from benchmarks.load import Send
@@ -48,6 +50,8 @@ class Targets:
     gateway_many: str = (
         ""  # the gateway port of a third mesh, served by several processes (`up --gateways N`)
     )
+    gateway_http: str = ""  # the gateway's REST port (the Open Inference Protocol over HTTP)
+    triton_http: str = ""  # Triton's own REST port
 
 
 async def triton_counts(client: triton_aio.InferenceServerClient, model: str) -> tuple[int, int]:
@@ -115,6 +119,28 @@ async def open_infer(
 
         async def send(n: int) -> bool:
             await client.infer(model, payloads[n % len(payloads)], version, outputs, client_timeout=timeout_s)
+            return False
+
+        yield send
+    finally:
+        await client.close()
+
+
+@asynccontextmanager
+async def open_rest_infer(target: str, version: str, timeout_s: float) -> AsyncIterator[Send]:
+    """One tritonclient.http.aio client (aiohttp, a pool of keep-alive connections) sending single-row infer
+    requests for fraud over REST, tensors in binary both ways (tritonclient's default, and the cheap form)."""
+    payloads = []
+    for row in feature_rows():
+        tensor = triton_http_aio.InferInput("features", list(row.shape), "FP32")
+        tensor.set_data_from_numpy(row, binary_data=True)
+        payloads.append([tensor])
+    outputs = [triton_http.InferRequestedOutput("score", binary_data=True)]
+    client = triton_http_aio.InferenceServerClient(target, conn_timeout=timeout_s)
+    try:
+
+        async def send(n: int) -> bool:
+            await client.infer(MODEL, payloads[n % len(payloads)], version, outputs)
             return False
 
         yield send
@@ -312,6 +338,19 @@ SCENARIOS: dict[str, Scenario] = {
             "gateway-infer-split",
             f"as gateway-infer, on route {SPLIT_ROUTE}: fraud v1 90 % / v2 10 % (weighted random)",
             lambda t, timeout_s: open_infer(t.gateway, "", timeout_s, SPLIT_ROUTE),
+        ),
+        Scenario(
+            "direct-rest",
+            "tritonclient.http.aio -> Triton's own REST port, infer fraud v1, binary tensors: the REST baseline",
+            lambda t, timeout_s: open_rest_infer(t.triton_http, VERSION, timeout_s),
+            baseline="direct-rest",
+        ),
+        Scenario(
+            "gateway-rest",
+            "tritonclient.http.aio -> gateway REST infer route fraud -> inference service -> Triton (prediction "
+            "log on; the gateway's HTTP parser: MESHSERVE_GATEWAY_HTTP_PARSER, httptools by default)",
+            lambda t, timeout_s: open_rest_infer(t.gateway_http, "", timeout_s),
+            baseline="direct-rest",
         ),
         Scenario(
             "gateway-predict",

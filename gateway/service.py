@@ -173,7 +173,7 @@ class GatewayService(GrpcService):
             HttpFrontend(
                 self.api, lambda: self.ready, settings.host, settings.http_port, settings.max_message_bytes,
                 answers=self.answers, metrics=self.metrics, grace_s=settings.grace_s, tls=settings,
-                reuse_port=settings.reuse_port,
+                reuse_port=settings.reuse_port, http_parser=settings.http_parser,
             )
             if settings.http
             else None

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
@@ -120,6 +121,11 @@ class GatewaySettings(ServiceSettings):
         True, description="also serve Triton's REST API (the Open Inference Protocol over HTTP)"
     )
     http_port: int = Field(50056, ge=0, le=65535, description="the REST API's port; 0 lets the OS choose")
+    http_parser: Literal["httptools", "h11"] = Field(
+        "httptools",
+        description="the REST API's HTTP/1.1 parser: httptools (C, llhttp; a declared dependency) or h11 (pure "
+        "Python, uvicorn's fallback; slower, kept for comparison)",
+    )
     admin_host: str = Field("127.0.0.1", description="the admin API's address; keep it off public networks")
     admin_port: int = Field(50055, ge=0, le=65535, description="the admin API's port; 0 lets the OS choose")
     metrics_port: int | None = Field(

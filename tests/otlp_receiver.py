@@ -23,6 +23,7 @@ class ReceivedSpan:
     span_id: str
     parent_span_id: str
     attributes: dict[str, object]
+    trace_state: str = ""  # W3C tracestate, as the span's context carried it
 
 
 def _hex_ids_to_base64(document: dict) -> dict:
@@ -98,7 +99,7 @@ class OtlpReceiver:
                     received.append(
                         ReceivedSpan(
                             service, span.name, span.trace_id.hex(), span.span_id.hex(), span.parent_span_id.hex(),
-                            {a.key: _value(a.value) for a in span.attributes},
+                            {a.key: _value(a.value) for a in span.attributes}, span.trace_state,
                         )
                     )  # fmt: skip
         with self.lock:

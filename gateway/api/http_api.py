@@ -40,6 +40,7 @@ from meshserve.core.context import adopt_call, set_principal
 from meshserve.core.errors import ErrorCode, InvalidArgument, MeshError, Unavailable
 from meshserve.core.metrics import ServiceMetrics
 from meshserve.core.prediction_ids import PREDICTION_ID_HEADER
+from meshserve.core.telemetry import annotate
 
 __all__ = ["HTTP_STATUS_FOR", "OpenInferenceRest", "error_response"]
 
@@ -341,12 +342,21 @@ class OpenInferenceRest:
     # -- inference --------------------------------------------------------------------------------------------
     async def infer(self, request: Request) -> Response:
         model, version = _model(request)
-        call = codec.decode_infer_request(await self._body(request), _header_length(request), model, version)
+        header_length, body = _header_length(request), await self._body(request)
+        if (
+            header_length == codec.RAW_BINARY
+        ):  # no JSON header: the tensor is deduced from the model's one input
+            config = (await self.api.model_config(model, version)).config
+            call = codec.decode_raw_infer_request(body, model, version, config)
+        else:
+            call = codec.decode_infer_request(body, header_length, model, version)
         reply, served = await _unless_caller_leaves(
             request, self.api.model_infer(call.request, call.time_left_s, request.headers)
         )
         tier = served.tier.name.lower()
         self.answers[(reply.model_name, tier)] += 1
+        annotate(route=reply.model_name, variant=served.variant, model_version=served.model_version, tier=tier,
+                 cache_hit=False)  # fmt: skip  # on the request's span, as ModelInfer over gRPC
         body, header_length = codec.encode_infer_response(reply, call.reply_form)
         headers = {
             VARIANT_HEADER: served.variant,

@@ -22,15 +22,17 @@ import numpy as np
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
-from tritonclient.grpc import service_pb2
+from tritonclient.grpc import model_config_pb2, service_pb2
 
 from meshserve.core.errors import ErrorCode, InvalidArgument, MeshError
 
 __all__ = [
+    "RAW_BINARY",
     "InferCall",
     "ReplyForm",
     "cuda_register_request",
     "decode_infer_request",
+    "decode_raw_infer_request",
     "encode_infer_response",
     "load_request",
     "log_settings_json",
@@ -51,6 +53,10 @@ NUMPY_DTYPE = {
     "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
     "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
 }  # fmt: skip
+_ITEMSIZE = {name: np.dtype(dtype).itemsize for name, dtype in NUMPY_DTYPE.items()} | {"BF16": 2}
+RAW_BINARY = (
+    0  # Inference-Header-Content-Length 0: no JSON header, the body is one input's data (Triton's rule)
+)
 BINARY_ONLY = frozenset({"FP16", "BF16"})  # as Triton: these travel only as binary data over REST
 _JSON_KINDS: dict[str, tuple[frozenset[type], str]] = {
     "BOOL": (frozenset({bool}), "true or false"),
@@ -369,12 +375,10 @@ def _outputs(
 
 def decode_infer_request(body: bytes, header_length: int | None, model: str, version: str) -> InferCall:
     """A REST infer request (the JSON header, then `header_length`'s binary data if given) for `model` and
-    `version` (from the URL). InvalidArgument, naming the input, for anything malformed."""
-    if header_length == 0:
-        raise InvalidArgument(
-            "Inference-Header-Content-Length 0 (a raw binary request) is not supported: send the JSON inference "
-            "request first"
-        )
+    `version` (from the URL). InvalidArgument, naming the input, for anything malformed. A raw binary request
+    (`header_length` 0) is `decode_raw_infer_request`'s."""
+    if header_length == RAW_BINARY:
+        raise ValueError("a raw binary request has no JSON header: decode it with decode_raw_infer_request")
     if header_length is None:
         header, binary = body, memoryview(b"")
     elif header_length <= len(body):
@@ -393,6 +397,66 @@ def decode_infer_request(body: bytes, header_length: int | None, model: str, ver
     _inputs(request, document, binary)
     form = _outputs(request, document, binary_default)
     return InferCall(request, form, timeout_us / 1_000_000 if timeout_us else None)
+
+
+def _raw_input(config: model_config_pb2.ModelConfig, model: str) -> model_config_pb2.ModelInput:
+    if len(config.input) != 1:
+        names = ", ".join(repr(tensor.name) for tensor in config.input)
+        raise InvalidArgument(
+            f"a raw binary request (Inference-Header-Content-Length 0) needs a model of exactly 1 input to deduce "
+            f"the tensor from, but model {model!r} has {len(config.input)}: {names}; send a JSON inference header"
+        )
+    return config.input[0]
+
+
+def decode_raw_infer_request(
+    body: bytes, model: str, version: str, config: model_config_pb2.ModelConfig
+) -> InferCall:
+    """A raw binary request, Triton's binary-data extension without a JSON header (Inference-Header-Content-Length
+    0): the whole body is the data of the one input of `config` (the model's configuration). Its shape is deduced
+    as Triton deduces it: a batch of 1 when the model batches, then the input's dims, the one variable-sized
+    dimension (at most one) taken from the byte count; a BYTES input must have shape [1] and the body is its one
+    element. Every output comes back, in binary. InvalidArgument, naming the input, when the body does not fit."""
+    tensor = _raw_input(config, model)
+    datatype = model_config_pb2.DataType.Name(tensor.data_type).removeprefix("TYPE_")
+    datatype = "BYTES" if datatype == "STRING" else datatype
+    shape = [1, *tensor.dims] if config.max_batch_size > 0 else list(tensor.dims)
+    variable = [axis for axis, dim in enumerate(shape) if dim == -1]
+    if len(variable) > 1:
+        raise InvalidArgument(
+            f"input {tensor.name!r}: its shape {shape} cannot be deduced from a raw binary request: more than one "
+            "variable-sized dimension; send a JSON inference header"
+        )
+    elements = prod(dim for dim in shape if dim != -1)
+    if datatype == "BYTES":
+        if variable or elements != 1:
+            raise InvalidArgument(
+                f"input {tensor.name!r}: a raw binary request for a BYTES input needs the input's shape to be [1]; "
+                f"it is {list(tensor.dims)}"
+            )
+        data = _LENGTH.pack(len(body)) + body  # the one element, in Triton's raw BYTES layout
+    else:
+        itemsize = _ITEMSIZE.get(datatype)
+        if itemsize is None:
+            raise InvalidArgument(
+                f"input {tensor.name!r}: {datatype} data cannot come in a raw binary request"
+            )
+        row = elements * itemsize
+        if variable and row and len(body) % row == 0:
+            shape[variable[0]] = len(body) // row
+        elif variable and len(body) == 0:
+            shape[variable[0]] = 0
+        elif variable or len(body) != row:
+            expects = f"a multiple of {row}" if variable else str(row)
+            raise InvalidArgument(
+                f"input {tensor.name!r}: byte size mismatch for model {model!r}: a raw binary request of shape "
+                f"{shape} and datatype {datatype} takes {expects} bytes, got {len(body)}"
+            )
+        data = body
+    request = service_pb2.ModelInferRequest(model_name=model, model_version=version)
+    request.inputs.add(name=tensor.name, datatype=datatype, shape=shape)
+    request.raw_input_contents.append(data)
+    return InferCall(request, ReplyForm(binary_default=True), None)
 
 
 def _contents_bytes(tensor: service_pb2.ModelInferResponse.InferOutputTensor) -> bytes:

@@ -28,6 +28,12 @@ def tracing_enabled(env: Mapping[str, str] = os.environ) -> bool:
     return any(env.get(var) for var in ENDPOINT_VARS) and env.get("OTEL_SDK_DISABLED", "").lower() != "true"
 
 
+def tracing_configured() -> bool:
+    """Whether this process installed tracing (`configure_tracing` ran with an endpoint set): what a transport
+    without a maintained instrumentation (the gateway's REST frontend) asks before adding its own spans."""
+    return _configured
+
+
 def _new_exporter(env: Mapping[str, str]):
     protocol = (
         env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "grpc"

@@ -311,6 +311,7 @@ class Endpoints:
     monitor: str  # the prediction log, labels and quality (services.monitor)
     triton_grpc: str
     triton_metrics: str
+    triton_http: str = ""  # Triton's own REST port, for comparisons ("" on a TLS mesh, where it is off)
 
 
 @dataclass(frozen=True)
@@ -452,6 +453,7 @@ class LocalMesh:
             monitor=f"{hosts.services}:{port['monitor']}",
             triton_grpc=f"{TRITON_HOST}:{port['grpc']}",
             triton_metrics=f"http://{TRITON_HOST}:{port['metrics']}/metrics",
+            triton_http="" if s.tls else f"{TRITON_HOST}:{port['http']}",
         )
         run_dir = s.run_dir.resolve()
         fixed = [

@@ -51,12 +51,18 @@ class Rest:
 
     def post(self, path: str, body: bytes, headers: dict[str, str] | None = None):
         """A raw POST, as curl would send it: (status, headers, body)."""
-        request = urllib.request.Request(f"http://{self.url}{path}", data=body, headers=headers or {})
-        try:
-            with urllib.request.urlopen(request, timeout=30) as reply:
-                return reply.status, dict(reply.headers), reply.read()
-        except urllib.error.HTTPError as error:
-            return error.code, dict(error.headers), error.read()
+        return post(self.url, path, body, headers)
+
+
+def post(address: str, path: str, body: bytes, headers: dict[str, str] | None = None):
+    """A raw POST to `address` (host:port), as curl would send it: (status, headers by lower-case name, body)."""
+    request = urllib.request.Request(f"http://{address}{path}", data=body, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            status, headers_out, data = reply.status, reply.headers, reply.read()
+    except urllib.error.HTTPError as error:
+        status, headers_out, data = error.code, error.headers, error.read()
+    return status, {key.lower(): value for key, value in headers_out.items()}, data
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -144,6 +150,53 @@ async def test_curl_like_json_post_gets_json_and_the_serving_variant_in_headers(
     (score,) = answer["outputs"]
     assert answer["id"] == "curl-1" and score["shape"] == [3, 1] and "parameters" not in score
     np.testing.assert_allclose(score["data"], score_directly(mesh.endpoints.triton_grpc, ROWS), rtol=1e-6)
+
+
+RAW = {"Inference-Header-Content-Length": "0", "Content-Type": "application/octet-stream"}
+
+
+def raw_result(reply) -> triton_http.InferResult:
+    status, headers, body = reply
+    assert status == 200, body
+    length = int(headers["inference-header-content-length"])
+    return triton_http.InferenceServerClient.parse_response_body(body, header_length=length)
+
+
+async def test_a_raw_binary_request_answers_as_triton_does_directly(rest, mesh):
+    """Triton's raw binary request (Inference-Header-Content-Length 0, the body one input's bytes): the row of
+    a route's one-input model answers what Triton itself answers for it, every output in binary."""
+    for n in range(len(ROWS)):
+        row = ROWS[n].tobytes()
+        ours = raw_result(await in_thread(rest.post, "/v2/models/fraud/infer", row, RAW))
+        theirs = raw_result(
+            await in_thread(post, mesh.endpoints.triton_http, "/v2/models/fraud/versions/1/infer", row, RAW)
+        )
+        assert (
+            [(o["name"], o["datatype"], o["shape"]) for o in ours.get_response()["outputs"]]
+            == [(o["name"], o["datatype"], o["shape"]) for o in theirs.get_response()["outputs"]]
+            == [("score", "FP32", [1, 1])]
+        )
+        np.testing.assert_array_equal(ours.as_numpy("score"), theirs.as_numpy("score"))
+        assert ours.get_response()["model_name"] == "fraud"
+
+
+async def test_a_raw_binary_request_that_does_not_fit_is_400_naming_why_as_in_triton(rest, mesh):
+    """A wrong byte count, or a model of two inputs: 400 from us as from Triton, our message naming the input
+    and the sizes, or the inputs; then a good raw request still succeeds."""
+    triton = mesh.endpoints.triton_http
+    short = ROWS[0].tobytes()[:-1]
+    status, _, body = await in_thread(rest.post, "/v2/models/fraud/infer", short, RAW)
+    error = json.loads(body)["error"]
+    assert status == 400 and "input 'features'" in error and "takes 20 bytes, got 19" in error
+    assert (await in_thread(post, triton, "/v2/models/fraud/versions/1/infer", short, RAW))[0] == 400
+    pair = np.array([1, 2], np.int32).tobytes()
+    status, _, body = await in_thread(rest.post, "/v2/models/echo/infer", pair, RAW)
+    error = json.loads(body)["error"]
+    assert status == 400 and "exactly 1 input" in error and "has 2: 'INPUT0', 'INPUT1'" in error
+    assert (await in_thread(post, triton, "/v2/models/echo/versions/2/infer", pair, RAW))[0] == 400
+    expected = score_directly(mesh.endpoints.triton_grpc, ROWS[:1])
+    good = raw_result(await in_thread(rest.post, "/v2/models/fraud/infer", ROWS[0].tobytes(), RAW))
+    np.testing.assert_allclose(good.as_numpy("score")[:, 0], expected)
 
 
 async def test_routing_headers_force_a_variant_and_a_failing_one_falls_back(rest, mesh):

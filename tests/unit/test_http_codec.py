@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 
 import numpy as np
 import pytest
+import tritonclient.grpc as triton_grpc
 import tritonclient.http as http
 from tritonclient.grpc import model_config_pb2, service_pb2
 from tritonclient.utils import serialize_byte_tensor
@@ -16,6 +18,7 @@ from gateway.api.http_codec import (
     ReplyForm,
     cuda_register_request,
     decode_infer_request,
+    decode_raw_infer_request,
     encode_infer_response,
     load_request,
     log_settings_json,
@@ -149,7 +152,6 @@ def _document(data=None, shape=(2, 2), datatype="INT32", **tensor) -> bytes:
         ),  # fmt: skip
         (_document([1, 2, 3, 4]) + b"\0" * 4, len(_document([1, 2, 3, 4])), "4 bytes of binary data after"),
         (_document([1, 2, 3, 4]), 10_000, "Inference-Header-Content-Length is 10000 but the body holds"),
-        (_document([1, 2, 3, 4]), 0, "a raw binary request) is not supported"),
         (b'{"inputs": [', None, "the inference request is not valid JSON"),
         (b'{"inputs": [], "parameters": {"p": NaN}}', None, "NaN is not JSON"),
         (b"[1, 2]", None, "the inference request must be a JSON object"),
@@ -350,3 +352,76 @@ def test_trace_and_log_settings_as_triton_writes_them():
     assert log_settings_json(answer) == {"log_info": True, "log_verbose_level": 2, "log_format": "ISO8601"}
     with pytest.raises(InvalidArgument, match="log setting 'log_info'"):
         log_settings_request({"log_info": None})
+
+
+# -- raw binary requests (Inference-Header-Content-Length 0) --------------------------------------------------
+def _config(*inputs: tuple[str, int, list[int]], max_batch_size: int = 0) -> model_config_pb2.ModelConfig:
+    config = model_config_pb2.ModelConfig(name="m", max_batch_size=max_batch_size)
+    for name, data_type, dims in inputs:
+        config.input.add(name=name, data_type=data_type, dims=dims)
+    return config
+
+
+FRAUD = _config(("features", model_config_pb2.TYPE_FP32, [5]), max_batch_size=64)
+
+
+def test_a_raw_binary_request_is_the_request_tritonclient_grpc_sends_for_one_row():
+    row = ROWS[:1]
+    call = decode_raw_infer_request(row.tobytes(), "fraud", "2", FRAUD)
+    tensor = triton_grpc.InferInput("features", [1, 5], "FP32")
+    tensor.set_data_from_numpy(row)
+    expected = service_pb2.ModelInferRequest(model_name="fraud", model_version="2")
+    expected.inputs.append(tensor._get_tensor())
+    expected.raw_input_contents.append(tensor._get_content())
+    assert call.request == expected
+    assert call.reply_form == ReplyForm(binary_default=True) and call.time_left_s is None
+    assert call.reply_form.wants_binary("score")  # every output, in binary, as Triton answers one
+
+
+@pytest.mark.parametrize(
+    ("config", "data", "shape", "datatype"),
+    [
+        (_config(("x", model_config_pb2.TYPE_INT32, [-1]), max_batch_size=8), np.arange(3, dtype=np.int32),
+         [1, 3], "INT32"),
+        (_config(("x", model_config_pb2.TYPE_FP64, [2, -1])), np.zeros((2, 3)), [2, 3], "FP64"),
+        (_config(("x", model_config_pb2.TYPE_INT32, [-1]), max_batch_size=8), np.zeros(0, np.int32), [1, 0],
+         "INT32"),
+        (_config(("x", model_config_pb2.TYPE_BOOL, [4])), FLAGS.repeat(2), [4], "BOOL"),
+        (_config(("x", model_config_pb2.TYPE_FP16, [2])), np.ones(2, np.float16), [2], "FP16"),
+    ],
+)  # fmt: skip
+def test_a_variable_sized_dimension_is_deduced_from_the_byte_count(config, data, shape, datatype):
+    call = decode_raw_infer_request(data.tobytes(), "m", "", config)
+    [tensor] = call.request.inputs
+    assert (tensor.name, tensor.datatype, list(tensor.shape)) == ("x", datatype, shape)
+    assert call.request.raw_input_contents == [data.tobytes()]
+
+
+def test_a_raw_bytes_input_is_its_one_element_in_tritons_layout():
+    config = _config(("text", model_config_pb2.TYPE_STRING, [1]), max_batch_size=4)
+    call = decode_raw_infer_request("héllo".encode(), "m", "", config)
+    [tensor] = call.request.inputs
+    assert (tensor.datatype, list(tensor.shape)) == ("BYTES", [1, 1])
+    assert call.request.raw_input_contents == [raw_bytes(np.array([["héllo"]], np.object_))]
+
+
+@pytest.mark.parametrize(
+    ("config", "body", "message"),
+    [
+        (_config(("INPUT0", model_config_pb2.TYPE_INT32, [-1]), ("INPUT1", model_config_pb2.TYPE_STRING, [1])),
+         b"\0" * 8, "needs a model of exactly 1 input to deduce the tensor from, but model 'm' has 2: 'INPUT0', "
+         "'INPUT1'"),
+        (_config(), b"", "model 'm' has 0"),
+        (FRAUD, ROWS.tobytes(), "input 'features': byte size mismatch for model 'm': a raw binary request of "
+         "shape [1, 5] and datatype FP32 takes 20 bytes, got 40"),
+        (FRAUD, b"\0" * 21, "takes 20 bytes, got 21"),
+        (FRAUD, b"", "takes 20 bytes, got 0"),
+        (_config(("x", model_config_pb2.TYPE_INT32, [-1])), b"\0" * 10, "takes a multiple of 4 bytes, got 10"),
+        (_config(("x", model_config_pb2.TYPE_FP32, [-1, -1])), b"\0" * 8, "more than one variable-sized"),
+        (_config(("x", model_config_pb2.TYPE_STRING, [-1])), b"hi", "BYTES input needs the input's shape to be"),
+        (_config(("x", model_config_pb2.TYPE_STRING, [2])), b"hi", "shape to be [1]; it is [2]"),
+    ],
+)  # fmt: skip
+def test_a_raw_binary_request_that_does_not_fit_the_model_is_refused_naming_why(config, body, message):
+    with pytest.raises(InvalidArgument, match=re.escape(message)):
+        decode_raw_infer_request(body, "m", "", config)

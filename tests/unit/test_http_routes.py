@@ -12,7 +12,7 @@ import zlib
 import numpy as np
 import pytest
 import tritonclient.http as http
-from tritonclient.grpc import service_pb2
+from tritonclient.grpc import model_config_pb2, service_pb2
 
 from gateway.api.http_api import HTTP_STATUS_FOR, OpenInferenceRest
 from gateway.routing.dispatch import Tier
@@ -57,6 +57,7 @@ class FakeApi:
         self._check("model_config", route, version)
         reply = service_pb2.ModelConfigResponse()
         reply.config.name, reply.config.max_batch_size = route, 64
+        reply.config.input.add(name="features", data_type=model_config_pb2.TYPE_FP32, dims=[5])
         return reply
 
     async def model_infer(self, request, time_left_s, headers):
@@ -114,10 +115,10 @@ class Reply:
 
 async def call(
     rest: OpenInferenceRest, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None,
-    disconnect: bool = False,
+    disconnect: bool = False, app=None,
 ) -> Reply:  # fmt: skip
-    """One request through the ASGI app, as uvicorn would deliver it. After the body, the connection stays
-    open (or, with `disconnect`, the caller goes away)."""
+    """One request through the ASGI app (`rest`'s own, or `app` around it), as uvicorn would deliver it. After the
+    body, the connection stays open (or, with `disconnect`, the caller goes away)."""
     scope = {
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
         "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
@@ -138,7 +139,7 @@ async def call(
     async def send(message):
         sent.append(message)
 
-    await rest.app()(scope, receive, send)
+    await (app or rest.app())(scope, receive, send)
     start = sent[0]
     return Reply(
         start["status"],
@@ -237,6 +238,28 @@ async def test_infer_passes_version_deadline_and_headers_and_answers_which_varia
     result = http.InferenceServerClient.parse_response_body(reply.body, header_length=length)
     np.testing.assert_allclose(result.as_numpy("score")[:, 0], ROWS.sum(axis=1))
     assert result.get_response()["id"] == "r-1"
+
+
+async def test_a_raw_binary_request_is_one_row_of_the_routes_one_input_and_answers_in_binary():
+    api = FakeApi()
+    row = ROWS[1]
+    raw = {"Inference-Header-Content-Length": "0", "Content-Type": "application/octet-stream"}
+    reply = await call(rest_for(api), "POST", "/v2/models/fraud/versions/2/infer", row.tobytes(), raw)
+    assert reply.status == 200
+    assert ("model_config", "fraud", "2") in api.calls  # the input is deduced from the route's model
+    (_, request, time_left, _) = api.calls[-1]
+    assert [(t.name, t.datatype, list(t.shape)) for t in request.inputs] == [("features", "FP32", [1, 5])]
+    assert request.raw_input_contents == [row.tobytes()] and time_left is None
+    assert reply.headers["content-type"] == "application/octet-stream"
+    length = int(reply.headers["inference-header-content-length"])
+    result = http.InferenceServerClient.parse_response_body(reply.body, header_length=length)
+    np.testing.assert_allclose(result.as_numpy("score")[:, 0], [row.sum()])
+    # a row of the wrong size: 400 naming the input and both sizes, and nothing reached the handler
+    calls = len(api.calls)
+    reply = await call(rest_for(api), "POST", "/v2/models/fraud/infer", row.tobytes()[:-1], raw)
+    assert reply.status == 400
+    assert "input 'features'" in reply.json()["error"] and "takes 20 bytes, got 19" in reply.json()["error"]
+    assert not any(c[0] == "model_infer" for c in api.calls[calls:])
 
 
 @pytest.mark.parametrize("encoding", ["gzip", "deflate"])
