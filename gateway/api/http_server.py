@@ -14,6 +14,7 @@ import socket
 import ssl
 from collections import Counter
 from collections.abc import Callable, Iterator
+from typing import Literal
 
 import uvicorn
 
@@ -83,7 +84,7 @@ class HttpFrontend:
         tls: TlsSettings | None = None,
         reuse_port: bool = False,
         traced: bool | None = None,
-        http_parser: str = "httptools",
+        http_parser: Literal["httptools", "h11"] = "httptools",
     ) -> None:
         self.rest = OpenInferenceRest(api, is_ready, max_body_bytes, answers, metrics)
         self.host = host

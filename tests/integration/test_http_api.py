@@ -489,3 +489,34 @@ async def test_stop_lets_requests_in_flight_finish_and_then_refuses_connections(
     async with triton_http_aio.InferenceServerClient(url) as client:
         with pytest.raises(Exception):  # noqa: B017 - aiohttp's connection error: nothing listens any more
             await client.is_server_live()
+
+
+async def test_httptools_by_default_and_h11_on_request_answer_alike(rest, mesh):
+    """httptools (C) parses the gateway's HTTP/1.1 by default; uvicorn's pure-Python h11 stays selectable
+    (MESHSERVE_GATEWAY_HTTP_PARSER): a keep-alive JSON infer, chunked too, answers the same through either."""
+    service = rest.gateway.service
+    assert service.http is not None and service.http.http_parser == "httptools"
+    body = json.dumps({"inputs": [{"name": "features", "shape": [3, 5], "datatype": "FP32",
+                                   "data": ROWS.tolist()}]}).encode()  # fmt: skip
+    expected = score_directly(mesh.endpoints.triton_grpc, ROWS)
+
+    def infer_twice(port: int) -> list[list[float]]:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        scores = []
+        for chunked in (False, True):
+            payload = iter([body[:10], body[10:]]) if chunked else body
+            connection.request("POST", "/v2/models/fraud/infer", payload, encode_chunked=chunked)
+            reply = connection.getresponse()
+            assert reply.status == 200
+            scores.append(json.loads(reply.read())["outputs"][0]["data"])
+        connection.close()
+        return scores
+
+    for parser in ("httptools", "h11"):
+        frontend = HttpFrontend(service.api, lambda: service.ready, http_parser=parser)
+        port = await frontend.start()
+        try:
+            for scores in await in_thread(infer_twice, port):
+                np.testing.assert_allclose(scores, expected, rtol=1e-6)
+        finally:
+            await frontend.stop(1)
