@@ -162,7 +162,10 @@ class OpenInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
         A stream carries many predictions, so each request names its own id in its string parameter
         `prediction_id` (taken off before the request goes on), or gets a new one; each answer carries its id in
-        the same parameter. The stream's `x-meshserve-prediction-id` header is not used."""
+        the same parameter. The stream's `x-meshserve-prediction-id` header is not used.
+
+        Requests for a decoupled model go to Triton on a stream of their own (`DecoupledRelay`), and every
+        response Triton sends for them comes back as it is (not logged)."""
         headers = call_headers()
         results: asyncio.Queue[service_pb2.ModelStreamInferResponse | None] = asyncio.Queue()
         pending: set[asyncio.Task[None]] = set()
@@ -190,8 +193,24 @@ class OpenInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             if last_of_sequence.get(sequence) is task:
                 del last_of_sequence[sequence]  # nothing of the sequence is in flight: nothing to keep
 
+        relay = self.api.decoupled_relay(results.put, budget_left(context.time_remaining()))
+
+        async def to_decoupled(request: service_pb2.ModelInferRequest) -> bool:
+            """Relayed as a stream when its model is decoupled; any error is the ordinary path's to report."""
+            try:
+                target = await self.api.decoupled_model(request)
+            except MeshError:
+                return False
+            if target is not None:
+                if STREAM_PREDICTION_ID in request.parameters:  # not logged: Triton has no use for it
+                    del request.parameters[STREAM_PREDICTION_ID]
+                relay.send(request, *target)
+            return target is not None
+
         async def read() -> None:
             async for request in request_iterator:
+                if await to_decoupled(request):
+                    continue
                 sequence = b""
                 if SEQUENCE_ID in request.parameters:
                     sequence = request.parameters[SEQUENCE_ID].SerializeToString()
@@ -201,6 +220,7 @@ class OpenInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                     last_of_sequence[sequence] = task
                 task.add_done_callback(lambda done, sequence=sequence: forget(sequence, done))
             await asyncio.gather(*list(pending))
+            await relay.close()
             await results.put(None)
 
         reader = asyncio.create_task(read())
@@ -210,6 +230,7 @@ class OpenInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             await reader
         finally:
             reader.cancel()
+            relay.cancel()
             for task in list(pending):
                 task.cancel()
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import AsyncIterator, Hashable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -245,6 +245,11 @@ class InferenceClient(_Client):
             )
             for method in triton_control.FORWARDED
         }
+        self._stream_infer = self.channel.stream_stream(
+            triton_control.path("ModelStreamInfer"),
+            request_serializer=service_pb2.ModelInferRequest.SerializeToString,
+            response_deserializer=service_pb2.ModelStreamInferResponse.FromString,
+        )
 
     def coalescers(self) -> dict[str, Coalescer]:
         return {f"model:{model}/{version}": lane for (model, version), (_, lane) in self.lanes.items()}
@@ -301,6 +306,20 @@ class InferenceClient(_Client):
             return await self._control[method](request, timeout=timeout_s, metadata=outgoing_metadata())
         except grpc.aio.AioRpcError as exc:
             raise passed_on(exc, self.hop) from None
+
+    async def stream(
+        self, requests: AsyncIterator[service_pb2.ModelInferRequest], timeout_s: float | None
+    ) -> AsyncIterator[service_pb2.ModelStreamInferResponse]:
+        """Triton's streaming inference through the inference service: every response Triton sends, in its
+        order, until Triton ends the stream. Closing this iterator cancels the call all the way to Triton."""
+        call = self._stream_infer(requests, timeout=timeout_s, metadata=outgoing_metadata())
+        try:
+            async for reply in call:
+                yield reply
+        except grpc.aio.AioRpcError as exc:
+            raise passed_on(exc, self.hop) from None
+        finally:
+            call.cancel()
 
     async def describe(
         self, model: str, version: str, timeout_s: float

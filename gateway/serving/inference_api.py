@@ -26,6 +26,7 @@ from gateway.routing.live import LiveRoutes
 from gateway.routing.routes import Route, StickyKey, Variant, choose_variant, unknown_model
 from gateway.serving.catalog import ModelCatalog, ModelInfo
 from gateway.serving.clients import InferenceClient
+from gateway.serving.decoupled import DecoupledRelay, Deliver
 from gateway.serving.prediction_log import PredictionLog
 from gateway.serving.prediction_records import AnswerSource, infer_records
 from gateway.serving.repository import ModelRepository
@@ -188,6 +189,17 @@ class InferenceApi:
         if method == "RepositoryModelLoad":
             check_model_load(request)  # a load that would crash or misuse Triton never leaves the gateway
         return await self.repository.control(method, request, time_left_s)
+
+    async def decoupled_model(self, request: service_pb2.ModelInferRequest) -> tuple[str, str] | None:
+        """The (model, version) a streamed request reaches when that model is decoupled (it must then be relayed
+        as a stream: `decoupled_relay`), else None. A name nobody serves raises, in Triton's words."""
+        info = await self._info(request.model_name, request.model_version)
+        if not info.config.config.model_transaction_policy.decoupled:
+            return None
+        return info.model, info.version
+
+    def decoupled_relay(self, deliver: Deliver, time_left_s: float | None) -> DecoupledRelay:
+        return DecoupledRelay(self.inference.stream, deliver, time_left_s)
 
     async def model_infer(
         self,

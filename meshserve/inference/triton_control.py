@@ -8,7 +8,7 @@ from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 from tritonclient.grpc import service_pb2
 
-__all__ = ["FORWARDED", "SERVICE", "messages", "path"]
+__all__ = ["FORWARDED", "SERVICE", "STREAMED", "messages", "path"]
 
 SERVICE = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 FORWARDED = (
@@ -26,6 +26,10 @@ FORWARDED = (
     "TraceSetting",
     "LogSettings",
 )
+
+# Triton's streaming inference, relayed as a stream of bytes both ways: a decoupled model (several responses per
+# request, or none) can only be called on it, and only Triton knows when such a request is done.
+STREAMED = ("ModelStreamInfer",)
 
 
 def path(method: str) -> str:

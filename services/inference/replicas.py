@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
 
 from tritonclient.grpc import InferenceServerException, service_pb2
 
@@ -248,6 +249,11 @@ class TritonReplicas:
             if not retry_on_another(exc.status, 1, others, time_left):
                 raise
         return await self._forward_to(self.picker.pick(*model, exclude=replica), request, time_left)
+
+    def forward_stream(self, requests: AsyncIterator[bytes], timeout_s: float | None) -> AsyncIterator[bytes]:
+        """A relayed stream stays on one replica (a decoupled request's responses come from where it runs): the
+        one the picker would choose for any model. A replica lost mid-stream ends the stream with its error."""
+        return self.backend(self.picker.pick()).forward_stream(requests, timeout_s)
 
     async def _forward_to(self, replica: Replica, request: bytes, timeout_s: float | None) -> bytes:
         picker = self.picker

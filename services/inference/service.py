@@ -45,7 +45,7 @@ class InferenceService(GrpcService):
     def register(self, server):
         service = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"]
         server.add_service(service, InferenceServicer(self.triton), raw=["ModelInfer"])
-        forwarded = triton_control.FORWARDED
+        forwarded = (*triton_control.FORWARDED, *triton_control.STREAMED)
         server.add_service(
             triton_control.SERVICE, TritonForwarder(self.triton), raw=forwarded, only=forwarded
         )

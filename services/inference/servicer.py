@@ -39,10 +39,17 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
 
 class TritonForwarder:
-    """Triton's own control calls (`meshserve.inference.triton_control.FORWARDED`), passed on as bytes both ways."""
+    """Triton's own control calls (`meshserve.inference.triton_control.FORWARDED`), passed on as bytes both ways,
+    and its streaming inference relayed."""
 
     def __init__(self, triton: TritonBackend | TritonReplicas) -> None:
         self.triton = triton
+
+    async def ModelStreamInfer(self, requests, context):
+        """Triton's streaming inference, as bytes both ways (`triton_control.STREAMED`): how decoupled models
+        are called."""
+        async for reply in self.triton.forward_stream(requests, budget_left(context.time_remaining())):
+            yield reply
 
 
 def _forwarding(method: str):

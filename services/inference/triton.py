@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
@@ -90,6 +91,7 @@ class TritonBackend:
         self._control_calls = {
             m: self._channel.unary_unary(triton_control.path(m)) for m in triton_control.FORWARDED
         }
+        self._stream_infer = self._channel.stream_stream(triton_control.path("ModelStreamInfer"))
 
     async def is_ready(self, target: str = "", timeout_s: float = 2.0) -> bool:
         """Whether Triton ("") or the model `name[:version]` is ready; False when Triton does not answer."""
@@ -187,6 +189,21 @@ class TritonBackend:
             return await self._control_calls[method](request, timeout=timeout, metadata=outgoing_metadata())
         except grpc.aio.AioRpcError as exc:
             raise passed_on(exc, "triton") from None
+
+    async def forward_stream(
+        self, requests: AsyncIterator[bytes], timeout_s: float | None
+    ) -> AsyncIterator[bytes]:
+        """Triton's ModelStreamInfer, relayed as bytes both ways: every response Triton sends, in its order, until
+        Triton ends the stream (after the caller's last request has had all of its responses). Closing this
+        iterator cancels the call, and with it whatever Triton still runs for it."""
+        call = self._stream_infer(requests, timeout=timeout_s, metadata=outgoing_metadata())
+        try:
+            async for reply in call:
+                yield reply
+        except grpc.aio.AioRpcError as exc:
+            raise passed_on(exc, "triton") from None
+        finally:
+            call.cancel()
 
     async def close(self) -> None:
         await self.control.close()

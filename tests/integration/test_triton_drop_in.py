@@ -318,3 +318,85 @@ def test_a_load_whose_file_path_would_crash_or_misuse_triton_never_reaches_it(ga
     assert "failed to poll from model repository: Invalid file parameter 'file:" in refused.message()
     assert triton.is_server_live() and triton.is_model_ready("spare")  # Triton never saw it
     assert gateway.is_model_ready("spare")
+
+
+def stream_of(
+    client, requests: list[tuple[str, list[int]]], final: bool = True
+) -> list[tuple[object, object]]:
+    """`requests` (id, values) to the decoupled `repeat` on one stream, without waiting; every (result, error) the
+    stream brings until it ends (tritonclient's stop_stream waits for Triton to close it)."""
+    answers: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    try:
+        for request_id, values in requests:
+            tensor = triton_grpc.InferInput("IN", [len(values)], "INT32")
+            tensor.set_data_from_numpy(np.array(values, dtype=np.int32))
+            client.async_stream_infer("repeat", [tensor], request_id=request_id,
+                                      enable_empty_final_response=final)  # fmt: skip
+    finally:
+        client.stop_stream()
+    return [answers.get_nowait() for _ in range(answers.qsize())]
+
+
+def responses(got) -> list[tuple[str, int | None, bool]]:
+    """(request id, OUT or None for the empty final response, whether it is the final one), in arrival order."""
+    shown = []
+    for result, error in got:
+        assert error is None, error
+        reply = result.get_response()
+        final = reply.parameters["triton_final_response"].bool_param
+        shown.append((reply.id, None if not reply.outputs else int(result.as_numpy("OUT")[0]), final))
+    return shown
+
+
+def test_a_decoupled_model_streams_every_response_through_the_gateway_as_triton_sends_them(gateway, triton):
+    """Triton's repeat_int32 example through the gateway: every response of each request, in order, then the
+    empty final one; two requests on one stream each get their own; the same as from Triton directly."""
+    sent = [("a", [4, 5, 6]), ("b", [7, 8])]
+    through, direct = responses(stream_of(gateway, sent)), responses(stream_of(triton, sent))
+    for answers in (through, direct):
+        for request_id, values in sent:
+            mine = [(out, final) for rid, out, final in answers if rid == request_id]
+            assert mine == [*((v, False) for v in values), (None, True)]
+    assert sorted(through, key=str) == sorted(direct, key=str)
+    # without the final flag asked for, no empty response: one response per element
+    assert [out for _, out, _ in responses(stream_of(gateway, [("c", [1, 2, 3])], final=False))] == [1, 2, 3]
+
+
+def test_a_decoupled_models_error_arrives_in_band_and_the_stream_goes_on(gateway):
+    got = stream_of(gateway, [("bad", [3, -1, 9])])
+    errors = [str(error) for _, error in got if error is not None]
+    assert len(errors) == 1 and "negative value -1" in errors[0]
+    ok = [(result.get_response().id, result.get_response().outputs) for result, error in got if error is None]
+    values = [
+        int(result.as_numpy("OUT")[0])
+        for result, error in got
+        if error is None and result.get_response().outputs
+    ]
+    assert values == [3, 9] and all(rid == "bad" for rid, _ in ok)
+
+
+def test_a_decoupled_model_and_an_ordinary_one_share_a_stream(gateway):
+    answers: queue.Queue = queue.Queue()
+    gateway.start_stream(callback=lambda result, error: answers.put((result, error)))
+    try:
+        repeat = triton_grpc.InferInput("IN", [2], "INT32")
+        repeat.set_data_from_numpy(np.array([11, 12], dtype=np.int32))
+        gateway.async_stream_infer("repeat", [repeat], request_id="r", enable_empty_final_response=True)
+        gateway.async_stream_infer("spare", [spare_input(np.ones((1, 2), dtype=np.float32))], request_id="s")
+    finally:
+        gateway.stop_stream()
+    got = [answers.get_nowait() for _ in range(answers.qsize())]
+    assert all(error is None for _, error in got), got
+    by_id: dict[str, list] = {}
+    for result, _ in got:
+        by_id.setdefault(result.get_response().id, []).append(result)
+    assert [r.get_response().model_name for r in by_id["r"]] == ["repeat"] * 3
+    np.testing.assert_array_equal(by_id["s"][0].as_numpy("OUT"), [[2.0, 2.0]])
+
+
+def test_unary_inference_on_a_decoupled_model_gets_tritons_refusal(gateway, triton):
+    tensor = triton_grpc.InferInput("IN", [1], "INT32")
+    tensor.set_data_from_numpy(np.array([1], dtype=np.int32))
+    through, direct = (refusal(lambda c=c: c.infer("repeat", [tensor])) for c in (gateway, triton))
+    assert (through.status(), through.message()) == (direct.status(), direct.message())
