@@ -7,80 +7,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
 import signal
-import time
 from collections import Counter
 from pathlib import Path
 
 import grpc
-import numpy as np
 import tritonclient.grpc.aio as triton_aio
-from tritonclient.grpc import service_pb2
 
 from gateway.service import GatewayService
 from gateway.settings import GatewaySettings
 from meshserve.core.channels import wait_until_serving
-from meshserve.core.process import ChildProcess, free_ports
+from meshserve.core.process import free_ports
 from services.inference.picker import Replica
 from services.inference.service import InferenceService
 from services.inference.settings import InferenceSettings
-from services.inference.tritonserver import prepare_backend_dir, triton_command
+from services.inference.tritonserver import prepare_backend_dir
 from tests.helpers import FIXTURES
-
-MODEL_INFER = "/meshserve.inference.v1.InferenceService/ModelInfer"
-
-
-class Triton:
-    def __init__(self, name: str, repository: Path, backend_dir: Path, log_dir: Path, *extra: str) -> None:
-        self.grpc_port, http_port, metrics_port = free_ports(3)
-        self.url = f"127.0.0.1:{self.grpc_port}"
-        argv, env = triton_command([repository], self.grpc_port, http_port, metrics_port, backend_dir, extra)
-        self.process = ChildProcess(name, argv, {**os.environ, **env}, log_dir / f"{name}.log")
-
-    async def ready(self, model: str = "") -> bool:
-        """Asked of this replica directly, not through the mesh."""
-        async with triton_aio.InferenceServerClient(self.url) as client:
-            with contextlib.suppress(Exception):
-                if model:
-                    return await client.is_model_ready(model, client_timeout=1)
-                return await client.is_server_ready(client_timeout=1)
-        return False
-
-    async def wait_ready(self, timeout_s: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not await self.ready("busy"):
-            assert not self.process.exited, self.process.log_tail()
-            assert time.monotonic() < deadline, f"{self.url} not ready: {self.process.log_tail()}"
-            await asyncio.sleep(0.1)
-
-    async def inferences(self, model: str) -> int:
-        async with triton_aio.InferenceServerClient(self.url) as client:
-            stats = await client.get_inference_statistics(model, client_timeout=5)
-        return sum(m.inference_count for m in stats.model_stats)
+from tests.integration.tritons import MODEL_INFER, Triton, busy_request, until
 
 
 def _repository(root: Path) -> Path:
     for model in ("busy", "spare"):
         shutil.copytree(FIXTURES / "model_repository" / model, root / model)
     return root
-
-
-def _busy_request() -> bytes:
-    row = np.array([[250.0, 3, 80.0, 2, 400]], dtype=np.float32)
-    tensor = service_pb2.ModelInferRequest.InferInputTensor(name="features", datatype="FP32", shape=[1, 5])
-    message = service_pb2.ModelInferRequest(
-        model_name="busy", inputs=[tensor], raw_input_contents=[row.tobytes()]
-    )
-    return message.SerializeToString()
-
-
-async def _until(condition, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await condition():
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.05)
 
 
 @contextlib.asynccontextmanager
@@ -108,7 +58,7 @@ async def _two_replicas(tmp_path: Path, *triton_args: str, **settings):
             async def both_picked() -> bool:
                 return len(service.triton.picker.healthy()) == 2
 
-            await _until(both_picked, 10, "the two replicas are not both picked from")
+            await until(both_picked, 10, "the two replicas are not both picked from")
             yield a, b, service, channel, f"127.0.0.1:{port}"
     finally:
         await service.stop(0)
@@ -135,7 +85,7 @@ async def _gateway(inference: str, tmp_path: Path):
 
 
 async def _send(channel: grpc.aio.Channel, count: int, in_flight: int, outcomes: Counter) -> None:
-    call, request, left = channel.unary_unary(MODEL_INFER), _busy_request(), [count]
+    call, request, left = channel.unary_unary(MODEL_INFER), busy_request(), [count]
 
     async def client() -> None:
         while left[0] > 0:
@@ -158,7 +108,7 @@ async def test_statistics_are_the_sum_of_both_replicas_and_a_killed_replica_fail
         async def all_counted() -> bool:  # Triton counts an execution just after its answer has left
             return await a.inferences("busy") + await b.inferences("busy") == 60
 
-        await _until(all_counted, 10, "the replicas did not count 60 inferences")
+        await until(all_counted, 10, "the replicas did not count 60 inferences")
         on_a, on_b = await a.inferences("busy"), await b.inferences("busy")
         assert on_a > 0 and on_b > 0, (on_a, on_b)  # spread over both
 
@@ -180,7 +130,7 @@ async def test_statistics_are_the_sum_of_both_replicas_and_a_killed_replica_fail
         # to the other once; no request fails
         outcomes.clear()
         sending = asyncio.create_task(_send(channel, 200, 6, outcomes))
-        await _until(lambda: _at_least(outcomes, 20), 30, "no traffic before the kill")
+        await until(lambda: _at_least(outcomes, 20), 30, "no traffic before the kill")
         a.process.signal(signal.SIGKILL)
         await a.process.wait()
         killed_at = sum(outcomes.values())
@@ -195,7 +145,7 @@ async def test_statistics_are_the_sum_of_both_replicas_and_a_killed_replica_fail
                 stats = await mesh.get_inference_statistics("busy", client_timeout=10)
                 return stats.model_stats[0].inference_count == await b.inferences("busy")
 
-            await _until(figures_of_b, 10, "the mesh's statistics are not the remaining replica's")
+            await until(figures_of_b, 10, "the mesh's statistics are not the remaining replica's")
 
 
 async def _at_least(outcomes: Counter, count: int) -> bool:
@@ -206,7 +156,7 @@ async def _healthy(replica: Replica, want: bool) -> None:
     async def reached() -> bool:
         return replica.healthy is want
 
-    await _until(reached, 60, f"replica {replica.name} not {'in' if want else 'out'} within 60 s")
+    await until(reached, 60, f"replica {replica.name} not {'in' if want else 'out'} within 60 s")
 
 
 async def test_a_replica_that_missed_a_load_or_an_unload_catches_up_before_it_is_picked(tmp_path):
@@ -225,7 +175,7 @@ async def test_a_replica_that_missed_a_load_or_an_unload_catches_up_before_it_is
 
         # b restarted (its repository as on disk: busy only): spare is loaded there before it is picked again
         await b.process.restart()
-        await _until(b.ready, 60, "b did not start again")
+        await until(b.ready, 60, "b did not start again")
         await _healthy(replica_b, True)
         assert await b.ready("spare"), "b picked again before it had the model loaded meanwhile"
         assert ("spare", "1") in (replica_b.models or ())

@@ -5,27 +5,21 @@ fails; and internal channels to several addresses balance round robin."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import shutil
 import time
 from collections import Counter
 from pathlib import Path
 
 import grpc
-import numpy as np
-import tritonclient.grpc.aio as triton_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from tritonclient.grpc import service_pb2
 
 from meshserve.core.channels import open_channel, wait_until_serving
-from meshserve.core.process import ChildProcess, free_ports
 from services.inference.service import InferenceService
 from services.inference.settings import InferenceSettings
-from services.inference.tritonserver import prepare_backend_dir, triton_command
+from services.inference.tritonserver import prepare_backend_dir
 from tests.helpers import FIXTURES
+from tests.integration.tritons import MODEL_INFER, Triton, busy_request, until
 
-MODEL_INFER = "/meshserve.inference.v1.InferenceService/ModelInfer"
 SLOW_SLEEP_S = 0.2  # the slowed copy of `busy` (25 ms per execution): eight times slower
 
 
@@ -35,47 +29,6 @@ def _repository(root: Path, sleep_s: float | None = None) -> Path:
         model = root / "busy" / "1" / "model.py"
         model.write_text(model.read_text().replace("time.sleep(0.025)", f"time.sleep({sleep_s})"))
     return root
-
-
-class Triton:
-    def __init__(self, name: str, repository: Path, backend_dir: Path, log_dir: Path) -> None:
-        self.grpc_port, http_port, metrics_port = free_ports(3)
-        self.url = f"127.0.0.1:{self.grpc_port}"
-        argv, env = triton_command([repository], self.grpc_port, http_port, metrics_port, backend_dir)
-        self.process = ChildProcess(name, argv, {**os.environ, **env}, log_dir / f"{name}.log")
-
-    async def wait_ready(self, timeout_s: float = 40.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        async with triton_aio.InferenceServerClient(self.url) as client:
-            while True:
-                with contextlib.suppress(Exception):
-                    if await client.is_model_ready("busy", client_timeout=1):
-                        return
-                assert not self.process.exited, self.process.log_tail()
-                assert time.monotonic() < deadline, f"{self.url} not ready: {self.process.log_tail()}"
-                await asyncio.sleep(0.1)
-
-    async def rows(self) -> int:
-        """Rows `busy` has inferred here (Triton's own statistics)."""
-        async with triton_aio.InferenceServerClient(self.url) as client:
-            stats = await client.get_inference_statistics("busy", "1", client_timeout=5)
-        return sum(m.inference_count for m in stats.model_stats)
-
-
-def _request() -> bytes:
-    row = np.array([[250.0, 3, 80.0, 2, 400]], dtype=np.float32)
-    tensor = service_pb2.ModelInferRequest.InferInputTensor(name="features", datatype="FP32", shape=[1, 5])
-    message = service_pb2.ModelInferRequest(
-        model_name="busy", inputs=[tensor], raw_input_contents=[row.tobytes()]
-    )
-    return message.SerializeToString()
-
-
-async def _until(condition, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await condition():
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.05)
 
 
 async def test_a_slowed_replica_gets_little_traffic_and_a_new_one_takes_its_share_at_once(tmp_path):
@@ -108,9 +61,9 @@ async def test_a_slowed_replica_gets_little_traffic_and_a_new_one_takes_its_shar
             async def two_healthy() -> bool:
                 return len(picker.healthy()) == 2
 
-            await _until(two_healthy, 10, "fast and slow replicas not both picked from")
+            await until(two_healthy, 10, "fast and slow replicas not both picked from")
             call = channel.unary_unary(MODEL_INFER)
-            request = _request()
+            request = busy_request()
 
             async def client() -> None:
                 while not stop.is_set():
@@ -122,7 +75,7 @@ async def test_a_slowed_replica_gets_little_traffic_and_a_new_one_takes_its_shar
 
             clients = [asyncio.create_task(client()) for _ in range(6)]
             await asyncio.sleep(4)  # steady load on fast + slow
-            split = {"fast": await fast.rows(), "slow": await slow.rows()}
+            split = {"fast": await fast.inferences("busy"), "slow": await slow.inferences("busy")}
             print(f"\nfast vs slowed replica, 6 in flight for 4 s: {split}")
             assert split["fast"] >= 0.85 * (split["fast"] + split["slow"]), split
 
@@ -131,13 +84,13 @@ async def test_a_slowed_replica_gets_little_traffic_and_a_new_one_takes_its_shar
             ready_at = time.monotonic()
 
             async def late_serving() -> bool:
-                return await late.rows() > 0
+                return await late.inferences("busy") > 0
 
-            await _until(late_serving, 5, "the new replica took no traffic within 5 s")
+            await until(late_serving, 5, "the new replica took no traffic within 5 s")
             took_s = time.monotonic() - ready_at
-            before = {"fast": await fast.rows(), "late": await late.rows()}
+            before = {"fast": await fast.inferences("busy"), "late": await late.inferences("busy")}
             await asyncio.sleep(2)
-            after = {"fast": await fast.rows(), "late": await late.rows()}
+            after = {"fast": await fast.inferences("busy"), "late": await late.inferences("busy")}
             share = {k: after[k] - before[k] for k in after}
             print(
                 f"new replica served {took_s:.2f} s after ready; next 2 s fast vs new: {share}; {dict(outcomes)}"
