@@ -10,6 +10,7 @@ import typer
 
 from meshserve.cli.errors import GuardedGroup, settings_errors
 from meshserve.cli.output import Output, OutputOption
+from meshserve.cli.targets import GatewayTarget
 
 app = typer.Typer(
     cls=GuardedGroup,  # every error one line on stderr, never a traceback (MESHSERVE_DEBUG=1 shows it)
@@ -187,13 +188,7 @@ def predict(
     route: Annotated[str, typer.Argument(help="route name, e.g. fraud")],
     entity_key: Annotated[str, typer.Argument(help="entity key, e.g. acct-00042")],
     features: Annotated[list[str], typer.Argument(help="request features as name=value")] = None,
-    target: Annotated[
-        str | None,
-        typer.Option(
-            help="gateway address (default: MESHSERVE_TARGET_GATEWAY, else the running mesh's "
-            "<run_dir>/endpoints.json, else 127.0.0.1:50051)"
-        ),
-    ] = None,
+    target: GatewayTarget = None,
     timeout: Annotated[float, typer.Option(help="deadline in seconds")] = 5.0,
     api_key: Annotated[
         str | None,
@@ -230,9 +225,7 @@ def score(
     out: Annotated[
         Path | None, typer.Option(help="output, Parquet or CSV by suffix (default FILE.scored.parquet)")
     ] = None,
-    target: Annotated[
-        str | None, typer.Option(help="gateway address (default: the running mesh's, else 127.0.0.1:50051)")
-    ] = None,
+    target: GatewayTarget = None,
     batch: Annotated[
         int, typer.Option(min=1, max=1024, help="instances per Predict (gateway limit 1024)")
     ] = 512,

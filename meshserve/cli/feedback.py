@@ -36,6 +36,7 @@ from meshserve.cli.label_files import (
     read_labels,
     write_refused,
 )
+from meshserve.cli.targets import GatewayTarget
 from meshserve.feedback.v1 import feedback_pb2, feedback_pb2_grpc
 from meshserve.launcher.endpoints_file import locate
 
@@ -198,13 +199,7 @@ def load(
             "--correct", help="replace labels already stored for these ids (else the first label stands)"
         ),
     ] = False,
-    target: Annotated[
-        str | None,
-        typer.Option(
-            help="gateway address (default: MESHSERVE_TARGET_GATEWAY, else the running mesh's "
-            "<run_dir>/endpoints.json, else 127.0.0.1:50051)"
-        ),
-    ] = None,
+    target: GatewayTarget = None,
     batch_size: Annotated[int, typer.Option(min=1, max=10_000, help="labels per call")] = BATCH,
     api_key: Annotated[
         str | None,

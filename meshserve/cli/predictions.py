@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from meshserve.cli.errors import EXIT_USAGE, CliError, dial
+from meshserve.cli.targets import MonitorTarget
 from meshserve.cli.times import parse_since
 from meshserve.launcher.endpoints_file import locate
 from meshserve.monitor.v1 import monitor_pb2, monitor_pb2_grpc
@@ -203,13 +204,7 @@ def export(
         Path | None,
         typer.Option("--out", "-o", help="the Parquet file to write (default: <ROUTE>.predictions.parquet)"),
     ] = None,
-    target: Annotated[
-        str | None,
-        typer.Option(
-            help="the monitor service's address (default: MESHSERVE_TARGET_MONITOR, else the running mesh's "
-            "<run_dir>/endpoints.json, else 127.0.0.1:50057)"
-        ),
-    ] = None,
+    target: MonitorTarget = None,
     timeout: Annotated[float, typer.Option(min=1, help="deadline for the whole export, in seconds")] = 600.0,
     tls: Annotated[bool, typer.Option("--tls", help="dial over TLS (or MESHSERVE_TLS)")] = False,
 ) -> None:

@@ -17,6 +17,7 @@ from rich.text import Text
 
 from meshserve.cli.errors import EXIT_USAGE, CliError, dial
 from meshserve.cli.output import FittedTable, Output, OutputOption, print_json, records
+from meshserve.cli.targets import MonitorTarget
 from meshserve.cli.times import describe_duration, parse_duration
 from meshserve.launcher.endpoints_file import locate
 from meshserve.monitor.v1 import monitor_pb2, monitor_pb2_grpc
@@ -207,13 +208,7 @@ def quality(
         str,
         typer.Option(help="predictions answered within this long ago: 30m, 1h, 2d; 0 = every one retained"),
     ] = "1h",
-    target: Annotated[
-        str | None,
-        typer.Option(
-            help="the monitor service's address (default: MESHSERVE_TARGET_MONITOR, else the running mesh's "
-            "<run_dir>/endpoints.json, else 127.0.0.1:50057)"
-        ),
-    ] = None,
+    target: MonitorTarget = None,
     tls: Annotated[bool, typer.Option("--tls", help="dial over TLS (or MESHSERVE_TLS)")] = False,
     output: OutputOption = Output.TABLE,
 ) -> None:
